@@ -1,0 +1,98 @@
+//! The contract between sticky's SK_REUSEPORT program and its loader.
+//!
+//! Both sides compile this crate: the eBPF program for `bpfel-unknown-none`, the loader for the
+//! host. Everything that crosses the kernel/user boundary is defined here once: map names and
+//! sizes, the layout of the configuration and counters, and the client hash.
+#![no_std]
+#![deny(missing_docs)]
+
+pub mod hash;
+
+/// Name of the `REUSEPORT_SOCKARRAY` map: index = worker slot, value = that slot's listener.
+pub const SOCKETS_MAP: &str = "STICKY_SOCKETS";
+/// Name of the lookup table: index = client hash modulo [`TABLE_SIZE`], value = worker slot.
+pub const TABLE_MAP: &str = "STICKY_TABLE";
+/// Name of the one-entry array that holds the [`DispatchConfig`].
+pub const CONFIG_MAP: &str = "STICKY_CONFIG";
+/// Name of the per-CPU counter array, indexed by the `COUNTER_*` constants.
+pub const COUNTERS_MAP: &str = "STICKY_COUNTERS";
+/// Name of the SK_REUSEPORT program in the object file.
+pub const PROGRAM: &str = "sticky_dispatch";
+
+/// The most worker slots one listen address can have.
+pub const MAX_SLOTS: u32 = 128;
+/// Entries in the lookup table: a power of two, so the program indexes it with a mask.
+/// At 32 slots every slot still owns 4096 entries.
+pub const TABLE_SIZE: u32 = 1 << 17;
+
+/// Counter index: connections whose hashed slot was empty and went to another live slot.
+/// Counters `0..MAX_SLOTS` count the connections each slot was selected for.
+pub const COUNTER_FALLBACK: u32 = MAX_SLOTS;
+/// Counter index: connections left to the kernel's own choice because no slot was live.
+pub const COUNTER_PASSED: u32 = MAX_SLOTS + 1;
+/// Counter index: packets whose source address could not be read.
+pub const COUNTER_UNREADABLE: u32 = MAX_SLOTS + 2;
+/// Entries in the counter array.
+pub const COUNTERS: u32 = MAX_SLOTS + 3;
+
+/// How the program turns a client address into a table index; written once by the loader.
+///
+/// The masks are in network byte order, as the address words are read from the packet, so the
+/// program applies them with a plain AND.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DispatchConfig {
+    /// Seed of the client hash; persisted by the loader so the mapping survives restarts.
+    pub seed: u64,
+    /// Mask applied to an IPv4 source address (e.g. `/24` keeps the last octet out).
+    pub v4_mask: u32,
+    /// Number of slots in use; the fallback scan stays below it.
+    pub slots: u32,
+    /// Mask applied to the four words of an IPv6 source address.
+    pub v6_mask: [u32; 4],
+}
+
+#[cfg(feature = "user")]
+// SAFETY: `DispatchConfig` is `repr(C)`, made of plain integers and has no padding.
+unsafe impl aya::Pod for DispatchConfig {}
+
+impl DispatchConfig {
+    /// The configuration for `seed`, prefix lengths and a slot count.
+    ///
+    /// Prefix lengths above 32 (IPv4) or 128 (IPv6) are clamped; validating them is the caller's
+    /// job.
+    pub fn new(seed: u64, prefix_v4: u8, prefix_v6: u8, slots: u32) -> Self {
+        let mut v6_mask = [0; 4];
+        for (i, word) in v6_mask.iter_mut().enumerate() {
+            *word = prefix_mask(prefix_v6.saturating_sub(32 * i as u8));
+        }
+        Self { seed, v4_mask: prefix_mask(prefix_v4), slots, v6_mask }
+    }
+}
+
+/// The network-byte-order mask of one 32-bit address word keeping its first `bits` bits.
+fn prefix_mask(bits: u8) -> u32 {
+    let host_order = match bits {
+        0 => 0,
+        1..=31 => u32::MAX << (32 - bits),
+        _ => u32::MAX,
+    };
+    host_order.to_be()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_keep_the_prefix() {
+        let config = DispatchConfig::new(7, 24, 64, 4);
+        assert_eq!(config.v4_mask.to_ne_bytes(), [255, 255, 255, 0]);
+        assert_eq!(config.v6_mask, [u32::MAX, u32::MAX, 0, 0]);
+        let config = DispatchConfig::new(7, 0, 72, 4);
+        assert_eq!(config.v4_mask, 0);
+        assert_eq!(config.v6_mask[2].to_ne_bytes(), [255, 0, 0, 0]);
+        assert_eq!(config.v6_mask[3], 0);
+        assert_eq!(DispatchConfig::new(7, 32, 128, 4).v6_mask, [u32::MAX; 4]);
+    }
+}

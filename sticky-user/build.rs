@@ -1,0 +1,25 @@
+//! Builds the eBPF program (`sticky-ebpf`) for the BPF target and leaves the object in OUT_DIR,
+//! where `dispatch.rs` embeds it.
+
+use anyhow::{Context as _, bail};
+use aya_build::{Package, Toolchain};
+
+fn main() -> anyhow::Result<()> {
+    if which::which("bpf-linker").is_err() {
+        bail!(
+            "bpf-linker is not installed; `cargo xtask bootstrap` installs it (or see README.md, \
+             \"Requirements\")"
+        );
+    }
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?;
+    let root = std::path::Path::new(&manifest_dir).parent().context("workspace root")?;
+    let ebpf_dir = root.join("sticky-ebpf");
+    // The contract crate is compiled into the program too.
+    println!("cargo:rerun-if-changed={}", root.join("sticky-common").display());
+    let ebpf = Package {
+        name: "sticky-ebpf",
+        root_dir: ebpf_dir.to_str().context("non-UTF-8 workspace path")?,
+        ..Default::default()
+    };
+    aya_build::build_ebpf([ebpf], Toolchain::default())
+}

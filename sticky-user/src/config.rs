@@ -1,0 +1,242 @@
+//! `sticky run`'s options: raw input in, one validated [`RunConfig`] out.
+
+use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
+
+use sticky_common::MAX_SLOTS;
+use thiserror::Error;
+
+/// The listen address used when none is given: dual-stack, port 3000.
+pub const DEFAULT_LISTEN: &str = "[::]:3000";
+/// The IPv4 prefix length used when none is given: each address is its own client.
+pub const DEFAULT_PREFIX_V4: u8 = 32;
+/// The IPv6 prefix length used when none is given: a /64 is usually one host or site.
+pub const DEFAULT_PREFIX_V6: u8 = 64;
+/// Where the hash seed is kept when no state directory is given.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/sticky";
+/// The most listen addresses one `sticky run` serves.
+pub const MAX_LISTEN_ADDRESSES: usize = 16;
+/// How long a worker may take to exit after SIGTERM when none is given.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
+
+/// `sticky run`'s options as the user gave them; `None` and empty mean "the default".
+#[derive(Debug, Default, Clone)]
+pub struct RunInput {
+    /// Listen addresses, `ADDR:PORT`.
+    pub listen: Vec<String>,
+    /// Number of worker slots.
+    pub workers: Option<u32>,
+    /// IPv4 prefix length that makes one client.
+    pub prefix_v4: Option<u8>,
+    /// IPv6 prefix length that makes one client.
+    pub prefix_v6: Option<u8>,
+    /// Worker command and its arguments; empty for the built-in demo worker.
+    pub command: Vec<OsString>,
+    /// Directory for the persisted hash seed.
+    pub state_dir: Option<PathBuf>,
+    /// Seconds a worker may take to exit after SIGTERM.
+    pub grace_period: Option<f64>,
+}
+
+/// A validated `sticky run` configuration: every later stage trusts it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunConfig {
+    /// Listen addresses, each served by every worker slot.
+    pub listen: Vec<SocketAddr>,
+    /// Number of worker slots, `1..=MAX_SLOTS`.
+    pub workers: u32,
+    /// IPv4 prefix length, `0..=32`.
+    pub prefix_v4: u8,
+    /// IPv6 prefix length, `0..=128`.
+    pub prefix_v6: u8,
+    /// The worker program; `None` runs the built-in demo worker.
+    pub command: Option<WorkerCommand>,
+    /// Directory for the persisted hash seed.
+    pub state_dir: PathBuf,
+    /// How long a worker may take to exit after SIGTERM.
+    pub grace_period: Duration,
+}
+
+/// A worker program resolved to an executable file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerCommand {
+    /// Absolute path of the executable.
+    pub program: PathBuf,
+    /// Arguments after the program.
+    pub args: Vec<OsString>,
+}
+
+/// Why a `sticky run` configuration is invalid.
+#[derive(Debug, Error, PartialEq)]
+pub enum ConfigError {
+    /// A listen address does not parse.
+    #[error("invalid listen address '{input}': expected ADDR:PORT, e.g. 0.0.0.0:3000 or [::]:3000")]
+    ListenSyntax {
+        /// The address as given.
+        input: String,
+    },
+    /// A listen address has port 0.
+    #[error("invalid listen address '{0}': port 0 is not supported, name a port")]
+    ListenPortZero(SocketAddr),
+    /// The same listen address is given twice.
+    #[error("listen address {0} is given twice")]
+    ListenTwice(SocketAddr),
+    /// More listen addresses than [`MAX_LISTEN_ADDRESSES`].
+    #[error("at most {MAX_LISTEN_ADDRESSES} listen addresses are supported, got {0}")]
+    TooManyListen(usize),
+    /// The worker count is out of range.
+    #[error("--workers must be between 1 and {MAX_SLOTS}, got {0}")]
+    Workers(u32),
+    /// The IPv4 prefix length is out of range.
+    #[error("--prefix-v4 must be between 0 and 32, got {0}")]
+    PrefixV4(u8),
+    /// The IPv6 prefix length is out of range.
+    #[error("--prefix-v6 must be between 0 and 128, got {0}")]
+    PrefixV6(u8),
+    /// The grace period is negative, not a number or absurdly long.
+    #[error("--grace-period must be between 0 and 3600 seconds, got {0}")]
+    GracePeriod(f64),
+    /// The worker command cannot be found or is not executable.
+    #[error("worker command '{command}' {reason}")]
+    Command {
+        /// The command as given.
+        command: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+impl RunConfig {
+    /// Validates `input`, filling in defaults; `default_workers` is used when no count is given.
+    pub fn from_input(input: RunInput, default_workers: u32) -> Result<Self, ConfigError> {
+        let listen = parse_listen(&input.listen)?;
+        let workers = input.workers.unwrap_or(default_workers.clamp(1, MAX_SLOTS));
+        if !(1..=MAX_SLOTS).contains(&workers) {
+            return Err(ConfigError::Workers(workers));
+        }
+        let prefix_v4 = input.prefix_v4.unwrap_or(DEFAULT_PREFIX_V4);
+        if prefix_v4 > 32 {
+            return Err(ConfigError::PrefixV4(prefix_v4));
+        }
+        let prefix_v6 = input.prefix_v6.unwrap_or(DEFAULT_PREFIX_V6);
+        if prefix_v6 > 128 {
+            return Err(ConfigError::PrefixV6(prefix_v6));
+        }
+        let grace_period = match input.grace_period {
+            None => DEFAULT_GRACE_PERIOD,
+            Some(secs) if (0.0..=3600.0).contains(&secs) => Duration::from_secs_f64(secs),
+            Some(secs) => return Err(ConfigError::GracePeriod(secs)),
+        };
+        Ok(Self {
+            listen,
+            workers,
+            prefix_v4,
+            prefix_v6,
+            command: resolve_command(input.command)?,
+            state_dir: input.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            grace_period,
+        })
+    }
+}
+
+fn parse_listen(inputs: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
+    let defaults = [DEFAULT_LISTEN.to_owned()];
+    let inputs = if inputs.is_empty() { &defaults[..] } else { inputs };
+    if inputs.len() > MAX_LISTEN_ADDRESSES {
+        return Err(ConfigError::TooManyListen(inputs.len()));
+    }
+    let mut addresses: Vec<SocketAddr> = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let address: SocketAddr =
+            input.trim().parse().map_err(|_| ConfigError::ListenSyntax { input: input.clone() })?;
+        if address.port() == 0 {
+            return Err(ConfigError::ListenPortZero(address));
+        }
+        if addresses.contains(&address) {
+            return Err(ConfigError::ListenTwice(address));
+        }
+        addresses.push(address);
+    }
+    Ok(addresses)
+}
+
+fn resolve_command(command: Vec<OsString>) -> Result<Option<WorkerCommand>, ConfigError> {
+    let mut parts = command.into_iter();
+    let Some(program) = parts.next() else { return Ok(None) };
+    let error = |reason| ConfigError::Command { command: program.to_string_lossy().into(), reason };
+    let path = PathBuf::from(&program);
+    let resolved = if path.components().count() > 1 {
+        // A path: `which` also checks that it is an executable file.
+        which::which(&path).map_err(|_| match path.exists() {
+            true => error("is not an executable file"),
+            false => error("does not exist"),
+        })?
+    } else {
+        which::which(&program).map_err(|_| error("was not found in PATH"))?
+    };
+    let program = std::path::absolute(&resolved).unwrap_or(resolved);
+    Ok(Some(WorkerCommand { program, args: parts.collect() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(input: RunInput) -> Result<RunConfig, ConfigError> {
+        RunConfig::from_input(input, 4)
+    }
+
+    #[test]
+    fn defaults_fill_what_is_missing() {
+        let config = config(RunInput::default()).unwrap();
+        assert_eq!(config.listen, vec!["[::]:3000".parse().unwrap()]);
+        assert_eq!((config.workers, config.prefix_v4, config.prefix_v6), (4, 32, 64));
+        assert_eq!(config.command, None);
+        assert_eq!(config.grace_period, DEFAULT_GRACE_PERIOD);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let with = |f: fn(&mut RunInput)| {
+            let mut input = RunInput::default();
+            f(&mut input);
+            config(input).unwrap_err()
+        };
+        assert_eq!(with(|i| i.workers = Some(0)), ConfigError::Workers(0));
+        assert_eq!(with(|i| i.workers = Some(MAX_SLOTS + 1)), ConfigError::Workers(MAX_SLOTS + 1));
+        assert_eq!(with(|i| i.prefix_v4 = Some(33)), ConfigError::PrefixV4(33));
+        assert_eq!(with(|i| i.prefix_v6 = Some(129)), ConfigError::PrefixV6(129));
+        assert_eq!(with(|i| i.grace_period = Some(-1.0)), ConfigError::GracePeriod(-1.0));
+        assert!(matches!(
+            with(|i| i.listen = vec!["nope".into()]),
+            ConfigError::ListenSyntax { .. }
+        ));
+        assert!(matches!(
+            with(|i| i.listen = vec!["1.2.3.4:0".into()]),
+            ConfigError::ListenPortZero(_)
+        ));
+        let twice = with(|i| i.listen = vec!["[::1]:80".into(), "[::1]:80".into()]);
+        assert!(matches!(twice, ConfigError::ListenTwice(_)));
+    }
+
+    #[test]
+    fn commands_are_resolved_or_refused() {
+        let with = |command: &[&str]| {
+            let command = command.iter().map(OsString::from).collect();
+            config(RunInput { command, ..Default::default() })
+        };
+        let sh = with(&["sh", "-c", "true"]).unwrap().command.unwrap();
+        assert!(sh.program.is_absolute());
+        assert_eq!(sh.args, ["-c", "true"]);
+        let missing = with(&["no-such-program-sticky"]).unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "worker command 'no-such-program-sticky' was not found in PATH"
+        );
+        let not_executable = with(&["/etc/hostname"]).unwrap_err();
+        assert!(
+            not_executable.to_string().ends_with("is not an executable file"),
+            "{not_executable}"
+        );
+        assert!(with(&["/no/such/file"]).unwrap_err().to_string().ends_with("does not exist"));
+    }
+}

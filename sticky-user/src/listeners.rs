@@ -1,0 +1,92 @@
+//! One `SO_REUSEPORT` listening socket per worker slot, for each listen address.
+//!
+//! The loader owns these sockets for its whole life: a worker that dies and comes back is handed
+//! the same socket, so connections queued while it was away are not lost.
+
+use std::{
+    io,
+    net::{SocketAddr, TcpListener},
+};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use thiserror::Error;
+
+/// Pending connections each listening socket can queue.
+const BACKLOG: i32 = 4096;
+
+/// The listening sockets of one address, index = worker slot; together one reuseport group.
+#[derive(Debug)]
+pub struct ListenerGroup {
+    /// The address every socket is bound to.
+    pub address: SocketAddr,
+    /// One listening socket per worker slot.
+    pub sockets: Vec<TcpListener>,
+}
+
+/// Why a listen address could not be opened.
+#[derive(Debug, Error)]
+pub enum ListenError {
+    /// Another socket holds the address.
+    #[error("listen address {0} is already in use by another socket")]
+    InUse(SocketAddr),
+    /// Binding was refused.
+    #[error("not allowed to listen on {0} (ports below 1024 need CAP_NET_BIND_SERVICE)")]
+    Denied(SocketAddr),
+    /// The address is not one of this host's.
+    #[error("listen address {0} is not an address of this host")]
+    NotLocal(SocketAddr),
+    /// Any other socket error.
+    #[error("cannot listen on {address}")]
+    Socket {
+        /// The listen address.
+        address: SocketAddr,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Opens `count` listening sockets on `address` that form one reuseport group.
+///
+/// A `[::]` address also accepts IPv4 clients (as v4-mapped addresses).
+pub fn open_group(address: SocketAddr, count: u32) -> Result<ListenerGroup, ListenError> {
+    ensure_free(address)?;
+    let sockets = (0..count)
+        .map(|_| listen(address).map_err(|err| classify(address, err)))
+        .collect::<Result<_, _>>()?;
+    Ok(ListenerGroup { address, sockets })
+}
+
+/// Fails if any socket listens on `address` already, with or without `SO_REUSEPORT`: joining a
+/// stranger's reuseport group would split its traffic with ours.
+fn ensure_free(address: SocketAddr) -> Result<(), ListenError> {
+    let probe = new_socket(address).map_err(|err| classify(address, err))?;
+    probe.bind(&address.into()).map_err(|err| classify(address, err))
+}
+
+fn new_socket(address: SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
+    if address.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    // Lets a restarted sticky bind while old connections sit in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    Ok(socket)
+}
+
+fn listen(address: SocketAddr) -> io::Result<TcpListener> {
+    let socket = new_socket(address)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+fn classify(address: SocketAddr, source: io::Error) -> ListenError {
+    match source.kind() {
+        io::ErrorKind::AddrInUse => ListenError::InUse(address),
+        io::ErrorKind::PermissionDenied => ListenError::Denied(address),
+        io::ErrorKind::AddrNotAvailable => ListenError::NotLocal(address),
+        _ => ListenError::Socket { address, source },
+    }
+}

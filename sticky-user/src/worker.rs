@@ -1,0 +1,71 @@
+//! The worker side of systemd's socket-activation protocol, as sticky speaks it.
+//!
+//! sticky starts worker `i` with its listening sockets at fd 3, 4, … and sets `LISTEN_FDS` (how
+//! many), `LISTEN_PID` (the worker's own pid), `LISTEN_FDNAMES` (colon-separated names),
+//! `STICKY_WORKER` (the slot, `i`) and `STICKY_WORKERS` (how many slots). Any program that
+//! speaks this protocol can be a worker; Rust workers call [`listeners`].
+
+use std::{
+    env,
+    net::TcpListener,
+    os::fd::{FromRawFd as _, RawFd},
+};
+
+use thiserror::Error;
+
+/// The first inherited fd.
+pub const LISTEN_FDS_START: RawFd = 3;
+/// Number of inherited listening sockets.
+pub const LISTEN_FDS: &str = "LISTEN_FDS";
+/// The pid the sockets are meant for.
+pub const LISTEN_PID: &str = "LISTEN_PID";
+/// Colon-separated names of the inherited sockets.
+pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
+/// The worker's slot, `0..STICKY_WORKERS`.
+pub const STICKY_WORKER: &str = "STICKY_WORKER";
+/// The number of worker slots.
+pub const STICKY_WORKERS: &str = "STICKY_WORKERS";
+
+/// Why the inherited listeners cannot be used.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum WorkerError {
+    /// A protocol variable is missing (not started by sticky or systemd).
+    #[error("{0} is not set: start this worker with `sticky run -- CMD`")]
+    Unset(&'static str),
+    /// A protocol variable does not hold a number.
+    #[error("{name} is not a number: '{value}'")]
+    NotANumber {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// The sockets were meant for another process.
+    #[error("LISTEN_PID is {0}, not this process ({1})")]
+    OtherProcess(u32, u32),
+}
+
+/// This worker's slot and the number of slots, from `STICKY_WORKER` and `STICKY_WORKERS`.
+pub fn slot() -> Result<(u32, u32), WorkerError> {
+    Ok((number(STICKY_WORKER)?, number(STICKY_WORKERS)?))
+}
+
+/// Takes the listening sockets this process inherited (fd 3 onwards), after checking that
+/// `LISTEN_PID` names this process. Call it once: the fds become owned by the result.
+pub fn listeners() -> Result<Vec<TcpListener>, WorkerError> {
+    let pid: u32 = number(LISTEN_PID)?;
+    if pid != std::process::id() {
+        return Err(WorkerError::OtherProcess(pid, std::process::id()));
+    }
+    let count: RawFd = number(LISTEN_FDS)?;
+    Ok((LISTEN_FDS_START..LISTEN_FDS_START + count)
+        // SAFETY: the protocol hands fds 3..3+LISTEN_FDS to this process, and this function
+        // is their only taker.
+        .map(|fd| unsafe { TcpListener::from_raw_fd(fd) })
+        .collect())
+}
+
+fn number<T: std::str::FromStr>(name: &'static str) -> Result<T, WorkerError> {
+    let value = env::var(name).map_err(|_| WorkerError::Unset(name))?;
+    value.trim().parse().map_err(|_| WorkerError::NotANumber { name, value })
+}
