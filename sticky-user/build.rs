@@ -21,5 +21,8 @@ fn main() -> anyhow::Result<()> {
         root_dir: ebpf_dir.to_str().context("non-UTF-8 workspace path")?,
         ..Default::default()
     };
+    // aya-build relays the nested cargo's stderr as warnings: keep only its errors.
+    // SAFETY: the build script is single-threaded.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf([ebpf], Toolchain::default())
 }

@@ -232,7 +232,11 @@ mod tests {
             missing.to_string(),
             "worker command 'no-such-program-sticky' was not found in PATH"
         );
-        let not_executable = with(&["/etc/hostname"]).unwrap_err();
+        let file = std::env::temp_dir().join(format!("sticky-config-test-{}", std::process::id()));
+        std::fs::write(&file, "#!/bin/sh\n").unwrap();
+        let not_executable = with(&[file.to_str().unwrap()]).unwrap_err();
+        std::fs::remove_file(&file).unwrap();
+        assert!(not_executable.to_string().ends_with("is not an executable file"), "{not_executable}");
         assert!(
             not_executable.to_string().ends_with("is not an executable file"),
             "{not_executable}"

@@ -1,1 +1,34 @@
+//! Harness for sticky's privileged integration tests.
+//!
+//! Every test runs its body in [`in_netns`]: a fresh thread in a fresh network namespace, so
+//! tests cannot collide on ports and everything they start is confined there. [`Sticky`] runs
+//! the real `sticky` binary; [`get`] is a real HTTP client bound to a chosen source address.
+//! The tests need root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for namespaces).
+#![deny(missing_docs)]
 
+mod client;
+mod netns;
+mod sticky;
+
+pub use client::{Response, get, try_get};
+pub use netns::{in_netns, processes_in_netns};
+pub use sticky::{Counters, Exit, Sticky, StateDir, program_is_loaded, sticky_bin};
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// The IPv4 client address number `i` (distinct for `i < 2^20`), inside 127.0.0.0/8.
+pub fn client_v4(i: u32) -> IpAddr {
+    let [_, b, c, d] = (i + 1).to_be_bytes();
+    IpAddr::V4(Ipv4Addr::new(127, 16 + b, c, d))
+}
+
+/// The IPv6 client address number `i`, each in its own /64 of `fd00::/16`.
+pub fn client_v6(i: u32) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0, (i >> 16) as u16, i as u16, 0, 0, 0, 1))
+}
+
+/// max/mean of the connection counts.
+pub fn imbalance(counts: &[usize]) -> f64 {
+    let mean = counts.iter().sum::<usize>() as f64 / counts.len() as f64;
+    *counts.iter().max().expect("counts") as f64 / mean
+}

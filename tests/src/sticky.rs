@@ -1,0 +1,240 @@
+//! Runs the real `sticky` binary and reads what it logs.
+
+use std::{
+    env,
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+/// The `sticky` binary under test: `$STICKY_BIN`, or `sticky` next to the test's target dir.
+pub fn sticky_bin() -> PathBuf {
+    if let Some(path) = env::var_os("STICKY_BIN") {
+        return path.into();
+    }
+    let exe = env::current_exe().expect("current_exe");
+    let path = exe.parent().and_then(|deps| deps.parent()).expect("target dir").join("sticky");
+    assert!(path.exists(), "{} is missing: run `cargo build -p sticky-user` first", path.display());
+    path
+}
+
+/// Whether the kernel still has a BPF program with this id.
+pub fn program_is_loaded(id: u32) -> bool {
+    aya::programs::loaded_programs().filter_map(Result::ok).any(|program| program.id() == id)
+}
+
+/// A running `sticky`, its stderr collected as it comes.
+pub struct Sticky {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    reader: Option<thread::JoinHandle<()>>,
+    /// The state directory `start` made, removed with this value.
+    _state: Option<StateDir>,
+}
+
+/// How `sticky` ended.
+#[derive(Debug)]
+pub struct Exit {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// Everything it wrote to stderr.
+    pub log: String,
+}
+
+/// The dispatch counters `sticky` logs for one listen address when it stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counters {
+    /// Connections the program selected each slot for.
+    pub selected: Vec<u64>,
+    /// Connections that fell back to another slot.
+    pub fallback: u64,
+    /// Connections left to the kernel.
+    pub passed: u64,
+    /// Unreadable packets.
+    pub unreadable: u64,
+}
+
+impl Sticky {
+    /// Starts `sticky run ARGS` with a fresh state directory.
+    pub fn start(args: &[&str]) -> Self {
+        let state = StateDir::new();
+        let mut sticky = Self::start_with_state(&state, args);
+        sticky._state = Some(state);
+        sticky
+    }
+
+    /// Starts `sticky run --state-dir STATE ARGS`.
+    pub fn start_with_state(state: &StateDir, args: &[&str]) -> Self {
+        let mut command = Command::new(sticky_bin());
+        command.arg("run").arg("--state-dir").arg(&state.0).args(args);
+        Self::spawn(command)
+    }
+
+    /// Starts `command` (a `sticky` invocation) with stderr collected.
+    pub fn spawn(mut command: Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sticky");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        let reader = thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().expect("log");
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Self { child, log, reader: Some(reader), _state: None }
+    }
+
+    /// The pid of the `sticky` process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What `sticky` has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log").clone()
+    }
+
+    /// Waits (at most 30 s) until the log satisfies `ready`; panics with the log otherwise, or
+    /// if `sticky` exits first.
+    pub fn wait_for(&mut self, what: &str, ready: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready(&self.log()) {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!("sticky exited ({status}) before {what}:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{}", self.log());
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `workers` workers have been started (counting restarts).
+    pub fn wait_for_workers(&mut self, workers: usize) {
+        self.wait_for("workers to start", |log| log.matches("worker started").count() >= workers);
+    }
+
+    /// Current pid of each slot's worker, from the log.
+    pub fn worker_pids(&self) -> Vec<(u32, u32)> {
+        self.log()
+            .lines()
+            .filter(|line| line.contains("worker started"))
+            .map(|line| (field(line, "slot=").unwrap(), field(line, "pid=").unwrap()))
+            .collect()
+    }
+
+    /// Ids of the programs `sticky` attached, from the log.
+    pub fn program_ids(&self) -> Vec<u32> {
+        self.log().lines().filter_map(|line| field(line, "program_id=")).collect()
+    }
+
+    /// Sends `signal` to `sticky` itself.
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid() as i32), signal).expect("signal sticky");
+    }
+
+    /// Stops `sticky` with SIGTERM and waits (at most 60 s) for it to exit.
+    pub fn stop(self) -> Exit {
+        self.signal(Signal::SIGTERM);
+        self.wait()
+    }
+
+    /// Waits (at most 60 s) for `sticky` to exit by itself.
+    pub fn wait(mut self) -> Exit {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("sticky did not exit:\n{}", self.log());
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("stderr reader");
+        }
+        Exit { status, log: self.log() }
+    }
+}
+
+impl Drop for Sticky {
+    fn drop(&mut self) {
+        // A failed test must not leave sticky behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Exit {
+    /// The dispatch counters logged at exit, one per listen address.
+    pub fn counters(&self) -> Vec<Counters> {
+        self.log
+            .lines()
+            .filter(|line| line.contains("dispatch counters"))
+            .map(|line| {
+                let selected = line.split("selected=[").nth(1).and_then(|s| s.split(']').next());
+                Counters {
+                    selected: selected
+                        .expect("selected=")
+                        .split(',')
+                        .filter(|s| !s.trim().is_empty())
+                        .map(|s| s.trim().parse().expect("count"))
+                        .collect(),
+                    fallback: field(line, "fallback=").expect("fallback="),
+                    passed: field(line, "passed=").expect("passed="),
+                    unreadable: field(line, "unreadable=").expect("unreadable="),
+                }
+            })
+            .collect()
+    }
+
+    /// The lines that report an error.
+    pub fn errors(&self) -> Vec<&str> {
+        self.log.lines().filter(|line| line.starts_with("sticky: error:")).collect()
+    }
+}
+
+/// The number after `name` in a log line.
+fn field<T: std::str::FromStr>(line: &str, name: &str) -> Option<T> {
+    let value = line.split(name).nth(1)?;
+    value.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// A state directory for sticky (not yet created: sticky creates it), removed on drop.
+pub struct StateDir(pub PathBuf);
+
+impl StateDir {
+    /// A new directory name under the system's temporary directory.
+    pub fn new() -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let next = NEXT.fetch_add(1, Ordering::Relaxed);
+        Self(env::temp_dir().join(format!("sticky-test-{}-{next}", std::process::id())))
+    }
+}
+
+impl Default for StateDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

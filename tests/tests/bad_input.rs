@@ -1,0 +1,97 @@
+//! Every bad input: one clear error line, a non-zero exit, nothing left running or attached.
+
+use std::{net::TcpListener, process::Command};
+
+use sticky_tests::{Exit, Sticky, in_netns, processes_in_netns, sticky_bin};
+
+/// Runs `sticky run ARGS` to its exit and checks the common promises; returns the error line.
+fn refused(args: &[&str]) -> String {
+    let mut command = Command::new(sticky_bin());
+    command.arg("run").args(args);
+    refused_command(command)
+}
+
+fn refused_command(command: Command) -> String {
+    let exit: Exit = Sticky::spawn(command).wait();
+    assert!(!exit.status.success(), "sticky accepted bad input:\n{}", exit.log);
+    let errors = exit.errors();
+    assert_eq!(errors.len(), 1, "expected one error line:\n{}", exit.log);
+    assert!(!exit.log.contains("worker started"), "workers were started:\n{}", exit.log);
+    assert!(!exit.log.contains("program attached"), "the program was attached:\n{}", exit.log);
+    assert_eq!(processes_in_netns(), Vec::<u32>::new(), "something is left running");
+    errors[0].to_owned()
+}
+
+fn assert_says(error: &str, expected: &str) {
+    assert!(error.contains(expected), "error {error:?} does not say {expected:?}");
+}
+
+#[test]
+fn invalid_listen_addresses() {
+    in_netns(|| {
+        assert_says(&refused(&["--listen", "localhost"]), "invalid listen address 'localhost'");
+        assert_says(&refused(&["--listen", "300.1.1.1:80"]), "invalid listen address '300.1.1.1:80'");
+        assert_says(&refused(&["--listen", "127.0.0.1:0"]), "port 0 is not supported");
+        assert_says(&refused(&["--listen", "192.0.2.1:3020"]), "is not an address of this host");
+    });
+}
+
+#[test]
+fn a_port_held_by_another_socket() {
+    in_netns(|| {
+        let _holder = TcpListener::bind("127.0.0.1:3021").unwrap();
+        let error = refused(&["--listen", "127.0.0.1:3021", "--workers", "2"]);
+        assert_says(&error, "listen address 127.0.0.1:3021 is already in use");
+        // Also through a dual-stack listener that would overlap it.
+        let error = refused(&["--listen", "[::]:3021", "--workers", "2"]);
+        assert_says(&error, "listen address [::]:3021 is already in use");
+    });
+}
+
+#[test]
+fn worker_counts_out_of_range() {
+    in_netns(|| {
+        assert_says(&refused(&["--workers", "0"]), "--workers must be between 1 and 128, got 0");
+        assert_says(&refused(&["--workers", "100000"]), "got 100000");
+    });
+}
+
+#[test]
+fn prefixes_out_of_range() {
+    in_netns(|| {
+        assert_says(&refused(&["--prefix-v4", "33"]), "--prefix-v4 must be between 0 and 32, got 33");
+        assert_says(&refused(&["--prefix-v6", "129"]), "--prefix-v6 must be between 0 and 128, got 129");
+    });
+}
+
+#[test]
+fn worker_commands_that_cannot_run() {
+    in_netns(|| {
+        let error = refused(&["--", "no-such-worker-program"]);
+        assert_says(&error, "worker command 'no-such-worker-program' was not found in PATH");
+        let not_executable = std::env::temp_dir().join(format!("sticky-not-executable-{}", std::process::id()));
+        std::fs::write(&not_executable, "#!/bin/sh\n").unwrap();
+        let path = not_executable.to_str().unwrap();
+        let error = refused(&["--", path]);
+        std::fs::remove_file(&not_executable).unwrap();
+        assert_says(&error, &format!("worker command '{path}' is not an executable file"));
+    });
+}
+
+#[test]
+fn missing_capabilities_are_named() {
+    in_netns(|| {
+        // Not root: no capabilities at all.
+        let mut command = Command::new("setpriv");
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(sticky_bin());
+        command.args(["run", "--listen", "127.0.0.1:3022"]);
+        assert_says(&refused_command(command), "missing capability CAP_BPF, CAP_NET_ADMIN");
+        // Root without CAP_NET_ADMIN.
+        let mut command = Command::new("setpriv");
+        command.args(["--bounding-set=-net_admin", "--inh-caps=-net_admin"]).arg(sticky_bin());
+        command.args(["run", "--listen", "127.0.0.1:3022"]);
+        let error = refused_command(command);
+        assert_says(&error, "missing capability CAP_NET_ADMIN");
+        assert!(!error.contains("CAP_BPF"), "{error}");
+    });
+}

@@ -1,0 +1,143 @@
+//! Workers: external commands over LISTEN_FDS, restarts into the same slot, no orphans.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use sticky_tests::{Sticky, client_v4, get, in_netns, processes_in_netns, program_is_loaded, try_get};
+
+/// Waits (at most 30 s) until `done` holds, panicking with `what` otherwise.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+}
+
+#[test]
+fn an_external_python_worker_serves_the_inherited_socket() {
+    let worker = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python/worker.py");
+    let worker = worker.to_str().unwrap();
+    in_netns(|| {
+        let args = ["--listen", "[::]:3010", "--workers", "4", "--", "python3", worker];
+        let mut sticky = Sticky::start(&args);
+        sticky.wait_for_workers(4);
+        let server: SocketAddr = "127.0.0.1:3010".parse().unwrap();
+        let mut workers = vec![0; 4];
+        for client in (0..300).map(client_v4) {
+            let first = get(client, server);
+            assert!(first.text.contains("x-sticky-runtime: python"), "{}", first.text);
+            for _ in 0..2 {
+                assert_eq!(get(client, server).worker, first.worker, "{client} moved");
+            }
+            workers[first.worker as usize] += 1;
+        }
+        assert!(workers.iter().all(|&n| n > 0), "a python worker got no client: {workers:?}");
+        let exit = sticky.stop();
+        assert!(exit.status.success(), "{}", exit.log);
+        assert_eq!(exit.counters()[0].selected.iter().sum::<u64>(), 900);
+        assert_eq!(processes_in_netns(), Vec::<u32>::new());
+    });
+}
+
+#[test]
+fn a_killed_worker_comes_back_in_its_slot_and_serves_what_queued() {
+    in_netns(|| {
+        let mut sticky = Sticky::start(&["--listen", "127.0.0.1:3011", "--workers", "4"]);
+        sticky.wait_for_workers(4);
+        let server: SocketAddr = "127.0.0.1:3011".parse().unwrap();
+        let clients: Vec<IpAddr> = (0..200).map(client_v4).collect();
+        let before: Vec<_> = clients.iter().map(|&c| get(c, server)).collect();
+        let victim = before[0].clone();
+        let victim_clients: Vec<IpAddr> = clients
+            .iter()
+            .zip(&before)
+            .filter(|(_, r)| r.worker == victim.worker)
+            .map(|(c, _)| *c)
+            .collect();
+
+        kill(Pid::from_raw(victim.pid as i32), Signal::SIGKILL).unwrap();
+        eventually("the killed worker is dead", || !is_running(victim.pid));
+        // Connect at once (the restart waits a backoff first): the connection waits in the
+        // slot's queue until the new worker accepts it.
+        let queued = get(victim_clients[0], server);
+        assert_eq!(queued.worker, victim.worker);
+        assert_ne!(queued.pid, victim.pid, "served by the killed worker?");
+        sticky.wait_for_workers(5);
+
+        // Every client still reaches its slot; only the victim's pid changed.
+        for (client, old) in clients.iter().zip(&before) {
+            let now = get(*client, server);
+            assert_eq!(now.worker, old.worker, "{client} moved");
+            if old.worker == victim.worker {
+                assert_eq!(now.pid, queued.pid);
+            } else {
+                assert_eq!(now.pid, old.pid, "an untouched worker was restarted");
+            }
+        }
+        let exit = sticky.stop();
+        assert!(exit.status.success(), "{}", exit.log);
+        assert!(exit.log.contains("worker exited"), "{}", exit.log);
+    });
+}
+
+#[test]
+fn workers_die_with_a_killed_loader_and_nothing_stays_attached() {
+    in_netns(|| {
+        let mut sticky = Sticky::start(&["--listen", "127.0.0.1:3012", "--workers", "3"]);
+        sticky.wait_for_workers(3);
+        let server: SocketAddr = "127.0.0.1:3012".parse().unwrap();
+        get(client_v4(1), server);
+        let programs = sticky.program_ids();
+        assert_eq!(processes_in_netns().len(), 4, "sticky and 3 workers");
+        sticky.signal(Signal::SIGKILL);
+        let exit = sticky.wait();
+        assert!(!exit.status.success());
+        eventually("the workers are gone", || processes_in_netns().is_empty());
+        eventually("the program is unloaded", || programs.iter().all(|&id| !program_is_loaded(id)));
+        assert!(try_get(client_v4(1), server).is_err(), "something still listens");
+    });
+}
+
+#[test]
+fn ctrl_c_stops_workers_and_exits_zero() {
+    in_netns(|| {
+        let mut sticky = Sticky::start(&["--listen", "127.0.0.1:3013", "--workers", "2"]);
+        sticky.wait_for_workers(2);
+        let programs = sticky.program_ids();
+        sticky.signal(Signal::SIGINT);
+        let exit = sticky.wait();
+        assert!(exit.status.success(), "{}", exit.log);
+        assert!(exit.log.contains("SIGINT received"), "{}", exit.log);
+        assert_eq!(processes_in_netns(), Vec::<u32>::new());
+        assert!(programs.iter().all(|&id| !program_is_loaded(id)));
+    });
+}
+
+#[test]
+fn a_worker_that_ignores_sigterm_is_killed_after_the_grace_period() {
+    in_netns(|| {
+        let script = "trap '' TERM; exec 3>&-; while :; do sleep 1; done";
+        let args = ["--listen", "127.0.0.1:3014", "-w", "2", "--grace-period", "0.5", "--", "sh", "-c", script];
+        let mut sticky = Sticky::start(&args);
+        sticky.wait_for_workers(2);
+        let exit = sticky.stop();
+        assert!(exit.status.success(), "{}", exit.log);
+        assert!(exit.log.contains("killing it"), "{}", exit.log);
+        assert_eq!(processes_in_netns(), Vec::<u32>::new());
+    });
+}
