@@ -1,1 +1,63 @@
+//! `cargo xtask`: sticky's orchestration. It bootstraps what the build needs, then hands over
+//! to cargo and the `sticky` binary; it never duplicates the build itself.
 
+mod bootstrap;
+mod shell;
+mod test;
+
+use std::{ffi::OsString, os::unix::process::CommandExt as _, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test sticky")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what is missing to build the eBPF program (nightly's rust-src, LLVM, bpf-linker).
+    Bootstrap,
+    /// Bootstrap, build in release and start `sticky run ARGS` (the demo when no CMD is given).
+    Run {
+        /// Arguments for `sticky run`, e.g. `--workers 4 -- node app.js`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Bootstrap, then run the unit tests and the privileged integration tests (as root).
+    Test {
+        /// Only run integration tests whose name contains this.
+        filter: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Bootstrap => bootstrap::build_tools(),
+        Command::Run { args } => run(args),
+        Command::Test { filter } => test::run_all(filter.as_deref()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Vec<OsString>) -> anyhow::Result<()> {
+    bootstrap::build_tools()?;
+    shell::run(shell::cargo().args(["build", "--release", "--package", "sticky-user"]))?;
+    let sticky = shell::workspace_root().join("target/release/sticky");
+    let mut command = shell::as_root(&sticky);
+    command.arg("run").args(&args);
+    if args.is_empty() {
+        shell::say("starting the demo: try `curl http://127.0.0.1:3000/` (Ctrl-C stops it)");
+    }
+    shell::say(&format!("$ {}", shell::display(&command)));
+    Err(command.exec()).with_context(|| format!("cannot start {}", sticky.display()))
+}

@@ -1,0 +1,123 @@
+//! Checks, and installs where missing, what building and testing sticky needs:
+//! the nightly toolchain with rust-src (the eBPF crate builds `core` itself), the LLVM
+//! development packages matching nightly's LLVM, bpf-linker built against them, and the
+//! tools the integration tests call (iproute2, util-linux's setpriv, python3).
+
+use std::{fs, path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+use crate::shell::{self, as_root, output, run, say};
+
+/// The bpf-linker release these instructions were verified with.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Everything the build needs.
+pub fn build_tools() -> anyhow::Result<()> {
+    let llvm = nightly_with_rust_src()?;
+    bpf_linker(llvm)?;
+    Ok(())
+}
+
+/// What the integration tests call, on top of the build tools.
+pub fn test_tools() -> anyhow::Result<()> {
+    build_tools()?;
+    let missing: Vec<&str> = [("ip", "iproute2"), ("setpriv", "util-linux"), ("python3", "python3")]
+        .into_iter()
+        .filter(|(tool, _)| !on_path(tool))
+        .map(|(_, package)| package)
+        .collect();
+    if missing.is_empty() {
+        say("test tools (ip, setpriv, python3): present");
+        return Ok(());
+    }
+    apt_install(&missing)
+}
+
+/// Ensures the nightly toolchain and its rust-src; returns nightly's LLVM major version.
+fn nightly_with_rust_src() -> anyhow::Result<u32> {
+    let version = || output(Command::new("rustup").args(["run", "nightly", "rustc", "-vV"]));
+    if version().is_none() {
+        say("the nightly toolchain is missing: installing it");
+        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
+            .context("the eBPF program needs a nightly toolchain")?;
+    }
+    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
+        .unwrap_or_default();
+    if installed.lines().any(|line| line.trim() == "rust-src") {
+        say("nightly with rust-src: present");
+    } else {
+        say("nightly's rust-src is missing: installing it");
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    let version = version().context("cannot run nightly's rustc")?;
+    let major = version
+        .lines()
+        .find_map(|line| line.strip_prefix("LLVM version: "))
+        .and_then(|llvm| llvm.split('.').next()?.trim().parse().ok())
+        .context("cannot tell nightly's LLVM version from `rustc -vV`")?;
+    Ok(major)
+}
+
+/// Ensures a bpf-linker built against LLVM `llvm` (nightly's), installing LLVM's development
+/// packages and building bpf-linker from crates.io where needed.
+fn bpf_linker(llvm: u32) -> anyhow::Result<()> {
+    let feature = format!("llvm-{llvm}");
+    match installed_bpf_linker_features() {
+        Some(features) if features.contains(&feature) => {
+            say(&format!("bpf-linker for LLVM {llvm}: present"));
+            return Ok(());
+        }
+        Some(features) => say(&format!("bpf-linker is built for {features:?}, nightly needs {feature}: rebuilding it")),
+        None if on_path("bpf-linker") => {
+            say("bpf-linker (not installed by cargo, LLVM version unknown): using it");
+            return Ok(());
+        }
+        None => say(&format!("bpf-linker is missing: building it against LLVM {llvm}")),
+    }
+    let prefix = PathBuf::from(format!("/usr/lib/llvm-{llvm}"));
+    if prefix.join("bin/llvm-config").exists() && polly_present(llvm) {
+        say(&format!("LLVM {llvm} development files: present"));
+    } else {
+        apt_install(&[&format!("llvm-{llvm}-dev"), &format!("libpolly-{llvm}-dev")])?;
+    }
+    say("building bpf-linker (about a minute)");
+    run(shell::cargo()
+        .args(["install", "bpf-linker", "--locked", "--force", "--version", BPF_LINKER_VERSION])
+        .args(["--no-default-features", "--features", &feature])
+        .env("LLVM_PREFIX", &prefix))
+    .context("cannot build bpf-linker")
+}
+
+/// The features cargo recorded for an installed bpf-linker, if cargo installed one.
+fn installed_bpf_linker_features() -> Option<Vec<String>> {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))?;
+    let record: Value = serde_json::from_str(&fs::read_to_string(home.join(".crates2.json")).ok()?).ok()?;
+    let (_, install) = record["installs"].as_object()?.iter().find(|(name, _)| name.starts_with("bpf-linker "))?;
+    let features = install["features"].as_array()?;
+    Some(features.iter().filter_map(|f| Some(f.as_str()?.to_owned())).collect())
+}
+
+fn polly_present(llvm: u32) -> bool {
+    let lib = PathBuf::from(format!("/usr/lib/llvm-{llvm}/lib"));
+    fs::read_dir(lib).is_ok_and(|entries| {
+        entries.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().starts_with("libPolly"))
+    })
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+}
+
+/// Installs Debian packages (as root, through sudo when needed).
+fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    if !on_path("apt-get") {
+        bail!("please install {} (no apt-get on this system)", packages.join(", "));
+    }
+    say(&format!("installing {} with apt-get", packages.join(", ")));
+    run(as_root("apt-get").args(["update", "-q"]))?;
+    run(as_root("apt-get").args(["install", "-y", "-q"]).args(packages).env("DEBIAN_FRONTEND", "noninteractive"))
+}
