@@ -1,15 +1,17 @@
 //! Builds the eBPF program (`sticky-ebpf`) for the BPF target and leaves the object in OUT_DIR,
 //! where `dispatch.rs` embeds it.
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
     if which::which("bpf-linker").is_err() {
-        bail!(
-            "bpf-linker is not installed; `cargo xtask bootstrap` installs it (or see README.md, \
-             \"Requirements\")"
+        // One line, no backtrace: this is the usual first-build problem.
+        eprintln!(
+            "error: bpf-linker is not installed; `cargo xtask bootstrap` installs it \
+             (see README.md, \"Requirements\")"
         );
+        std::process::exit(1);
     }
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?;
     let root = std::path::Path::new(&manifest_dir).parent().context("workspace root")?;

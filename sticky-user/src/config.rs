@@ -236,7 +236,10 @@ mod tests {
         std::fs::write(&file, "#!/bin/sh\n").unwrap();
         let not_executable = with(&[file.to_str().unwrap()]).unwrap_err();
         std::fs::remove_file(&file).unwrap();
-        assert!(not_executable.to_string().ends_with("is not an executable file"), "{not_executable}");
+        assert!(
+            not_executable.to_string().ends_with("is not an executable file"),
+            "{not_executable}"
+        );
         assert!(
             not_executable.to_string().ends_with("is not an executable file"),
             "{not_executable}"

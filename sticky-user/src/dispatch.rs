@@ -178,13 +178,20 @@ fn refused_or_object(err: EbpfError) -> DispatchError {
     }
 }
 
-/// Turns a verifier refusal into one line with the end of the verifier's log.
+/// Turns a verifier refusal into one line with the verifier's last findings (its closing
+/// statistics left out); the whole log goes to the debug log.
 fn refused(err: ProgramError) -> DispatchError {
+    const STATISTICS: [&str; 3] = ["verification time", "stack depth", "processed "];
     match err {
         ProgramError::LoadError { io_error, verifier_log } => {
             let log = format!("{verifier_log:?}");
-            let lines: Vec<&str> = log.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-            let reason = lines[lines.len().saturating_sub(3)..].join(" | ");
+            tracing::debug!("verifier log:\n{log}");
+            let findings: Vec<&str> = log
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty() && !STATISTICS.iter().any(|s| line.starts_with(s)))
+                .collect();
+            let reason = findings[findings.len().saturating_sub(2)..].join(" | ");
             DispatchError::Refused { io_error, reason }
         }
         source => DispatchError::Program { action: "load", source },

@@ -40,6 +40,9 @@ pub enum WorkerError {
         /// Its value.
         value: String,
     },
+    /// An fd the protocol promises is not open.
+    #[error("LISTEN_FDS promises fd {0}, but it is not open")]
+    NotOpen(RawFd),
     /// The sockets were meant for another process.
     #[error("LISTEN_PID is {0}, not this process ({1})")]
     OtherProcess(u32, u32),
@@ -58,11 +61,17 @@ pub fn listeners() -> Result<Vec<TcpListener>, WorkerError> {
         return Err(WorkerError::OtherProcess(pid, std::process::id()));
     }
     let count: RawFd = number(LISTEN_FDS)?;
-    Ok((LISTEN_FDS_START..LISTEN_FDS_START + count)
-        // SAFETY: the protocol hands fds 3..3+LISTEN_FDS to this process, and this function
-        // is their only taker.
-        .map(|fd| unsafe { TcpListener::from_raw_fd(fd) })
-        .collect())
+    let fds = LISTEN_FDS_START..LISTEN_FDS_START + count;
+    for fd in fds.clone() {
+        // Like sd_listen_fds: the sockets are not passed on to this worker's own children.
+        // SAFETY: fcntl on an integer fd has no memory-safety preconditions.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+            return Err(WorkerError::NotOpen(fd));
+        }
+    }
+    // SAFETY: the protocol hands these open fds to this process, and this function is their
+    // only taker.
+    Ok(fds.map(|fd| unsafe { TcpListener::from_raw_fd(fd) }).collect())
 }
 
 fn number<T: std::str::FromStr>(name: &'static str) -> Result<T, WorkerError> {

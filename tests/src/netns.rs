@@ -37,8 +37,6 @@ pub fn processes_in_netns() -> Vec<u32> {
         .expect("/proc")
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| pid != me)
-        .filter(|pid| {
-            fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|ns| ns.ino() == ours)
-        })
+        .filter(|pid| fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|ns| ns.ino() == ours))
         .collect()
 }

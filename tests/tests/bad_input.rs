@@ -30,7 +30,10 @@ fn assert_says(error: &str, expected: &str) {
 fn invalid_listen_addresses() {
     in_netns(|| {
         assert_says(&refused(&["--listen", "localhost"]), "invalid listen address 'localhost'");
-        assert_says(&refused(&["--listen", "300.1.1.1:80"]), "invalid listen address '300.1.1.1:80'");
+        assert_says(
+            &refused(&["--listen", "300.1.1.1:80"]),
+            "invalid listen address '300.1.1.1:80'",
+        );
         assert_says(&refused(&["--listen", "127.0.0.1:0"]), "port 0 is not supported");
         assert_says(&refused(&["--listen", "192.0.2.1:3020"]), "is not an address of this host");
     });
@@ -59,8 +62,14 @@ fn worker_counts_out_of_range() {
 #[test]
 fn prefixes_out_of_range() {
     in_netns(|| {
-        assert_says(&refused(&["--prefix-v4", "33"]), "--prefix-v4 must be between 0 and 32, got 33");
-        assert_says(&refused(&["--prefix-v6", "129"]), "--prefix-v6 must be between 0 and 128, got 129");
+        assert_says(
+            &refused(&["--prefix-v4", "33"]),
+            "--prefix-v4 must be between 0 and 32, got 33",
+        );
+        assert_says(
+            &refused(&["--prefix-v6", "129"]),
+            "--prefix-v6 must be between 0 and 128, got 129",
+        );
     });
 }
 
@@ -69,7 +78,8 @@ fn worker_commands_that_cannot_run() {
     in_netns(|| {
         let error = refused(&["--", "no-such-worker-program"]);
         assert_says(&error, "worker command 'no-such-worker-program' was not found in PATH");
-        let not_executable = std::env::temp_dir().join(format!("sticky-not-executable-{}", std::process::id()));
+        let not_executable =
+            std::env::temp_dir().join(format!("sticky-not-executable-{}", std::process::id()));
         std::fs::write(&not_executable, "#!/bin/sh\n").unwrap();
         let path = not_executable.to_str().unwrap();
         let error = refused(&["--", path]);

@@ -28,7 +28,8 @@ fn connect_all(clients: &[IpAddr], server: SocketAddr) -> HashMap<IpAddr, Vec<Re
                 scope.spawn(move || {
                     let mut responses = HashMap::new();
                     for &client in chunk {
-                        let all = (0..CONNECTIONS_PER_CLIENT).map(|_| get(client, server)).collect();
+                        let all =
+                            (0..CONNECTIONS_PER_CLIENT).map(|_| get(client, server)).collect();
                         responses.insert(client, all);
                     }
                     responses
@@ -127,7 +128,8 @@ fn separate_ipv4_and_ipv6_listeners_share_the_workers_and_the_mapping() {
 #[test]
 fn a_prefix_keeps_a_whole_subnet_on_one_worker() {
     in_netns(|| {
-        let args = ["--listen", "[::]:3002", "--workers", "4", "--prefix-v4", "24", "--prefix-v6", "48"];
+        let args =
+            ["--listen", "[::]:3002", "--workers", "4", "--prefix-v4", "24", "--prefix-v6", "48"];
         let mut sticky = Sticky::start(&args);
         sticky.wait_for_workers(WORKERS as usize);
         let v4 = "127.0.0.1:3002".parse().unwrap();
@@ -165,7 +167,8 @@ fn the_mapping_survives_a_restart_of_sticky() {
         let server = "127.0.0.1:3003".parse().unwrap();
         let mut mappings = Vec::new();
         for _ in 0..2 {
-            let mut sticky = Sticky::start_with_state(&state, &["--listen", "127.0.0.1:3003", "-w", "4"]);
+            let mut sticky =
+                Sticky::start_with_state(&state, &["--listen", "127.0.0.1:3003", "-w", "4"]);
             sticky.wait_for_workers(WORKERS as usize);
             mappings.push(clients.iter().map(|&c| get(c, server).worker).collect::<Vec<_>>());
             assert!(sticky.stop().status.success());

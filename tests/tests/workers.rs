@@ -11,7 +11,9 @@ use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
-use sticky_tests::{Sticky, client_v4, get, in_netns, processes_in_netns, program_is_loaded, try_get};
+use sticky_tests::{
+    Sticky, client_v4, get, in_netns, processes_in_netns, program_is_loaded, try_get,
+};
 
 /// Waits (at most 30 s) until `done` holds, panicking with `what` otherwise.
 fn eventually(what: &str, mut done: impl FnMut() -> bool) {
@@ -24,8 +26,9 @@ fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 
 /// Whether `pid` exists and is not a zombie.
 fn is_running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
 }
 
 #[test]
@@ -132,7 +135,18 @@ fn ctrl_c_stops_workers_and_exits_zero() {
 fn a_worker_that_ignores_sigterm_is_killed_after_the_grace_period() {
     in_netns(|| {
         let script = "trap '' TERM; exec 3>&-; while :; do sleep 1; done";
-        let args = ["--listen", "127.0.0.1:3014", "-w", "2", "--grace-period", "0.5", "--", "sh", "-c", script];
+        let args = [
+            "--listen",
+            "127.0.0.1:3014",
+            "-w",
+            "2",
+            "--grace-period",
+            "0.5",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ];
         let mut sticky = Sticky::start(&args);
         sticky.wait_for_workers(2);
         let exit = sticky.stop();

@@ -23,11 +23,12 @@ pub fn build_tools() -> anyhow::Result<()> {
 /// What the integration tests call, on top of the build tools.
 pub fn test_tools() -> anyhow::Result<()> {
     build_tools()?;
-    let missing: Vec<&str> = [("ip", "iproute2"), ("setpriv", "util-linux"), ("python3", "python3")]
-        .into_iter()
-        .filter(|(tool, _)| !on_path(tool))
-        .map(|(_, package)| package)
-        .collect();
+    let missing: Vec<&str> =
+        [("ip", "iproute2"), ("setpriv", "util-linux"), ("python3", "python3")]
+            .into_iter()
+            .filter(|(tool, _)| !on_path(tool))
+            .map(|(_, package)| package)
+            .collect();
     if missing.is_empty() {
         say("test tools (ip, setpriv, python3): present");
         return Ok(());
@@ -40,16 +41,34 @@ fn nightly_with_rust_src() -> anyhow::Result<u32> {
     let version = || output(Command::new("rustup").args(["run", "nightly", "rustc", "-vV"]));
     if version().is_none() {
         say("the nightly toolchain is missing: installing it");
-        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
-            .context("the eBPF program needs a nightly toolchain")?;
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))
+        .context("the eBPF program needs a nightly toolchain")?;
     }
-    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
-        .unwrap_or_default();
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
     if installed.lines().any(|line| line.trim() == "rust-src") {
         say("nightly with rust-src: present");
     } else {
         say("nightly's rust-src is missing: installing it");
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     let version = version().context("cannot run nightly's rustc")?;
     let major = version
@@ -69,7 +88,9 @@ fn bpf_linker(llvm: u32) -> anyhow::Result<()> {
             say(&format!("bpf-linker for LLVM {llvm}: present"));
             return Ok(());
         }
-        Some(features) => say(&format!("bpf-linker is built for {features:?}, nightly needs {feature}: rebuilding it")),
+        Some(features) => say(&format!(
+            "bpf-linker is built for {features:?}, nightly needs {feature}: rebuilding it"
+        )),
         None if on_path("bpf-linker") => {
             say("bpf-linker (not installed by cargo, LLVM version unknown): using it");
             return Ok(());
@@ -95,8 +116,10 @@ fn installed_bpf_linker_features() -> Option<Vec<String>> {
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))?;
-    let record: Value = serde_json::from_str(&fs::read_to_string(home.join(".crates2.json")).ok()?).ok()?;
-    let (_, install) = record["installs"].as_object()?.iter().find(|(name, _)| name.starts_with("bpf-linker "))?;
+    let record: Value =
+        serde_json::from_str(&fs::read_to_string(home.join(".crates2.json")).ok()?).ok()?;
+    let (_, install) =
+        record["installs"].as_object()?.iter().find(|(name, _)| name.starts_with("bpf-linker "))?;
     let features = install["features"].as_array()?;
     Some(features.iter().filter_map(|f| Some(f.as_str()?.to_owned())).collect())
 }
@@ -104,12 +127,15 @@ fn installed_bpf_linker_features() -> Option<Vec<String>> {
 fn polly_present(llvm: u32) -> bool {
     let lib = PathBuf::from(format!("/usr/lib/llvm-{llvm}/lib"));
     fs::read_dir(lib).is_ok_and(|entries| {
-        entries.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().starts_with("libPolly"))
+        entries
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().starts_with("libPolly"))
     })
 }
 
 fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
 }
 
 /// Installs Debian packages (as root, through sudo when needed).
@@ -119,5 +145,8 @@ fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     }
     say(&format!("installing {} with apt-get", packages.join(", ")));
     run(as_root("apt-get").args(["update", "-q"]))?;
-    run(as_root("apt-get").args(["install", "-y", "-q"]).args(packages).env("DEBIAN_FRONTEND", "noninteractive"))
+    run(as_root("apt-get")
+        .args(["install", "-y", "-q"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }

@@ -14,7 +14,14 @@ use crate::{
 pub fn run_all(filter: Option<&str>) -> anyhow::Result<()> {
     bootstrap::test_tools()?;
     say("unit tests");
-    run(shell::cargo().args(["test", "--workspace", "--exclude", "sticky-ebpf", "--exclude", "sticky-tests"]))?;
+    run(shell::cargo().args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "sticky-ebpf",
+        "--exclude",
+        "sticky-tests",
+    ]))?;
     say("integration tests (root, one network namespace per test)");
     run(shell::cargo().args(["build", "--package", "sticky-user", "--bin", "sticky"]))?;
     let sticky = shell::workspace_root().join("target/debug/sticky");
@@ -35,7 +42,13 @@ pub fn run_all(filter: Option<&str>) -> anyhow::Result<()> {
 /// Builds the integration tests and returns their executables.
 fn integration_test_binaries() -> anyhow::Result<Vec<String>> {
     let output = shell::cargo()
-        .args(["test", "--package", "sticky-tests", "--no-run", "--message-format=json-render-diagnostics"])
+        .args([
+            "test",
+            "--package",
+            "sticky-tests",
+            "--no-run",
+            "--message-format=json-render-diagnostics",
+        ])
         .stderr(Stdio::inherit())
         .output()
         .context("cannot build the integration tests")?;
@@ -45,8 +58,12 @@ fn integration_test_binaries() -> anyhow::Result<Vec<String>> {
     let binaries: Vec<String> = String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|message| message["reason"] == "compiler-artifact" && message["profile"]["test"] == true)
-        .filter(|message| message["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "test")))
+        .filter(|message| {
+            message["reason"] == "compiler-artifact" && message["profile"]["test"] == true
+        })
+        .filter(|message| {
+            message["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "test"))
+        })
         .filter_map(|message| Some(message["executable"].as_str()?.to_owned()))
         .collect();
     if binaries.is_empty() {
@@ -54,4 +71,3 @@ fn integration_test_binaries() -> anyhow::Result<Vec<String>> {
     }
     Ok(binaries)
 }
-
