@@ -35,6 +35,8 @@ pub struct RunInput {
     pub state_dir: Option<PathBuf>,
     /// Seconds a worker may take to exit after SIGTERM.
     pub grace_period: Option<f64>,
+    /// How connections are dispatched: `kernel` or `none`.
+    pub dispatch: Option<String>,
 }
 
 /// A validated `sticky run` configuration: every later stage trusts it.
@@ -54,6 +56,18 @@ pub struct RunConfig {
     pub state_dir: PathBuf,
     /// How long a worker may take to exit after SIGTERM.
     pub grace_period: Duration,
+    /// How connections are dispatched to workers.
+    pub dispatch: DispatchMode,
+}
+
+/// Who picks the worker for a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DispatchMode {
+    /// sticky's eBPF program: by client address (the product).
+    #[default]
+    Kernel,
+    /// Plain `SO_REUSEPORT`: the kernel's hash of the 4-tuple, not sticky. For comparison.
+    None,
 }
 
 /// A worker program resolved to an executable file.
@@ -95,6 +109,9 @@ pub enum ConfigError {
     /// The grace period is negative, not a number or absurdly long.
     #[error("--grace-period must be between 0 and 3600 seconds, got {0}")]
     GracePeriod(f64),
+    /// The dispatch mode is unknown.
+    #[error("--dispatch must be one of kernel, none; got '{0}'")]
+    Dispatch(String),
     /// The worker command cannot be found or is not executable.
     #[error("worker command '{command}' {reason}")]
     Command {
@@ -126,7 +143,13 @@ impl RunConfig {
             Some(secs) if (0.0..=3600.0).contains(&secs) => Duration::from_secs_f64(secs),
             Some(secs) => return Err(ConfigError::GracePeriod(secs)),
         };
+        let dispatch = match input.dispatch.as_deref() {
+            None | Some("kernel") => DispatchMode::Kernel,
+            Some("none") => DispatchMode::None,
+            Some(other) => return Err(ConfigError::Dispatch(other.into())),
+        };
         Ok(Self {
+            dispatch,
             listen,
             workers,
             prefix_v4,
@@ -206,6 +229,7 @@ mod tests {
         assert_eq!(with(|i| i.prefix_v4 = Some(33)), ConfigError::PrefixV4(33));
         assert_eq!(with(|i| i.prefix_v6 = Some(129)), ConfigError::PrefixV6(129));
         assert_eq!(with(|i| i.grace_period = Some(-1.0)), ConfigError::GracePeriod(-1.0));
+        assert_eq!(with(|i| i.dispatch = Some("x".into())), ConfigError::Dispatch("x".into()));
         assert!(matches!(
             with(|i| i.listen = vec!["nope".into()]),
             ConfigError::ListenSyntax { .. }

@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use client::{Response, get, try_get};
 pub use netns::{in_netns, processes_in_netns};
-pub use sticky::{Counters, Exit, StateDir, Sticky, program_is_loaded, sticky_bin};
+pub use sticky::{Counters, Exit, StateDir, Sticky, program_is_loaded, sticky_bin, target_bin};
 
 /// The IPv4 client address number `i` (distinct for `i < 2^20`), inside 127.0.0.0/8.
 pub fn client_v4(i: u32) -> IpAddr {

@@ -15,14 +15,16 @@ use nix::{
     unistd::Pid,
 };
 
-/// The `sticky` binary under test: `$STICKY_BIN`, or `sticky` next to the test's target dir.
+/// The `sticky` binary under test: `$STICKY_BIN`, or `sticky` in the test's target dir.
 pub fn sticky_bin() -> PathBuf {
-    if let Some(path) = env::var_os("STICKY_BIN") {
-        return path.into();
-    }
+    env::var_os("STICKY_BIN").map_or_else(|| target_bin("sticky", "sticky-user"), PathBuf::from)
+}
+
+/// Binary `name` of workspace package `package`, built into the test's own target dir.
+pub fn target_bin(name: &str, package: &str) -> PathBuf {
     let exe = env::current_exe().expect("current_exe");
-    let path = exe.parent().and_then(|deps| deps.parent()).expect("target dir").join("sticky");
-    assert!(path.exists(), "{} is missing: run `cargo build -p sticky-user` first", path.display());
+    let path = exe.parent().and_then(|deps| deps.parent()).expect("target dir").join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build -p {package}` first", path.display());
     path
 }
 

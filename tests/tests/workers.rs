@@ -2,7 +2,6 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    path::Path,
     thread,
     time::{Duration, Instant},
 };
@@ -29,32 +28,6 @@ fn is_running(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z'))
     })
-}
-
-#[test]
-fn an_external_python_worker_serves_the_inherited_socket() {
-    let worker = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python/worker.py");
-    let worker = worker.to_str().unwrap();
-    in_netns(|| {
-        let args = ["--listen", "[::]:3010", "--workers", "4", "--", "python3", worker];
-        let mut sticky = Sticky::start(&args);
-        sticky.wait_for_workers(4);
-        let server: SocketAddr = "127.0.0.1:3010".parse().unwrap();
-        let mut workers = vec![0; 4];
-        for client in (0..300).map(client_v4) {
-            let first = get(client, server);
-            assert!(first.text.contains("x-sticky-runtime: python"), "{}", first.text);
-            for _ in 0..2 {
-                assert_eq!(get(client, server).worker, first.worker, "{client} moved");
-            }
-            workers[first.worker as usize] += 1;
-        }
-        assert!(workers.iter().all(|&n| n > 0), "a python worker got no client: {workers:?}");
-        let exit = sticky.stop();
-        assert!(exit.status.success(), "{}", exit.log);
-        assert_eq!(exit.counters()[0].selected.iter().sum::<u64>(), 900);
-        assert_eq!(processes_in_netns(), Vec::<u32>::new());
-    });
 }
 
 #[test]

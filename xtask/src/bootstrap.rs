@@ -1,7 +1,8 @@
 //! Checks, and installs where missing, what building and testing sticky needs:
 //! the nightly toolchain with rust-src (the eBPF crate builds `core` itself), the LLVM
 //! development packages matching nightly's LLVM, bpf-linker built against them, and the
-//! tools the integration tests call (iproute2, util-linux's setpriv, python3).
+//! tools the integration tests call (iproute2, util-linux's setpriv, python3, node with npm and
+//! the socket.io example's packages).
 
 use std::{fs, path::PathBuf, process::Command};
 
@@ -23,17 +24,34 @@ pub fn build_tools() -> anyhow::Result<()> {
 /// What the integration tests call, on top of the build tools.
 pub fn test_tools() -> anyhow::Result<()> {
     build_tools()?;
+    let tools = [
+        ("ip", "iproute2"),
+        ("setpriv", "util-linux"),
+        ("python3", "python3"),
+        ("node", "nodejs"),
+        ("npm", "npm"),
+    ];
     let missing: Vec<&str> =
-        [("ip", "iproute2"), ("setpriv", "util-linux"), ("python3", "python3")]
-            .into_iter()
-            .filter(|(tool, _)| !on_path(tool))
-            .map(|(_, package)| package)
-            .collect();
+        tools.into_iter().filter(|(tool, _)| !on_path(tool)).map(|(_, package)| package).collect();
     if missing.is_empty() {
-        say("test tools (ip, setpriv, python3): present");
+        say("test tools (ip, setpriv, python3, node, npm): present");
+    } else {
+        apt_install(&missing)?;
+    }
+    socketio_packages()
+}
+
+/// Installs the socket.io example's npm packages from its lock file, unless they are there.
+fn socketio_packages() -> anyhow::Result<()> {
+    let example = shell::workspace_root().join("examples/socketio");
+    let modified = |path: PathBuf| fs::metadata(path).and_then(|m| m.modified()).ok();
+    let installed = modified(example.join("node_modules/.package-lock.json"));
+    if installed.is_some() && installed >= modified(example.join("package-lock.json")) {
+        say("socket.io example packages: present");
         return Ok(());
     }
-    apt_install(&missing)
+    say("installing the socket.io example's packages (npm ci)");
+    run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&example))
 }
 
 /// Ensures the nightly toolchain and its rust-src; returns nightly's LLVM major version.

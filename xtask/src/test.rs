@@ -23,7 +23,13 @@ pub fn run_all(filter: Option<&str>) -> anyhow::Result<()> {
         "sticky-tests",
     ]))?;
     say("integration tests (root, one network namespace per test)");
-    run(shell::cargo().args(["build", "--package", "sticky-user", "--bin", "sticky"]))?;
+    run(shell::cargo().args([
+        "build",
+        "--package",
+        "sticky-user",
+        "--package",
+        "sticky-example-rust",
+    ]))?;
     let sticky = shell::workspace_root().join("target/debug/sticky");
     let mut failed = Vec::new();
     for test in integration_test_binaries()? {

@@ -6,11 +6,12 @@ use anyhow::Context as _;
 use clap::Args;
 use sticky_common::DispatchConfig;
 use sticky_user::{
-    config::{RunConfig, RunInput},
+    config::{DispatchMode, RunConfig, RunInput},
     dispatch::Dispatcher,
-    listeners, privileges, seed, supervisor, table,
+    listeners::{self, ListenerGroup},
+    privileges, seed, supervisor, table,
 };
-use tracing::info;
+use tracing::{info, warn};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -32,6 +33,10 @@ pub struct RunArgs {
     /// Seconds a worker may take to exit after SIGTERM before it is killed. [default: 10]
     #[arg(long, value_name = "SECS")]
     grace_period: Option<f64>,
+    /// Who picks the worker: `kernel` (sticky's eBPF program) or `none` (plain SO_REUSEPORT,
+    /// not sticky; for comparison). [default: kernel]
+    #[arg(long, value_name = "MODE")]
+    dispatch: Option<String>,
     /// Worker command; it finds its listening sockets at fd 3 (LISTEN_FDS). [default: sticky demo]
     #[arg(last = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -47,6 +52,7 @@ impl From<RunArgs> for RunInput {
             command: args.command,
             state_dir: args.state_dir,
             grace_period: args.grace_period,
+            dispatch: args.dispatch,
         }
     }
 }
@@ -55,28 +61,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let cpus = available_parallelism().map_or(1, |n| n.get() as u32);
     let config = RunConfig::from_input(args.into(), cpus)?;
     privileges::check()?;
-    let seed = seed::load_or_create(&config.state_dir)?;
     let groups = config
         .listen
         .iter()
         .map(|&address| listeners::open_group(address, config.workers))
         .collect::<Result<Vec<_>, _>>()?;
-    let slots: Vec<u32> = (0..config.workers).collect();
-    let table = table::build(seed, &slots);
-    let dispatch = DispatchConfig::new(seed, config.prefix_v4, config.prefix_v6, config.workers);
-    let mut dispatchers = Vec::with_capacity(groups.len());
-    for group in &groups {
-        let dispatcher = Dispatcher::attach(group, &dispatch, &table)?;
-        info!(
-            listen = %group.address,
-            program_id = dispatcher.program_id(),
-            workers = config.workers,
-            prefix_v4 = config.prefix_v4,
-            prefix_v6 = config.prefix_v6,
-            "dispatch program attached"
-        );
-        dispatchers.push(dispatcher);
-    }
+    let dispatchers = match config.dispatch {
+        DispatchMode::Kernel => attach(&config, &groups)?,
+        DispatchMode::None => {
+            warn!("--dispatch none: plain SO_REUSEPORT, clients are NOT sticky");
+            Vec::new()
+        }
+    };
     let spawner = supervisor::Spawner::new(config.command.as_ref(), &groups)
         .context("cannot locate the sticky executable")?;
     tokio::runtime::Builder::new_current_thread()
@@ -100,4 +96,26 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     drop(dispatchers);
     info!("stopped");
     Ok(())
+}
+
+/// Loads the seed, builds the table and attaches one dispatch program per listener group.
+fn attach(config: &RunConfig, groups: &[ListenerGroup]) -> anyhow::Result<Vec<Dispatcher>> {
+    let seed = seed::load_or_create(&config.state_dir)?;
+    let slots: Vec<u32> = (0..config.workers).collect();
+    let table = table::build(seed, &slots);
+    let dispatch = DispatchConfig::new(seed, config.prefix_v4, config.prefix_v6, config.workers);
+    let mut dispatchers = Vec::with_capacity(groups.len());
+    for group in groups {
+        let dispatcher = Dispatcher::attach(group, &dispatch, &table)?;
+        info!(
+            listen = %group.address,
+            program_id = dispatcher.program_id(),
+            workers = config.workers,
+            prefix_v4 = config.prefix_v4,
+            prefix_v6 = config.prefix_v6,
+            "dispatch program attached"
+        );
+        dispatchers.push(dispatcher);
+    }
+    Ok(dispatchers)
 }

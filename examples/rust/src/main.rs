@@ -1,0 +1,60 @@
+//! A sticky worker in Rust, using only std and `sticky_user::worker`.
+//!
+//! `sticky run --workers 4 -- target/debug/sticky-example-rust` starts four of these; each
+//! serves the sockets it inherits at fd 3 onwards and answers `worker: <slot>`.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::{TcpListener, TcpStream},
+    process::ExitCode,
+    thread,
+};
+
+use sticky_user::worker;
+
+fn main() -> ExitCode {
+    // The one call a Rust worker needs: checks LISTEN_PID and takes fds 3.. as listeners.
+    let listeners = match worker::listeners() {
+        Ok(listeners) => listeners,
+        Err(err) => {
+            eprintln!("sticky-example-rust: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let slot = worker::slot().map_or_else(|_| "?".to_owned(), |(slot, _)| slot.to_string());
+    let threads: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            let slot = slot.clone();
+            thread::spawn(move || serve(&listener, &slot))
+        })
+        .collect();
+    for thread in threads {
+        let _ = thread.join();
+    }
+    ExitCode::SUCCESS
+}
+
+fn serve(listener: &TcpListener, slot: &str) {
+    for stream in listener.incoming().flatten() {
+        let slot = slot.to_owned();
+        thread::spawn(move || answer(stream, &slot));
+    }
+}
+
+fn answer(stream: TcpStream, slot: &str) {
+    let mut reader = BufReader::new(&stream);
+    let mut line = String::new();
+    // Read the request head up to the blank line.
+    while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+        line.clear();
+    }
+    let body = format!("worker: {slot}\n");
+    let response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-sticky-worker: {slot}\r\nx-sticky-pid: {}\r\n\
+         x-sticky-runtime: rust-example\r\nconnection: close\r\n\r\n{body}",
+        body.len(),
+        std::process::id()
+    );
+    let _ = (&stream).write_all(response.as_bytes());
+}
