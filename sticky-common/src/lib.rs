@@ -16,8 +16,11 @@ pub const TABLE_MAP: &str = "STICKY_TABLE";
 pub const CONFIG_MAP: &str = "STICKY_CONFIG";
 /// Name of the per-CPU counter array, indexed by the `COUNTER_*` constants.
 pub const COUNTERS_MAP: &str = "STICKY_COUNTERS";
-/// Name of the SK_REUSEPORT program in the object file.
-pub const PROGRAM: &str = "sticky_dispatch";
+/// Name of the program that selects new connections and migrates a closing listener's queue
+/// (attach type `BPF_SK_REUSEPORT_SELECT_OR_MIGRATE`, Linux 5.14+).
+pub const PROGRAM_MIGRATE: &str = "sticky_migrate";
+/// Name of the select-only program, for kernels without migration.
+pub const PROGRAM_SELECT: &str = "sticky_dispatch";
 
 /// The most worker slots one listen address can have.
 pub const MAX_SLOTS: u32 = 128;

@@ -1,12 +1,17 @@
 //! sticky's data plane: an SK_REUSEPORT program that sends every connection from one client
 //! address (or prefix) to the same worker's listening socket.
 //!
-//! For each new connection the kernel runs [`sticky_dispatch`] on the reuseport group. It reads
-//! the client's source address from the SYN, masks it to the configured prefix, hashes it with
-//! the persisted seed and looks the hash up in a table that user space filled with slot numbers.
+//! For each new connection the kernel runs the program on the reuseport group. It reads the
+//! client's source address from the SYN, masks it to the configured prefix, hashes it with the
+//! persisted seed and looks the hash up in a table that user space filled with slot numbers.
 //! The slot's socket is then selected from the socket array. The program never drops: when the
 //! slot is empty it falls back to the next live slot, and when nothing can be selected it lets
 //! the kernel choose. Every outcome is counted.
+//!
+//! The object carries the same logic twice: [`sticky_migrate`] (Linux 5.14+) is also run when a
+//! listener closes with connections still queued, and moves each of them to the socket its
+//! client maps to now, reading the client address from the migrating socket. [`sticky_dispatch`]
+//! is the select-only variant for older kernels.
 #![no_std]
 #![no_main]
 
@@ -16,7 +21,7 @@ use aya_ebpf::{
     helpers::generated::bpf_skb_load_bytes_relative,
     macros::{map, sk_reuseport},
     maps::{Array, PerCpuArray, ReusePortSockArray},
-    programs::SkReuseportContext,
+    programs::{SkReuseportContext, SockContext},
 };
 use sticky_common::{
     COUNTER_FALLBACK, COUNTER_PASSED, COUNTER_UNREADABLE, COUNTERS, DispatchConfig, MAX_SLOTS,
@@ -38,13 +43,33 @@ static STICKY_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER
 /// `ETH_P_IP` and `ETH_P_IPV6` as the context reports them: network byte order.
 const ETH_P_IP: u32 = 0x0800u16.to_be() as u32;
 const ETH_P_IPV6: u32 = 0x86ddu16.to_be() as u32;
+/// Address families of `bpf_sock.family`.
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
 /// Offsets of the source address in the IPv4 and IPv6 headers.
 const IPV4_SADDR: u32 = 12;
 const IPV6_SADDR: u32 = 8;
 
+/// Selects new connections, and (Linux 5.14+) migrates the queue of a closing listener.
+#[sk_reuseport(migrate)]
+pub fn sticky_migrate(ctx: SkReuseportContext) -> u32 {
+    let client = match ctx.migrating_sk() {
+        Some(sk) => client_of_socket(&sk),
+        None => client_of_packet(&ctx),
+    };
+    finish(&ctx, client)
+}
+
+/// Selects new connections (any kernel with SK_REUSEPORT).
 #[sk_reuseport]
 pub fn sticky_dispatch(ctx: SkReuseportContext) -> u32 {
-    let counter = match try_dispatch(&ctx) {
+    finish(&ctx, client_of_packet(&ctx))
+}
+
+/// Selects the client's socket, counts the outcome and lets the connection through.
+#[inline(always)]
+fn finish(ctx: &SkReuseportContext, client: Result<Client, u32>) -> u32 {
+    let counter = match client.and_then(|client| select(ctx, client)) {
         Ok(slot) => slot,
         Err(counter) => counter,
     };
@@ -53,24 +78,53 @@ pub fn sticky_dispatch(ctx: SkReuseportContext) -> u32 {
     sk_action::SK_PASS
 }
 
-/// Selects the client's socket and returns the counter to bump: the selected slot, or one of
-/// the global outcomes as the error.
-fn try_dispatch(ctx: &SkReuseportContext) -> Result<u32, u32> {
-    let config = STICKY_CONFIG.get(0).ok_or(COUNTER_PASSED)?;
-    let hash = match ctx.eth_protocol() {
-        ETH_P_IP => {
-            let [saddr] = load_words::<1>(ctx, IPV4_SADDR)?;
-            client_hash(config.seed, &[saddr & config.v4_mask])
+/// A client address as read from the packet or socket, in network byte order.
+enum Client {
+    V4(u32),
+    V6([u32; 4]),
+}
+
+/// The source address of the packet being dispatched.
+#[inline(always)]
+fn client_of_packet(ctx: &SkReuseportContext) -> Result<Client, u32> {
+    match ctx.eth_protocol() {
+        ETH_P_IP => load_words::<1>(ctx, IPV4_SADDR).map(|[saddr]| Client::V4(saddr)),
+        ETH_P_IPV6 => load_words::<4>(ctx, IPV6_SADDR).map(Client::V6),
+        _ => Err(COUNTER_UNREADABLE),
+    }
+}
+
+/// The remote address of a connection being migrated; a v4-mapped IPv6 address is the IPv4
+/// client it stands for, as in the packet path.
+#[inline(always)]
+fn client_of_socket(sk: &SockContext) -> Result<Client, u32> {
+    // SAFETY: the kernel hands a valid, non-null socket for the length of the program run.
+    let sk = unsafe { &*sk.sock };
+    match sk.family {
+        AF_INET => Ok(Client::V4(sk.dst_ip4)),
+        AF_INET6 => {
+            let ip6 = sk.dst_ip6;
+            let v4_mapped = ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0xffffu32.to_be();
+            Ok(if v4_mapped { Client::V4(ip6[3]) } else { Client::V6(ip6) })
         }
-        ETH_P_IPV6 => {
-            let saddr = load_words::<4>(ctx, IPV6_SADDR)?;
+        _ => Err(COUNTER_UNREADABLE),
+    }
+}
+
+/// Selects `client`'s socket; returns the counter to bump: the selected slot, or one of the
+/// global outcomes as the error.
+#[inline(always)]
+fn select(ctx: &SkReuseportContext, client: Client) -> Result<u32, u32> {
+    let config = STICKY_CONFIG.get(0).ok_or(COUNTER_PASSED)?;
+    let hash = match client {
+        Client::V4(saddr) => client_hash(config.seed, &[saddr & config.v4_mask]),
+        Client::V6(saddr) => {
             let mut masked = [0; 4];
             for i in 0..4 {
                 masked[i] = saddr[i] & config.v6_mask[i];
             }
             client_hash(config.seed, &masked)
         }
-        _ => return Err(COUNTER_UNREADABLE),
     };
     let entry = (hash as u32) & (TABLE_SIZE - 1);
     let slot = *STICKY_TABLE.get(entry).ok_or(COUNTER_PASSED)?;

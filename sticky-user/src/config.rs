@@ -13,6 +13,10 @@ pub const DEFAULT_PREFIX_V4: u8 = 32;
 pub const DEFAULT_PREFIX_V6: u8 = 64;
 /// Where the hash seed is kept when no state directory is given.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sticky";
+/// Exits within the crash window that take a slot out of the table, when none is given.
+pub const DEFAULT_CRASH_LIMIT: u32 = 5;
+/// The window the crash limit counts exits in, when none is given.
+pub const DEFAULT_CRASH_WINDOW: Duration = Duration::from_secs(30);
 /// The most listen addresses one `sticky run` serves.
 pub const MAX_LISTEN_ADDRESSES: usize = 16;
 /// How long a worker may take to exit after SIGTERM when none is given.
@@ -37,6 +41,12 @@ pub struct RunInput {
     pub grace_period: Option<f64>,
     /// How connections are dispatched: `kernel` or `none`.
     pub dispatch: Option<String>,
+    /// Exits within the crash window that eject a slot.
+    pub crash_limit: Option<u32>,
+    /// Seconds the crash limit counts exits in.
+    pub crash_window: Option<f64>,
+    /// Path of the control socket.
+    pub control: Option<PathBuf>,
 }
 
 /// A validated `sticky run` configuration: every later stage trusts it.
@@ -58,6 +68,12 @@ pub struct RunConfig {
     pub grace_period: Duration,
     /// How connections are dispatched to workers.
     pub dispatch: DispatchMode,
+    /// Exits within `crash_window` that take a slot out of the table.
+    pub crash_limit: u32,
+    /// The window `crash_limit` counts exits in.
+    pub crash_window: Duration,
+    /// Path of the control socket.
+    pub control: PathBuf,
 }
 
 /// Who picks the worker for a new connection.
@@ -109,6 +125,12 @@ pub enum ConfigError {
     /// The grace period is negative, not a number or absurdly long.
     #[error("--grace-period must be between 0 and 3600 seconds, got {0}")]
     GracePeriod(f64),
+    /// The crash limit is out of range.
+    #[error("--crash-limit must be between 1 and 1000, got {0}")]
+    CrashLimit(u32),
+    /// The crash window is out of range.
+    #[error("--crash-window must be between 0.1 and 86400 seconds, got {0}")]
+    CrashWindow(f64),
     /// The dispatch mode is unknown.
     #[error("--dispatch must be one of kernel, none; got '{0}'")]
     Dispatch(String),
@@ -138,17 +160,23 @@ impl RunConfig {
         if prefix_v6 > 128 {
             return Err(ConfigError::PrefixV6(prefix_v6));
         }
-        let grace_period = match input.grace_period {
-            None => DEFAULT_GRACE_PERIOD,
-            Some(secs) if (0.0..=3600.0).contains(&secs) => Duration::from_secs_f64(secs),
-            Some(secs) => return Err(ConfigError::GracePeriod(secs)),
-        };
+        let grace_period = seconds(input.grace_period, DEFAULT_GRACE_PERIOD, 0.0..=3600.0)
+            .map_err(ConfigError::GracePeriod)?;
+        let crash_window = seconds(input.crash_window, DEFAULT_CRASH_WINDOW, 0.1..=86400.0)
+            .map_err(ConfigError::CrashWindow)?;
+        let crash_limit = input.crash_limit.unwrap_or(DEFAULT_CRASH_LIMIT);
+        if !(1..=1000).contains(&crash_limit) {
+            return Err(ConfigError::CrashLimit(crash_limit));
+        }
         let dispatch = match input.dispatch.as_deref() {
             None | Some("kernel") => DispatchMode::Kernel,
             Some("none") => DispatchMode::None,
             Some(other) => return Err(ConfigError::Dispatch(other.into())),
         };
         Ok(Self {
+            crash_limit,
+            crash_window,
+            control: input.control.unwrap_or_else(|| crate::control::DEFAULT_CONTROL.into()),
             dispatch,
             listen,
             workers,
@@ -158,6 +186,19 @@ impl RunConfig {
             state_dir: input.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             grace_period,
         })
+    }
+}
+
+/// `value` seconds if within `range`, `default` if not given; the value itself as the error.
+fn seconds(
+    value: Option<f64>,
+    default: Duration,
+    range: std::ops::RangeInclusive<f64>,
+) -> Result<Duration, f64> {
+    match value {
+        None => Ok(default),
+        Some(secs) if range.contains(&secs) => Ok(Duration::from_secs_f64(secs)),
+        Some(secs) => Err(secs),
     }
 }
 
@@ -230,6 +271,11 @@ mod tests {
         assert_eq!(with(|i| i.prefix_v6 = Some(129)), ConfigError::PrefixV6(129));
         assert_eq!(with(|i| i.grace_period = Some(-1.0)), ConfigError::GracePeriod(-1.0));
         assert_eq!(with(|i| i.dispatch = Some("x".into())), ConfigError::Dispatch("x".into()));
+        assert_eq!(with(|i| i.crash_limit = Some(0)), ConfigError::CrashLimit(0));
+        assert_eq!(
+            with(|i| i.crash_window = Some(f64::NAN)).to_string(),
+            "--crash-window must be between 0.1 and 86400 seconds, got NaN"
+        );
         assert!(matches!(
             with(|i| i.listen = vec!["nope".into()]),
             ConfigError::ListenSyntax { .. }

@@ -4,7 +4,7 @@
 //! gets its own instance of the program and maps (`Dispatcher`), all filled from the same seed
 //! and table. Requires Linux 4.19 (REUSEPORT_SOCKARRAY) and CAP_BPF + CAP_NET_ADMIN.
 
-use std::{net::TcpListener, os::fd::OwnedFd};
+use std::net::TcpListener;
 
 use aya::{
     Ebpf, EbpfError,
@@ -13,7 +13,7 @@ use aya::{
 };
 use sticky_common::{
     CONFIG_MAP, COUNTER_FALLBACK, COUNTER_PASSED, COUNTER_UNREADABLE, COUNTERS_MAP, DispatchConfig,
-    PROGRAM, SOCKETS_MAP, TABLE_MAP,
+    PROGRAM_MIGRATE, PROGRAM_SELECT, SOCKETS_MAP, TABLE_MAP,
 };
 use thiserror::Error;
 
@@ -74,59 +74,125 @@ pub struct Counters {
     pub unreadable: u64,
 }
 
-/// The program attached to one listen address's reuseport group.
+/// The program attached to one listen address's reuseport group, and its maps.
 ///
-/// Dropping it detaches the program: an SK_REUSEPORT program stays attached to the group when
-/// its `Ebpf` object is dropped, so this is done explicitly.
+/// An SK_REUSEPORT program stays attached to the group when its `Ebpf` object is dropped; it
+/// goes away with the group's last socket, or with [`Dispatcher::detach`].
 pub struct Dispatcher {
     ebpf: Ebpf,
-    /// A handle on one of the group's sockets, to detach through.
-    socket: OwnedFd,
-    slots: u32,
+    config: DispatchConfig,
     program_id: u32,
+    migrates: bool,
 }
 
 impl Dispatcher {
     /// Loads the program, writes `config` and `table`, puts the group's sockets in the socket
     /// array (slot = index in the group) and attaches the program to the group.
+    ///
+    /// The migrating variant is used where the kernel has it (5.14+), the select-only one
+    /// elsewhere.
     pub fn attach(
         group: &ListenerGroup,
         config: &DispatchConfig,
         table: &[u32],
     ) -> Result<Self, DispatchError> {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(refused_or_object)?;
-        set_map(&mut ebpf, CONFIG_MAP, |map: &mut Array<_, DispatchConfig>| map.set(0, config, 0))?;
-        set_map(&mut ebpf, TABLE_MAP, |map: &mut Array<_, u32>| {
-            table.iter().zip(0..).try_for_each(|(slot, entry)| map.set(entry, slot, 0))
-        })?;
-        set_map(&mut ebpf, SOCKETS_MAP, |map: &mut ReusePortSockArray<_>| {
-            group.sockets.iter().zip(0..).try_for_each(|(socket, slot)| map.set(slot, socket, 0))
-        })?;
-        let program: &mut SkReuseport = ebpf
-            .program_mut(PROGRAM)
-            .ok_or(DispatchError::Missing("program"))?
-            .try_into()
-            .map_err(|source| DispatchError::Program { action: "find", source })?;
-        program.load().map_err(refused)?;
+        let ebpf = Ebpf::load(EBPF_OBJECT).map_err(refused_or_object)?;
+        let mut dispatcher = Self { ebpf, config: *config, program_id: 0, migrates: false };
+        dispatcher.write_config()?;
+        dispatcher.update_table(&[], table)?;
+        for (slot, socket) in (0..).zip(&group.sockets) {
+            dispatcher.set_socket(slot, socket)?;
+        }
+        dispatcher.migrates = match dispatcher.program(PROGRAM_MIGRATE)?.load() {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(
+                    error = %refused(err),
+                    "no connection migration (needs Linux 5.14): connections queued on a \
+                     listener that closes are reset"
+                );
+                dispatcher.program(PROGRAM_SELECT)?.load().map_err(refused)?;
+                false
+            }
+        };
+        let program = dispatcher.program(dispatcher.program_name())?;
         let program_id = program
             .info()
             .map_err(|source| DispatchError::Program { action: "inspect", source })?
             .id();
-        let first: &TcpListener = &group.sockets[0];
         program
-            .attach(first)
+            .attach(&group.sockets[0])
             .map_err(|source| DispatchError::Program { action: "attach", source })?;
-        let socket =
-            first.try_clone().map(OwnedFd::from).map_err(|err| DispatchError::Program {
-                action: "keep a handle for",
-                source: ProgramError::IOError(err),
-            })?;
-        Ok(Self { ebpf, socket, slots: group.sockets.len() as u32, program_id })
+        dispatcher.program_id = program_id;
+        Ok(dispatcher)
     }
 
-    /// The kernel's id of the loaded program (as `bpftool prog` shows it).
+    fn program_name(&self) -> &'static str {
+        if self.migrates { PROGRAM_MIGRATE } else { PROGRAM_SELECT }
+    }
+
+    fn program(&mut self, name: &'static str) -> Result<&mut SkReuseport, DispatchError> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(DispatchError::Missing(name))?
+            .try_into()
+            .map_err(|source| DispatchError::Program { action: "find", source })
+    }
+
+    /// The kernel's id of the attached program (as `bpftool prog` shows it).
     pub fn program_id(&self) -> u32 {
         self.program_id
+    }
+
+    /// Whether the program also migrates the queue of a closing listener.
+    pub fn migrates(&self) -> bool {
+        self.migrates
+    }
+
+    /// Moves the lookup table (entry → slot) from `old` to `new`, writing only the entries
+    /// that differ (`old` empty: all of them).
+    pub fn update_table(&mut self, old: &[u32], new: &[u32]) -> Result<(), DispatchError> {
+        set_map(&mut self.ebpf, TABLE_MAP, |map: &mut Array<_, u32>| {
+            (0..)
+                .zip(new)
+                .filter(|&(entry, slot)| old.get(entry as usize) != Some(slot))
+                .try_for_each(|(entry, slot)| map.set(entry, slot, 0))
+        })
+    }
+
+    /// Puts `socket` in the socket array at `slot`, replacing what was there.
+    pub fn set_socket(&mut self, slot: u32, socket: &TcpListener) -> Result<(), DispatchError> {
+        set_map(&mut self.ebpf, SOCKETS_MAP, |map: &mut ReusePortSockArray<_>| {
+            map.set(slot, socket, 0)
+        })
+    }
+
+    /// Empties `slot` in the socket array.
+    pub fn clear_socket(&mut self, slot: u32) -> Result<(), DispatchError> {
+        set_map(&mut self.ebpf, SOCKETS_MAP, |map: &mut ReusePortSockArray<_>| {
+            match map.clear_index(&slot) {
+                // Already empty.
+                Err(MapError::SyscallError(err))
+                    if err.io_error.raw_os_error() == Some(libc::ENOENT) =>
+                {
+                    Ok(())
+                }
+                other => other,
+            }
+        })
+    }
+
+    /// Sets the number of slots the fallback scan and the counters cover.
+    pub fn set_slot_count(&mut self, slots: u32) -> Result<(), DispatchError> {
+        self.config.slots = slots;
+        self.write_config()
+    }
+
+    fn write_config(&mut self) -> Result<(), DispatchError> {
+        let config = self.config;
+        set_map(&mut self.ebpf, CONFIG_MAP, |map: &mut Array<_, DispatchConfig>| {
+            map.set(0, config, 0)
+        })
     }
 
     /// Reads the counters, summed over CPUs.
@@ -137,19 +203,17 @@ impl Dispatcher {
         let read =
             |index| counters.get(&index, 0).map(|per_cpu| per_cpu.iter().sum()).map_err(map_error);
         Ok(Counters {
-            selected: (0..self.slots).map(read).collect::<Result<_, _>>()?,
+            selected: (0..self.config.slots).map(read).collect::<Result<_, _>>()?,
             fallback: read(COUNTER_FALLBACK)?,
             passed: read(COUNTER_PASSED)?,
             unreadable: read(COUNTER_UNREADABLE)?,
         })
     }
-}
 
-impl Drop for Dispatcher {
-    fn drop(&mut self) {
-        if let Err(err) = SkReuseport::detach(&self.socket) {
-            tracing::warn!(error = %err, "cannot detach the eBPF program");
-        }
+    /// Detaches the program from the group `socket` belongs to.
+    pub fn detach(self, socket: &TcpListener) -> Result<(), DispatchError> {
+        SkReuseport::detach(socket)
+            .map_err(|source| DispatchError::Program { action: "detach", source })
     }
 }
 

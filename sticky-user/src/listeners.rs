@@ -51,10 +51,19 @@ pub enum ListenError {
 /// A `[::]` address also accepts IPv4 clients (as v4-mapped addresses).
 pub fn open_group(address: SocketAddr, count: u32) -> Result<ListenerGroup, ListenError> {
     ensure_free(address)?;
-    let sockets = (0..count)
-        .map(|_| listen(address).map_err(|err| classify(address, err)))
-        .collect::<Result<_, _>>()?;
-    Ok(ListenerGroup { address, sockets })
+    let mut group = ListenerGroup { address, sockets: Vec::new() };
+    for _ in 0..count {
+        let socket = group.open_socket()?;
+        group.sockets.push(socket);
+    }
+    Ok(group)
+}
+
+impl ListenerGroup {
+    /// Opens one more listening socket that joins this group (for a new or renewed slot).
+    pub fn open_socket(&self) -> Result<TcpListener, ListenError> {
+        listen(self.address).map_err(|err| classify(self.address, err))
+    }
 }
 
 /// Fails if any socket listens on `address` already, with or without `SO_REUSEPORT`: joining a

@@ -76,7 +76,9 @@ impl Sticky {
     /// Starts `sticky run --state-dir STATE ARGS`.
     pub fn start_with_state(state: &StateDir, args: &[&str]) -> Self {
         let mut command = Command::new(sticky_bin());
-        command.arg("run").arg("--state-dir").arg(&state.0).args(args);
+        command.arg("run").arg("--state-dir").arg(&state.0);
+        command.arg("--control").arg(state.control());
+        command.args(args);
         Self::spawn(command)
     }
 
@@ -223,6 +225,13 @@ impl StateDir {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let next = NEXT.fetch_add(1, Ordering::Relaxed);
         Self(env::temp_dir().join(format!("sticky-test-{}-{next}", std::process::id())))
+    }
+}
+
+impl StateDir {
+    /// The control socket path used by sticky started with this state directory.
+    pub fn control(&self) -> PathBuf {
+        self.0.join("control.sock")
     }
 }
 

@@ -1,12 +1,13 @@
 //! `sticky`: sticky sessions for multi-process servers, dispatched in the kernel.
 
+mod ctl;
 mod demo;
 mod run;
 
 use std::{ffi::OsString, io::IsTerminal as _, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use sticky_user::supervisor;
+use sticky_user::{control::Request, spawn};
 use tracing_subscriber::EnvFilter;
 
 /// Sticky sessions for multi-process servers: the kernel sends every connection from one client
@@ -22,10 +23,29 @@ struct Cli {
 enum Command {
     /// Open the listeners, attach the dispatch program and run the workers.
     Run(run::RunArgs),
+    /// Show the running loader's workers and counters.
+    Status {
+        #[command(flatten)]
+        control: ctl::ControlArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace every worker, one slot at a time, without dropping connections (also SIGHUP).
+    Reload(ctl::ControlArgs),
+    /// Change the number of workers of the running loader.
+    Scale {
+        /// The new number of workers.
+        workers: u32,
+        #[command(flatten)]
+        control: ctl::ControlArgs,
+    },
+    /// Stop the running loader and its workers.
+    Stop(ctl::ControlArgs),
     /// Serve the built-in demo worker (what `run` starts when no CMD is given).
     Demo,
     /// Set LISTEN_PID to this process and exec CMD (used by `run` to start workers).
-    #[command(name = supervisor::EXEC_WORKER, hide = true)]
+    #[command(name = spawn::EXEC_WORKER, hide = true)]
     ExecWorker {
         /// The worker command.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
@@ -42,8 +62,14 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Status { control, json } => ctl::run(&control, Request::Status, json),
+        Command::Reload(control) => ctl::run(&control, Request::Reload, false),
+        Command::Scale { workers, control } => {
+            ctl::run(&control, Request::Scale { workers }, false)
+        }
+        Command::Stop(control) => ctl::run(&control, Request::Stop, false),
         Command::Demo => demo::run(),
-        Command::ExecWorker { command } => Err(supervisor::exec_worker(&command).into()),
+        Command::ExecWorker { command } => Err(spawn::exec_worker(&command).into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

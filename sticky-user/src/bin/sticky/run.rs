@@ -1,15 +1,19 @@
-//! `sticky run`: listeners, dispatch program and workers, until SIGINT/SIGTERM.
+//! `sticky run`: listeners, dispatch program and workers, until SIGINT/SIGTERM or `sticky stop`.
 
-use std::{ffi::OsString, path::PathBuf, thread::available_parallelism};
+use std::{ffi::OsString, path::PathBuf, sync::Arc, thread::available_parallelism};
 
 use anyhow::Context as _;
 use clap::Args;
 use sticky_common::DispatchConfig;
 use sticky_user::{
     config::{DispatchMode, RunConfig, RunInput},
+    control,
     dispatch::Dispatcher,
     listeners::{self, ListenerGroup},
-    privileges, seed, supervisor, table,
+    privileges, seed,
+    spawn::Spawner,
+    supervisor::{Options, Supervisor},
+    table,
 };
 use tracing::{info, warn};
 
@@ -37,6 +41,15 @@ pub struct RunArgs {
     /// not sticky; for comparison). [default: kernel]
     #[arg(long, value_name = "MODE")]
     dispatch: Option<String>,
+    /// Worker exits within the crash window that take a slot out of the table. [default: 5]
+    #[arg(long, value_name = "N")]
+    crash_limit: Option<u32>,
+    /// Seconds the crash limit counts exits in. [default: 30]
+    #[arg(long, value_name = "SECS")]
+    crash_window: Option<f64>,
+    /// Control socket for `sticky status|reload|scale|stop`. [default: /run/sticky/sticky.sock]
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
     /// Worker command; it finds its listening sockets at fd 3 (LISTEN_FDS). [default: sticky demo]
     #[arg(last = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -53,6 +66,9 @@ impl From<RunArgs> for RunInput {
             state_dir: args.state_dir,
             grace_period: args.grace_period,
             dispatch: args.dispatch,
+            crash_limit: args.crash_limit,
+            crash_window: args.crash_window,
+            control: args.control,
         }
     }
 }
@@ -66,25 +82,39 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .iter()
         .map(|&address| listeners::open_group(address, config.workers))
         .collect::<Result<Vec<_>, _>>()?;
+    let seed = seed::load_or_create(&config.state_dir)?;
+    let slots: Vec<u32> = (0..config.workers).collect();
+    let table = table::build(seed, &slots);
     let dispatchers = match config.dispatch {
-        DispatchMode::Kernel => attach(&config, &groups)?,
+        DispatchMode::Kernel => attach(&config, seed, &table, &groups)?,
         DispatchMode::None => {
             warn!("--dispatch none: plain SO_REUSEPORT, clients are NOT sticky");
             Vec::new()
         }
     };
-    let spawner = supervisor::Spawner::new(config.command.as_ref(), &groups)
+    let control = control::bind(&config.control)?;
+    let names: Vec<String> =
+        groups.iter().map(|group| format!("sticky-{}", group.address.port())).collect();
+    let spawner = Spawner::new(config.command.as_ref(), &names)
         .context("cannot locate the sticky executable")?;
-    tokio::runtime::Builder::new_current_thread()
+    let options = Options {
+        grace_period: config.grace_period,
+        crash_limit: config.crash_limit,
+        crash_window: config.crash_window,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?
-        .block_on(supervisor::run(spawner, config.grace_period))
-        .context("supervisor failed")?;
-    for (group, dispatcher) in groups.iter().zip(&dispatchers) {
-        let counters = dispatcher.counters()?;
+        .context("cannot start the async runtime")?;
+    let counters = runtime.block_on(async {
+        let control = tokio::net::UnixListener::from_std(control)?;
+        let supervisor =
+            Arc::new(Supervisor::new(spawner, groups, dispatchers, seed, table, options));
+        anyhow::Ok(supervisor.run(Some((config.control.clone(), control))).await?)
+    })?;
+    for (address, counters) in config.listen.iter().zip(counters) {
         info!(
-            listen = %group.address,
+            listen = %address,
             selected = ?counters.selected,
             fallback = counters.fallback,
             passed = counters.passed,
@@ -92,24 +122,25 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             "dispatch counters"
         );
     }
-    // Detach before the sockets close.
-    drop(dispatchers);
     info!("stopped");
     Ok(())
 }
 
-/// Loads the seed, builds the table and attaches one dispatch program per listener group.
-fn attach(config: &RunConfig, groups: &[ListenerGroup]) -> anyhow::Result<Vec<Dispatcher>> {
-    let seed = seed::load_or_create(&config.state_dir)?;
-    let slots: Vec<u32> = (0..config.workers).collect();
-    let table = table::build(seed, &slots);
+/// Attaches one dispatch program per listener group, its maps holding `table`.
+fn attach(
+    config: &RunConfig,
+    seed: u64,
+    table: &[u32],
+    groups: &[ListenerGroup],
+) -> anyhow::Result<Vec<Dispatcher>> {
     let dispatch = DispatchConfig::new(seed, config.prefix_v4, config.prefix_v6, config.workers);
     let mut dispatchers = Vec::with_capacity(groups.len());
     for group in groups {
-        let dispatcher = Dispatcher::attach(group, &dispatch, &table)?;
+        let dispatcher = Dispatcher::attach(group, &dispatch, table)?;
         info!(
             listen = %group.address,
             program_id = dispatcher.program_id(),
+            migrates = dispatcher.migrates(),
             workers = config.workers,
             prefix_v4 = config.prefix_v4,
             prefix_v6 = config.prefix_v6,

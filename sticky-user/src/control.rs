@@ -1,0 +1,203 @@
+//! The control socket: a running `sticky run` answers `status`, `reload`, `scale` and `stop`
+//! on a Unix socket (mode 0600), one JSON request and one JSON response per connection.
+
+use std::{
+    fs,
+    io::{self, BufRead as _, BufReader, Write as _},
+    os::unix::{
+        fs::PermissionsExt as _,
+        net::{UnixListener, UnixStream},
+    },
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Where the control socket lives when no path is given (systemd's RuntimeDirectory=sticky).
+pub const DEFAULT_CONTROL: &str = "/run/sticky/sticky.sock";
+
+/// A request to the running loader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    /// Report workers and counters.
+    Status,
+    /// Replace every worker, one slot at a time.
+    Reload,
+    /// Change the number of worker slots.
+    Scale {
+        /// The new number of slots.
+        workers: u32,
+    },
+    /// Stop the workers and exit.
+    Stop,
+}
+
+/// The loader's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    /// The state of the loader.
+    Status(Status),
+    /// The request was carried out.
+    Done {
+        /// What was done.
+        message: String,
+    },
+    /// The request failed.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// What `sticky status` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The loader's pid.
+    pub pid: u32,
+    /// Listen addresses.
+    pub listen: Vec<String>,
+    /// `kernel` or `none`.
+    pub dispatch: String,
+    /// Ids of the attached programs, one per listen address.
+    pub program_ids: Vec<u32>,
+    /// Whether a closing listener's queue is migrated (Linux 5.14+).
+    pub migrates: bool,
+    /// Connections sent to another live slot because theirs was empty.
+    pub fallback: u64,
+    /// Connections left to the kernel's choice.
+    pub passed: u64,
+    /// Packets whose source address could not be read.
+    pub unreadable: u64,
+    /// One entry per worker slot.
+    pub slots: Vec<SlotStatus>,
+}
+
+/// One worker slot in [`Status`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlotStatus {
+    /// The slot number.
+    pub slot: u32,
+    /// The current worker's pid, if one runs.
+    pub pid: Option<u32>,
+    /// Seconds the current worker has been running.
+    pub uptime_secs: Option<f64>,
+    /// How often the slot's worker exited and was restarted.
+    pub restarts: u32,
+    /// Whether the slot is in the lookup table (false while ejected for crash-looping).
+    pub in_table: bool,
+    /// Connections the program sent to this slot, over all listen addresses.
+    pub connections: u64,
+}
+
+/// Why the control socket could not be used.
+#[derive(Debug, Error)]
+pub enum ControlError {
+    /// Nothing listens on the control socket.
+    #[error("no sticky is running (cannot connect to {}): {source}", path.display())]
+    NotRunning {
+        /// The control socket path.
+        path: PathBuf,
+        /// The connect error.
+        #[source]
+        source: io::Error,
+    },
+    /// Another loader owns the control socket.
+    #[error("another sticky is running with control socket {}", .0.display())]
+    InUse(PathBuf),
+    /// Any other I/O error on the control socket.
+    #[error("control socket {}: cannot {action}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The control socket path.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The peer sent something that is not a valid message.
+    #[error("control socket {}: invalid message", path.display())]
+    Invalid {
+        /// The control socket path.
+        path: PathBuf,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Binds the control socket at `path` with mode 0600, replacing a stale socket file but
+/// refusing to take over one a running loader answers on. The listener is non-blocking, ready
+/// for `tokio::net::UnixListener::from_std`.
+pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    let io_error = |action| move |source| ControlError::Io { action, path: path.into(), source };
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(io_error("create its directory"))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(ControlError::InUse(path.into()));
+        }
+        fs::remove_file(path).map_err(io_error("remove the stale socket"))?;
+    }
+    let listener = UnixListener::bind(path).map_err(io_error("bind"))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io_error("chmod"))?;
+    listener.set_nonblocking(true).map_err(io_error("configure"))?;
+    Ok(listener)
+}
+
+/// Reads one request from a connection of the control socket.
+pub async fn read_request(stream: &mut tokio::net::UnixStream) -> io::Result<Request> {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut line = String::new();
+    tokio::io::BufReader::new(stream).read_line(&mut line).await?;
+    serde_json::from_str(&line).map_err(io::Error::other)
+}
+
+/// Writes the response to a connection of the control socket.
+pub async fn write_response(
+    stream: &mut tokio::net::UnixStream,
+    response: &Response,
+) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut bytes = serde_json::to_vec(response).map_err(io::Error::other)?;
+    bytes.push(b'\n');
+    stream.write_all(&bytes).await
+}
+
+/// Sends `request` to the loader listening on `path` and returns its response.
+pub fn request(path: &Path, request: &Request) -> Result<Response, ControlError> {
+    let io_error = |action| move |source| ControlError::Io { action, path: path.into(), source };
+    let mut stream = UnixStream::connect(path)
+        .map_err(|source| ControlError::NotRunning { path: path.into(), source })?;
+    let mut line = serde_json::to_string(request).expect("requests serialize");
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(io_error("send"))?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer).map_err(io_error("receive"))?;
+    serde_json::from_str(&answer)
+        .map_err(|source| ControlError::Invalid { path: path.into(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_have_a_stable_json_form() {
+        let scale = serde_json::to_string(&Request::Scale { workers: 5 }).unwrap();
+        assert_eq!(scale, r#"{"command":"scale","workers":5}"#);
+        let done = serde_json::to_string(&Response::Done { message: "ok".into() }).unwrap();
+        assert_eq!(done, r#"{"result":"done","message":"ok"}"#);
+    }
+
+    #[test]
+    fn no_loader_is_a_clear_error() {
+        let path = std::env::temp_dir().join("sticky-no-such-control.sock");
+        let err = request(&path, &Request::Status).unwrap_err();
+        assert!(err.to_string().starts_with("no sticky is running"), "{err}");
+    }
+}
