@@ -7,12 +7,14 @@
 #![deny(missing_docs)]
 
 mod client;
+mod load;
 mod netns;
 mod sticky;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-pub use client::{Response, get, try_get};
+pub use client::{Failure, Response, connect, get, read_response, request, send_request, try_get};
+pub use load::{Load, Outcome, Report};
 pub use netns::{in_netns, processes_in_netns};
 pub use sticky::{Counters, Exit, StateDir, Sticky, program_is_loaded, sticky_bin, target_bin};
 

@@ -14,6 +14,7 @@ use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
+use sticky_user::control::{self, Request, Response, Status};
 
 /// The `sticky` binary under test: `$STICKY_BIN`, or `sticky` in the test's target dir.
 pub fn sticky_bin() -> PathBuf {
@@ -40,6 +41,8 @@ pub struct Sticky {
     reader: Option<thread::JoinHandle<()>>,
     /// The state directory `start` made, removed with this value.
     _state: Option<StateDir>,
+    /// The control socket, when started with a state directory.
+    control: Option<PathBuf>,
 }
 
 /// How `sticky` ended.
@@ -79,7 +82,9 @@ impl Sticky {
         command.arg("run").arg("--state-dir").arg(&state.0);
         command.arg("--control").arg(state.control());
         command.args(args);
-        Self::spawn(command)
+        let mut sticky = Self::spawn(command);
+        sticky.control = Some(state.control());
+        sticky
     }
 
     /// Starts `command` (a `sticky` invocation) with stderr collected.
@@ -96,7 +101,7 @@ impl Sticky {
                 log.push('\n');
             }
         });
-        Self { child, log, reader: Some(reader), _state: None }
+        Self { child, log, reader: Some(reader), _state: None, control: None }
     }
 
     /// The pid of the `sticky` process.
@@ -139,6 +144,25 @@ impl Sticky {
     /// Ids of the programs `sticky` attached, from the log.
     pub fn program_ids(&self) -> Vec<u32> {
         self.log().lines().filter_map(|line| field(line, "program_id=")).collect()
+    }
+
+    /// Sends `request` over the control socket; panics unless it is answered.
+    pub fn control(&self, request: Request) -> Response {
+        let path = self.control.as_ref().expect("started with a control socket");
+        control::request(path, &request).unwrap_or_else(|err| panic!("{err}:\n{}", self.log()))
+    }
+
+    /// The loader's status; panics unless it answers.
+    pub fn status(&self) -> Status {
+        match self.control(Request::Status) {
+            Response::Status(status) => status,
+            other => panic!("status answered {other:?}"),
+        }
+    }
+
+    /// The control socket's path.
+    pub fn control_path(&self) -> &std::path::Path {
+        self.control.as_deref().expect("started with a control socket")
     }
 
     /// Sends `signal` to `sticky` itself.

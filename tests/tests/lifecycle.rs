@@ -1,0 +1,282 @@
+//! Lifecycle under load: killed workers, rolling restarts, scaling, crash loops, migration.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+    os::unix::fs::PermissionsExt as _,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use sticky_tests::{
+    Failure, Load, Sticky, client_v4, connect, get, in_netns, processes_in_netns, read_response,
+    send_request, sticky_bin,
+};
+use sticky_user::control::{Request, Response};
+
+/// Source addresses of the background load (≥ 1000).
+fn load_clients() -> Vec<IpAddr> {
+    (0..1000).map(client_v4).collect()
+}
+
+/// Other addresses, to probe the mapping with.
+fn probe_clients(count: u32) -> Vec<IpAddr> {
+    (10_000..10_000 + count).map(client_v4).collect()
+}
+
+/// Each probe client's worker, one request each.
+fn mapping(clients: &[IpAddr], server: SocketAddr) -> HashMap<IpAddr, u32> {
+    clients.iter().map(|&client| (client, get(client, server).worker)).collect()
+}
+
+/// Waits (at most 30 s) until `done` holds.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn done(response: Response) -> String {
+    match response {
+        Response::Done { message } => message,
+        other => panic!("expected done, got {other:?}"),
+    }
+}
+
+#[test]
+fn killing_a_worker_every_second_loses_only_its_accepted_connections() {
+    in_netns(|| {
+        let mut sticky = Sticky::start(&["--listen", "127.0.0.1:3040", "-w", "4"]);
+        sticky.wait_for_workers(4);
+        let server = "127.0.0.1:3040".parse().unwrap();
+        let load = Load::start(server, &load_clients(), 4);
+        let mut killed_slots = HashSet::new();
+        for round in 0..10u32 {
+            thread::sleep(Duration::from_secs(1));
+            let slot = round % 4;
+            let status = sticky.status();
+            if let Some(pid) = status.slots[slot as usize].pid {
+                kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+                killed_slots.insert(slot);
+            }
+        }
+        thread::sleep(Duration::from_secs(1));
+        let report = load.stop();
+        let workers = report.workers_by_client();
+        let mut lost_after_accept = 0;
+        for (client, failure) in report.failures() {
+            match failure {
+                Failure::Connect(err) => {
+                    panic!("{client}: connection failed: {err}; {}", report.summary())
+                }
+                // A connection the killed worker had accepted dies with it; it must be one of
+                // a killed slot's clients.
+                Failure::AfterConnect(_) => {
+                    let slot = workers[&client][0];
+                    assert!(killed_slots.contains(&slot), "{client} of slot {slot} failed");
+                    lost_after_accept += 1;
+                }
+            }
+        }
+        println!("{}; lost with killed workers: {lost_after_accept}", report.summary());
+        assert!(report.succeeded() > 1000, "{}", report.summary());
+        for (client, seen) in &workers {
+            assert!(seen.iter().all(|&w| w == seen[0]), "{client} moved: {seen:?}");
+        }
+        let exit = sticky.stop();
+        assert!(exit.status.success(), "{}", exit.log);
+        assert!(exit.log.matches("worker exited").count() >= 10, "{}", exit.log);
+    });
+}
+
+#[test]
+fn a_rolling_restart_under_load_fails_no_connection() {
+    in_netns(|| {
+        let mut sticky = Sticky::start(&["--listen", "127.0.0.1:3041", "-w", "4"]);
+        sticky.wait_for_workers(4);
+        let server = "127.0.0.1:3041".parse().unwrap();
+        let before = sticky.status();
+        let load = Load::start(server, &load_clients(), 4);
+        thread::sleep(Duration::from_millis(500));
+        assert_eq!(done(sticky.control(Request::Reload)), "restarted 4 workers");
+        thread::sleep(Duration::from_millis(500));
+        let report = load.stop();
+        println!("{}", report.summary());
+        assert!(report.failures().is_empty(), "{}", report.summary());
+        let after = sticky.status();
+        for (old, new) in before.slots.iter().zip(&after.slots) {
+            assert_ne!(old.pid, new.pid, "slot {} was not restarted", old.slot);
+            assert!(new.pid.is_some());
+        }
+        for (client, seen) in report.workers_by_client() {
+            assert!(seen.iter().all(|&w| w == seen[0]), "{client} moved: {seen:?}");
+        }
+        // SIGHUP rolls too.
+        sticky.signal(Signal::SIGHUP);
+        sticky.wait_for("the SIGHUP reload", |log| log.contains("reload: restarted 4 workers"));
+        assert!(sticky.stop().status.success());
+    });
+}
+
+#[test]
+fn scaling_up_and_down_under_load_moves_only_the_clients_it_must() {
+    in_netns(|| {
+        let mut sticky = Sticky::start(&["--listen", "127.0.0.1:3042", "-w", "4"]);
+        sticky.wait_for_workers(4);
+        let server = "127.0.0.1:3042".parse().unwrap();
+        let probes = probe_clients(2000);
+        let load = Load::start(server, &load_clients(), 4);
+        let four = mapping(&probes, server);
+
+        assert_eq!(done(sticky.control(Request::Scale { workers: 5 })), "5 workers");
+        let five = mapping(&probes, server);
+        let moved: Vec<_> = probes.iter().filter(|c| four[c] != five[c]).collect();
+        assert!(moved.iter().all(|c| five[c] == 4), "a client moved between old workers");
+        let fraction = moved.len() as f64 / probes.len() as f64;
+        println!("4→5: {:.3} of clients moved", fraction);
+        assert!(fraction <= 1.15 / 5.0 && fraction > 0.0, "{fraction} moved");
+
+        assert_eq!(done(sticky.control(Request::Scale { workers: 4 })), "4 workers");
+        let back = mapping(&probes, server);
+        let of_removed = probes.iter().filter(|c| five[c] == 4).count();
+        let moved: Vec<_> = probes.iter().filter(|c| five[c] != back[c]).collect();
+        assert!(moved.iter().all(|c| five[c] == 4), "a client of an untouched slot moved");
+        assert!(moved.len() as f64 <= 1.15 * of_removed as f64);
+        assert_eq!(back, four, "scaling back restores the first mapping");
+
+        let report = load.stop();
+        println!("{}", report.summary());
+        assert!(report.failures().is_empty(), "{}", report.summary());
+        assert_eq!(sticky.status().slots.len(), 4);
+        let exit = sticky.stop();
+        assert!(exit.status.success(), "{}", exit.log);
+        assert_eq!(processes_in_netns(), Vec::<u32>::new());
+    });
+}
+
+#[test]
+fn a_crash_looping_slot_is_ejected_and_its_clients_are_served_elsewhere() {
+    in_netns(|| {
+        let sticky_path = sticky_bin();
+        let script = format!(
+            "if [ \"$STICKY_WORKER\" = 2 ]; then exit 3; fi; exec {} demo",
+            sticky_path.display()
+        );
+        let args = [
+            "--listen",
+            "127.0.0.1:3043",
+            "-w",
+            "4",
+            "--crash-limit",
+            "3",
+            "--crash-window",
+            "20",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ];
+        let mut sticky = Sticky::start(&args);
+        sticky.wait_for_workers(4);
+        let server = "127.0.0.1:3043".parse().unwrap();
+        // Requests made now from slot 2's clients wait in its queue; the ejection migrates them.
+        let probes = probe_clients(400);
+        let answered: Vec<u32> = probes.iter().map(|&c| get(c, server).worker).collect();
+        sticky.wait_for("the ejection", |log| log.contains("slot is crash-looping"));
+        assert!(answered.iter().all(|&w| w != 2), "slot 2 answered?");
+        let status = sticky.status();
+        assert!(!status.slots[2].in_table, "{status:?}");
+        assert!(status.slots.iter().enumerate().all(|(i, s)| i == 2 || s.in_table));
+        // Only slot 2's clients moved: the others answer as before.
+        let now = mapping(&probes, server);
+        let moved: Vec<_> = probes.iter().zip(&answered).filter(|(c, w)| now[*c] != **w).collect();
+        let exit = sticky.stop();
+        assert!(moved.is_empty(), "{} moved: {moved:?}\n{}", moved.len(), exit.log);
+        assert!(exit.status.success(), "{}", exit.log);
+        assert_eq!(processes_in_netns(), Vec::<u32>::new());
+    });
+}
+
+#[test]
+fn scaling_down_migrates_the_connections_queued_on_the_closing_listener() {
+    in_netns(|| {
+        let args = ["--listen", "127.0.0.1:3044", "-w", "5", "--grace-period", "1"];
+        let mut sticky = Sticky::start(&args);
+        sticky.wait_for_workers(5);
+        let server = "127.0.0.1:3044".parse().unwrap();
+        let status = sticky.status();
+        assert!(status.migrates, "this kernel cannot migrate (needs 5.14): {status:?}");
+        let probes = probe_clients(400);
+        let slot4: Vec<IpAddr> =
+            probes.iter().copied().filter(|&c| get(c, server).worker == 4).take(20).collect();
+        assert!(slot4.len() >= 10);
+        // Freeze slot 4's worker: new connections to it wait in its listener's queue.
+        let pid = status.slots[4].pid.unwrap();
+        kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
+        let mut queued: Vec<_> = slot4
+            .iter()
+            .map(|&client| {
+                let mut stream = connect(client, server).expect("connect");
+                send_request(&mut stream).expect("send");
+                stream
+            })
+            .collect();
+        assert_eq!(done(sticky.control(Request::Scale { workers: 4 })), "4 workers");
+        for stream in &mut queued {
+            let response = read_response(stream).expect("a queued connection was reset");
+            assert_ne!(response.worker, 4);
+        }
+        let exit = sticky.stop();
+        assert!(exit.status.success(), "{}", exit.log);
+        assert!(exit.counters()[0].selected.len() == 4);
+    });
+}
+
+#[test]
+fn the_control_socket_is_private_and_says_when_no_loader_runs() {
+    in_netns(|| {
+        let mut sticky = Sticky::start(&["--listen", "127.0.0.1:3045", "-w", "2"]);
+        sticky.wait_for_workers(2);
+        let mode = std::fs::metadata(sticky.control_path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let control = sticky.control_path().to_owned();
+        let run = |args: &[&str]| {
+            let output = Command::new(sticky_bin())
+                .args(args)
+                .arg("--control")
+                .arg(&control)
+                .output()
+                .unwrap();
+            (
+                output.status.success(),
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            )
+        };
+        let (ok, stdout, _) = run(&["status", "--json"]);
+        assert!(ok && stdout.contains("\"in_table\": true"), "{stdout}");
+        let (ok, _, stderr) = run(&["scale", "0"]);
+        assert!(!ok && stderr.contains("workers must be between 1 and 128, got 0"), "{stderr}");
+        // A second loader refuses the same control socket.
+        let mut second = Command::new(sticky_bin());
+        second.args(["run", "--listen", "127.0.0.1:3046", "-w", "1", "--control"]).arg(&control);
+        let exit = Sticky::spawn(second).wait();
+        assert!(!exit.status.success());
+        assert!(exit.log.contains("another sticky is running with control socket"), "{}", exit.log);
+        let (ok, stdout, _) = run(&["stop"]);
+        assert!(ok && stdout.contains("stopping"), "{stdout}");
+        assert!(sticky.wait().status.success());
+        assert!(!control.exists(), "the control socket was left behind");
+        let (ok, _, stderr) = run(&["status"]);
+        assert!(!ok, "status without a loader succeeded");
+        assert!(stderr.starts_with("sticky: error: no sticky is running"), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    });
+}
