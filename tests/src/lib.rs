@@ -29,6 +29,15 @@ pub fn client_v6(i: u32) -> IpAddr {
     IpAddr::V6(Ipv6Addr::new(0xfd00, 0, (i >> 16) as u16, i as u16, 0, 0, 0, 1))
 }
 
+/// Waits (at most 30 s) until `done` holds, panicking with `what` otherwise.
+pub fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// max/mean of the connection counts.
 pub fn imbalance(counts: &[usize]) -> f64 {
     let mean = counts.iter().sum::<usize>() as f64 / counts.len() as f64;

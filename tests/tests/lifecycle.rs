@@ -6,7 +6,7 @@ use std::{
     os::unix::fs::PermissionsExt as _,
     process::Command,
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use nix::{
@@ -32,15 +32,6 @@ fn probe_clients(count: u32) -> Vec<IpAddr> {
 /// Each probe client's worker, one request each.
 fn mapping(clients: &[IpAddr], server: SocketAddr) -> HashMap<IpAddr, u32> {
     clients.iter().map(|&client| (client, get(client, server).worker)).collect()
-}
-
-/// Waits (at most 30 s) until `done` holds.
-fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn done(response: Response) -> String {

@@ -1,27 +1,14 @@
 //! Workers: external commands over LISTEN_FDS, restarts into the same slot, no orphans.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    thread,
-    time::{Duration, Instant},
-};
+use std::net::{IpAddr, SocketAddr};
 
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
 use sticky_tests::{
-    Sticky, client_v4, get, in_netns, processes_in_netns, program_is_loaded, try_get,
+    Sticky, client_v4, eventually, get, in_netns, processes_in_netns, program_is_loaded, try_get,
 };
-
-/// Waits (at most 30 s) until `done` holds, panicking with `what` otherwise.
-fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Whether `pid` exists and is not a zombie.
 fn is_running(pid: u32) -> bool {
