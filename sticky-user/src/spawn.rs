@@ -7,6 +7,7 @@
 //! that pid: the loader cannot set it, as the pid is only known after fork.
 
 use std::{
+    collections::BTreeMap,
     ffi::OsString,
     io,
     os::{fd::RawFd, unix::process::CommandExt as _},
@@ -17,7 +18,7 @@ use std::{
 use tokio::process::{Child, Command};
 
 use crate::{
-    config::{MAX_LISTEN_ADDRESSES, WorkerCommand},
+    config::{Credentials, MAX_LISTEN_ADDRESSES, RunConfig, WorkerCommand},
     worker::{
         LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_START, LISTEN_PID, STICKY_WORKER, STICKY_WORKERS,
     },
@@ -26,7 +27,8 @@ use crate::{
 /// The hidden `sticky` subcommand that sets `LISTEN_PID` and execs the worker.
 pub const EXEC_WORKER: &str = "exec-worker";
 
-/// Starts workers: knows the command and the names of the listen addresses.
+/// Starts workers: knows the command, their environment and identity, and the names of the
+/// listen addresses.
 #[derive(Debug)]
 pub struct Spawner {
     /// The `sticky` executable, for the `exec-worker` shim.
@@ -35,20 +37,30 @@ pub struct Spawner {
     command: Vec<OsString>,
     /// `LISTEN_FDNAMES` value.
     names: String,
+    environment: BTreeMap<String, String>,
+    working_directory: Option<PathBuf>,
+    credentials: Option<Credentials>,
 }
 
 impl Spawner {
-    /// A spawner for `command` on sockets named `names` (one per listen address). Without a
-    /// command the workers run `sticky demo`.
-    pub fn new(command: Option<&WorkerCommand>, names: &[String]) -> io::Result<Self> {
+    /// A spawner for `config`'s workers on sockets named `names` (one per listen address).
+    /// Without a command the workers run `sticky demo`.
+    pub fn new(config: &RunConfig, names: &[String]) -> io::Result<Self> {
         let sticky = std::env::current_exe()?;
-        let command = match command {
+        let command = match &config.command {
             Some(WorkerCommand { program, args }) => {
                 std::iter::once(program.into()).chain(args.iter().cloned()).collect()
             }
             None => vec![sticky.clone().into(), "demo".into()],
         };
-        Ok(Self { sticky, command, names: names.join(":") })
+        Ok(Self {
+            sticky,
+            command,
+            names: names.join(":"),
+            environment: config.environment.clone(),
+            working_directory: config.working_directory.clone(),
+            credentials: config.credentials.clone(),
+        })
     }
 
     /// Starts the worker for `slot` of `slots`, with `fds` (one listening socket per listen
@@ -68,8 +80,17 @@ impl Spawner {
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_PID")
             .env_remove("WATCHDOG_USEC")
+            .envs(&self.environment)
             .stdin(Stdio::null())
             .process_group(0);
+        if let Some(dir) = &self.working_directory {
+            command.current_dir(dir);
+        }
+        if let Some(credentials) = &self.credentials {
+            // std applies setgid, setgroups([]) and setuid before the pre_exec closure, so the
+            // death signal set there survives; leaving root clears the capability sets.
+            command.uid(credentials.uid).gid(credentials.gid);
+        }
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
         // system calls, without allocating.
         unsafe { command.pre_exec(move || prepare_child(loader, &fds)) };

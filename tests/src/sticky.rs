@@ -81,6 +81,10 @@ impl Sticky {
         let mut command = Command::new(sticky_bin());
         command.arg("run").arg("--state-dir").arg(&state.0);
         command.arg("--control").arg(state.control());
+        if !args.iter().any(|a| a.starts_with("--user")) {
+            // The tests are not about the workers' identity (one test is).
+            command.arg("--allow-root-workers");
+        }
         command.args(args);
         let mut sticky = Self::spawn(command);
         sticky.control = Some(state.control());

@@ -7,7 +7,7 @@ use sticky_tests::{Exit, Sticky, in_netns, processes_in_netns, sticky_bin};
 /// Runs `sticky run ARGS` to its exit and checks the common promises; returns the error line.
 fn refused(args: &[&str]) -> String {
     let mut command = Command::new(sticky_bin());
-    command.arg("run").args(args);
+    command.arg("run").arg("--allow-root-workers").args(args);
     refused_command(command)
 }
 
@@ -89,6 +89,19 @@ fn worker_commands_that_cannot_run() {
 }
 
 #[test]
+fn workers_as_root_need_a_user_or_explicit_permission() {
+    in_netns(|| {
+        let mut command = Command::new(sticky_bin());
+        command.args(["run", "--listen", "127.0.0.1:3023"]);
+        assert_says(&refused_command(command), "refusing to run workers as root: give --user");
+        assert_says(
+            &refused(&["--user", "no-such-user-sticky"]),
+            "unknown user 'no-such-user-sticky'",
+        );
+    });
+}
+
+#[test]
 fn missing_capabilities_are_named() {
     in_netns(|| {
         // Not root: no capabilities at all.
@@ -99,7 +112,7 @@ fn missing_capabilities_are_named() {
         // Root without CAP_NET_ADMIN.
         let mut command = Command::new("setpriv");
         command.args(["--bounding-set=-net_admin", "--inh-caps=-net_admin"]).arg(sticky_bin());
-        command.args(["run", "--listen", "127.0.0.1:3022"]);
+        command.args(["run", "--listen", "127.0.0.1:3022", "--allow-root-workers"]);
         let error = refused_command(command);
         assert_says(&error, "missing capability CAP_NET_ADMIN");
         assert!(!error.contains("CAP_BPF"), "{error}");

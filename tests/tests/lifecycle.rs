@@ -255,7 +255,8 @@ fn the_control_socket_is_private_and_says_when_no_loader_runs() {
         assert!(!ok && stderr.contains("workers must be between 1 and 128, got 0"), "{stderr}");
         // A second loader refuses the same control socket.
         let mut second = Command::new(sticky_bin());
-        second.args(["run", "--listen", "127.0.0.1:3046", "-w", "1", "--control"]).arg(&control);
+        second.args(["run", "--listen", "127.0.0.1:3046", "-w", "1", "--allow-root-workers"]);
+        second.arg("--control").arg(&control);
         let exit = Sticky::spawn(second).wait();
         assert!(!exit.status.success());
         assert!(exit.log.contains("another sticky is running with control socket"), "{}", exit.log);

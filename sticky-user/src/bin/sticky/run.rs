@@ -1,12 +1,12 @@
 //! `sticky run`: listeners, dispatch program and workers, until SIGINT/SIGTERM or `sticky stop`.
 
-use std::{ffi::OsString, path::PathBuf, sync::Arc, thread::available_parallelism};
+use std::{path::PathBuf, sync::Arc, thread::available_parallelism};
 
 use anyhow::Context as _;
 use clap::Args;
 use sticky_common::DispatchConfig;
 use sticky_user::{
-    config::{DispatchMode, RunConfig, RunInput},
+    config::{self, DispatchMode, RunConfig, RunInput},
     control,
     dispatch::Dispatcher,
     listeners::{self, ListenerGroup},
@@ -19,6 +19,9 @@ use tracing::{info, warn};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// TOML file with any of these options (keys named like the flags); flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Address to listen on, ADDR:PORT; repeat for several. [default: [::]:3000, dual-stack]
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Vec<String>,
@@ -50,9 +53,49 @@ pub struct RunArgs {
     /// Control socket for `sticky status|reload|scale|stop`. [default: /run/sticky/sticky.sock]
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
+    /// Extra environment variable for the workers, KEY=VALUE; repeat for several.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    environment: Vec<(String, String)>,
+    /// The workers' working directory.
+    #[arg(long, value_name = "DIR")]
+    working_directory: Option<PathBuf>,
+    /// Run the workers as this user (name or uid), without capabilities.
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
+    /// Run the workers with this group (name or gid). [default: the user's primary group]
+    #[arg(long, value_name = "GROUP")]
+    group: Option<String>,
+    /// Let workers run as root when sticky runs as root and no --user is given.
+    #[arg(long)]
+    allow_root_workers: bool,
+    /// Serve Prometheus metrics on PORT (127.0.0.1) or ADDR:PORT. [default: off]
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<String>,
     /// Worker command; it finds its listening sockets at fd 3 (LISTEN_FDS). [default: sticky demo]
     #[arg(last = true, value_name = "CMD")]
-    command: Vec<OsString>,
+    command: Vec<String>,
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text.split_once('=').ok_or("expected KEY=VALUE")?;
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+impl RunArgs {
+    /// The options: the file's, with the flags' on top.
+    pub fn input(self) -> anyhow::Result<RunInput> {
+        let file = match &self.config {
+            Some(path) => config::load_file(path)?,
+            None => RunInput::default(),
+        };
+        Ok(file.overlay(self.into()))
+    }
+
+    /// The validated configuration.
+    pub fn config(self) -> anyhow::Result<RunConfig> {
+        let cpus = available_parallelism().map_or(1, |n| n.get() as u32);
+        Ok(RunConfig::from_input(self.input()?, cpus)?)
+    }
 }
 
 impl From<RunArgs> for RunInput {
@@ -69,13 +112,18 @@ impl From<RunArgs> for RunInput {
             crash_limit: args.crash_limit,
             crash_window: args.crash_window,
             control: args.control,
+            environment: args.environment.into_iter().collect(),
+            working_directory: args.working_directory,
+            user: args.user,
+            group: args.group,
+            allow_root_workers: args.allow_root_workers.then_some(true),
+            metrics: args.metrics,
         }
     }
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let cpus = available_parallelism().map_or(1, |n| n.get() as u32);
-    let config = RunConfig::from_input(args.into(), cpus)?;
+    let config = args.config()?;
     privileges::check()?;
     let groups = config
         .listen
@@ -95,8 +143,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let control = control::bind(&config.control)?;
     let names: Vec<String> =
         groups.iter().map(|group| format!("sticky-{}", group.address.port())).collect();
-    let spawner = Spawner::new(config.command.as_ref(), &names)
-        .context("cannot locate the sticky executable")?;
+    let spawner = Spawner::new(&config, &names).context("cannot locate the sticky executable")?;
     let options = Options {
         grace_period: config.grace_period,
         crash_limit: config.crash_limit,

@@ -1,7 +1,19 @@
-//! `sticky run`'s options: raw input in, one validated [`RunConfig`] out.
+//! `sticky run`'s options: raw input (flags, a TOML file, or both) in, one validated
+//! [`RunConfig`] out.
 
-use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
+mod file;
 
+use std::{
+    collections::BTreeMap,
+    ffi::OsString,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+pub use file::load_file;
+use nix::unistd::{Gid, Group, Uid, User};
+use serde::Deserialize;
 use sticky_common::MAX_SLOTS;
 use thiserror::Error;
 
@@ -22,8 +34,10 @@ pub const MAX_LISTEN_ADDRESSES: usize = 16;
 /// How long a worker may take to exit after SIGTERM when none is given.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
 
-/// `sticky run`'s options as the user gave them; `None` and empty mean "the default".
-#[derive(Debug, Default, Clone)]
+/// `sticky run`'s options as the user gave them; `None` and empty mean "the default". The
+/// TOML file's keys are the flags' names (`prefix-v4 = 24`).
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct RunInput {
     /// Listen addresses, `ADDR:PORT`.
     pub listen: Vec<String>,
@@ -34,7 +48,7 @@ pub struct RunInput {
     /// IPv6 prefix length that makes one client.
     pub prefix_v6: Option<u8>,
     /// Worker command and its arguments; empty for the built-in demo worker.
-    pub command: Vec<OsString>,
+    pub command: Vec<String>,
     /// Directory for the persisted hash seed.
     pub state_dir: Option<PathBuf>,
     /// Seconds a worker may take to exit after SIGTERM.
@@ -47,6 +61,48 @@ pub struct RunInput {
     pub crash_window: Option<f64>,
     /// Path of the control socket.
     pub control: Option<PathBuf>,
+    /// Extra environment variables for the workers.
+    pub environment: BTreeMap<String, String>,
+    /// The workers' working directory.
+    pub working_directory: Option<PathBuf>,
+    /// User the workers run as (name or uid).
+    pub user: Option<String>,
+    /// Group the workers run as (name or gid); the user's primary group by default.
+    pub group: Option<String>,
+    /// Allow workers to run as root when no user is given and sticky runs as root.
+    pub allow_root_workers: Option<bool>,
+    /// Address of the Prometheus metrics endpoint, `PORT` (on 127.0.0.1) or `ADDR:PORT`.
+    pub metrics: Option<String>,
+}
+
+impl RunInput {
+    /// This input with every value `over` gives replacing this one's (flags over a file).
+    pub fn overlay(self, over: RunInput) -> RunInput {
+        fn list<T>(base: Vec<T>, over: Vec<T>) -> Vec<T> {
+            if over.is_empty() { base } else { over }
+        }
+        let mut environment = self.environment;
+        environment.extend(over.environment);
+        RunInput {
+            listen: list(self.listen, over.listen),
+            workers: over.workers.or(self.workers),
+            prefix_v4: over.prefix_v4.or(self.prefix_v4),
+            prefix_v6: over.prefix_v6.or(self.prefix_v6),
+            command: list(self.command, over.command),
+            state_dir: over.state_dir.or(self.state_dir),
+            grace_period: over.grace_period.or(self.grace_period),
+            dispatch: over.dispatch.or(self.dispatch),
+            crash_limit: over.crash_limit.or(self.crash_limit),
+            crash_window: over.crash_window.or(self.crash_window),
+            control: over.control.or(self.control),
+            environment,
+            working_directory: over.working_directory.or(self.working_directory),
+            user: over.user.or(self.user),
+            group: over.group.or(self.group),
+            allow_root_workers: over.allow_root_workers.or(self.allow_root_workers),
+            metrics: over.metrics.or(self.metrics),
+        }
+    }
 }
 
 /// A validated `sticky run` configuration: every later stage trusts it.
@@ -74,6 +130,25 @@ pub struct RunConfig {
     pub crash_window: Duration,
     /// Path of the control socket.
     pub control: PathBuf,
+    /// Extra environment variables for the workers.
+    pub environment: BTreeMap<String, String>,
+    /// The workers' working directory (sticky's own when `None`).
+    pub working_directory: Option<PathBuf>,
+    /// The user and group the workers run as (sticky's own when `None`).
+    pub credentials: Option<Credentials>,
+    /// Address of the Prometheus metrics endpoint, if enabled.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// The unprivileged identity workers run as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user's name.
+    pub user: String,
+    /// The user id.
+    pub uid: u32,
+    /// The group id.
+    pub gid: u32,
 }
 
 /// Who picks the worker for a new connection.
@@ -134,6 +209,49 @@ pub enum ConfigError {
     /// The dispatch mode is unknown.
     #[error("--dispatch must be one of kernel, none; got '{0}'")]
     Dispatch(String),
+    /// The user does not exist.
+    #[error("unknown user '{0}'")]
+    User(String),
+    /// The group does not exist.
+    #[error("unknown group '{0}'")]
+    Group(String),
+    /// A group without a user.
+    #[error("--group needs --user")]
+    GroupWithoutUser,
+    /// Workers would run as root without being allowed to.
+    #[error(
+        "refusing to run workers as root: give --user (e.g. --user nobody), or --allow-root-workers"
+    )]
+    RootWorkers,
+    /// The working directory is not a directory.
+    #[error("working directory {} is not a directory", .0.display())]
+    WorkingDirectory(PathBuf),
+    /// An environment variable name is empty or holds '='.
+    #[error("invalid environment variable name '{0}'")]
+    EnvironmentName(String),
+    /// The metrics address does not parse.
+    #[error("invalid metrics address '{0}': expected PORT or ADDR:PORT")]
+    Metrics(String),
+    /// The configuration file could not be read.
+    #[error("cannot read {}: {reason}", path.display())]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The configuration file is not valid.
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column of the error.
+        column: usize,
+        /// What was expected.
+        message: String,
+    },
     /// The worker command cannot be found or is not executable.
     #[error("worker command '{command}' {reason}")]
     Command {
@@ -173,7 +291,25 @@ impl RunConfig {
             Some("none") => DispatchMode::None,
             Some(other) => return Err(ConfigError::Dispatch(other.into())),
         };
+        let credentials = credentials(input.user.as_deref(), input.group.as_deref())?;
+        let root = Uid::effective().is_root();
+        if root && credentials.is_none() && input.allow_root_workers != Some(true) {
+            return Err(ConfigError::RootWorkers);
+        }
+        if let Some(dir) = &input.working_directory {
+            if !dir.is_dir() {
+                return Err(ConfigError::WorkingDirectory(dir.clone()));
+            }
+        }
+        if let Some(name) = input.environment.keys().find(|k| k.is_empty() || k.contains('=')) {
+            return Err(ConfigError::EnvironmentName(name.clone()));
+        }
+        let metrics = input.metrics.as_deref().map(parse_metrics).transpose()?;
         Ok(Self {
+            environment: input.environment,
+            working_directory: input.working_directory,
+            credentials,
+            metrics,
             crash_limit,
             crash_window,
             control: input.control.unwrap_or_else(|| crate::control::DEFAULT_CONTROL.into()),
@@ -186,6 +322,46 @@ impl RunConfig {
             state_dir: input.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             grace_period,
         })
+    }
+}
+
+/// Resolves `user` (name or uid) and `group` (name or gid; the user's primary group if `None`).
+fn credentials(
+    user: Option<&str>,
+    group: Option<&str>,
+) -> Result<Option<Credentials>, ConfigError> {
+    let Some(user_name) = user else {
+        return match group {
+            Some(_) => Err(ConfigError::GroupWithoutUser),
+            None => Ok(None),
+        };
+    };
+    let unknown_user = || ConfigError::User(user_name.into());
+    let found = match user_name.parse::<u32>() {
+        Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+        Err(_) => User::from_name(user_name),
+    };
+    let user = found.ok().flatten().ok_or_else(unknown_user)?;
+    let gid = match group {
+        None => user.gid,
+        Some(group_name) => {
+            let found = match group_name.parse::<u32>() {
+                Ok(gid) => Group::from_gid(Gid::from_raw(gid)),
+                Err(_) => Group::from_name(group_name),
+            };
+            found.ok().flatten().ok_or_else(|| ConfigError::Group(group_name.into()))?.gid
+        }
+    };
+    Ok(Some(Credentials { user: user.name, uid: user.uid.as_raw(), gid: gid.as_raw() }))
+}
+
+/// `PORT` (on 127.0.0.1) or `ADDR:PORT`.
+fn parse_metrics(input: &str) -> Result<SocketAddr, ConfigError> {
+    let error = || ConfigError::Metrics(input.into());
+    match input.parse::<u16>() {
+        Ok(0) => Err(error()),
+        Ok(port) => Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)),
+        Err(_) => input.parse().map_err(|_| error()),
     }
 }
 
@@ -223,8 +399,8 @@ fn parse_listen(inputs: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
     Ok(addresses)
 }
 
-fn resolve_command(command: Vec<OsString>) -> Result<Option<WorkerCommand>, ConfigError> {
-    let mut parts = command.into_iter();
+fn resolve_command(command: Vec<String>) -> Result<Option<WorkerCommand>, ConfigError> {
+    let mut parts = command.into_iter().map(OsString::from);
     let Some(program) = parts.next() else { return Ok(None) };
     let error = |reason| ConfigError::Command { command: program.to_string_lossy().into(), reason };
     let path = PathBuf::from(&program);
@@ -246,7 +422,8 @@ mod tests {
     use super::*;
 
     fn config(input: RunInput) -> Result<RunConfig, ConfigError> {
-        RunConfig::from_input(input, 4)
+        let allow = input.allow_root_workers.or(Some(true));
+        RunConfig::from_input(RunInput { allow_root_workers: allow, ..input }, 4)
     }
 
     #[test]
@@ -289,9 +466,54 @@ mod tests {
     }
 
     #[test]
+    fn workers_get_credentials_or_root_must_be_allowed() {
+        let nobody =
+            config(RunInput { user: Some("nobody".into()), ..Default::default() }).unwrap();
+        let credentials = nobody.credentials.unwrap();
+        assert_eq!((credentials.user.as_str(), credentials.uid), ("nobody", 65534));
+        let with = |user: &str, group: Option<&str>| {
+            config(RunInput {
+                user: Some(user.into()),
+                group: group.map(Into::into),
+                ..Default::default()
+            })
+        };
+        assert_eq!(
+            with("no-such-user-sticky", None).unwrap_err(),
+            ConfigError::User("no-such-user-sticky".into())
+        );
+        assert_eq!(
+            with("nobody", Some("no-such-group")).unwrap_err(),
+            ConfigError::Group("no-such-group".into())
+        );
+        assert_eq!(with("0", Some("0")).unwrap().credentials.unwrap().gid, 0);
+        if Uid::effective().is_root() {
+            let refused = RunConfig::from_input(RunInput::default(), 4).unwrap_err();
+            assert_eq!(refused, ConfigError::RootWorkers);
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file =
+            RunInput { workers: Some(2), listen: vec!["[::]:80".into()], ..Default::default() };
+        let flags = RunInput { workers: Some(3), ..Default::default() };
+        let merged = file.overlay(flags);
+        assert_eq!((merged.workers, merged.listen), (Some(3), vec!["[::]:80".to_string()]));
+    }
+
+    #[test]
+    fn metrics_default_to_loopback() {
+        let with = |m: &str| config(RunInput { metrics: Some(m.into()), ..Default::default() });
+        assert_eq!(with("9100").unwrap().metrics, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(with("[::]:9100").unwrap().metrics, Some("[::]:9100".parse().unwrap()));
+        assert_eq!(with("x").unwrap_err(), ConfigError::Metrics("x".into()));
+    }
+
+    #[test]
     fn commands_are_resolved_or_refused() {
         let with = |command: &[&str]| {
-            let command = command.iter().map(OsString::from).collect();
+            let command = command.iter().map(|s| s.to_string()).collect();
             config(RunInput { command, ..Default::default() })
         };
         let sh = with(&["sh", "-c", "true"]).unwrap().command.unwrap();
