@@ -2,7 +2,7 @@
 """A sticky worker in plain Python (standard library only).
 
 sticky starts it with its listening socket at fd 3 (systemd's LISTEN_FDS protocol) and its slot
-in STICKY_WORKER. Run it with:  sticky run --workers 4 -- python3 examples/python/worker.py
+in STICKY_WORKER. Run it with:  sticky run --workers 4 --user nobody -- python3 examples/python/worker.py
 """
 import http.server
 import os

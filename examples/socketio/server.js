@@ -2,7 +2,7 @@
 // (systemd's LISTEN_FDS protocol), so every worker shares one port and sticky's eBPF program
 // picks the worker by client address.
 //
-//   sticky run --workers 4 -- node examples/socketio/server.js
+//   sticky run --workers 4 --user nobody -- node examples/socketio/server.js
 const http = require('node:http');
 const { Server } = require('socket.io');
 

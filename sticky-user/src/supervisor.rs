@@ -24,7 +24,7 @@ use nix::{
 use sticky_common::MAX_SLOTS;
 use thiserror::Error;
 use tokio::{
-    net::UnixListener,
+    net::{TcpListener, UnixListener},
     signal::unix::{SignalKind, signal},
     sync::{Notify, watch},
     time::{sleep, timeout},
@@ -35,6 +35,7 @@ use crate::{
     control::{self, Request, Response, SlotStatus, Status},
     dispatch::{Counters, DispatchError, Dispatcher},
     listeners::{ListenError, ListenerGroup},
+    metrics, notify,
     spawn::Spawner,
     table,
 };
@@ -48,6 +49,15 @@ pub const HEALTHY_RUN: Duration = Duration::from_secs(10);
 /// How long a rolling restart lets a new worker start before stopping the old one. The
 /// listening socket queues connections meanwhile, so none is refused.
 const WARMUP: Duration = Duration::from_millis(500);
+
+/// What the supervisor serves besides the workers.
+#[derive(Default)]
+pub struct Endpoints {
+    /// The control socket and its path (removed at exit).
+    pub control: Option<(PathBuf, UnixListener)>,
+    /// The metrics listener.
+    pub metrics: Option<TcpListener>,
+}
 
 /// How the supervisor treats workers.
 #[derive(Debug, Clone, Copy)]
@@ -170,10 +180,11 @@ impl Supervisor {
     }
 
     /// Starts the workers and runs until SIGINT, SIGTERM or `sticky stop`; SIGHUP reloads.
-    /// Answers on `control` if given. Returns the final counters, one per listen address.
+    /// Answers on the control socket and serves metrics if given, and speaks sd_notify.
+    /// Returns the final counters, one per listen address.
     pub async fn run(
         self: Arc<Self>,
-        control: Option<(PathBuf, UnixListener)>,
+        endpoints: Endpoints,
     ) -> Result<Vec<Counters>, SupervisorError> {
         let signals = |kind| signal(kind).map_err(SupervisorError::Signals);
         let (mut interrupt, mut terminate, mut hangup) = (
@@ -187,10 +198,15 @@ impl Supervisor {
                 start_worker(&self.shared, &mut state, slot);
             }
         }
-        let control_path = control.map(|(path, listener)| {
+        let control_path = endpoints.control.map(|(path, listener)| {
             tokio::spawn(serve_control(self.clone(), listener));
             path
         });
+        if let Some(listener) = endpoints.metrics {
+            tokio::spawn(metrics::serve(listener, self.clone()));
+        }
+        tokio::spawn(notify::watchdog());
+        notify::ready(&self.summary());
         let reason = loop {
             tokio::select! {
                 _ = interrupt.recv() => break "SIGINT received",
@@ -203,6 +219,7 @@ impl Supervisor {
             }
         };
         info!("{reason}: stopping the workers");
+        notify::stopping();
         self.stop_workers().await;
         let mut state = self.state();
         let counters =
@@ -223,6 +240,7 @@ impl Supervisor {
         let _operation = self.operation.lock().await;
         let count = self.state().slots.len();
         info!(workers = count, "rolling restart");
+        notify::reloading();
         for slot in 0..count {
             let (old, new) = {
                 let mut state = self.state();
@@ -241,7 +259,16 @@ impl Supervisor {
                 old.wait().await;
             }
         }
+        notify::ready(&self.summary());
         Ok(format!("restarted {count} workers"))
+    }
+
+    /// One line for systemd's status: workers, addresses, dispatch.
+    fn summary(&self) -> String {
+        let state = self.state();
+        let listen: Vec<String> = state.groups.iter().map(|g| g.address.to_string()).collect();
+        let dispatch = if state.dispatchers.is_empty() { "none" } else { "kernel" };
+        format!("{} workers on {}, dispatch {dispatch}", state.slots.len(), listen.join(", "))
     }
 
     /// Sets the number of worker slots to `workers`. New slots get new sockets and workers and

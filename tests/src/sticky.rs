@@ -70,14 +70,29 @@ pub struct Counters {
 impl Sticky {
     /// Starts `sticky run ARGS` with a fresh state directory.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Starts `sticky run ARGS` with a fresh state directory and extra environment.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let state = StateDir::new();
-        let mut sticky = Self::start_with_state(&state, args);
+        let mut command = Self::command(&state, args);
+        command.envs(env.iter().copied());
+        let mut sticky = Self::spawn(command);
+        sticky.control = Some(state.control());
         sticky._state = Some(state);
         sticky
     }
 
     /// Starts `sticky run --state-dir STATE ARGS`.
     pub fn start_with_state(state: &StateDir, args: &[&str]) -> Self {
+        let mut sticky = Self::spawn(Self::command(state, args));
+        sticky.control = Some(state.control());
+        sticky
+    }
+
+    /// `sticky run` with `state` as its state directory and control socket, and `args`.
+    fn command(state: &StateDir, args: &[&str]) -> Command {
         let mut command = Command::new(sticky_bin());
         command.arg("run").arg("--state-dir").arg(&state.0);
         command.arg("--control").arg(state.control());
@@ -86,9 +101,7 @@ impl Sticky {
             command.arg("--allow-root-workers");
         }
         command.args(args);
-        let mut sticky = Self::spawn(command);
-        sticky.control = Some(state.control());
-        sticky
+        command
     }
 
     /// Starts `command` (a `sticky` invocation) with stderr collected.

@@ -2,7 +2,7 @@
 //! the nightly toolchain with rust-src (the eBPF crate builds `core` itself), the LLVM
 //! development packages matching nightly's LLVM, bpf-linker built against them, and the
 //! tools the integration tests call (iproute2, util-linux's setpriv, python3, node with npm and
-//! the socket.io example's packages).
+//! the socket.io example's packages, systemd-analyze).
 
 use std::{fs, path::PathBuf, process::Command};
 
@@ -30,11 +30,12 @@ pub fn test_tools() -> anyhow::Result<()> {
         ("python3", "python3"),
         ("node", "nodejs"),
         ("npm", "npm"),
+        ("systemd-analyze", "systemd"),
     ];
     let missing: Vec<&str> =
         tools.into_iter().filter(|(tool, _)| !on_path(tool)).map(|(_, package)| package).collect();
     if missing.is_empty() {
-        say("test tools (ip, setpriv, python3, node, npm): present");
+        say("test tools (ip, setpriv, python3, node, npm, systemd-analyze): present");
     } else {
         apt_install(&missing)?;
     }

@@ -27,6 +27,13 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Build in release, install the binary to /usr/local/bin/sticky (as root) and, given
+    /// arguments, run `sticky install ARGS` (e.g. `web --user nobody -- node app.js`).
+    Install {
+        /// Arguments for `sticky install`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Bootstrap, then run the unit tests and the privileged integration tests (as root).
     Test {
         /// Only run integration tests whose name contains this.
@@ -38,6 +45,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Bootstrap => bootstrap::build_tools(),
         Command::Run { args } => run(args),
+        Command::Install { args } => install(args),
         Command::Test { filter } => test::run_all(filter.as_deref()),
     };
     match result {
@@ -49,12 +57,37 @@ fn main() -> ExitCode {
     }
 }
 
+/// Where `cargo xtask install` puts the binary (the unit's default ExecStart).
+const INSTALLED_BIN: &str = "/usr/local/bin/sticky";
+
+fn install(args: Vec<OsString>) -> anyhow::Result<()> {
+    bootstrap::build_tools()?;
+    shell::run(shell::cargo().args(["build", "--release", "--package", "sticky-user"]))?;
+    let built = shell::workspace_root().join("target/release/sticky");
+    shell::run(
+        shell::as_root("install").args(["-D", "-m", "0755"]).arg(&built).arg(INSTALLED_BIN),
+    )?;
+    shell::say(&format!("installed {INSTALLED_BIN}"));
+    if !args.is_empty() {
+        shell::run(shell::as_root(INSTALLED_BIN).arg("install").args(&args))?;
+    }
+    Ok(())
+}
+
 fn run(args: Vec<OsString>) -> anyhow::Result<()> {
     bootstrap::build_tools()?;
     shell::run(shell::cargo().args(["build", "--release", "--package", "sticky-user"]))?;
     let sticky = shell::workspace_root().join("target/release/sticky");
     let mut command = shell::as_root(&sticky);
-    command.arg("run").args(&args);
+    command.arg("run");
+    let options = args.iter().take_while(|arg| *arg != "--");
+    let identity = ["--user", "--allow-root-workers", "--config"];
+    if !options.into_iter().any(|arg| identity.iter().any(|f| arg.to_string_lossy().starts_with(f)))
+    {
+        // sticky runs as root; its workers need not.
+        command.args(["--user", "nobody"]);
+    }
+    command.args(&args);
     if args.is_empty() {
         shell::say("starting the demo: try `curl http://127.0.0.1:3000/` (Ctrl-C stops it)");
     }

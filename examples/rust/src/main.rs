@@ -1,6 +1,6 @@
 //! A sticky worker in Rust, using only std and `sticky_user::worker`.
 //!
-//! `sticky run --workers 4 -- target/debug/sticky-example-rust` starts four of these; each
+//! `sticky run --workers 4 --user nobody -- target/debug/sticky-example-rust` starts four of these; each
 //! serves the sockets it inherits at fd 3 onwards and answers `worker: <slot>`.
 
 use std::{

@@ -13,7 +13,7 @@ use std::{
 
 pub use file::load_file;
 use nix::unistd::{Gid, Group, Uid, User};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sticky_common::MAX_SLOTS;
 use thiserror::Error;
 
@@ -36,42 +36,59 @@ pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
 
 /// `sticky run`'s options as the user gave them; `None` and empty mean "the default". The
 /// TOML file's keys are the flags' names (`prefix-v4 = 24`).
-#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct RunInput {
     /// Listen addresses, `ADDR:PORT`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub listen: Vec<String>,
     /// Number of worker slots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<u32>,
     /// IPv4 prefix length that makes one client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_v4: Option<u8>,
     /// IPv6 prefix length that makes one client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_v6: Option<u8>,
     /// Worker command and its arguments; empty for the built-in demo worker.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
     /// Directory for the persisted hash seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<PathBuf>,
     /// Seconds a worker may take to exit after SIGTERM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_period: Option<f64>,
     /// How connections are dispatched: `kernel` or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dispatch: Option<String>,
     /// Exits within the crash window that eject a slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crash_limit: Option<u32>,
     /// Seconds the crash limit counts exits in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crash_window: Option<f64>,
     /// Path of the control socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<PathBuf>,
     /// Extra environment variables for the workers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub environment: BTreeMap<String, String>,
     /// The workers' working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_directory: Option<PathBuf>,
     /// User the workers run as (name or uid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// Group the workers run as (name or gid); the user's primary group by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
     /// Allow workers to run as root when no user is given and sticky runs as root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_root_workers: Option<bool>,
     /// Address of the Prometheus metrics endpoint, `PORT` (on 127.0.0.1) or `ADDR:PORT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
 }
 

@@ -2,18 +2,19 @@
 
 mod ctl;
 mod demo;
+mod install;
 mod run;
 
 use std::{ffi::OsString, io::IsTerminal as _, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use sticky_user::{control::Request, spawn};
 use tracing_subscriber::EnvFilter;
 
 /// Sticky sessions for multi-process servers: the kernel sends every connection from one client
 /// address to the same worker process.
 #[derive(Debug, Parser)]
-#[command(name = "sticky", version, about)]
+#[command(name = "sticky", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Open the listeners, attach the dispatch program and run the workers.
     Run(run::RunArgs),
+    /// Validate the options (and --config file) of `run` without starting anything.
+    Check(run::RunArgs),
     /// Show the running loader's workers and counters.
     Status {
         #[command(flatten)]
@@ -42,6 +45,17 @@ enum Command {
     },
     /// Stop the running loader and its workers.
     Stop(ctl::ControlArgs),
+    /// Write /etc/sticky/NAME.toml and a systemd unit sticky-NAME.service, and enable it.
+    Install(install::InstallArgs),
+    /// Disable and remove a service written by `sticky install`.
+    Uninstall(install::UninstallArgs),
+    /// Print shell completions.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
     /// Serve the built-in demo worker (what `run` starts when no CMD is given).
     Demo,
     /// Set LISTEN_PID to this process and exec CMD (used by `run` to start workers).
@@ -62,6 +76,16 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Check(args) => run::check(args),
+        Command::Install(args) => install::install(args),
+        Command::Uninstall(args) => install::uninstall(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "sticky", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).map_err(Into::into)
+        }
         Command::Status { control, json } => ctl::run(&control, Request::Status, json),
         Command::Reload(control) => ctl::run(&control, Request::Reload, false),
         Command::Scale { workers, control } => {

@@ -12,7 +12,7 @@ use sticky_user::{
     listeners::{self, ListenerGroup},
     privileges, seed,
     spawn::Spawner,
-    supervisor::{Options, Supervisor},
+    supervisor::{Endpoints, Options, Supervisor},
     table,
 };
 use tracing::{info, warn};
@@ -122,6 +122,23 @@ impl From<RunArgs> for RunInput {
     }
 }
 
+/// `sticky check`: validates the options and says what `run` would do.
+pub fn check(args: RunArgs) -> anyhow::Result<()> {
+    let source = args.config.clone();
+    let config = args.config()?;
+    let listen: Vec<String> = config.listen.iter().map(ToString::to_string).collect();
+    let command =
+        config.command.as_ref().map_or("sticky demo".into(), |c| c.program.display().to_string());
+    let user = config.credentials.as_ref().map_or("root".into(), |c| c.user.clone());
+    let source = source.map_or("options".into(), |path| path.display().to_string());
+    println!(
+        "{source}: ok: {} workers ({command}, as {user}) on {}",
+        config.workers,
+        listen.join(", ")
+    );
+    Ok(())
+}
+
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     privileges::check()?;
@@ -141,6 +158,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     let control = control::bind(&config.control)?;
+    let metrics = config
+        .metrics
+        .map(|address| {
+            std::net::TcpListener::bind(address)
+                .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+                .with_context(|| format!("cannot listen on metrics address {address}"))
+        })
+        .transpose()?;
     let names: Vec<String> =
         groups.iter().map(|group| format!("sticky-{}", group.address.port())).collect();
     let spawner = Spawner::new(&config, &names).context("cannot locate the sticky executable")?;
@@ -154,10 +179,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let counters = runtime.block_on(async {
-        let control = tokio::net::UnixListener::from_std(control)?;
+        let endpoints = Endpoints {
+            control: Some((config.control.clone(), tokio::net::UnixListener::from_std(control)?)),
+            metrics: metrics.map(tokio::net::TcpListener::from_std).transpose()?,
+        };
         let supervisor =
             Arc::new(Supervisor::new(spawner, groups, dispatchers, seed, table, options));
-        anyhow::Ok(supervisor.run(Some((config.control.clone(), control))).await?)
+        anyhow::Ok(supervisor.run(endpoints).await?)
     })?;
     for (address, counters) in config.listen.iter().zip(counters) {
         info!(

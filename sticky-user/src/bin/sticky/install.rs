@@ -1,0 +1,114 @@
+//! `sticky install` and `sticky uninstall`: a named systemd service.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use sticky_user::service::{self, ServiceFiles};
+
+use crate::run::RunArgs;
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Service name: the unit is sticky-NAME.service, the configuration /etc/sticky/NAME.toml.
+    name: String,
+    #[command(flatten)]
+    target: Target,
+    /// The sticky binary the unit runs.
+    #[arg(long, value_name = "PATH", default_value = "/usr/local/bin/sticky")]
+    bin: PathBuf,
+    /// The options of `sticky run` for the service.
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// Service name.
+    name: String,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Debug, Args)]
+struct Target {
+    /// Install into this root directory instead of / (systemctl is not called).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    root: PathBuf,
+    /// Print what would be written or removed, and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+impl Target {
+    /// Whether systemctl should be called: the real root, with systemd running.
+    fn systemd(&self) -> bool {
+        self.root == Path::new("/") && Path::new("/run/systemd/system").exists()
+    }
+}
+
+pub fn install(args: InstallArgs) -> anyhow::Result<()> {
+    let files = ServiceFiles::new(&args.name, &args.target.root)?;
+    let input = args.run.input()?;
+    // Validate now, as the service would at start.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let config = sticky_user::config::RunConfig::from_input(input.clone(), cpus)?;
+    let config_text = service::config_file(&files, &input)?;
+    let unit_text = service::unit_file(&files, &config, &args.bin);
+    if args.target.dry_run {
+        println!(
+            "# {}\n{config_text}\n# {}\n{unit_text}",
+            files.config.display(),
+            files.unit.display()
+        );
+        return Ok(());
+    }
+    service::write_new(&files, &files.config, &config_text)?;
+    if let Err(err) = service::write_new(&files, &files.unit, &unit_text) {
+        let _ = std::fs::remove_file(&files.config);
+        return Err(err.into());
+    }
+    println!("wrote {} and {}", files.config.display(), files.unit.display());
+    let unit = files.unit_name();
+    if args.target.systemd() {
+        systemctl(&["daemon-reload"])?;
+        systemctl(&["enable", &unit])?;
+        println!("enabled {unit}: start it with `systemctl start {unit}`");
+    } else {
+        println!(
+            "systemd is not running here: run `systemctl daemon-reload && systemctl enable --now {unit}` where it is"
+        );
+    }
+    Ok(())
+}
+
+pub fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
+    let files = ServiceFiles::new(&args.name, &args.target.root)?;
+    let unit = files.unit_name();
+    if args.target.dry_run {
+        for path in [&files.unit, &files.config].into_iter().filter(|p| p.exists()) {
+            println!("would remove {}", path.display());
+        }
+        return Ok(());
+    }
+    if args.target.systemd() && files.unit.exists() {
+        systemctl(&["disable", "--now", &unit])?;
+    }
+    service::remove(&files)?;
+    if args.target.systemd() {
+        systemctl(&["daemon-reload"])?;
+    }
+    println!("removed {unit} and {}", files.config.display());
+    Ok(())
+}
+
+fn systemctl(args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new("systemctl").args(args).status().context("cannot run systemctl")?;
+    if !status.success() {
+        bail!("`systemctl {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}

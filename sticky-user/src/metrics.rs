@@ -1,0 +1,130 @@
+//! The optional Prometheus endpoint (`--metrics`): the figures of `sticky status` in the text
+//! exposition format, at `GET /metrics`.
+
+use std::{fmt::Write as _, sync::Arc};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+};
+
+use crate::{control::Status, supervisor::Supervisor};
+
+/// Renders `status` in the Prometheus text format.
+pub fn render(status: &Status) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let per_slot = |value: fn(&crate::control::SlotStatus) -> u64| {
+        status.slots.iter().map(|s| (format!("{{slot=\"{}\"}}", s.slot), value(s))).collect()
+    };
+    family(
+        "sticky_connections_total",
+        "counter",
+        "Connections the eBPF program sent to each worker slot.",
+        per_slot(|s| s.connections),
+    );
+    family(
+        "sticky_worker_restarts_total",
+        "counter",
+        "Times each slot's worker exited and was restarted.",
+        per_slot(|s| u64::from(s.restarts)),
+    );
+    family(
+        "sticky_slot_in_table",
+        "gauge",
+        "1 while the slot is in the lookup table, 0 while it is ejected.",
+        per_slot(|s| u64::from(s.in_table)),
+    );
+    let up = status.slots.iter().filter(|s| s.pid.is_some()).count() as u64;
+    family("sticky_workers_up", "gauge", "Worker processes running.", vec![(String::new(), up)]);
+    family(
+        "sticky_fallbacks_total",
+        "counter",
+        "Connections whose slot was empty and went to another live slot.",
+        vec![(String::new(), status.fallback)],
+    );
+    family(
+        "sticky_passed_total",
+        "counter",
+        "Connections left to the kernel's choice because no slot was live.",
+        vec![(String::new(), status.passed)],
+    );
+    family(
+        "sticky_unreadable_total",
+        "counter",
+        "Packets whose source address could not be read.",
+        vec![(String::new(), status.unreadable)],
+    );
+    out
+}
+
+/// Serves `GET /metrics` on `listener` until the loader stops.
+pub async fn serve(listener: TcpListener, supervisor: Arc<Supervisor>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        tokio::spawn(answer(stream, supervisor.clone()));
+    }
+}
+
+async fn answer(mut stream: TcpStream, supervisor: Arc<Supervisor>) {
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buffer[..n]),
+        }
+    }
+    let (status, body) = match (head.starts_with(b"GET /metrics "), supervisor.status()) {
+        (true, Ok(status)) => ("200 OK", render(&status)),
+        (true, Err(err)) => ("500 Internal Server Error", format!("{err}\n")),
+        (false, _) => ("404 Not Found", "try /metrics\n".to_owned()),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::SlotStatus;
+
+    #[test]
+    fn renders_every_family() {
+        let slot = |slot, pid, connections| SlotStatus {
+            slot,
+            pid,
+            uptime_secs: None,
+            restarts: 2,
+            in_table: pid.is_some(),
+            connections,
+        };
+        let status = Status {
+            pid: 1,
+            listen: vec![],
+            dispatch: "kernel".into(),
+            program_ids: vec![],
+            migrates: true,
+            fallback: 3,
+            passed: 0,
+            unreadable: 0,
+            slots: vec![slot(0, Some(10), 5), slot(1, None, 7)],
+        };
+        let text = render(&status);
+        assert!(text.contains("sticky_connections_total{slot=\"1\"} 7\n"), "{text}");
+        assert!(text.contains("sticky_worker_restarts_total{slot=\"0\"} 2\n"));
+        assert!(text.contains("sticky_slot_in_table{slot=\"1\"} 0\n"));
+        assert!(text.contains("sticky_workers_up 1\n"));
+        assert!(text.contains("sticky_fallbacks_total 3\n"));
+        assert!(text.contains("# TYPE sticky_connections_total counter\n"));
+    }
+}

@@ -1,0 +1,219 @@
+//! `sticky install`: a configuration file and a hardened systemd unit for one named service.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use thiserror::Error;
+
+use crate::config::{RunConfig, RunInput};
+
+/// Capabilities the loader keeps: CAP_BPF and CAP_NET_ADMIN for the program, CAP_SETUID and
+/// CAP_SETGID to start the workers as their user.
+const CAPABILITIES: &str = "CAP_BPF CAP_NET_ADMIN CAP_SETUID CAP_SETGID";
+
+/// Why a service cannot be installed or removed.
+#[derive(Debug, Error)]
+pub enum ServiceError {
+    /// The name has characters a unit name cannot carry.
+    #[error("invalid service name '{0}': use letters, digits, '-' and '_'")]
+    Name(String),
+    /// The service exists already.
+    #[error("{} exists already: run `sticky uninstall {name}` first", path.display())]
+    Exists {
+        /// The service name.
+        name: String,
+        /// The file in the way.
+        path: PathBuf,
+    },
+    /// The service is not installed.
+    #[error("sticky-{0} is not installed")]
+    NotInstalled(String),
+    /// The configuration could not be written as TOML.
+    #[error("cannot write the configuration as TOML")]
+    Toml(#[from] toml::ser::Error),
+    /// A file could not be written or removed.
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The files of service `name` under `root` (`/` for the real system).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceFiles {
+    /// The service name (the unit is `sticky-NAME.service`).
+    pub name: String,
+    /// `ROOT/etc/sticky/NAME.toml`.
+    pub config: PathBuf,
+    /// `ROOT/etc/systemd/system/sticky-NAME.service`.
+    pub unit: PathBuf,
+}
+
+impl ServiceFiles {
+    /// The paths for service `name` under `root`.
+    pub fn new(name: &str, root: &Path) -> Result<Self, ServiceError> {
+        let valid = !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid {
+            return Err(ServiceError::Name(name.into()));
+        }
+        Ok(Self {
+            name: name.into(),
+            config: root.join(format!("etc/sticky/{name}.toml")),
+            unit: root.join(format!("etc/systemd/system/sticky-{name}.service")),
+        })
+    }
+
+    /// The path the unit refers to the configuration by (outside any `--root`).
+    fn config_on_system(&self) -> String {
+        format!("/etc/sticky/{}.toml", self.name)
+    }
+
+    /// The unit name.
+    pub fn unit_name(&self) -> String {
+        format!("sticky-{}.service", self.name)
+    }
+}
+
+/// The configuration file for the service: `input` with the service's own state directory and
+/// control socket (under systemd's StateDirectory= and RuntimeDirectory=).
+pub fn config_file(files: &ServiceFiles, input: &RunInput) -> Result<String, ServiceError> {
+    let mut input = input.clone();
+    input.state_dir = Some(format!("/var/lib/sticky/{}", files.name).into());
+    input.control = Some(control_socket(&files.name).into());
+    let header = format!(
+        "# sticky service '{}', read by {} (see `sticky run --help`).\n",
+        files.name,
+        files.unit_name()
+    );
+    Ok(header + &toml::to_string(&input)?)
+}
+
+/// The control socket of service `name`.
+pub fn control_socket(name: &str) -> String {
+    format!("/run/sticky/{name}/control.sock")
+}
+
+/// The systemd unit for the service, running `sticky` (at `bin`) with least privilege.
+pub fn unit_file(files: &ServiceFiles, config: &RunConfig, bin: &Path) -> String {
+    let low_port = config.listen.iter().any(|address| address.port() < 1024);
+    let capabilities = if low_port {
+        format!("{CAPABILITIES} CAP_NET_BIND_SERVICE")
+    } else {
+        CAPABILITIES.to_owned()
+    };
+    let name = &files.name;
+    let bin = bin.display();
+    let config_path = files.config_on_system();
+    format!(
+        "\
+# Installed by `sticky install {name}`; remove with `sticky uninstall {name}`.
+[Unit]
+Description=sticky: sticky sessions for {name}
+After=network.target
+
+[Service]
+Type=notify
+NotifyAccess=main
+ExecStart={bin} run --config {config_path}
+ExecReload={bin} reload --control {control}
+Restart=on-failure
+RestartSec=1s
+TimeoutStopSec={stop_timeout}
+KillMode=mixed
+StateDirectory=sticky/{name}
+RuntimeDirectory=sticky/{name}
+# The loader needs CAP_BPF and CAP_NET_ADMIN for its program, CAP_SETUID/CAP_SETGID to start
+# workers as their user; the workers keep no capability.
+CapabilityBoundingSet={capabilities}
+AmbientCapabilities={capabilities}
+# eBPF maps are charged to memlock before Linux 5.11.
+LimitMEMLOCK=infinity
+ProtectSystem=strict
+ProtectHome=read-only
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+SystemCallArchitectures=native
+
+[Install]
+WantedBy=multi-user.target
+",
+        control = control_socket(name),
+        stop_timeout = config.grace_period.as_secs() + 10,
+    )
+}
+
+/// Writes `contents` to `path`, creating its directory; refuses to replace a file.
+pub fn write_new(files: &ServiceFiles, path: &Path, contents: &str) -> Result<(), ServiceError> {
+    if path.exists() {
+        return Err(ServiceError::Exists { name: files.name.clone(), path: path.into() });
+    }
+    let io_error = |action| move |source| ServiceError::Io { action, path: path.into(), source };
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(io_error("create the directory of"))?;
+    }
+    fs::write(path, contents).map_err(io_error("write"))
+}
+
+/// Removes the service's files; fails if neither exists.
+pub fn remove(files: &ServiceFiles) -> Result<(), ServiceError> {
+    if !files.config.exists() && !files.unit.exists() {
+        return Err(ServiceError::NotInstalled(files.name.clone()));
+    }
+    for path in [&files.unit, &files.config] {
+        match fs::remove_file(path) {
+            Err(source) if source.kind() != io::ErrorKind::NotFound => {
+                return Err(ServiceError::Io { action: "remove", path: path.clone(), source });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(ServiceFiles::new("web-1", Path::new("/")).is_ok());
+        assert!(matches!(ServiceFiles::new("a/b", Path::new("/")), Err(ServiceError::Name(_))));
+        assert!(matches!(ServiceFiles::new("", Path::new("/")), Err(ServiceError::Name(_))));
+    }
+
+    #[test]
+    fn the_config_file_reads_back() {
+        let files = ServiceFiles::new("web", Path::new("/")).unwrap();
+        let input = RunInput {
+            workers: Some(4),
+            command: vec!["node".into(), "app.js".into()],
+            user: Some("nobody".into()),
+            ..Default::default()
+        };
+        let text = config_file(&files, &input).unwrap();
+        let back: RunInput = toml::from_str(&text).unwrap();
+        assert_eq!(back.workers, Some(4));
+        assert_eq!(back.command, ["node", "app.js"]);
+        assert_eq!(back.control, Some("/run/sticky/web/control.sock".into()));
+        assert_eq!(back.state_dir, Some("/var/lib/sticky/web".into()));
+    }
+}
