@@ -231,6 +231,7 @@ impl Supervisor {
         if let Some(path) = control_path {
             let _ = std::fs::remove_file(path);
         }
+        notify::flush(Duration::from_secs(1));
         Ok(counters)
     }
 

@@ -137,20 +137,28 @@ fn sd_notify_messages_arrive_in_order() {
         fs::create_dir_all(&dir.0).unwrap();
         let socket_path = dir.0.join("notify.sock");
         let socket = UnixDatagram::bind(&socket_path).unwrap();
-        socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         let env = [("NOTIFY_SOCKET", socket_path.to_str().unwrap()), ("WATCHDOG_USEC", "200000")];
         let mut sticky = Sticky::start_with_env(&["--listen", "127.0.0.1:3050", "-w", "2"], &env);
+        // Read the socket all along, as systemd does.
+        let (sender, incoming) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = socket.recv(&mut buffer) {
+                if sender.send(text(&buffer[..n])).is_err() {
+                    break;
+                }
+            }
+        });
         let mut messages = Vec::new();
         // Receives messages until one contains `until`, and returns that one.
-        let mut receive = |until: &str| {
-            let mut buffer = [0u8; 4096];
-            loop {
-                let n = socket.recv(&mut buffer).expect("an sd_notify message");
-                let message = text(&buffer[..n]);
-                messages.push(message.clone());
-                if message.contains(until) {
-                    return message;
-                }
+        let mut receive = |until: &str| loop {
+            let message = incoming
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("no {until} after {messages:?}"));
+            messages.push(message.clone());
+            if message.contains(until) {
+                return message;
             }
         };
         let ready = receive("READY=1");

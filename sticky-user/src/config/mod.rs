@@ -313,10 +313,8 @@ impl RunConfig {
         if root && credentials.is_none() && input.allow_root_workers != Some(true) {
             return Err(ConfigError::RootWorkers);
         }
-        if let Some(dir) = &input.working_directory {
-            if !dir.is_dir() {
-                return Err(ConfigError::WorkingDirectory(dir.clone()));
-            }
+        if let Some(dir) = input.working_directory.as_ref().filter(|dir| !dir.is_dir()) {
+            return Err(ConfigError::WorkingDirectory(dir.clone()));
         }
         if let Some(name) = input.environment.keys().find(|k| k.is_empty() || k.contains('=')) {
             return Err(ConfigError::EnvironmentName(name.clone()));
