@@ -9,41 +9,37 @@
 //! All of its state sits behind one mutex that is never held across an `await`; the tasks that
 //! wait for worker exits, timers and control requests each take it briefly.
 
+mod slots;
+mod workers;
+
 use std::{
-    collections::VecDeque,
-    os::fd::AsRawFd as _,
     path::PathBuf,
     sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use nix::{
-    sys::signal::{Signal, killpg},
-    unistd::Pid,
-};
 use sticky_common::MAX_SLOTS;
 use thiserror::Error;
 use tokio::{
     net::{TcpListener, UnixListener},
     signal::unix::{SignalKind, signal},
-    sync::{Notify, watch},
-    time::{sleep, timeout},
+    sync::Notify,
+    time::timeout,
 };
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
+use self::{
+    slots::{State, lock},
+    workers::{start_worker, terminate},
+};
 use crate::{
     control::{self, Request, Response, SlotStatus, Status},
     dispatch::{Counters, DispatchError, Dispatcher},
     listeners::{ListenError, ListenerGroup},
     metrics, notify,
     spawn::Spawner,
-    table,
 };
 
-/// Delay before the first restart of a worker that exited.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-/// The longest delay between restarts.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A worker that ran this long is healthy: its backoff resets and an ejected slot rejoins.
 pub const HEALTHY_RUN: Duration = Duration::from_secs(10);
 /// How long a rolling restart lets a new worker start before stopping the old one. The
@@ -100,44 +96,6 @@ pub struct Supervisor {
     operation: tokio::sync::Mutex<()>,
     /// Woken by `sticky stop`.
     stop: Notify,
-}
-
-struct State {
-    spawner: Spawner,
-    groups: Vec<ListenerGroup>,
-    dispatchers: Vec<Dispatcher>,
-    seed: u64,
-    /// The table as last written to the maps.
-    table: Vec<u32>,
-    options: Options,
-    slots: Vec<Slot>,
-    /// Every worker process not yet reaped, current or retiring.
-    live: Vec<Worker>,
-    next_slot_id: u64,
-    stopping: bool,
-}
-
-struct Slot {
-    /// Tells a slot apart from a later one at the same index (after scaling down and up).
-    id: u64,
-    worker: Option<Worker>,
-    restarts: u32,
-    exits: VecDeque<Instant>,
-    in_table: bool,
-    backoff: Duration,
-}
-
-#[derive(Clone)]
-struct Worker {
-    pid: u32,
-    started: Instant,
-    exited: watch::Receiver<bool>,
-}
-
-impl Worker {
-    async fn wait(&self) {
-        let _ = self.exited.clone().wait_for(|exited| *exited).await;
-    }
 }
 
 impl Supervisor {
@@ -369,232 +327,6 @@ impl Supervisor {
             }
         }
     }
-}
-
-impl State {
-    fn new_slot(&mut self) -> Slot {
-        self.next_slot_id += 1;
-        Slot {
-            id: self.next_slot_id,
-            worker: None,
-            restarts: 0,
-            exits: VecDeque::new(),
-            in_table: true,
-            backoff: FIRST_BACKOFF,
-        }
-    }
-
-    fn slot_of(&self, pid: u32) -> Option<usize> {
-        self.slots.iter().position(|slot| slot.worker.as_ref().is_some_and(|w| w.pid == pid))
-    }
-
-    /// Rebuilds the table from the slots in it and writes the entries that changed.
-    fn update_table(&mut self) -> Result<(), DispatchError> {
-        if self.dispatchers.is_empty() {
-            return Ok(());
-        }
-        let live: Vec<u32> =
-            (0..).zip(&self.slots).filter(|(_, s)| s.in_table).map(|(i, _)| i).collect();
-        if live.is_empty() {
-            warn!("every slot is out of the table: keeping the last table");
-            return Ok(());
-        }
-        let table = table::build(self.seed, &live);
-        for dispatcher in &mut self.dispatchers {
-            dispatcher.update_table(&self.table, &table)?;
-        }
-        self.table = table;
-        Ok(())
-    }
-
-    fn add_slots(
-        &mut self,
-        shared: &Arc<Mutex<State>>,
-        workers: u32,
-    ) -> Result<(), SupervisorError> {
-        for index in self.slots.len() as u32..workers {
-            for (position, group) in self.groups.iter_mut().enumerate() {
-                let socket = group.open_socket()?;
-                if let Some(dispatcher) = self.dispatchers.get_mut(position) {
-                    dispatcher.set_socket(index, &socket)?;
-                }
-                group.sockets.push(socket);
-            }
-            let slot = self.new_slot();
-            self.slots.push(slot);
-        }
-        for dispatcher in &mut self.dispatchers {
-            dispatcher.set_slot_count(workers)?;
-        }
-        for index in 0..self.slots.len() {
-            if self.slots[index].worker.is_none() {
-                start_worker(shared, self, index);
-            }
-        }
-        self.update_table()?;
-        info!(workers, "scaled up");
-        Ok(())
-    }
-
-    fn remove_slots(&mut self, workers: u32) -> Result<Vec<Worker>, SupervisorError> {
-        for slot in &mut self.slots[workers as usize..] {
-            slot.in_table = false;
-        }
-        // First no new client maps to the leaving slots ...
-        self.update_table()?;
-        let mut retiring = Vec::new();
-        while self.slots.len() as u32 > workers {
-            let index = self.slots.len() as u32 - 1;
-            for dispatcher in &mut self.dispatchers {
-                dispatcher.clear_socket(index)?;
-            }
-            // ... then the loader lets go of their sockets: each closes when its worker has
-            // finished, and the kernel migrates what is still queued on it.
-            for group in &mut self.groups {
-                group.sockets.pop();
-            }
-            retiring.extend(self.slots.pop().and_then(|slot| slot.worker));
-        }
-        for dispatcher in &mut self.dispatchers {
-            dispatcher.set_slot_count(workers)?;
-        }
-        for worker in &retiring {
-            terminate(worker, self.options.grace_period);
-        }
-        info!(workers, "scaled down");
-        Ok(retiring)
-    }
-
-    /// Takes a crash-looping slot out of the table, and gives it a fresh socket so the
-    /// connections queued on the old one migrate to live slots.
-    fn eject(&mut self, index: usize) -> Result<(), SupervisorError> {
-        self.slots[index].in_table = false;
-        self.update_table()?;
-        for (group, dispatcher) in self.groups.iter_mut().zip(&mut self.dispatchers) {
-            let socket = group.open_socket()?;
-            dispatcher.set_socket(index as u32, &socket)?;
-            // Dropping the old socket closes it: nothing else holds it while the worker is down.
-            group.sockets[index] = socket;
-        }
-        Ok(())
-    }
-}
-
-fn lock(shared: &Arc<Mutex<State>>) -> MutexGuard<'_, State> {
-    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Starts the worker of slot `index`; its exit is handled by [`on_exit`]. Returns the worker,
-/// or `None` if it could not be started (then a restart is scheduled).
-fn start_worker(shared: &Arc<Mutex<State>>, state: &mut State, index: usize) -> Option<Worker> {
-    let fds = state.groups.iter().map(|group| group.sockets[index].as_raw_fd()).collect();
-    let slots = state.slots.len() as u32;
-    let mut child = match state.spawner.spawn(index as u32, slots, fds) {
-        Ok(child) => child,
-        Err(err) => {
-            error!(slot = index, error = %err, "cannot start worker");
-            schedule_restart(shared, state, index);
-            return None;
-        }
-    };
-    let pid = child.id().unwrap_or_default();
-    let (exited_tx, exited) = watch::channel(false);
-    let worker = Worker { pid, started: Instant::now(), exited };
-    info!(slot = index, pid, "worker started");
-    state.slots[index].worker = Some(worker.clone());
-    state.live.push(worker.clone());
-    let waiter = shared.clone();
-    tokio::spawn(async move {
-        let status = child.wait().await;
-        let _ = exited_tx.send(true);
-        on_exit(&waiter, pid, status.map_or_else(|e| e.to_string(), |s| s.to_string()));
-    });
-    let watcher = shared.clone();
-    let id = state.slots[index].id;
-    tokio::spawn(async move {
-        sleep(HEALTHY_RUN).await;
-        let mut state = lock(&watcher);
-        let Some(slot) = state.slots.get_mut(index).filter(|slot| slot.id == id) else { return };
-        if slot.worker.as_ref().is_some_and(|w| w.pid == pid) {
-            slot.backoff = FIRST_BACKOFF;
-            if !slot.in_table {
-                slot.in_table = true;
-                info!(slot = index, pid, "worker stayed up: slot rejoins the table");
-                if let Err(err) = state.update_table() {
-                    error!(error = %err, "cannot update the table");
-                }
-            }
-        }
-    });
-    Some(worker)
-}
-
-/// A worker exited: forget it, and if it was its slot's current worker, restart it after the
-/// slot's backoff, ejecting the slot first if it is crash-looping.
-fn on_exit(shared: &Arc<Mutex<State>>, pid: u32, status: String) {
-    let mut state = lock(shared);
-    state.live.retain(|worker| worker.pid != pid);
-    if state.stopping {
-        return;
-    }
-    let Some(index) = state.slot_of(pid) else { return };
-    let Options { crash_limit, crash_window, .. } = state.options;
-    let slot = &mut state.slots[index];
-    warn!(slot = index, pid, %status, "worker exited");
-    slot.worker = None;
-    slot.restarts += 1;
-    let now = Instant::now();
-    slot.exits.push_back(now);
-    while slot.exits.front().is_some_and(|&exit| now - exit > crash_window) {
-        slot.exits.pop_front();
-    }
-    let crash_loop = slot.in_table && slot.exits.len() as u32 >= crash_limit;
-    if crash_loop && !state.dispatchers.is_empty() {
-        warn!(
-            slot = index,
-            exits = crash_limit,
-            window_secs = crash_window.as_secs_f64(),
-            "slot is crash-looping: its clients go to the other slots until its worker stays up"
-        );
-        if let Err(err) = state.eject(index) {
-            error!(slot = index, error = %err, "cannot eject the slot");
-        }
-    }
-    schedule_restart(shared, &mut state, index);
-}
-
-/// Restarts slot `index`'s worker after its backoff, unless the slot is gone or stopping.
-fn schedule_restart(shared: &Arc<Mutex<State>>, state: &mut State, index: usize) {
-    let slot = &mut state.slots[index];
-    let (delay, id) = (slot.backoff, slot.id);
-    slot.backoff = (slot.backoff * 2).min(MAX_BACKOFF);
-    info!(slot = index, delay_ms = delay.as_millis() as u64, "restarting worker");
-    let shared = shared.clone();
-    tokio::spawn(async move {
-        sleep(delay).await;
-        let mut state = lock(&shared);
-        let current =
-            state.slots.get(index).is_some_and(|slot| slot.id == id && slot.worker.is_none());
-        if current && !state.stopping {
-            start_worker(&shared, &mut state, index);
-        }
-    });
-}
-
-/// SIGTERM to the worker's process group, SIGKILL once `grace` has passed; then SIGKILL to
-/// what is left of its group (its own children).
-fn terminate(worker: &Worker, grace: Duration) {
-    let group = Pid::from_raw(worker.pid as i32);
-    let _ = killpg(group, Signal::SIGTERM);
-    let worker = worker.clone();
-    tokio::spawn(async move {
-        if timeout(grace, worker.wait()).await.is_err() {
-            warn!(pid = worker.pid, "worker still running after the grace period: killing it");
-            let _ = killpg(group, Signal::SIGKILL);
-            worker.wait().await;
-        }
-        let _ = killpg(group, Signal::SIGKILL);
-    });
 }
 
 fn log_outcome(what: &str, result: Result<String, SupervisorError>) {
