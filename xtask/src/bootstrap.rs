@@ -55,6 +55,18 @@ fn socketio_packages() -> anyhow::Result<()> {
     run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&example))
 }
 
+/// Ensures `tool` is on PATH, installing Debian package `package` if it is missing.
+pub fn ensure_tool(tool: &str, package: &str) -> anyhow::Result<()> {
+    if on_path(tool) {
+        return Ok(());
+    }
+    apt_install(&[package])?;
+    if !on_path(tool) {
+        bail!("{tool} is still missing after installing {package}");
+    }
+    Ok(())
+}
+
 /// Ensures the nightly toolchain and its rust-src; returns nightly's LLVM major version.
 fn nightly_with_rust_src() -> anyhow::Result<u32> {
     let version = || output(Command::new("rustup").args(["run", "nightly", "rustc", "-vV"]));

@@ -1,6 +1,7 @@
 //! `cargo xtask`: sticky's orchestration. It bootstraps what the build needs, then hands over
 //! to cargo and the `sticky` binary; it never duplicates the build itself.
 
+mod bench;
 mod bootstrap;
 mod shell;
 mod test;
@@ -34,6 +35,12 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Measure every dispatch mode side by side and print a table (as root).
+    Bench {
+        /// Shorter runs and one repeat (under two minutes).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Bootstrap, then run the unit tests and the privileged integration tests (as root).
     Test {
         /// Only run integration tests whose name contains this.
@@ -46,6 +53,7 @@ fn main() -> ExitCode {
         Command::Bootstrap => bootstrap::build_tools(),
         Command::Run { args } => run(args),
         Command::Install { args } => install(args),
+        Command::Bench { quick } => bench(quick),
         Command::Test { filter } => test::run_all(filter.as_deref()),
     };
     match result {
@@ -55,6 +63,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The benchmark starts sticky and proxies and reads kernel statistics: as root, re-running
+/// this xtask through sudo when needed.
+fn bench(quick: bool) -> anyhow::Result<()> {
+    if shell::is_root() {
+        return bench::run(quick);
+    }
+    let mut command = shell::as_root(std::env::current_exe()?);
+    command.arg("bench").args(quick.then_some("--quick"));
+    shell::run(&mut command)
 }
 
 /// Where `cargo xtask install` puts the binary (the unit's default ExecStart).

@@ -1,0 +1,130 @@
+//! The load generator: a new TCP connection per request, from many loopback source addresses,
+//! at a fixed concurrency, for a fixed time.
+
+use std::{
+    collections::HashMap,
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    thread,
+    time::{Duration, Instant},
+};
+
+use socket2::{Domain, Socket, Type};
+
+/// Distinct client source addresses (127.16.0.1 onwards).
+pub const CLIENTS: u32 = 1024;
+/// Concurrent connections (one thread each).
+pub const CONCURRENCY: usize = 8;
+
+/// What one load run measured.
+#[derive(Debug, Default)]
+pub struct LoadResult {
+    /// Requests answered.
+    pub ok: u64,
+    /// Requests that failed.
+    pub failed: u64,
+    /// Seconds the load ran.
+    pub seconds: f64,
+    /// Latency of every answered request, in microseconds, sorted.
+    pub latencies_us: Vec<u32>,
+    /// The worker (by pid) each client reached, per request.
+    pub workers_by_client: HashMap<u32, Vec<u32>>,
+}
+
+fn client(i: u32) -> IpAddr {
+    let [_, b, c, d] = (i + 1).to_be_bytes();
+    IpAddr::V4(Ipv4Addr::new(127, 16 + b, c, d))
+}
+
+/// Runs the load against `server` for `duration`.
+pub fn run(server: SocketAddr, duration: Duration) -> LoadResult {
+    let start = Instant::now();
+    let deadline = start + duration;
+    let threads: Vec<_> = (0..CONCURRENCY)
+        .map(|thread| {
+            thread::spawn(move || {
+                let mut result = LoadResult::default();
+                let mut next = thread as u32;
+                while Instant::now() < deadline {
+                    let index = next % CLIENTS;
+                    next += CONCURRENCY as u32;
+                    let began = Instant::now();
+                    match request(client(index), server) {
+                        Some(pid) => {
+                            result.ok += 1;
+                            result.latencies_us.push(began.elapsed().as_micros() as u32);
+                            result.workers_by_client.entry(index).or_default().push(pid);
+                        }
+                        None => result.failed += 1,
+                    }
+                }
+                result
+            })
+        })
+        .collect();
+    let mut total = LoadResult::default();
+    for thread in threads {
+        let part = thread.join().expect("load thread");
+        total.ok += part.ok;
+        total.failed += part.failed;
+        total.latencies_us.extend(part.latencies_us);
+        for (client, pids) in part.workers_by_client {
+            total.workers_by_client.entry(client).or_default().extend(pids);
+        }
+    }
+    total.seconds = start.elapsed().as_secs_f64();
+    total.latencies_us.sort_unstable();
+    total
+}
+
+/// One request on a new connection; the answering worker's pid.
+fn request(source: IpAddr, server: SocketAddr) -> Option<u32> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).ok()?;
+    socket.set_reuse_address(true).ok()?;
+    socket.bind(&SocketAddr::new(source, 0).into()).ok()?;
+    socket.connect_timeout(&server.into(), Duration::from_secs(5)).ok()?;
+    socket.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut stream: TcpStream = socket.into();
+    stream.write_all(b"GET / HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n").ok()?;
+    let mut response = Vec::with_capacity(512);
+    stream.read_to_end(&mut response).ok()?;
+    let text = std::str::from_utf8(&response).ok()?;
+    text.lines().find_map(|line| line.strip_prefix("x-sticky-pid:")?.trim().parse().ok())
+}
+
+impl LoadResult {
+    /// Requests answered per second.
+    pub fn rate(&self) -> f64 {
+        self.ok as f64 / self.seconds
+    }
+
+    /// The latency at quantile `q`, in microseconds.
+    pub fn latency(&self, q: f64) -> f64 {
+        let n = self.latencies_us.len();
+        if n == 0 {
+            return f64::NAN;
+        }
+        f64::from(self.latencies_us[((n as f64 * q) as usize).min(n - 1)])
+    }
+
+    /// Share of clients whose requests all reached one worker.
+    pub fn sticky_share(&self) -> f64 {
+        let sticky = self
+            .workers_by_client
+            .values()
+            .filter(|pids| pids.iter().all(|p| *p == pids[0]))
+            .count();
+        sticky as f64 / self.workers_by_client.len().max(1) as f64
+    }
+
+    /// max/mean of the requests per worker.
+    pub fn imbalance(&self) -> f64 {
+        let mut per_worker: HashMap<u32, u64> = HashMap::new();
+        for pid in self.workers_by_client.values().flatten() {
+            *per_worker.entry(*pid).or_default() += 1;
+        }
+        let max = per_worker.values().copied().max().unwrap_or(0) as f64;
+        let mean = per_worker.values().sum::<u64>() as f64 / per_worker.len().max(1) as f64;
+        max / mean
+    }
+}

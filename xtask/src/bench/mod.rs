@@ -1,0 +1,148 @@
+//! `cargo xtask bench`: every dispatch mode side by side, same workers, same load; one table of
+//! measured figures and ratios to kernel dispatch, plus JSON and an SVG chart under
+//! `bench/results/`. Nothing here asserts anything: it measures and reports.
+
+mod load;
+mod report;
+mod servers;
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+
+use self::{
+    report::{Report, Sample},
+    servers::{ADDRESS, Mode, Server},
+};
+use crate::{bootstrap, shell};
+
+/// How long each measured run lasts, and how often each mode is repeated.
+struct Plan {
+    duration: Duration,
+    repeats: usize,
+    workers: u32,
+    scaling: &'static [u32],
+}
+
+const FULL: Plan =
+    Plan { duration: Duration::from_secs(5), repeats: 3, workers: 4, scaling: &[2, 4, 8] };
+const QUICK: Plan =
+    Plan { duration: Duration::from_secs(2), repeats: 1, workers: 4, scaling: &[2, 8] };
+
+/// Runs the benchmark (`quick`: shorter runs, one repeat).
+pub fn run(quick: bool) -> anyhow::Result<()> {
+    bootstrap::build_tools()?;
+    shell::run(shell::cargo().args(["build", "--release", "--package", "sticky-user"]))?;
+    let root = shell::workspace_root();
+    let sticky = root.join("target/release/sticky");
+    let plan = if quick { QUICK } else { FULL };
+    let mut modes = vec![Mode::Kernel, Mode::Reuseport];
+    for (mode, tool) in [(Mode::Nginx, "nginx"), (Mode::Haproxy, "haproxy")] {
+        match bootstrap::ensure_tool(tool, tool) {
+            Ok(()) => modes.push(mode),
+            Err(err) => shell::say(&format!("{}: skipped: {err:#}", mode.name())),
+        }
+    }
+    shell::say("userspace: skipped: `sticky run --dispatch userspace` is not implemented yet");
+    shell::say(
+        "seed: skipped: the Node worker variant and sticky-session runner are not implemented yet",
+    );
+    let work = std::env::temp_dir().join(format!("sticky-bench-{}", std::process::id()));
+    let stats = BpfStats::enable();
+    let mut report = Report::new(quick, plan.workers);
+    // Interleave the modes, so drift hits them alike.
+    for repeat in 0..plan.repeats {
+        for &mode in &modes {
+            shell::say(&format!("{} ({}/{})", mode.name(), repeat + 1, plan.repeats));
+            let sample = measure(
+                mode,
+                plan.workers,
+                plan.duration,
+                &sticky,
+                &work.join(format!("{}-{repeat}", mode.name())),
+            )?;
+            report.add(mode.name(), sample);
+        }
+    }
+    for &workers in plan.scaling {
+        shell::say(&format!("kernel with {workers} workers"));
+        let sample = measure(
+            Mode::Kernel,
+            workers,
+            plan.duration,
+            &sticky,
+            &work.join(format!("scale-{workers}")),
+        )?;
+        report.add_scaling(workers, sample);
+    }
+    drop(stats);
+    let _ = std::fs::remove_dir_all(&work);
+    println!("{}", report.table());
+    let results = root.join("bench/results");
+    report.write(&results).with_context(|| format!("cannot write {}", results.display()))?;
+    shell::say(&format!("wrote {}/latest.json and latest.svg", results.display()));
+    Ok(())
+}
+
+/// One run of `mode`: start it, warm up, measure load and server CPU, stop it.
+fn measure(
+    mode: Mode,
+    workers: u32,
+    duration: Duration,
+    sticky: &Path,
+    dir: &PathBuf,
+) -> anyhow::Result<Sample> {
+    let server = Server::start(mode, workers, sticky, dir)?;
+    let address = ADDRESS.parse()?;
+    load::run(address, Duration::from_millis(500));
+    let (cpu_before, bpf_before) = (server.cpu_ticks(), BpfStats::read());
+    let result = load::run(address, duration);
+    let (cpu_after, bpf_after) = (server.cpu_ticks(), BpfStats::read());
+    server.stop();
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu_ms = (cpu_after - cpu_before) as f64 * 1000.0 / ticks_per_second;
+    let bpf_ns = match (bpf_before, bpf_after) {
+        (Some((time0, count0)), Some((time1, count1))) if count1 > count0 => {
+            Some((time1 - time0) as f64 / (count1 - count0) as f64)
+        }
+        _ => None,
+    };
+    Ok(Sample::new(&result, cpu_ms, bpf_ns))
+}
+
+/// `kernel.bpf_stats_enabled` on for the benchmark's life, restored after.
+struct BpfStats {
+    previous: Option<String>,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> Self {
+        let previous = std::fs::read_to_string(BPF_STATS).ok();
+        if std::fs::write(BPF_STATS, "1").is_err() {
+            shell::say("cannot enable kernel.bpf_stats_enabled: no eBPF cost per dispatch");
+        }
+        Self { previous }
+    }
+
+    /// Total run time (ns) and run count of the loaded sticky program, if there is one.
+    fn read() -> Option<(u64, u64)> {
+        aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .find(|p| p.name_as_str().is_some_and(|n| n.starts_with("sticky_")))
+            .map(|p| (p.run_time().as_nanos() as u64, p.run_count()))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Some(previous) = &self.previous {
+            let _ = std::fs::write(BPF_STATS, previous.trim());
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! The servers under test, each with the same Rust demo workers behind it: sticky's kernel
+//! dispatch, plain SO_REUSEPORT, and nginx / haproxy proxies with consistent source hashing in
+//! front of one-worker backends.
+
+use std::{
+    collections::HashMap,
+    fs,
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+/// A way of dispatching connections to workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// sticky's eBPF program.
+    Kernel,
+    /// Plain SO_REUSEPORT (`--dispatch none`): the ceiling for kernel dispatch, not sticky.
+    Reuseport,
+    /// nginx with `hash $remote_addr consistent`.
+    Nginx,
+    /// haproxy with `balance source` and `hash-type consistent`.
+    Haproxy,
+}
+
+impl Mode {
+    /// The mode's name in tables and files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Kernel => "kernel",
+            Self::Reuseport => "reuseport",
+            Self::Nginx => "nginx",
+            Self::Haproxy => "haproxy",
+        }
+    }
+}
+
+/// Where the server under test listens.
+pub const ADDRESS: &str = "127.0.0.1:3900";
+/// The first backend port of the proxy modes.
+const BACKEND_PORT: u16 = 3910;
+
+/// A running server: its processes (for CPU accounting) and how to stop them.
+pub struct Server {
+    children: Vec<Child>,
+}
+
+impl Server {
+    /// Starts `mode` with `workers` workers, its files under `dir`.
+    pub fn start(mode: Mode, workers: u32, sticky: &Path, dir: &Path) -> anyhow::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let mut children = Vec::new();
+        let server = match mode {
+            Mode::Kernel | Mode::Reuseport => {
+                let dispatch = if mode == Mode::Kernel { "kernel" } else { "none" };
+                children.push(sticky_run(sticky, dir, "main", ADDRESS, workers, dispatch)?);
+                Self { children }
+            }
+            Mode::Nginx | Mode::Haproxy => {
+                let backends: Vec<String> = (0..workers)
+                    .map(|i| format!("127.0.0.1:{}", BACKEND_PORT + i as u16))
+                    .collect();
+                for (i, backend) in backends.iter().enumerate() {
+                    children.push(sticky_run(
+                        sticky,
+                        dir,
+                        &format!("backend{i}"),
+                        backend,
+                        1,
+                        "none",
+                    )?);
+                }
+                for backend in &backends {
+                    wait_until_serving(backend.parse()?)?;
+                }
+                children.push(if mode == Mode::Nginx {
+                    nginx(dir, &backends)?
+                } else {
+                    haproxy(dir, &backends)?
+                });
+                Self { children }
+            }
+        };
+        wait_until_serving(ADDRESS.parse()?)?;
+        Ok(server)
+    }
+
+    /// CPU time (user + system, in clock ticks) of every process of the server, so far.
+    pub fn cpu_ticks(&self) -> u64 {
+        let processes = processes();
+        let mut total = 0;
+        let mut stack: Vec<u32> = self.children.iter().map(Child::id).collect();
+        while let Some(pid) = stack.pop() {
+            if let Some(process) = processes.get(&pid) {
+                total += process.ticks;
+            }
+            stack.extend(processes.iter().filter(|(_, p)| p.parent == pid).map(|(pid, _)| *pid));
+        }
+        total
+    }
+
+    /// Stops every process (SIGTERM, then SIGKILL after 10 s).
+    pub fn stop(mut self) {
+        for child in &self.children {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for child in &mut self.children {
+            while child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+fn sticky_run(
+    sticky: &Path,
+    dir: &Path,
+    name: &str,
+    listen: &str,
+    workers: u32,
+    dispatch: &str,
+) -> anyhow::Result<Child> {
+    Command::new(sticky)
+        .args([
+            "run",
+            "--listen",
+            listen,
+            "--workers",
+            &workers.to_string(),
+            "--dispatch",
+            dispatch,
+        ])
+        .args(["--allow-root-workers", "--state-dir"])
+        .arg(dir.join(name))
+        .arg("--control")
+        .arg(dir.join(format!("{name}.sock")))
+        .env("STICKY_LOG", "error")
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", sticky.display()))
+}
+
+fn nginx(dir: &Path, backends: &[String]) -> anyhow::Result<Child> {
+    let servers: String = backends.iter().map(|b| format!("    server {b};\n")).collect();
+    let config = format!(
+        "daemon off;\nworker_processes auto;\npid {pid};\nerror_log stderr error;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  upstream backends {{\n    hash $remote_addr consistent;\n{servers}  }}\n\
+           server {{\n    listen {ADDRESS};\n    location / {{ proxy_pass http://backends; }}\n  }}\n}}\n",
+        pid = dir.join("nginx.pid").display(),
+    );
+    let path = dir.join("nginx.conf");
+    fs::write(&path, config)?;
+    Command::new("nginx")
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&path)
+        .spawn()
+        .context("cannot start nginx")
+}
+
+fn haproxy(dir: &Path, backends: &[String]) -> anyhow::Result<Child> {
+    let servers: String =
+        backends.iter().enumerate().map(|(i, b)| format!("  server w{i} {b}\n")).collect();
+    let config = format!(
+        "global\n  maxconn 4000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n\
+         timeout server 30s\nfrontend front\n  bind {ADDRESS}\n  default_backend workers\n\
+         backend workers\n  balance source\n  hash-type consistent\n{servers}"
+    );
+    let path = dir.join("haproxy.cfg");
+    fs::write(&path, config)?;
+    Command::new("haproxy").arg("-db").arg("-f").arg(&path).spawn().context("cannot start haproxy")
+}
+
+/// Waits (at most 20 s) until `address` answers a request.
+fn wait_until_serving(address: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut stream) = TcpStream::connect_timeout(&address, Duration::from_secs(1)) {
+            use std::io::{Read as _, Write as _};
+            let mut response = String::new();
+            if stream.write_all(b"GET / HTTP/1.1\r\nhost: b\r\nconnection: close\r\n\r\n").is_ok()
+                && stream.read_to_string(&mut response).is_ok()
+                && response.starts_with("HTTP/1.1 200")
+            {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{address} does not answer");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Process {
+    parent: u32,
+    ticks: u64,
+}
+
+/// Every process's parent and CPU ticks, from /proc.
+fn processes() -> HashMap<u32, Process> {
+    let mut found = HashMap::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) =
+            fs::read_to_string(PathBuf::from("/proc").join(pid.to_string()).join("stat"))
+        else {
+            continue;
+        };
+        // Fields after the command name: state ppid … utime (12th) stime (13th).
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let number = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        found.insert(pid, Process { parent: number(1) as u32, ticks: number(11) + number(12) });
+    }
+    found
+}
