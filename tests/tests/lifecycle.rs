@@ -270,3 +270,33 @@ fn the_control_socket_is_private_and_says_when_no_loader_runs() {
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
     });
 }
+
+#[test]
+fn a_reload_applies_a_changed_worker_count_from_the_config_file() {
+    let dir = sticky_tests::StateDir::new();
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let file = dir.0.join("sticky.toml");
+    std::fs::write(&file, "listen = [\"127.0.0.1:3047\"]\nworkers = 2\n").unwrap();
+    in_netns(|| {
+        let mut sticky = Sticky::start(&["--config", file.to_str().unwrap()]);
+        sticky.wait_for_workers(2);
+        let server = "127.0.0.1:3047".parse().unwrap();
+        let load = Load::start(server, &load_clients(), 4);
+        std::fs::write(&file, "listen = [\"127.0.0.1:3047\"]\nworkers = 3\n").unwrap();
+        assert_eq!(done(sticky.control(Request::Reload)), "restarted 3 workers");
+        let status = sticky.status();
+        assert_eq!(status.slots.len(), 3);
+        assert!(status.slots.iter().all(|s| s.pid.is_some()));
+        // A broken file is refused and changes nothing.
+        std::fs::write(&file, "workers = 0\n").unwrap();
+        let refused = sticky.control(Request::Reload);
+        assert!(
+            matches!(&refused, Response::Error { message } if message.contains("--workers must be between 1 and 128")),
+            "{refused:?}"
+        );
+        assert_eq!(sticky.status().slots.len(), 3);
+        let report = load.stop();
+        assert!(report.failures().is_empty(), "{}", report.summary());
+        assert!(sticky.stop().status.success());
+    });
+}

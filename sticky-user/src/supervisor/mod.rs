@@ -84,6 +84,9 @@ pub enum SupervisorError {
     /// The loader is stopping.
     #[error("sticky is stopping")]
     Stopping,
+    /// The configuration could not be read again on reload.
+    #[error("the configuration cannot be reloaded: {0}")]
+    Reconfigure(String),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
@@ -96,7 +99,12 @@ pub struct Supervisor {
     operation: tokio::sync::Mutex<()>,
     /// Woken by `sticky stop`.
     stop: Notify,
+    /// Reads the worker count again at each reload (from the configuration file).
+    reconfigure: Option<Reconfigure>,
 }
+
+/// Returns the worker count the configuration asks for now, or why it cannot be read.
+pub type Reconfigure = Box<dyn Fn() -> Result<u32, String> + Send + Sync>;
 
 impl Supervisor {
     /// A supervisor for `groups` (one socket per slot each) and their `dispatchers` (none with
@@ -130,6 +138,7 @@ impl Supervisor {
             shared: Arc::new(Mutex::new(state)),
             operation: Default::default(),
             stop: Notify::new(),
+            reconfigure: None,
         }
     }
 
@@ -195,8 +204,16 @@ impl Supervisor {
 
     /// Replaces every worker, one slot at a time: the new worker takes over the same sockets,
     /// then the old one gets SIGTERM and the grace period to finish its connections.
+    /// With a [`Reconfigure`], a changed worker count in the configuration is applied first.
     pub async fn reload(&self) -> Result<String, SupervisorError> {
         let _operation = self.operation.lock().await;
+        if let Some(reconfigure) = &self.reconfigure {
+            let workers = reconfigure().map_err(SupervisorError::Reconfigure)?;
+            if workers != self.state().slots.len() as u32 {
+                info!(workers, "the configuration changed the worker count");
+                self.resize(workers).await?;
+            }
+        }
         let count = self.state().slots.len();
         info!(workers = count, "rolling restart");
         notify::reloading();
@@ -238,6 +255,19 @@ impl Supervisor {
             return Err(SupervisorError::Workers(workers));
         }
         let _operation = self.operation.lock().await;
+        self.resize(workers).await
+    }
+
+    /// Reads the worker count again from the configuration at each reload.
+    pub fn with_reconfigure(self, reconfigure: Reconfigure) -> Self {
+        Self { reconfigure: Some(reconfigure), ..self }
+    }
+
+    /// The body of [`Supervisor::scale`], for a caller that holds the operation lock.
+    async fn resize(&self, workers: u32) -> Result<String, SupervisorError> {
+        if !(1..=MAX_SLOTS).contains(&workers) {
+            return Err(SupervisorError::Workers(workers));
+        }
         let retiring = {
             let mut state = self.state();
             if state.stopping {

@@ -12,12 +12,12 @@ use sticky_user::{
     listeners::{self, ListenerGroup},
     privileges, seed,
     spawn::Spawner,
-    supervisor::{Endpoints, Options, Supervisor},
+    supervisor::{Endpoints, Options, Reconfigure, Supervisor},
     table,
 };
 use tracing::{info, warn};
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// TOML file with any of these options (keys named like the flags); flags override it.
     #[arg(long, value_name = "FILE")]
@@ -140,6 +140,18 @@ pub fn check(args: RunArgs) -> anyhow::Result<()> {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    // A reload reads the file again, with the same flags on top.
+    let reconfigure = args.config.clone().map(|file| {
+        let flags = RunInput::from(args.clone());
+        let reconfigure: Reconfigure = Box::new(move || {
+            let input = config::load_file(&file).map_err(|err| err.to_string())?;
+            let cpus = available_parallelism().map_or(1, |n| n.get() as u32);
+            RunConfig::from_input(input.overlay(flags.clone()), cpus)
+                .map(|config| config.workers)
+                .map_err(|err| err.to_string())
+        });
+        reconfigure
+    });
     let config = args.config()?;
     privileges::check()?;
     let groups = config
@@ -183,8 +195,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             control: Some((config.control.clone(), tokio::net::UnixListener::from_std(control)?)),
             metrics: metrics.map(tokio::net::TcpListener::from_std).transpose()?,
         };
-        let supervisor =
-            Arc::new(Supervisor::new(spawner, groups, dispatchers, seed, table, options));
+        let mut supervisor = Supervisor::new(spawner, groups, dispatchers, seed, table, options);
+        if let Some(reconfigure) = reconfigure {
+            supervisor = supervisor.with_reconfigure(reconfigure);
+        }
+        let supervisor = Arc::new(supervisor);
         anyhow::Ok(supervisor.run(endpoints).await?)
     })?;
     for (address, counters) in config.listen.iter().zip(counters) {
