@@ -6,10 +6,7 @@ mod load;
 mod report;
 mod servers;
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use anyhow::Context as _;
 
@@ -93,7 +90,7 @@ fn measure(
     workers: u32,
     duration: Duration,
     sticky: &Path,
-    dir: &PathBuf,
+    dir: &Path,
 ) -> anyhow::Result<Sample> {
     let server = Server::start(mode, workers, sticky, dir)?;
     let address = ADDRESS.parse()?;
