@@ -43,10 +43,11 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
             Err(err) => shell::say(&format!("{}: skipped: {err:#}", mode.name())),
         }
     }
+    match node_packages() {
+        Ok(()) => modes.extend([Mode::KernelNode, Mode::ReuseportNode, Mode::Seed]),
+        Err(err) => shell::say(&format!("kernel-node, reuseport-node, seed: skipped: {err:#}")),
+    }
     shell::say("userspace: skipped: `sticky run --dispatch userspace` is not implemented yet");
-    shell::say(
-        "seed: skipped: the Node worker variant and sticky-session runner are not implemented yet",
-    );
     let work = std::env::temp_dir().join(format!("sticky-bench-{}", std::process::id()));
     let stats = BpfStats::enable();
     let mut report = Report::new(quick, plan.workers);
@@ -81,6 +82,21 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     let results = root.join("bench/results");
     report.write(&results).with_context(|| format!("cannot write {}", results.display()))?;
     shell::say(&format!("wrote {}/latest.json and latest.svg", results.display()));
+    Ok(())
+}
+
+/// Node and the seed's npm packages (from bench/node's lock file).
+fn node_packages() -> anyhow::Result<()> {
+    bootstrap::ensure_tool("node", "nodejs")?;
+    bootstrap::ensure_tool("npm", "npm")?;
+    let dir = servers::node_dir();
+    if !dir.join("node_modules/sticky-session").exists() {
+        shell::run(
+            std::process::Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(&dir),
+        )?;
+    }
     Ok(())
 }
 

@@ -25,6 +25,12 @@ pub enum Mode {
     Nginx,
     /// haproxy with `balance source` and `hash-type consistent`.
     Haproxy,
+    /// sticky's eBPF program, Node workers.
+    KernelNode,
+    /// Plain SO_REUSEPORT, Node workers.
+    ReuseportNode,
+    /// npm sticky-session 1.1.2 (a Node master hands connections to Node workers).
+    Seed,
 }
 
 impl Mode {
@@ -35,6 +41,9 @@ impl Mode {
             Self::Reuseport => "reuseport",
             Self::Nginx => "nginx",
             Self::Haproxy => "haproxy",
+            Self::KernelNode => "kernel-node",
+            Self::ReuseportNode => "reuseport-node",
+            Self::Seed => "seed",
         }
     }
 }
@@ -50,43 +59,70 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `mode` with `workers` workers, its files under `dir`.
+    /// Starts `mode` with `workers` workers, its files under `dir`. On failure, whatever was
+    /// started is stopped again.
     pub fn start(mode: Mode, workers: u32, sticky: &Path, dir: &Path) -> anyhow::Result<Self> {
         fs::create_dir_all(dir)?;
-        let mut children = Vec::new();
-        let server = match mode {
-            Mode::Kernel | Mode::Reuseport => {
-                let dispatch = if mode == Mode::Kernel { "kernel" } else { "none" };
-                children.push(sticky_run(sticky, dir, "main", ADDRESS, workers, dispatch)?);
-                Self { children }
+        let mut server = Self { children: Vec::new() };
+        match server.launch(mode, workers, sticky, dir) {
+            Ok(()) => Ok(server),
+            Err(err) => {
+                server.stop();
+                Err(err.context(format!("{} did not start", mode.name())))
+            }
+        }
+    }
+
+    fn launch(
+        &mut self,
+        mode: Mode,
+        workers: u32,
+        sticky: &Path,
+        dir: &Path,
+    ) -> anyhow::Result<()> {
+        let node_worker = node_dir().join("worker.js");
+        let node_worker = node_worker.to_str().context("non-UTF-8 path")?;
+        let run = |name: &str, listen: &str, workers: u32, dispatch: &str, command: &[&str]| {
+            sticky_run(sticky, dir, name, listen, workers, dispatch, command)
+        };
+        match mode {
+            Mode::Kernel => self.children.push(run("main", ADDRESS, workers, "kernel", &[])?),
+            Mode::Reuseport => self.children.push(run("main", ADDRESS, workers, "none", &[])?),
+            Mode::KernelNode => {
+                self.children.push(run("main", ADDRESS, workers, "kernel", &["node", node_worker])?)
+            }
+            Mode::ReuseportNode => {
+                self.children.push(run("main", ADDRESS, workers, "none", &["node", node_worker])?)
+            }
+            Mode::Seed => {
+                let port = ADDRESS.rsplit(':').next().unwrap_or("3900");
+                let seed = Command::new("node")
+                    .arg(node_dir().join("seed.js"))
+                    .args([port, &workers.to_string()])
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .context("cannot start node")?;
+                self.children.push(seed);
             }
             Mode::Nginx | Mode::Haproxy => {
                 let backends: Vec<String> = (0..workers)
                     .map(|i| format!("127.0.0.1:{}", BACKEND_PORT + i as u16))
                     .collect();
                 for (i, backend) in backends.iter().enumerate() {
-                    children.push(sticky_run(
-                        sticky,
-                        dir,
-                        &format!("backend{i}"),
-                        backend,
-                        1,
-                        "none",
-                    )?);
+                    self.children.push(run(&format!("backend{i}"), backend, 1, "none", &[])?);
                 }
                 for backend in &backends {
                     wait_until_serving(backend.parse()?)?;
                 }
-                children.push(if mode == Mode::Nginx {
+                let proxy = if mode == Mode::Nginx {
                     nginx(dir, &backends)?
                 } else {
                     haproxy(dir, &backends)?
-                });
-                Self { children }
+                };
+                self.children.push(proxy);
             }
-        };
-        wait_until_serving(ADDRESS.parse()?)?;
-        Ok(server)
+        }
+        wait_until_serving(ADDRESS.parse()?)
     }
 
     /// CPU time (user + system, in clock ticks) of every process of the server, so far.
@@ -123,6 +159,11 @@ impl Server {
     }
 }
 
+/// The directory of the Node handler and the seed runner.
+pub fn node_dir() -> PathBuf {
+    crate::shell::workspace_root().join("bench/node")
+}
+
 fn sticky_run(
     sticky: &Path,
     dir: &Path,
@@ -130,6 +171,7 @@ fn sticky_run(
     listen: &str,
     workers: u32,
     dispatch: &str,
+    command: &[&str],
 ) -> anyhow::Result<Child> {
     Command::new(sticky)
         .args([
@@ -145,6 +187,8 @@ fn sticky_run(
         .arg(dir.join(name))
         .arg("--control")
         .arg(dir.join(format!("{name}.sock")))
+        .arg("--")
+        .args(command)
         .env("STICKY_LOG", "error")
         .stdin(Stdio::null())
         .spawn()
