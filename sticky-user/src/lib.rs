@@ -15,6 +15,7 @@ pub mod dispatch;
 pub mod listeners;
 pub mod metrics;
 pub mod notify;
+pub mod path_error;
 pub mod privileges;
 pub mod seed;
 pub mod service;

@@ -9,22 +9,16 @@ use std::{
 
 use thiserror::Error;
 
+use crate::path_error::PathError;
+
 const SEED_FILE: &str = "seed";
 
 /// Why the seed could not be read or created.
 #[derive(Debug, Error)]
 pub enum SeedError {
     /// The state directory or seed file could not be read or written.
-    #[error("cannot {action} {}", path.display())]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file or directory.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     /// The seed file holds something else than a seed.
     #[error("{} does not hold a seed (16 hex digits); remove it to make a new one", path.display())]
     Corrupt {
@@ -39,26 +33,21 @@ pub fn load_or_create(state_dir: &Path) -> Result<u64, SeedError> {
     match fs::read_to_string(&path) {
         Ok(text) => u64::from_str_radix(text.trim(), 16).map_err(|_| SeedError::Corrupt { path }),
         Err(err) if err.kind() == io::ErrorKind::NotFound => create(state_dir, &path),
-        Err(source) => Err(SeedError::Io { action: "read", path, source }),
+        Err(source) => Err(PathError::at("read", &path)(source).into()),
     }
-}
-
-fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SeedError {
-    let path = path.to_owned();
-    move |source| SeedError::Io { action, path, source }
 }
 
 /// Writes a new random seed to a temporary file and renames it into place, so a crash never
 /// leaves a half-written seed.
 fn create(state_dir: &Path, path: &Path) -> Result<u64, SeedError> {
-    fs::create_dir_all(state_dir).map_err(io_error("create", state_dir))?;
+    fs::create_dir_all(state_dir).map_err(PathError::at("create", state_dir))?;
     let seed: u64 = rand::random();
     let temporary = state_dir.join(format!(".{SEED_FILE}.{}", std::process::id()));
-    let mut file = fs::File::create(&temporary).map_err(io_error("write", &temporary))?;
+    let mut file = fs::File::create(&temporary).map_err(PathError::at("write", &temporary))?;
     writeln!(file, "{seed:016x}")
         .and_then(|()| file.sync_all())
-        .map_err(io_error("write", &temporary))?;
-    fs::rename(&temporary, path).map_err(io_error("write", path))?;
+        .map_err(PathError::at("write", &temporary))?;
+    fs::rename(&temporary, path).map_err(PathError::at("write", path))?;
     Ok(seed)
 }
 

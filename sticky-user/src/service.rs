@@ -7,7 +7,10 @@ use std::{
 
 use thiserror::Error;
 
-use crate::config::{RunConfig, RunInput};
+use crate::{
+    config::{RunConfig, RunInput},
+    path_error::PathError,
+};
 
 /// Capabilities the loader keeps: CAP_BPF and CAP_NET_ADMIN for the program, CAP_SETUID and
 /// CAP_SETGID to start the workers as their user.
@@ -34,16 +37,8 @@ pub enum ServiceError {
     #[error("cannot write the configuration as TOML")]
     Toml(#[from] toml::ser::Error),
     /// A file could not be written or removed.
-    #[error("cannot {action} {}", path.display())]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
 }
 
 /// The files of service `name` under `root` (`/` for the real system).
@@ -166,11 +161,10 @@ pub fn write_new(files: &ServiceFiles, path: &Path, contents: &str) -> Result<()
     if path.exists() {
         return Err(ServiceError::Exists { name: files.name.clone(), path: path.into() });
     }
-    let io_error = |action| move |source| ServiceError::Io { action, path: path.into(), source };
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(io_error("create the directory of"))?;
+        fs::create_dir_all(dir).map_err(PathError::at("create the directory of", path))?;
     }
-    fs::write(path, contents).map_err(io_error("write"))
+    Ok(fs::write(path, contents).map_err(PathError::at("write", path))?)
 }
 
 /// Removes the service's files; fails if neither exists.
@@ -181,7 +175,7 @@ pub fn remove(files: &ServiceFiles) -> Result<(), ServiceError> {
     for path in [&files.unit, &files.config] {
         match fs::remove_file(path) {
             Err(source) if source.kind() != io::ErrorKind::NotFound => {
-                return Err(ServiceError::Io { action: "remove", path: path.clone(), source });
+                return Err(PathError::at("remove", path)(source).into());
             }
             _ => {}
         }

@@ -193,6 +193,14 @@ impl Sticky {
         self.wait()
     }
 
+    /// Stops `sticky` with SIGTERM and asserts that it exited 0 and left no process behind.
+    pub fn stop_cleanly(self) -> Exit {
+        let exit = self.stop();
+        assert!(exit.status.success(), "sticky failed:\n{}", exit.log);
+        assert_eq!(crate::processes_in_netns(), Vec::<u32>::new(), "processes left behind");
+        exit
+    }
+
     /// Waits (at most 60 s) for `sticky` to exit by itself.
     pub fn wait(mut self) -> Exit {
         let deadline = Instant::now() + Duration::from_secs(60);

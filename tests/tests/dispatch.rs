@@ -70,8 +70,7 @@ fn ipv4_and_ipv6_clients_each_stay_on_one_worker_of_a_dual_stack_listener() {
         let v4_responses = connect_all(&v4, "127.0.0.1:3000".parse().unwrap());
         let v6_responses = connect_all(&v6, "[::1]:3000".parse().unwrap());
         let programs = sticky.program_ids();
-        let exit = sticky.stop();
-        assert!(exit.status.success(), "{}", exit.log);
+        let exit = sticky.stop_cleanly();
 
         for (family, responses) in [("IPv4", &v4_responses), ("IPv6", &v6_responses)] {
             let clients = clients_per_worker(responses);
@@ -113,8 +112,7 @@ fn separate_ipv4_and_ipv6_listeners_share_the_workers_and_the_mapping() {
         };
         assert_eq!(pids(&v4_responses), pids(&v6_responses));
         assert_eq!(pids(&v4_responses).len(), WORKERS as usize);
-        let exit = sticky.stop();
-        assert!(exit.status.success(), "{}", exit.log);
+        let exit = sticky.stop_cleanly();
         clients_per_worker(&v4_responses);
         clients_per_worker(&v6_responses);
         let counters = exit.counters();
@@ -155,7 +153,7 @@ fn a_prefix_keeps_a_whole_subnet_on_one_worker() {
         for worker in 0..WORKERS {
             assert!(subnet_workers.contains(&worker), "worker {worker} got no subnet");
         }
-        assert!(sticky.stop().status.success());
+        sticky.stop_cleanly();
     });
 }
 
@@ -171,7 +169,7 @@ fn the_mapping_survives_a_restart_of_sticky() {
                 Sticky::start_with_state(&state, &["--listen", "127.0.0.1:3003", "-w", "4"]);
             sticky.wait_for_workers(WORKERS as usize);
             mappings.push(clients.iter().map(|&c| get(c, server).worker).collect::<Vec<_>>());
-            assert!(sticky.stop().status.success());
+            sticky.stop_cleanly();
         }
         assert_eq!(mappings[0], mappings[1]);
     });

@@ -34,8 +34,7 @@ fn check_sticky_worker(port: u16, runtime: &str, worker: &[&str]) {
             clients_per_worker[first.worker as usize] += 1;
         }
         assert!(clients_per_worker.iter().all(|&n| n > 0), "idle worker: {clients_per_worker:?}");
-        let exit = sticky.stop();
-        assert!(exit.status.success(), "{}", exit.log);
+        let exit = sticky.stop_cleanly();
         assert_eq!(exit.counters()[0].selected.iter().sum::<u64>(), 900);
         assert_eq!(processes_in_netns(), Vec::<u32>::new());
     });
@@ -91,8 +90,7 @@ fn socketio_sessions(dispatch: &str, port: u16) -> (u32, u32, String) {
             "client failed: {summary} {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let exit = sticky.stop();
-        assert!(exit.status.success(), "{}", exit.log);
+        let exit = sticky.stop_cleanly();
         if dispatch == "kernel" {
             let counters = &exit.counters()[0];
             assert!(counters.selected.iter().sum::<u64>() > 0);

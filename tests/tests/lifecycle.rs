@@ -14,8 +14,8 @@ use nix::{
     unistd::Pid,
 };
 use sticky_tests::{
-    Failure, Load, Sticky, client_v4, connect, get, in_netns, processes_in_netns, read_response,
-    send_request, sticky_bin,
+    Failure, Load, Sticky, client_v4, connect, get, in_netns, read_response, send_request,
+    sticky_bin,
 };
 use sticky_user::control::{Request, Response};
 
@@ -81,8 +81,7 @@ fn killing_a_worker_every_second_loses_only_its_accepted_connections() {
         for (client, seen) in &workers {
             assert!(seen.iter().all(|&w| w == seen[0]), "{client} moved: {seen:?}");
         }
-        let exit = sticky.stop();
-        assert!(exit.status.success(), "{}", exit.log);
+        let exit = sticky.stop_cleanly();
         assert!(exit.log.matches("worker exited").count() >= 10, "{}", exit.log);
     });
 }
@@ -112,7 +111,7 @@ fn a_rolling_restart_under_load_fails_no_connection() {
         // SIGHUP rolls too.
         sticky.signal(Signal::SIGHUP);
         sticky.wait_for("the SIGHUP reload", |log| log.contains("reload: restarted 4 workers"));
-        assert!(sticky.stop().status.success());
+        sticky.stop_cleanly();
     });
 }
 
@@ -146,9 +145,7 @@ fn scaling_up_and_down_under_load_moves_only_the_clients_it_must() {
         println!("{}", report.summary());
         assert!(report.failures().is_empty(), "{}", report.summary());
         assert_eq!(sticky.status().slots.len(), 4);
-        let exit = sticky.stop();
-        assert!(exit.status.success(), "{}", exit.log);
-        assert_eq!(processes_in_netns(), Vec::<u32>::new());
+        sticky.stop_cleanly();
     });
 }
 
@@ -187,9 +184,7 @@ fn a_crash_looping_slot_leaves_the_table_and_rejoins_once_its_worker_stays_up() 
         let back: Vec<_> = probes.iter().filter(|c| rejoined[c] != ejected[c]).collect();
         assert!(back.iter().all(|c| rejoined[c] == 2), "a client moved between other slots");
         assert!(back.len() >= probes.len() / 8, "only {} clients returned to slot 2", back.len());
-        let exit = sticky.stop();
-        assert!(exit.status.success(), "{}", exit.log);
-        assert_eq!(processes_in_netns(), Vec::<u32>::new());
+        sticky.stop_cleanly();
     });
 }
 
@@ -222,8 +217,7 @@ fn scaling_down_migrates_the_connections_queued_on_the_closing_listener() {
             let response = read_response(stream).expect("a queued connection was reset");
             assert_ne!(response.worker, 4);
         }
-        let exit = sticky.stop();
-        assert!(exit.status.success(), "{}", exit.log);
+        let exit = sticky.stop_cleanly();
         assert!(exit.counters()[0].selected.len() == 4);
     });
 }
@@ -297,6 +291,6 @@ fn a_reload_applies_a_changed_worker_count_from_the_config_file() {
         assert_eq!(sticky.status().slots.len(), 3);
         let report = load.stop();
         assert!(report.failures().is_empty(), "{}", report.summary());
-        assert!(sticky.stop().status.success());
+        sticky.stop_cleanly();
     });
 }

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use sticky_tests::{StateDir, Sticky, client_v4, get, in_netns, processes_in_netns, sticky_bin};
+use sticky_tests::{StateDir, Sticky, client_v4, get, in_netns, sticky_bin};
 use sticky_user::control::Request;
 
 fn sticky(args: &[&str]) -> Output {
@@ -207,8 +207,7 @@ fn workers_run_as_the_configured_user_without_capabilities() {
         for caps in ["CapEff:", "CapPrm:", "CapInh:", "CapAmb:"] {
             assert_eq!(field(caps), ["0000000000000000"], "{caps} {status}");
         }
-        assert!(sticky.stop().status.success());
-        assert_eq!(processes_in_netns(), Vec::<u32>::new());
+        sticky.stop_cleanly();
     });
 }
 
@@ -251,7 +250,7 @@ fn status_and_metrics_count_the_connections_the_test_made() {
         }
         assert_eq!(samples["sticky_workers_up"], 3);
         assert_eq!(samples["sticky_fallbacks_total"], 0);
-        assert!(sticky.stop().status.success());
+        sticky.stop_cleanly();
     });
 }
 

@@ -52,8 +52,7 @@ fn a_killed_worker_comes_back_in_its_slot_and_serves_what_queued() {
                 assert_eq!(now.pid, old.pid, "an untouched worker was restarted");
             }
         }
-        let exit = sticky.stop();
-        assert!(exit.status.success(), "{}", exit.log);
+        let exit = sticky.stop_cleanly();
         assert!(exit.log.contains("worker exited"), "{}", exit.log);
     });
 }
@@ -109,8 +108,7 @@ fn a_worker_that_ignores_sigterm_is_killed_after_the_grace_period() {
         ];
         let mut sticky = Sticky::start(&args);
         sticky.wait_for_workers(2);
-        let exit = sticky.stop();
-        assert!(exit.status.success(), "{}", exit.log);
+        let exit = sticky.stop_cleanly();
         assert!(exit.log.contains("killing it"), "{}", exit.log);
         assert_eq!(processes_in_netns(), Vec::<u32>::new());
     });
