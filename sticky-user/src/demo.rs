@@ -4,15 +4,21 @@
 //! On SIGTERM it stops accepting, finishes the connections it has accepted and exits: the
 //! connections still queued stay on the listening socket for the next worker.
 
-use std::{io, net::TcpListener as StdListener};
+use std::{
+    io,
+    net::TcpListener as StdListener,
+    os::fd::{AsRawFd as _, OwnedFd},
+};
 
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncReadExt as _, AsyncWriteExt as _, unix::AsyncFd},
     net::{TcpListener, TcpStream},
     signal::unix::{SignalKind, signal},
     sync::mpsc,
     task::JoinSet,
 };
+
+use crate::handoff;
 
 /// Largest request head the demo reads before answering anyway.
 const MAX_REQUEST: usize = 16 * 1024;
@@ -50,6 +56,36 @@ pub async fn serve(listeners: Vec<StdListener>, slot: u32) -> io::Result<()> {
     accept_loops.shutdown().await;
     while let Some(stream) = incoming.recv().await {
         connections.spawn(answer(stream, response));
+    }
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Serves the connections the loader passes over `handoff` (`--dispatch userspace`) until
+/// SIGTERM, then finishes the ones received. What is still queued waits for the next worker.
+pub async fn serve_handoff(handoff: OwnedFd, slot: u32) -> io::Result<()> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let response = response(slot);
+    // SAFETY: the fd is owned, open and registered once, for as long as the AsyncFd lives.
+    let handoff =
+        unsafe { AsyncFd::register(handoff) }.map_err(|err| io::Error::other(err.to_string()))?;
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            ready = handoff.readable() => {
+                let mut ready = ready?;
+                match ready.try_io(|fd| handoff::receive(fd.as_raw_fd())) {
+                    Ok(stream) => {
+                        let stream = stream?;
+                        stream.set_nonblocking(true)?;
+                        connections.spawn(answer(TcpStream::from_std(stream)?, response));
+                    }
+                    Err(_would_block) => {}
+                }
+            }
+            Some(_) = connections.join_next() => {}
+            _ = terminate.recv() => break,
+        }
     }
     while connections.join_next().await.is_some() {}
     Ok(())

@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod dispatch;
+pub mod handoff;
 pub mod listeners;
 pub mod metrics;
 pub mod notify;

@@ -74,6 +74,24 @@ pub fn listeners() -> Result<Vec<TcpListener>, WorkerError> {
     Ok(fds.map(|fd| unsafe { TcpListener::from_raw_fd(fd) }).collect())
 }
 
+/// With `--dispatch userspace` (`STICKY_HANDOFF=1`), the inherited handoff socket that
+/// connections arrive on (see [`crate::handoff`]); `None` otherwise.
+pub fn handoff_socket() -> Result<Option<std::os::fd::OwnedFd>, WorkerError> {
+    if env::var(crate::handoff::STICKY_HANDOFF).as_deref() != Ok("1") {
+        return Ok(None);
+    }
+    let pid: u32 = number(LISTEN_PID)?;
+    if pid != std::process::id() {
+        return Err(WorkerError::OtherProcess(pid, std::process::id()));
+    }
+    // SAFETY: fcntl on an integer fd has no memory-safety preconditions.
+    if unsafe { libc::fcntl(LISTEN_FDS_START, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(WorkerError::NotOpen(LISTEN_FDS_START));
+    }
+    // SAFETY: the protocol hands fd 3 to this process, and this function is its only taker.
+    Ok(Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(LISTEN_FDS_START) }))
+}
+
 fn number<T: std::str::FromStr>(name: &'static str) -> Result<T, WorkerError> {
     let value = env::var(name).map_err(|_| WorkerError::Unset(name))?;
     value.trim().parse().map_err(|_| WorkerError::NotANumber { name, value })

@@ -174,3 +174,32 @@ fn the_mapping_survives_a_restart_of_sticky() {
         assert_eq!(mappings[0], mappings[1]);
     });
 }
+
+#[test]
+fn userspace_dispatch_maps_every_client_as_the_kernel_does() {
+    in_netns(|| {
+        let state = sticky_tests::StateDir::new();
+        let mut clients: Vec<IpAddr> = (0..600).map(client_v4).collect();
+        clients.extend((0..200).map(client_v6));
+        let map = |dispatch: &str| {
+            let args = ["--listen", "[::]:3004", "-w", "4", "--dispatch", dispatch];
+            let mut sticky = Sticky::start_with_state(&state, &args);
+            sticky.wait_for_workers(4);
+            let server = |client: &IpAddr| -> SocketAddr {
+                if client.is_ipv4() { "127.0.0.1:3004" } else { "[::1]:3004" }.parse().unwrap()
+            };
+            let workers: Vec<u32> = clients.iter().map(|c| get(*c, server(c)).worker).collect();
+            for (client, worker) in clients.iter().zip(&workers).take(50) {
+                assert_eq!(get(*client, server(client)).worker, *worker, "{client} moved");
+            }
+            sticky.stop_cleanly();
+            workers
+        };
+        let kernel = map("kernel");
+        let userspace = map("userspace");
+        assert_eq!(kernel, userspace, "userspace dispatch maps clients differently");
+        for worker in 0..4 {
+            assert!(userspace.contains(&worker), "worker {worker} got no client");
+        }
+    });
+}

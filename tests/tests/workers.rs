@@ -113,3 +113,22 @@ fn a_worker_that_ignores_sigterm_is_killed_after_the_grace_period() {
         assert_eq!(processes_in_netns(), Vec::<u32>::new());
     });
 }
+
+#[test]
+fn with_userspace_dispatch_a_killed_worker_comes_back_and_serves_what_was_passed_to_it() {
+    in_netns(|| {
+        let args = ["--listen", "127.0.0.1:3015", "--workers", "3", "--dispatch", "userspace"];
+        let mut sticky = Sticky::start(&args);
+        sticky.wait_for_workers(3);
+        let server: SocketAddr = "127.0.0.1:3015".parse().unwrap();
+        let first = get(client_v4(7), server);
+        kill(Pid::from_raw(first.pid as i32), Signal::SIGKILL).unwrap();
+        eventually("the killed worker is dead", || !is_running(first.pid));
+        // Passed to the slot while its worker is down: waits in the handoff socket.
+        let queued = get(client_v4(7), server);
+        assert_eq!(queued.worker, first.worker);
+        assert_ne!(queued.pid, first.pid);
+        let exit = sticky.stop_cleanly();
+        assert!(exit.log.contains("worker exited"), "{}", exit.log);
+    });
+}

@@ -60,7 +60,7 @@ pub struct RunInput {
     /// Seconds a worker may take to exit after SIGTERM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_period: Option<f64>,
-    /// How connections are dispatched: `kernel` or `none`.
+    /// How connections are dispatched: `kernel`, `none` or `userspace`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dispatch: Option<String>,
     /// Exits within the crash window that eject a slot.
@@ -176,6 +176,8 @@ pub enum DispatchMode {
     Kernel,
     /// Plain `SO_REUSEPORT`: the kernel's hash of the 4-tuple, not sticky. For comparison.
     None,
+    /// The loader accepts and passes each connection to its client's worker (SCM_RIGHTS).
+    Userspace,
 }
 
 /// A worker program resolved to an executable file.
@@ -224,7 +226,7 @@ pub enum ConfigError {
     #[error("--crash-window must be between 0.1 and 86400 seconds, got {0}")]
     CrashWindow(f64),
     /// The dispatch mode is unknown.
-    #[error("--dispatch must be one of kernel, none; got '{0}'")]
+    #[error("--dispatch must be one of kernel, none, userspace; got '{0}'")]
     Dispatch(String),
     /// The user does not exist.
     #[error("unknown user '{0}'")]
@@ -306,6 +308,7 @@ impl RunConfig {
         let dispatch = match input.dispatch.as_deref() {
             None | Some("kernel") => DispatchMode::Kernel,
             Some("none") => DispatchMode::None,
+            Some("userspace") => DispatchMode::Userspace,
             Some(other) => return Err(ConfigError::Dispatch(other.into())),
         };
         let credentials = credentials(input.user.as_deref(), input.group.as_deref())?;

@@ -13,6 +13,7 @@ mod slots;
 mod workers;
 
 use std::{
+    os::fd::OwnedFd,
     path::PathBuf,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
@@ -45,6 +46,23 @@ pub const HEALTHY_RUN: Duration = Duration::from_secs(10);
 /// How long a rolling restart lets a new worker start before stopping the old one. The
 /// listening socket queues connections meanwhile, so none is refused.
 const WARMUP: Duration = Duration::from_millis(500);
+
+/// What `sticky run` set up for the supervisor.
+pub struct Setup {
+    /// Starts the workers.
+    pub spawner: Spawner,
+    /// The listening sockets: one per slot per address, or (userspace dispatch) one per address.
+    pub groups: Vec<ListenerGroup>,
+    /// One attached program per group (kernel dispatch), or none.
+    pub dispatchers: Vec<Dispatcher>,
+    /// Userspace dispatch: each slot's end of its handoff socket pair, which its worker
+    /// inherits; empty otherwise.
+    pub handoff_ends: Vec<OwnedFd>,
+    /// The hash seed.
+    pub seed: u64,
+    /// The table the maps (or the userspace master) hold, built from `seed` for all slots.
+    pub table: Vec<u32>,
+}
 
 /// What the supervisor serves besides the workers.
 #[derive(Default)]
@@ -84,6 +102,9 @@ pub enum SupervisorError {
     /// The loader is stopping.
     #[error("sticky is stopping")]
     Stopping,
+    /// Userspace dispatch keeps its slots fixed.
+    #[error("{0} is not supported with --dispatch userspace")]
+    Unsupported(&'static str),
     /// The configuration could not be read again on reload.
     #[error("the configuration cannot be reloaded: {0}")]
     Reconfigure(String),
@@ -107,21 +128,18 @@ pub struct Supervisor {
 pub type Reconfigure = Box<dyn Fn() -> Result<u32, String> + Send + Sync>;
 
 impl Supervisor {
-    /// A supervisor for `groups` (one socket per slot each) and their `dispatchers` (none with
-    /// `--dispatch none`), whose maps hold `table`, built from `seed` for all slots.
-    pub fn new(
-        spawner: Spawner,
-        groups: Vec<ListenerGroup>,
-        dispatchers: Vec<Dispatcher>,
-        seed: u64,
-        table: Vec<u32>,
-        options: Options,
-    ) -> Self {
-        let count = groups.first().map_or(0, |group| group.sockets.len() as u32);
+    /// A supervisor for what `sticky run` set up, with `options`.
+    pub fn new(setup: Setup, options: Options) -> Self {
+        let Setup { spawner, groups, dispatchers, handoff_ends, seed, table } = setup;
+        let count = match handoff_ends.len() {
+            0 => groups.first().map_or(0, |group| group.sockets.len()),
+            slots => slots,
+        };
         let mut state = State {
             spawner,
             groups,
             dispatchers,
+            handoff_ends,
             seed,
             table,
             options,
@@ -243,7 +261,7 @@ impl Supervisor {
     fn summary(&self) -> String {
         let state = self.state();
         let listen: Vec<String> = state.groups.iter().map(|g| g.address.to_string()).collect();
-        let dispatch = if state.dispatchers.is_empty() { "none" } else { "kernel" };
+        let dispatch = state.dispatch_mode();
         format!("{} workers on {}, dispatch {dispatch}", state.slots.len(), listen.join(", "))
     }
 
@@ -267,6 +285,9 @@ impl Supervisor {
     async fn resize(&self, workers: u32) -> Result<String, SupervisorError> {
         if !(1..=MAX_SLOTS).contains(&workers) {
             return Err(SupervisorError::Workers(workers));
+        }
+        if !self.state().handoff_ends.is_empty() {
+            return Err(SupervisorError::Unsupported("scaling"));
         }
         let retiring = {
             let mut state = self.state();
@@ -309,7 +330,7 @@ impl Supervisor {
         Ok(Status {
             pid: std::process::id(),
             listen: state.groups.iter().map(|g| g.address.to_string()).collect(),
-            dispatch: if state.dispatchers.is_empty() { "none" } else { "kernel" }.into(),
+            dispatch: state.dispatch_mode().into(),
             program_ids: state.dispatchers.iter().map(Dispatcher::program_id).collect(),
             migrates: state.dispatchers.iter().all(Dispatcher::migrates)
                 && !state.dispatchers.is_empty(),

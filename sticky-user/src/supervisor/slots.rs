@@ -3,6 +3,7 @@
 
 use std::{
     collections::VecDeque,
+    os::fd::{AsRawFd as _, OwnedFd, RawFd},
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
@@ -24,6 +25,8 @@ pub(super) struct State {
     pub(super) spawner: Spawner,
     pub(super) groups: Vec<ListenerGroup>,
     pub(super) dispatchers: Vec<Dispatcher>,
+    /// Userspace dispatch: the workers' ends of the handoff socket pairs, per slot.
+    pub(super) handoff_ends: Vec<OwnedFd>,
     pub(super) seed: u64,
     /// The table as last written to the maps.
     pub(super) table: Vec<u32>,
@@ -63,6 +66,23 @@ impl State {
     }
 
     /// Rebuilds the table from the slots in it and writes the entries that changed.
+    /// `kernel`, `none` or `userspace`.
+    pub(super) fn dispatch_mode(&self) -> &'static str {
+        match (self.dispatchers.is_empty(), self.handoff_ends.is_empty()) {
+            (false, _) => "kernel",
+            (true, false) => "userspace",
+            (true, true) => "none",
+        }
+    }
+
+    /// The fds slot `index`'s worker inherits at fd 3 onwards.
+    pub(super) fn inherited_fds(&self, index: usize) -> Vec<RawFd> {
+        match self.handoff_ends.get(index) {
+            Some(end) => vec![end.as_raw_fd()],
+            None => self.groups.iter().map(|group| group.sockets[index].as_raw_fd()).collect(),
+        }
+    }
+
     pub(super) fn update_table(&mut self) -> Result<(), DispatchError> {
         if self.dispatchers.is_empty() {
             return Ok(());

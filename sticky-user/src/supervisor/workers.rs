@@ -2,7 +2,6 @@
 //! loops), and stopping it.
 
 use std::{
-    os::fd::AsRawFd as _,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -47,7 +46,7 @@ pub(super) fn start_worker(
     state: &mut State,
     index: usize,
 ) -> Option<Worker> {
-    let fds = state.groups.iter().map(|group| group.sockets[index].as_raw_fd()).collect();
+    let fds = state.inherited_fds(index);
     let slots = state.slots.len() as u32;
     let mut child = match state.spawner.spawn(index as u32, slots, fds) {
         Ok(child) => child,

@@ -5,11 +5,13 @@ use sticky_user::{demo, worker};
 
 pub fn run() -> anyhow::Result<()> {
     let (slot, _) = worker::slot()?;
-    let listeners = worker::listeners()?;
-    tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
-        .context("cannot start the async runtime")?
-        .block_on(demo::serve(listeners, slot))
-        .context("demo worker stopped")
+        .context("cannot start the async runtime")?;
+    let served = match worker::handoff_socket()? {
+        Some(handoff) => runtime.block_on(demo::serve_handoff(handoff, slot)),
+        None => runtime.block_on(demo::serve(worker::listeners()?, slot)),
+    };
+    served.context("demo worker stopped")
 }

@@ -9,10 +9,11 @@ use sticky_user::{
     config::{self, DispatchMode, RunConfig, RunInput},
     control,
     dispatch::Dispatcher,
+    handoff,
     listeners::{self, ListenerGroup},
     privileges, seed,
     spawn::Spawner,
-    supervisor::{Endpoints, Options, Reconfigure, Supervisor},
+    supervisor::{Endpoints, Options, Reconfigure, Setup, Supervisor},
     table,
 };
 use tracing::{info, warn};
@@ -40,8 +41,9 @@ pub struct RunArgs {
     /// Seconds a worker may take to exit after SIGTERM before it is killed. [default: 10]
     #[arg(long, value_name = "SECS")]
     grace_period: Option<f64>,
-    /// Who picks the worker: `kernel` (sticky's eBPF program) or `none` (plain SO_REUSEPORT,
-    /// not sticky; for comparison). [default: kernel]
+    /// Who picks the worker: `kernel` (sticky's eBPF program), `userspace` (sticky accepts and
+    /// passes each connection to its worker) or `none` (plain SO_REUSEPORT, not sticky; for
+    /// comparison). [default: kernel]
     #[arg(long, value_name = "MODE")]
     dispatch: Option<String>,
     /// Worker exits within the crash window that take a slot out of the table. [default: 5]
@@ -152,22 +154,38 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         });
         reconfigure
     });
-    let config = args.config()?;
-    privileges::check()?;
+    let mut config = args.config()?;
+    if config.dispatch == DispatchMode::Kernel {
+        // Only the eBPF program needs them.
+        privileges::check()?;
+    }
+    let userspace = config.dispatch == DispatchMode::Userspace;
+    // Userspace dispatch: one socket per address, accepted on by the loader.
+    let sockets_per_address = if userspace { 1 } else { config.workers };
     let groups = config
         .listen
         .iter()
-        .map(|&address| listeners::open_group(address, config.workers))
+        .map(|&address| listeners::open_group(address, sockets_per_address))
         .collect::<Result<Vec<_>, _>>()?;
     let seed = seed::load_or_create(&config.state_dir)?;
     let slots: Vec<u32> = (0..config.workers).collect();
     let table = table::build(seed, &slots);
+    let dispatch = DispatchConfig::new(seed, config.prefix_v4, config.prefix_v6, config.workers);
     let dispatchers = match config.dispatch {
-        DispatchMode::Kernel => attach(&config, seed, &table, &groups)?,
+        DispatchMode::Kernel => attach(&config, &dispatch, &table, &groups)?,
         DispatchMode::None => {
             warn!("--dispatch none: plain SO_REUSEPORT, clients are NOT sticky");
             Vec::new()
         }
+        DispatchMode::Userspace => Vec::new(),
+    };
+    let (master_ends, handoff_ends) =
+        if userspace { handoff::pairs(config.workers)? } else { Default::default() };
+    let master_listeners = if userspace {
+        let clones = groups.iter().map(|group| group.sockets[0].try_clone());
+        clones.collect::<Result<Vec<_>, _>>().context("cannot share the listening sockets")?
+    } else {
+        Vec::new()
     };
     let control = control::bind(&config.control)?;
     let metrics = config
@@ -178,8 +196,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on metrics address {address}"))
         })
         .transpose()?;
-    let names: Vec<String> =
-        groups.iter().map(|group| format!("sticky-{}", group.address.port())).collect();
+    let names: Vec<String> = if userspace {
+        config.environment.insert(handoff::STICKY_HANDOFF.into(), "1".into());
+        vec!["sticky-handoff".into()]
+    } else {
+        groups.iter().map(|group| format!("sticky-{}", group.address.port())).collect()
+    };
     let spawner = Spawner::new(&config, &names).context("cannot locate the sticky executable")?;
     let options = Options {
         grace_period: config.grace_period,
@@ -195,7 +217,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             control: Some((config.control.clone(), tokio::net::UnixListener::from_std(control)?)),
             metrics: metrics.map(tokio::net::TcpListener::from_std).transpose()?,
         };
-        let mut supervisor = Supervisor::new(spawner, groups, dispatchers, seed, table, options);
+        if userspace {
+            let listeners = master_listeners
+                .into_iter()
+                .map(|listener| {
+                    listener.set_nonblocking(true)?;
+                    tokio::net::TcpListener::from_std(listener)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            info!(
+                workers = config.workers,
+                "userspace dispatch: the loader accepts every connection"
+            );
+            tokio::spawn(handoff::master(listeners, master_ends, dispatch, table.clone()));
+        }
+        let setup = Setup { spawner, groups, dispatchers, handoff_ends, seed, table };
+        let mut supervisor = Supervisor::new(setup, options);
         if let Some(reconfigure) = reconfigure {
             supervisor = supervisor.with_reconfigure(reconfigure);
         }
@@ -216,17 +253,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Attaches one dispatch program per listener group, its maps holding `table`.
+/// Attaches one dispatch program per listener group, its maps holding `dispatch` and `table`.
 fn attach(
     config: &RunConfig,
-    seed: u64,
+    dispatch: &DispatchConfig,
     table: &[u32],
     groups: &[ListenerGroup],
 ) -> anyhow::Result<Vec<Dispatcher>> {
-    let dispatch = DispatchConfig::new(seed, config.prefix_v4, config.prefix_v6, config.workers);
     let mut dispatchers = Vec::with_capacity(groups.len());
     for group in groups {
-        let dispatcher = Dispatcher::attach(group, &dispatch, table)?;
+        let dispatcher = Dispatcher::attach(group, dispatch, table)?;
         info!(
             listen = %group.address,
             program_id = dispatcher.program_id(),

@@ -1,0 +1,170 @@
+//! Userspace dispatch (`--dispatch userspace`): the loader itself accepts every connection,
+//! picks the client's slot with the same table and hash as the eBPF program, and passes the
+//! accepted socket to that slot's worker over a Unix socket (SCM_RIGHTS).
+//!
+//! The protocol, for workers: with `STICKY_HANDOFF=1`, fd 3 (`LISTEN_FDS=1`,
+//! `LISTEN_FDNAMES=sticky-handoff`) is a `SOCK_SEQPACKET` Unix socket. Each message carries one
+//! accepted TCP connection as an SCM_RIGHTS fd, and one byte: the index of the listen address
+//! it came in on. The loader keeps both ends of each slot's socket pair, so connections passed
+//! while a worker restarts wait for the next one.
+//!
+//! This is the design of Node's sticky-session done in Rust: a fallback for kernels without
+//! SK_REUSEPORT programs, and the baseline the benchmark compares kernel dispatch against.
+
+use std::{
+    io::{self, IoSlice, IoSliceMut},
+    net::IpAddr,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    sync::Arc,
+};
+
+use nix::{
+    cmsg_space,
+    sys::socket::{
+        AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+        sendmsg, socketpair,
+    },
+};
+use sticky_common::{DispatchConfig, TABLE_SIZE, hash::client_hash};
+use tokio::{io::unix::AsyncFd, net::TcpListener};
+use tracing::warn;
+
+/// The environment variable that tells a worker its fd 3 is a handoff socket.
+pub const STICKY_HANDOFF: &str = "STICKY_HANDOFF";
+
+/// One Unix socket pair per slot: the loader's ends (to send on) and the workers' (inherited).
+pub fn pairs(slots: u32) -> io::Result<(Vec<OwnedFd>, Vec<OwnedFd>)> {
+    let mut loader = Vec::new();
+    let mut workers = Vec::new();
+    for _ in 0..slots {
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        )?;
+        loader.push(ours);
+        workers.push(theirs);
+    }
+    Ok((loader, workers))
+}
+
+/// The slot of client `ip`: the eBPF program's computation, in user space.
+pub fn slot_for(config: &DispatchConfig, table: &[u32], ip: IpAddr) -> u32 {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    let hash = match ip {
+        IpAddr::V4(v4) => {
+            client_hash(config.seed, &[u32::from_ne_bytes(v4.octets()) & config.v4_mask])
+        }
+        IpAddr::V6(v6) => {
+            let mut words = [0u32; 4];
+            for (i, word) in words.iter_mut().enumerate() {
+                let bytes = &v6.octets()[i * 4..i * 4 + 4];
+                *word = u32::from_ne_bytes(bytes.try_into().expect("4 bytes")) & config.v6_mask[i];
+            }
+            client_hash(config.seed, &words)
+        }
+    };
+    table[(hash as u32 & (TABLE_SIZE - 1)) as usize]
+}
+
+/// Accepts on every listener and passes each connection to its client's slot, forever.
+pub async fn master(
+    listeners: Vec<TcpListener>,
+    loader_ends: Vec<OwnedFd>,
+    config: DispatchConfig,
+    table: Vec<u32>,
+) -> io::Result<()> {
+    let register = |end: OwnedFd| {
+        // SAFETY: the fd is owned, open and registered once, for as long as the AsyncFd lives.
+        unsafe { AsyncFd::register(end) }.map_err(|err| io::Error::other(err.to_string()))
+    };
+    let ends: Arc<Vec<AsyncFd<OwnedFd>>> =
+        Arc::new(loader_ends.into_iter().map(register).collect::<io::Result<_>>()?);
+    let table = Arc::new(table);
+    let mut accept_loops = tokio::task::JoinSet::new();
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let (ends, table) = (ends.clone(), table.clone());
+        accept_loops.spawn(async move {
+            loop {
+                let (stream, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        warn!(error = %err, "accept failed");
+                        continue;
+                    }
+                };
+                let slot = slot_for(&config, &table, peer.ip());
+                if let Err(err) = pass(&ends[slot as usize], stream.as_raw_fd(), index as u8).await
+                {
+                    warn!(slot, error = %err, "cannot pass a connection to its worker");
+                }
+            }
+        });
+    }
+    while accept_loops.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Sends `fd` over `end`, waiting while the worker's queue is full.
+async fn pass(end: &AsyncFd<OwnedFd>, fd: RawFd, listener: u8) -> io::Result<()> {
+    let payload = [listener];
+    let fds = [fd];
+    loop {
+        let mut ready = end.writable().await?;
+        let sent = ready.try_io(|end| {
+            let iov = [IoSlice::new(&payload)];
+            let cmsg = [ControlMessage::ScmRights(&fds)];
+            sendmsg::<()>(end.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)
+                .map_err(io::Error::from)
+        });
+        match sent {
+            Ok(result) => return result.map(drop),
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+/// Receives one connection from a handoff socket (`WouldBlock` when none is ready).
+pub fn receive(end: RawFd) -> io::Result<std::net::TcpStream> {
+    let mut payload = [0u8; 1];
+    let mut iov = [IoSliceMut::new(&mut payload)];
+    let mut space = cmsg_space!([RawFd; 1]);
+    let message = match recvmsg::<()>(end, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+        Ok(message) => message,
+        Err(nix::errno::Errno::EAGAIN) => return Err(io::ErrorKind::WouldBlock.into()),
+        Err(err) => return Err(err.into()),
+    };
+    if message.bytes == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the loader closed the handoff socket",
+        ));
+    }
+    for cmsg in message.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            if let Some(&fd) = fds.first() {
+                // SAFETY: the kernel just installed this fd in our table for us.
+                return Ok(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+            }
+        }
+    }
+    Err(io::Error::other("a handoff message without a connection"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v4_mapped_clients_hash_as_ipv4() {
+        let config = DispatchConfig::new(5, 24, 64, 4);
+        let table: Vec<u32> = (0..TABLE_SIZE).map(|i| i % 4).collect();
+        let v4: IpAddr = "10.1.2.3".parse().unwrap();
+        let mapped: IpAddr = "::ffff:10.1.2.200".parse().unwrap();
+        assert_eq!(slot_for(&config, &table, v4), slot_for(&config, &table, mapped));
+    }
+}
