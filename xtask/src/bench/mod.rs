@@ -36,7 +36,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     let root = shell::workspace_root();
     let sticky = root.join("target/release/sticky");
     let plan = if quick { QUICK } else { FULL };
-    let mut modes = vec![Mode::Kernel, Mode::Reuseport];
+    let mut modes = vec![Mode::Kernel, Mode::Reuseport, Mode::Userspace];
     for (mode, tool) in [(Mode::Nginx, "nginx"), (Mode::Haproxy, "haproxy")] {
         match bootstrap::ensure_tool(tool, tool) {
             Ok(()) => modes.push(mode),
@@ -47,7 +47,6 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         Ok(()) => modes.extend([Mode::KernelNode, Mode::ReuseportNode, Mode::Seed]),
         Err(err) => shell::say(&format!("kernel-node, reuseport-node, seed: skipped: {err:#}")),
     }
-    shell::say("userspace: skipped: `sticky run --dispatch userspace` is not implemented yet");
     let work = std::env::temp_dir().join(format!("sticky-bench-{}", std::process::id()));
     let stats = BpfStats::enable();
     let mut report = Report::new(quick, plan.workers);
@@ -111,20 +110,23 @@ fn measure(
     let server = Server::start(mode, workers, sticky, dir)?;
     let address = ADDRESS.parse()?;
     load::run(address, Duration::from_millis(500));
-    let (cpu_before, bpf_before) = (server.cpu_ticks(), BpfStats::read());
+    let (cpu_before, main_before, bpf_before) =
+        (server.cpu_ticks(), server.main_cpu_ticks(), BpfStats::read());
     let result = load::run(address, duration);
-    let (cpu_after, bpf_after) = (server.cpu_ticks(), BpfStats::read());
+    let (cpu_after, main_after, bpf_after) =
+        (server.cpu_ticks(), server.main_cpu_ticks(), BpfStats::read());
     server.stop();
     // SAFETY: sysconf has no preconditions.
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let cpu_ms = (cpu_after - cpu_before) as f64 * 1000.0 / ticks_per_second;
+    let main_ms = (main_after - main_before) as f64 * 1000.0 / ticks_per_second;
     let bpf_ns = match (bpf_before, bpf_after) {
         (Some((time0, count0)), Some((time1, count1))) if count1 > count0 => {
             Some((time1 - time0) as f64 / (count1 - count0) as f64)
         }
         _ => None,
     };
-    Ok(Sample::new(&result, cpu_ms, bpf_ns))
+    Ok(Sample::new(&result, cpu_ms, main_ms, bpf_ns))
 }
 
 /// `kernel.bpf_stats_enabled` on for the benchmark's life, restored after.

@@ -15,6 +15,8 @@ pub struct Sample {
     p999_us: f64,
     /// Server CPU (all its processes) per 1000 connections, in milliseconds.
     cpu_ms_per_1000: f64,
+    /// The same for the server's first process alone (the userspace master).
+    main_cpu_ms_per_1000: f64,
     sticky_share: f64,
     imbalance: f64,
     failed: u64,
@@ -23,13 +25,14 @@ pub struct Sample {
 
 impl Sample {
     /// The figures of one load run and the server CPU it cost.
-    pub fn new(load: &LoadResult, cpu_ms: f64, bpf_ns: Option<f64>) -> Self {
+    pub fn new(load: &LoadResult, cpu_ms: f64, main_cpu_ms: f64, bpf_ns: Option<f64>) -> Self {
         Self {
             conn_per_s: load.rate(),
             p50_us: load.latency(0.5),
             p99_us: load.latency(0.99),
             p999_us: load.latency(0.999),
             cpu_ms_per_1000: cpu_ms / load.ok.max(1) as f64 * 1000.0,
+            main_cpu_ms_per_1000: main_cpu_ms / load.ok.max(1) as f64 * 1000.0,
             sticky_share: load.sticky_share(),
             imbalance: load.imbalance(),
             failed: load.failed,
@@ -139,6 +142,12 @@ impl Report {
             out,
             "×rate, ×cpu: against kernel dispatch with the same workers (kernel-node for Node modes)"
         );
+        let master = self.median_of("userspace", |s| s.main_cpu_ms_per_1000);
+        let _ = writeln!(
+            out,
+            "userspace master alone: {master:.1} ms CPU per 1000 connections: one master thread tops out near {:.0} conn/s",
+            1e6 / master
+        );
         let bpf = self.median_of("kernel", |s| s.bpf_ns.unwrap_or(f64::NAN));
         let _ = writeln!(
             out,
@@ -163,7 +172,9 @@ impl Report {
         let sample = |s: &Sample| {
             json!({
                 "conn_per_s": s.conn_per_s, "p50_us": s.p50_us, "p99_us": s.p99_us, "p999_us": s.p999_us,
-                "cpu_ms_per_1000_conn": s.cpu_ms_per_1000, "sticky_share": s.sticky_share,
+                "cpu_ms_per_1000_conn": s.cpu_ms_per_1000,
+                "first_process_cpu_ms_per_1000_conn": s.main_cpu_ms_per_1000,
+                "sticky_share": s.sticky_share,
                 "max_over_mean": s.imbalance, "failed": s.failed, "bpf_ns_per_dispatch": s.bpf_ns,
             })
         };

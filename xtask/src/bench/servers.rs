@@ -21,6 +21,8 @@ pub enum Mode {
     Kernel,
     /// Plain SO_REUSEPORT (`--dispatch none`): the ceiling for kernel dispatch, not sticky.
     Reuseport,
+    /// sticky's userspace dispatch: the loader accepts and passes fds to the workers.
+    Userspace,
     /// nginx with `hash $remote_addr consistent`.
     Nginx,
     /// haproxy with `balance source` and `hash-type consistent`.
@@ -39,6 +41,7 @@ impl Mode {
         match self {
             Self::Kernel => "kernel",
             Self::Reuseport => "reuseport",
+            Self::Userspace => "userspace",
             Self::Nginx => "nginx",
             Self::Haproxy => "haproxy",
             Self::KernelNode => "kernel-node",
@@ -88,6 +91,7 @@ impl Server {
         match mode {
             Mode::Kernel => self.children.push(run("main", ADDRESS, workers, "kernel", &[])?),
             Mode::Reuseport => self.children.push(run("main", ADDRESS, workers, "none", &[])?),
+            Mode::Userspace => self.children.push(run("main", ADDRESS, workers, "userspace", &[])?),
             Mode::KernelNode => {
                 self.children.push(run("main", ADDRESS, workers, "kernel", &["node", node_worker])?)
             }
@@ -123,6 +127,13 @@ impl Server {
             }
         }
         wait_until_serving(ADDRESS.parse()?)
+    }
+
+    /// CPU time (user + system, in clock ticks) of the first process alone: sticky's loader
+    /// (the master in userspace dispatch), the seed's master, or the first backend's loader.
+    pub fn main_cpu_ticks(&self) -> u64 {
+        let pid = self.children.first().map_or(0, Child::id);
+        processes().get(&pid).map_or(0, |process| process.ticks)
     }
 
     /// CPU time (user + system, in clock ticks) of every process of the server, so far.
