@@ -145,11 +145,11 @@ pub fn receive(end: RawFd) -> io::Result<std::net::TcpStream> {
         ));
     }
     for cmsg in message.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            if let Some(&fd) = fds.first() {
-                // SAFETY: the kernel just installed this fd in our table for us.
-                return Ok(unsafe { std::net::TcpStream::from_raw_fd(fd) });
-            }
+        if let ControlMessageOwned::ScmRights(fds) = cmsg
+            && let Some(&fd) = fds.first()
+        {
+            // SAFETY: the kernel just installed this fd in our table for us.
+            return Ok(unsafe { std::net::TcpStream::from_raw_fd(fd) });
         }
     }
     Err(io::Error::other("a handoff message without a connection"))
