@@ -97,10 +97,22 @@ pub async fn master(
                         continue;
                     }
                 };
-                let slot = slot_for(&config, &table, peer.ip());
-                if let Err(err) = pass(&ends[slot as usize], stream.as_raw_fd(), index as u8).await
-                {
-                    warn!(slot, error = %err, "cannot pass a connection to its worker");
+                let slot = slot_for(&config, &table, peer.ip()) as usize;
+                match send_raw(ends[slot].as_raw_fd(), stream.as_raw_fd(), index as u8) {
+                    Ok(()) => {}
+                    // The worker's queue is full (it is restarting, or slow): wait for room on
+                    // the side, so one slot never holds up the others' clients.
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                        let ends = ends.clone();
+                        tokio::spawn(async move {
+                            if let Err(err) =
+                                pass(&ends[slot], stream.as_raw_fd(), index as u8).await
+                            {
+                                warn!(slot, error = %err, "cannot pass a connection to its worker");
+                            }
+                        });
+                    }
+                    Err(err) => warn!(slot, error = %err, "cannot pass a connection to its worker"),
                 }
             }
         });
@@ -111,21 +123,23 @@ pub async fn master(
 
 /// Sends `fd` over `end`, waiting while the worker's queue is full.
 async fn pass(end: &AsyncFd<OwnedFd>, fd: RawFd, listener: u8) -> io::Result<()> {
-    let payload = [listener];
-    let fds = [fd];
     loop {
         let mut ready = end.writable().await?;
-        let sent = ready.try_io(|end| {
-            let iov = [IoSlice::new(&payload)];
-            let cmsg = [ControlMessage::ScmRights(&fds)];
-            sendmsg::<()>(end.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)
-                .map_err(io::Error::from)
-        });
-        match sent {
-            Ok(result) => return result.map(drop),
+        match ready.try_io(|end| send_raw(end.as_raw_fd(), fd, listener)) {
+            Ok(result) => return result,
             Err(_would_block) => continue,
         }
     }
+}
+
+/// One handoff message, now or `WouldBlock`: `fd` as SCM_RIGHTS and the listener index as the
+/// payload byte.
+fn send_raw(end: RawFd, fd: RawFd, listener: u8) -> io::Result<()> {
+    let payload = [listener];
+    let iov = [IoSlice::new(&payload)];
+    let fds = [fd];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    sendmsg::<()>(end, &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None).map(drop).map_err(io::Error::from)
 }
 
 /// Receives one connection from a handoff socket (`WouldBlock` when none is ready).
