@@ -54,8 +54,7 @@ pub fn install(args: InstallArgs) -> anyhow::Result<()> {
     let files = ServiceFiles::new(&args.name, &args.target.root)?;
     let input = args.run.input()?;
     // Validate now, as the service would at start.
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    let config = sticky_user::config::RunConfig::from_input(input.clone(), cpus)?;
+    let config = crate::run::validate(input.clone())?;
     let config_text = service::config_file(&files, &input)?;
     let unit_text = service::unit_file(&files, &config, &args.bin);
     if args.target.dry_run {

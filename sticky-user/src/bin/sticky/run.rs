@@ -95,9 +95,14 @@ impl RunArgs {
 
     /// The validated configuration.
     pub fn config(self) -> anyhow::Result<RunConfig> {
-        let cpus = available_parallelism().map_or(1, |n| n.get() as u32);
-        Ok(RunConfig::from_input(self.input()?, cpus)?)
+        Ok(validate(self.input()?)?)
     }
+}
+
+/// Validates `input`; the default worker count is the number of CPUs.
+pub fn validate(input: RunInput) -> Result<RunConfig, config::ConfigError> {
+    let cpus = available_parallelism().map_or(1, |n| n.get() as u32);
+    RunConfig::from_input(input, cpus)
 }
 
 impl From<RunArgs> for RunInput {
@@ -147,10 +152,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         let flags = RunInput::from(args.clone());
         let reconfigure: Reconfigure = Box::new(move || {
             let input = config::load_file(&file).map_err(|err| err.to_string())?;
-            let cpus = available_parallelism().map_or(1, |n| n.get() as u32);
-            RunConfig::from_input(input.overlay(flags.clone()), cpus)
-                .map(|config| config.workers)
-                .map_err(|err| err.to_string())
+            validate(input.overlay(flags.clone())).map(|c| c.workers).map_err(|e| e.to_string())
         });
         reconfigure
     });
