@@ -25,14 +25,14 @@ use aya_ebpf::{
 };
 use sticky_common::{
     COUNTER_FALLBACK, COUNTER_PASSED, COUNTER_UNREADABLE, COUNTERS, DispatchConfig, MAX_SLOTS,
-    TABLE_SIZE, hash::client_hash,
+    TABLE_SIZE, Table, hash::client_hash,
 };
 
 #[map]
 static STICKY_SOCKETS: ReusePortSockArray = ReusePortSockArray::with_max_entries(MAX_SLOTS, 0);
 
 #[map]
-static STICKY_TABLE: Array<u32> = Array::with_max_entries(TABLE_SIZE, 0);
+static STICKY_TABLE: Array<Table> = Array::with_max_entries(1, 0);
 
 #[map]
 static STICKY_CONFIG: Array<DispatchConfig> = Array::with_max_entries(1, 0);
@@ -126,8 +126,8 @@ fn select(ctx: &SkReuseportContext, client: Client) -> Result<u32, u32> {
             client_hash(config.seed, &masked)
         }
     };
-    let entry = (hash as u32) & (TABLE_SIZE - 1);
-    let slot = *STICKY_TABLE.get(entry).ok_or(COUNTER_PASSED)?;
+    let table = STICKY_TABLE.get(0).ok_or(COUNTER_PASSED)?;
+    let slot = u32::from(table[hash as usize & (TABLE_SIZE - 1)]);
     if STICKY_SOCKETS.select_reuseport(ctx, slot).is_ok() {
         return Ok(slot);
     }

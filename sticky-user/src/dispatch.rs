@@ -13,7 +13,7 @@ use aya::{
 };
 use sticky_common::{
     CONFIG_MAP, COUNTER_FALLBACK, COUNTER_PASSED, COUNTER_UNREADABLE, COUNTERS_MAP, DispatchConfig,
-    PROGRAM_MIGRATE, PROGRAM_SELECT, SOCKETS_MAP, TABLE_MAP,
+    PROGRAM_MIGRATE, PROGRAM_SELECT, SOCKETS_MAP, TABLE_MAP, Table,
 };
 use thiserror::Error;
 
@@ -94,12 +94,12 @@ impl Dispatcher {
     pub fn attach(
         group: &ListenerGroup,
         config: &DispatchConfig,
-        table: &[u32],
+        table: &Table,
     ) -> Result<Self, DispatchError> {
         let ebpf = Ebpf::load(EBPF_OBJECT).map_err(refused_or_object)?;
         let mut dispatcher = Self { ebpf, config: *config, program_id: 0, migrates: false };
         dispatcher.write_config()?;
-        dispatcher.update_table(&[], table)?;
+        dispatcher.update_table(table)?;
         for (slot, socket) in (0..).zip(&group.sockets) {
             dispatcher.set_socket(slot, socket)?;
         }
@@ -149,15 +149,10 @@ impl Dispatcher {
         self.migrates
     }
 
-    /// Moves the lookup table (entry → slot) from `old` to `new`, writing only the entries
-    /// that differ (`old` empty: all of them).
-    pub fn update_table(&mut self, old: &[u32], new: &[u32]) -> Result<(), DispatchError> {
-        set_map(&mut self.ebpf, TABLE_MAP, |map: &mut Array<_, u32>| {
-            (0..)
-                .zip(new)
-                .filter(|&(entry, slot)| old.get(entry as usize) != Some(slot))
-                .try_for_each(|(entry, slot)| map.set(entry, slot, 0))
-        })
+    /// Writes the lookup table (entry → slot). The program may read a mix of the old and the new
+    /// table while it is written; every entry of either names a slot to try.
+    pub fn update_table(&mut self, table: &Table) -> Result<(), DispatchError> {
+        set_map(&mut self.ebpf, TABLE_MAP, |map: &mut Array<_, Table>| map.set(0, table, 0))
     }
 
     /// Puts `socket` in the socket array at `slot`, replacing what was there.

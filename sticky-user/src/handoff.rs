@@ -14,7 +14,7 @@
 use std::{
     io::{self, IoSlice, IoSliceMut},
     net::IpAddr,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    os::fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd},
     sync::Arc,
 };
 
@@ -25,7 +25,7 @@ use nix::{
         sendmsg, socketpair,
     },
 };
-use sticky_common::{DispatchConfig, TABLE_SIZE, hash::client_hash};
+use sticky_common::{DispatchConfig, TABLE_SIZE, Table, hash::client_hash};
 use tokio::{io::unix::AsyncFd, net::TcpListener};
 use tracing::warn;
 
@@ -50,7 +50,7 @@ pub fn pairs(slots: u32) -> io::Result<(Vec<OwnedFd>, Vec<OwnedFd>)> {
 }
 
 /// The slot of client `ip`: the eBPF program's computation, in user space.
-pub fn slot_for(config: &DispatchConfig, table: &[u32], ip: IpAddr) -> u32 {
+pub fn slot_for(config: &DispatchConfig, table: &Table, ip: IpAddr) -> u32 {
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
@@ -68,7 +68,13 @@ pub fn slot_for(config: &DispatchConfig, table: &[u32], ip: IpAddr) -> u32 {
             client_hash(config.seed, &words)
         }
     };
-    table[(hash as u32 & (TABLE_SIZE - 1)) as usize]
+    u32::from(table[hash as usize & (TABLE_SIZE - 1)])
+}
+
+/// Registers `owned` (a socket this process owns) with the runtime's event loop.
+pub(crate) fn register<T: AsRawFd>(owned: T) -> io::Result<AsyncFd<T>> {
+    // SAFETY: `owned` owns its fd, which stays open and registered once for the AsyncFd's life.
+    unsafe { AsyncFd::register(owned) }.map_err(|err| io::Error::other(err.to_string()))
 }
 
 /// Accepts on every listener and passes each connection to its client's slot, forever.
@@ -76,12 +82,8 @@ pub async fn master(
     listeners: Vec<TcpListener>,
     loader_ends: Vec<OwnedFd>,
     config: DispatchConfig,
-    table: Vec<u32>,
+    table: Box<Table>,
 ) -> io::Result<()> {
-    let register = |end: OwnedFd| {
-        // SAFETY: the fd is owned, open and registered once, for as long as the AsyncFd lives.
-        unsafe { AsyncFd::register(end) }.map_err(|err| io::Error::other(err.to_string()))
-    };
     let ends: Arc<Vec<AsyncFd<OwnedFd>>> =
         Arc::new(loader_ends.into_iter().map(register).collect::<io::Result<_>>()?);
     let table = Arc::new(table);
@@ -176,7 +178,7 @@ mod tests {
     #[test]
     fn v4_mapped_clients_hash_as_ipv4() {
         let config = DispatchConfig::new(5, 24, 64, 4);
-        let table: Vec<u32> = (0..TABLE_SIZE).map(|i| i % 4).collect();
+        let table: Table = std::array::from_fn(|i| (i % 4) as u8);
         let v4: IpAddr = "10.1.2.3".parse().unwrap();
         let mapped: IpAddr = "::ffff:10.1.2.200".parse().unwrap();
         assert_eq!(slot_for(&config, &table, v4), slot_for(&config, &table, mapped));

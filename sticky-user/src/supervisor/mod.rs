@@ -58,10 +58,8 @@ pub struct Setup {
     /// Userspace dispatch: each slot's end of its handoff socket pair, which its worker
     /// inherits; empty otherwise.
     pub handoff_ends: Vec<OwnedFd>,
-    /// The hash seed.
+    /// The hash seed, from which the lookup table is rebuilt when slots change.
     pub seed: u64,
-    /// The table the maps (or the userspace master) hold, built from `seed` for all slots.
-    pub table: Vec<u32>,
 }
 
 /// What the supervisor serves besides the workers.
@@ -130,7 +128,7 @@ pub type Reconfigure = Box<dyn Fn() -> Result<u32, String> + Send + Sync>;
 impl Supervisor {
     /// A supervisor for what `sticky run` set up, with `options`.
     pub fn new(setup: Setup, options: Options) -> Self {
-        let Setup { spawner, groups, dispatchers, handoff_ends, seed, table } = setup;
+        let Setup { spawner, groups, dispatchers, handoff_ends, seed } = setup;
         let count = match handoff_ends.len() {
             0 => groups.first().map_or(0, |group| group.sockets.len()),
             slots => slots,
@@ -141,7 +139,6 @@ impl Supervisor {
             dispatchers,
             handoff_ends,
             seed,
-            table,
             options,
             slots: Vec::new(),
             live: Vec::new(),

@@ -28,8 +28,6 @@ pub(super) struct State {
     /// Userspace dispatch: the workers' ends of the handoff socket pairs, per slot.
     pub(super) handoff_ends: Vec<OwnedFd>,
     pub(super) seed: u64,
-    /// The table as last written to the maps.
-    pub(super) table: Vec<u32>,
     pub(super) options: Options,
     pub(super) slots: Vec<Slot>,
     /// Every worker process not yet reaped, current or retiring.
@@ -65,7 +63,6 @@ impl State {
         self.slots.iter().position(|slot| slot.worker.as_ref().is_some_and(|w| w.pid == pid))
     }
 
-    /// Rebuilds the table from the slots in it and writes the entries that changed.
     /// `kernel`, `none` or `userspace`.
     pub(super) fn dispatch_mode(&self) -> &'static str {
         match (self.dispatchers.is_empty(), self.handoff_ends.is_empty()) {
@@ -83,6 +80,7 @@ impl State {
         }
     }
 
+    /// Rebuilds the table from the slots in it and writes it to the maps.
     pub(super) fn update_table(&mut self) -> Result<(), DispatchError> {
         if self.dispatchers.is_empty() {
             return Ok(());
@@ -94,11 +92,7 @@ impl State {
             return Ok(());
         }
         let table = table::build(self.seed, &live);
-        for dispatcher in &mut self.dispatchers {
-            dispatcher.update_table(&self.table, &table)?;
-        }
-        self.table = table;
-        Ok(())
+        self.dispatchers.iter_mut().try_for_each(|dispatcher| dispatcher.update_table(&table))
     }
 
     pub(super) fn add_slots(

@@ -4,7 +4,7 @@ use std::{path::PathBuf, sync::Arc, thread::available_parallelism};
 
 use anyhow::Context as _;
 use clap::Args;
-use sticky_common::DispatchConfig;
+use sticky_common::{DispatchConfig, Table};
 use sticky_user::{
     config::{self, DispatchMode, RunConfig, RunInput},
     control,
@@ -231,9 +231,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 workers = config.workers,
                 "userspace dispatch: the loader accepts every connection"
             );
-            tokio::spawn(handoff::master(listeners, master_ends, dispatch, table.clone()));
+            tokio::spawn(handoff::master(listeners, master_ends, dispatch, table));
         }
-        let setup = Setup { spawner, groups, dispatchers, handoff_ends, seed, table };
+        let setup = Setup { spawner, groups, dispatchers, handoff_ends, seed };
         let mut supervisor = Supervisor::new(setup, options);
         if let Some(reconfigure) = reconfigure {
             supervisor = supervisor.with_reconfigure(reconfigure);
@@ -259,7 +259,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 fn attach(
     config: &RunConfig,
     dispatch: &DispatchConfig,
-    table: &[u32],
+    table: &Table,
     groups: &[ListenerGroup],
 ) -> anyhow::Result<Vec<Dispatcher>> {
     let mut dispatchers = Vec::with_capacity(groups.len());
