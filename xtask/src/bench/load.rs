@@ -5,6 +5,7 @@ use std::{
     collections::HashMap,
     io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    os::fd::AsRawFd as _,
     thread,
     time::{Duration, Instant},
 };
@@ -78,18 +79,42 @@ pub fn run(server: SocketAddr, duration: Duration) -> LoadResult {
 }
 
 /// One request on a new connection; the answering worker's pid.
+///
+/// Kept to few system calls: the source port is chosen at connect time, not searched for at
+/// bind time, and the send timeout bounds a blocking connect, as the receive timeout bounds the
+/// reads.
 fn request(source: IpAddr, server: SocketAddr) -> Option<u32> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None).ok()?;
-    socket.set_reuse_address(true).ok()?;
+    bind_address_no_port(&socket).ok()?;
+    socket.set_write_timeout(Some(TIMEOUT)).ok()?;
+    socket.set_read_timeout(Some(TIMEOUT)).ok()?;
     socket.bind(&SocketAddr::new(source, 0).into()).ok()?;
-    socket.connect_timeout(&server.into(), Duration::from_secs(5)).ok()?;
-    socket.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    socket.connect(&server.into()).ok()?;
     let mut stream: TcpStream = socket.into();
     stream.write_all(b"GET / HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n").ok()?;
     let mut response = Vec::with_capacity(512);
     stream.read_to_end(&mut response).ok()?;
     let text = std::str::from_utf8(&response).ok()?;
     text.lines().find_map(|line| line.strip_prefix("x-sticky-pid:")?.trim().parse().ok())
+}
+
+/// How long one connect, write or read may take.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sets `IP_BIND_ADDRESS_NO_PORT`, which socket2 does not wrap.
+fn bind_address_no_port(socket: &Socket) -> std::io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket, and an option value of the size given.
+    let ret = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&raw const on).cast(),
+            size_of_val(&on) as libc::socklen_t,
+        )
+    };
+    if ret == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 impl LoadResult {

@@ -109,7 +109,7 @@ fn measure(
 ) -> anyhow::Result<Sample> {
     let server = Server::start(mode, workers, sticky, dir)?;
     let address = ADDRESS.parse()?;
-    load::run(address, Duration::from_millis(500));
+    load::run(address, mode.warm_up());
     let (cpu_before, main_before, bpf_before) =
         (server.cpu_ticks(), server.main_cpu_ticks(), BpfStats::read());
     let result = load::run(address, duration);

@@ -15,7 +15,7 @@ pub struct Sample {
     p999_us: f64,
     /// Server CPU (all its processes) per 1000 connections, in milliseconds.
     cpu_ms_per_1000: f64,
-    /// The same for the server's first process alone (the userspace master).
+    /// The same for the server's first process alone (the userspace or seed master).
     main_cpu_ms_per_1000: f64,
     sticky_share: f64,
     imbalance: f64,
@@ -142,12 +142,17 @@ impl Report {
             out,
             "×rate, ×cpu: against kernel dispatch with the same workers (kernel-node for Node modes)"
         );
-        let master = self.median_of("userspace", |s| s.main_cpu_ms_per_1000);
-        let _ = writeln!(
-            out,
-            "userspace master alone: {master:.1} ms CPU per 1000 connections: one master thread tops out near {:.0} conn/s",
-            1e6 / master
-        );
+        // The modes with one master process that accepts every connection.
+        for mode in ["userspace", "seed"] {
+            let master = self.median_of(mode, |s| s.main_cpu_ms_per_1000);
+            if master.is_finite() {
+                let _ = writeln!(
+                    out,
+                    "{mode} master alone: {master:.1} ms CPU per 1000 connections: one master thread tops out near {:.0} conn/s",
+                    1e6 / master
+                );
+            }
+        }
         let bpf = self.median_of("kernel", |s| s.bpf_ns.unwrap_or(f64::NAN));
         let _ = writeln!(
             out,

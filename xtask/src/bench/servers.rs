@@ -1,6 +1,6 @@
-//! The servers under test, each with the same Rust demo workers behind it: sticky's kernel
-//! dispatch, plain SO_REUSEPORT, and nginx / haproxy proxies with consistent source hashing in
-//! front of one-worker backends.
+//! The servers under test: sticky's kernel and userspace dispatch, plain SO_REUSEPORT, and
+//! nginx / haproxy proxies with consistent source hashing in front of one-worker backends, all
+//! with the Rust demo worker; then sticky and the seed (npm sticky-session) with a Node worker.
 
 use std::{
     collections::HashMap,
@@ -47,6 +47,15 @@ impl Mode {
             Self::KernelNode => "kernel-node",
             Self::ReuseportNode => "reuseport-node",
             Self::Seed => "seed",
+        }
+    }
+
+    /// How long to load the server before measuring: Node's JIT needs a few seconds under load
+    /// to reach its steady speed, the Rust worker none.
+    pub fn warm_up(self) -> Duration {
+        match self {
+            Self::KernelNode | Self::ReuseportNode | Self::Seed => Duration::from_secs(3),
+            _ => Duration::from_secs(1),
         }
     }
 }
