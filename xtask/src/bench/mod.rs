@@ -25,7 +25,7 @@ struct Plan {
 }
 
 const FULL: Plan =
-    Plan { duration: Duration::from_secs(5), repeats: 3, workers: 4, scaling: &[2, 4, 8] };
+    Plan { duration: Duration::from_secs(5), repeats: 5, workers: 4, scaling: &[2, 4, 8] };
 const QUICK: Plan =
     Plan { duration: Duration::from_secs(2), repeats: 1, workers: 4, scaling: &[2, 8] };
 
@@ -36,16 +36,26 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     let root = shell::workspace_root();
     let sticky = root.join("target/release/sticky");
     let plan = if quick { QUICK } else { FULL };
+    let proxies =
+        [("nginx", Mode::Nginx, Mode::NginxNode), ("haproxy", Mode::Haproxy, Mode::HaproxyNode)];
+    let proxies: Vec<_> = proxies
+        .into_iter()
+        .filter(|(tool, ..)| match bootstrap::ensure_tool(tool, tool) {
+            Ok(()) => true,
+            Err(err) => {
+                shell::say(&format!("{tool}: skipped: {err:#}"));
+                false
+            }
+        })
+        .collect();
     let mut modes = vec![Mode::Kernel, Mode::Reuseport, Mode::Userspace];
-    for (mode, tool) in [(Mode::Nginx, "nginx"), (Mode::Haproxy, "haproxy")] {
-        match bootstrap::ensure_tool(tool, tool) {
-            Ok(()) => modes.push(mode),
-            Err(err) => shell::say(&format!("{}: skipped: {err:#}", mode.name())),
-        }
-    }
+    modes.extend(proxies.iter().map(|(_, rust, _)| *rust));
     match node_packages() {
-        Ok(()) => modes.extend([Mode::KernelNode, Mode::ReuseportNode, Mode::Seed]),
-        Err(err) => shell::say(&format!("kernel-node, reuseport-node, seed: skipped: {err:#}")),
+        Ok(()) => {
+            modes.extend([Mode::KernelNode, Mode::ReuseportNode, Mode::Seed]);
+            modes.extend(proxies.iter().map(|(.., node)| *node));
+        }
+        Err(err) => shell::say(&format!("Node modes: skipped: {err:#}")),
     }
     let work = std::env::temp_dir().join(format!("sticky-bench-{}", std::process::id()));
     let stats = BpfStats::enable();

@@ -1,6 +1,7 @@
 //! The servers under test: sticky's kernel and userspace dispatch, plain SO_REUSEPORT, and
-//! nginx / haproxy proxies with consistent source hashing in front of one-worker backends, all
-//! with the Rust demo worker; then sticky and the seed (npm sticky-session) with a Node worker.
+//! nginx / haproxy proxies with consistent source hashing in front of one-worker backends, with
+//! the Rust demo worker; then the same but userspace dispatch, and the seed (npm
+//! sticky-session), with a Node worker.
 
 use std::{
     collections::HashMap,
@@ -33,6 +34,10 @@ pub enum Mode {
     ReuseportNode,
     /// npm sticky-session 1.1.2 (a Node master hands connections to Node workers).
     Seed,
+    /// nginx in front of Node workers.
+    NginxNode,
+    /// haproxy in front of Node workers.
+    HaproxyNode,
 }
 
 impl Mode {
@@ -47,16 +52,27 @@ impl Mode {
             Self::KernelNode => "kernel-node",
             Self::ReuseportNode => "reuseport-node",
             Self::Seed => "seed",
+            Self::NginxNode => "nginx-node",
+            Self::HaproxyNode => "haproxy-node",
         }
+    }
+
+    /// Whether the workers are the Node handler rather than the Rust demo worker.
+    fn node(self) -> bool {
+        matches!(
+            self,
+            Self::KernelNode
+                | Self::ReuseportNode
+                | Self::Seed
+                | Self::NginxNode
+                | Self::HaproxyNode
+        )
     }
 
     /// How long to load the server before measuring: Node's JIT needs a few seconds under load
     /// to reach its steady speed, the Rust worker none.
     pub fn warm_up(self) -> Duration {
-        match self {
-            Self::KernelNode | Self::ReuseportNode | Self::Seed => Duration::from_secs(3),
-            _ => Duration::from_secs(1),
-        }
+        if self.node() { Duration::from_secs(3) } else { Duration::from_secs(1) }
     }
 }
 
@@ -94,19 +110,19 @@ impl Server {
     ) -> anyhow::Result<()> {
         let node_worker = node_dir().join("worker.js");
         let node_worker = node_worker.to_str().context("non-UTF-8 path")?;
-        let run = |name: &str, listen: &str, workers: u32, dispatch: &str, command: &[&str]| {
+        // The worker command: the demo (sticky's default) or the Node handler.
+        let command: &[&str] = if mode.node() { &["node", node_worker] } else { &[] };
+        let run = |name: &str, listen: &str, workers: u32, dispatch: &str| {
             sticky_run(sticky, dir, name, listen, workers, dispatch, command)
         };
         match mode {
-            Mode::Kernel => self.children.push(run("main", ADDRESS, workers, "kernel", &[])?),
-            Mode::Reuseport => self.children.push(run("main", ADDRESS, workers, "none", &[])?),
-            Mode::Userspace => self.children.push(run("main", ADDRESS, workers, "userspace", &[])?),
-            Mode::KernelNode => {
-                self.children.push(run("main", ADDRESS, workers, "kernel", &["node", node_worker])?)
+            Mode::Kernel | Mode::KernelNode => {
+                self.children.push(run("main", ADDRESS, workers, "kernel")?)
             }
-            Mode::ReuseportNode => {
-                self.children.push(run("main", ADDRESS, workers, "none", &["node", node_worker])?)
+            Mode::Reuseport | Mode::ReuseportNode => {
+                self.children.push(run("main", ADDRESS, workers, "none")?)
             }
+            Mode::Userspace => self.children.push(run("main", ADDRESS, workers, "userspace")?),
             Mode::Seed => {
                 let port = ADDRESS.rsplit(':').next().unwrap_or("3900");
                 let seed = Command::new("node")
@@ -117,17 +133,17 @@ impl Server {
                     .context("cannot start node")?;
                 self.children.push(seed);
             }
-            Mode::Nginx | Mode::Haproxy => {
+            Mode::Nginx | Mode::Haproxy | Mode::NginxNode | Mode::HaproxyNode => {
                 let backends: Vec<String> = (0..workers)
                     .map(|i| format!("127.0.0.1:{}", BACKEND_PORT + i as u16))
                     .collect();
                 for (i, backend) in backends.iter().enumerate() {
-                    self.children.push(run(&format!("backend{i}"), backend, 1, "none", &[])?);
+                    self.children.push(run(&format!("backend{i}"), backend, 1, "none")?);
                 }
                 for backend in &backends {
                     wait_until_serving(backend.parse()?)?;
                 }
-                let proxy = if mode == Mode::Nginx {
+                let proxy = if matches!(mode, Mode::Nginx | Mode::NginxNode) {
                     nginx(dir, &backends)?
                 } else {
                     haproxy(dir, &backends)?
