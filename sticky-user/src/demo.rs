@@ -43,7 +43,10 @@ pub async fn serve(listeners: Vec<TcpListener>, slot: u32) -> io::Result<()> {
         accept_loops.spawn(accept_loop(listener, response, connections.clone()));
     }
     tokio::select! {
-        Some(ended) = accept_loops.join_next() => return Err(ended.unwrap_or_else(io::Error::other)),
+        // An accept loop only ends when accepting fails.
+        Some(ended) = accept_loops.join_next() => {
+            return Err(ended.unwrap_or_else(io::Error::other));
+        }
         _ = terminate.recv() => {}
     }
     // Stop accepting (dropping the listeners), then finish what was already accepted.
@@ -76,12 +79,14 @@ pub async fn serve_handoff(handoff: OwnedFd, slot: u32) -> io::Result<()> {
     let connections = TaskTracker::new();
     loop {
         tokio::select! {
-            received = handoff.async_io(Interest::READABLE, |fd| handoff::receive(fd.as_raw_fd())) => {
+            received = handoff.async_io(Interest::READABLE, |end| handoff::receive(end.as_raw_fd())) => {
                 answer(received?, response, &connections);
             }
             _ = terminate.recv() => break,
         }
     }
+    // Stop receiving: what the loader passes from now on waits for the next worker.
+    drop(handoff);
     connections.close();
     connections.wait().await;
     Ok(())

@@ -1,13 +1,17 @@
 //! Workers: external commands over LISTEN_FDS, restarts into the same slot, no orphans.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    io::Write as _,
+    net::{IpAddr, SocketAddr},
+};
 
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
 use sticky_tests::{
-    Sticky, client_v4, eventually, get, in_netns, processes_in_netns, program_is_loaded, try_get,
+    Sticky, client_v4, connect, eventually, get, in_netns, processes_in_netns, program_is_loaded,
+    read_response, try_get,
 };
 
 /// Whether `pid` exists and is not a zombie.
@@ -131,4 +135,45 @@ fn with_userspace_dispatch_a_killed_worker_comes_back_and_serves_what_was_passed
         let exit = sticky.stop_cleanly();
         assert!(exit.log.contains("worker exited"), "{}", exit.log);
     });
+}
+
+/// Open file descriptors of `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// A request that arrives in pieces after its connection was accepted (the demo worker's slow
+/// path) is still answered, even when the worker is told to stop in between.
+fn a_stopping_worker_finishes_a_request_that_arrives_late(dispatch: &str, port: u16) {
+    in_netns(|| {
+        let listen = format!("127.0.0.1:{port}");
+        let mut sticky =
+            Sticky::start(&["--listen", &listen, "--workers", "1", "--dispatch", dispatch]);
+        sticky.wait_for_workers(1);
+        let server: SocketAddr = listen.parse().unwrap();
+        let worker = get(client_v4(1), server).pid;
+        let idle = open_fds(worker);
+        let mut stream = connect(client_v4(2), server).expect("connect");
+        stream.write_all(b"GET / HTTP/1.1\r\nhost: sticky\r\n").unwrap();
+        eventually("the worker holds the connection", || open_fds(worker) > idle);
+        let holding = open_fds(worker);
+        kill(Pid::from_raw(worker as i32), Signal::SIGTERM).unwrap();
+        // It closes its listening socket (or handoff socket) and keeps the connection.
+        eventually("the worker stops taking connections", || open_fds(worker) < holding);
+        stream.write_all(b"connection: close\r\n\r\n").unwrap();
+        let late = read_response(&mut stream).expect("the late request was not answered");
+        assert_eq!(late.pid, worker, "not answered by the worker that accepted it");
+        eventually("the drained worker exits", || !is_running(worker));
+        sticky.stop_cleanly();
+    });
+}
+
+#[test]
+fn a_stopping_worker_finishes_a_late_request_with_kernel_dispatch() {
+    a_stopping_worker_finishes_a_request_that_arrives_late("kernel", 3016);
+}
+
+#[test]
+fn a_stopping_worker_finishes_a_late_request_with_userspace_dispatch() {
+    a_stopping_worker_finishes_a_request_that_arrives_late("userspace", 3017);
 }
