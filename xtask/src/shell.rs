@@ -27,8 +27,7 @@ pub fn cargo() -> Command {
 
 /// Whether this process runs as root.
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 /// `program`, through `sudo` unless this process is root already.

@@ -5,11 +5,11 @@ use std::{
     collections::HashMap,
     io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
-    os::fd::AsRawFd as _,
     thread,
     time::{Duration, Instant},
 };
 
+use nix::sys::socket::{setsockopt, sockopt::IpBindAddressNoPort};
 use socket2::{Domain, Socket, Type};
 
 /// Distinct client source addresses (127.16.0.1 onwards).
@@ -85,7 +85,7 @@ pub fn run(server: SocketAddr, duration: Duration) -> LoadResult {
 /// reads.
 fn request(source: IpAddr, server: SocketAddr) -> Option<u32> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None).ok()?;
-    bind_address_no_port(&socket).ok()?;
+    setsockopt(&socket, IpBindAddressNoPort, &true).ok()?;
     socket.set_write_timeout(Some(TIMEOUT)).ok()?;
     socket.set_read_timeout(Some(TIMEOUT)).ok()?;
     socket.bind(&SocketAddr::new(source, 0).into()).ok()?;
@@ -100,22 +100,6 @@ fn request(source: IpAddr, server: SocketAddr) -> Option<u32> {
 
 /// How long one connect, write or read may take.
 const TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Sets `IP_BIND_ADDRESS_NO_PORT`, which socket2 does not wrap.
-fn bind_address_no_port(socket: &Socket) -> std::io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket, and an option value of the size given.
-    let ret = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&raw const on).cast(),
-            size_of_val(&on) as libc::socklen_t,
-        )
-    };
-    if ret == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
-}
 
 impl LoadResult {
     /// Requests answered per second.

@@ -9,6 +9,7 @@ mod servers;
 use std::{path::Path, time::Duration};
 
 use anyhow::Context as _;
+use nix::unistd::{SysconfVar, sysconf};
 
 use self::{
     report::{Report, Sample},
@@ -126,8 +127,10 @@ fn measure(
     let (cpu_after, main_after, bpf_after) =
         (server.cpu_ticks(), server.main_cpu_ticks(), BpfStats::read());
     server.stop();
-    // SAFETY: sysconf has no preconditions.
-    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let ticks_per_second = match sysconf(SysconfVar::CLK_TCK) {
+        Ok(Some(ticks)) => ticks as f64,
+        _ => anyhow::bail!("cannot read the clock tick rate"),
+    };
     let cpu_ms = (cpu_after - cpu_before) as f64 * 1000.0 / ticks_per_second;
     let main_ms = (main_after - main_before) as f64 * 1000.0 / ticks_per_second;
     let bpf_ns = match (bpf_before, bpf_after) {

@@ -14,6 +14,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
 
 /// A way of dispatching connections to workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,8 +182,7 @@ impl Server {
     /// Stops every process (SIGTERM, then SIGKILL after 10 s).
     pub fn stop(mut self) {
         for child in &self.children {
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         for child in &mut self.children {
