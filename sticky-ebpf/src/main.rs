@@ -15,6 +15,8 @@
 #![no_std]
 #![no_main]
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{bpf_hdr_start_off::BPF_HDR_START_NET, sk_action},
@@ -146,20 +148,26 @@ fn select(ctx: &SkReuseportContext, client: Client) -> Result<u32, u32> {
 }
 
 /// Reads `N` address words at `offset` from the start of the network header.
+///
+/// The buffer is left uninitialised for the helper to fill: zeroing it first makes LLVM call
+/// `memset`, whose byte loop does variable-offset stack arithmetic that the verifier refuses
+/// to a loader without CAP_PERFMON (the unit's capability set).
 #[inline(always)]
 fn load_words<const N: usize>(ctx: &SkReuseportContext, offset: u32) -> Result<[u32; N], u32> {
-    let mut words = [0u32; N];
-    // SAFETY: the helper writes at most `size_of_val(&words)` bytes into `words`.
+    let mut words = MaybeUninit::<[u32; N]>::uninit();
+    // SAFETY: the helper writes at most `size_of::<[u32; N]>()` bytes into `words`; the
+    // verifier accepts uninitialised stack memory as its destination.
     let ret = unsafe {
         bpf_skb_load_bytes_relative(
             ctx.as_ptr(),
             offset,
             words.as_mut_ptr().cast(),
-            core::mem::size_of_val(&words) as u32,
+            size_of::<[u32; N]>() as u32,
             BPF_HDR_START_NET,
         )
     };
-    if ret == 0 { Ok(words) } else { Err(COUNTER_UNREADABLE) }
+    // SAFETY: a zero return means the helper filled the whole buffer.
+    if ret == 0 { Ok(unsafe { words.assume_init() }) } else { Err(COUNTER_UNREADABLE) }
 }
 
 /// Adds one to a per-CPU counter.
