@@ -1,31 +1,94 @@
-//! The capabilities the loader needs, checked before it touches the kernel.
+//! The capabilities the loader needs for a configuration, checked before it touches the kernel.
+//!
+//! The same list is what `sticky install` grants the unit, so the service gets exactly what the
+//! loader asks for.
+
+use std::fmt;
 
 use caps::{CapSet, Capability};
+use nix::unistd::{Gid, Uid};
 use thiserror::Error;
 
-/// Capabilities needed to load the SK_REUSEPORT program (CAP_BPF, Linux 5.8+) and to use a
-/// networking program type with socket maps (CAP_NET_ADMIN).
-pub const REQUIRED: [Capability; 2] = [Capability::CAP_BPF, Capability::CAP_NET_ADMIN];
+use crate::config::{DispatchMode, RunConfig};
+
+/// One capability the loader needs, and what for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Need {
+    /// The capability.
+    pub capability: Capability,
+    /// Why the loader needs it, as a short phrase.
+    pub reason: &'static str,
+}
+
+impl fmt::Display for Need {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.capability, self.reason)
+    }
+}
 
 /// The loader lacks a capability it needs.
 #[derive(Debug, Error)]
 pub enum PrivilegeError {
     /// Effective capabilities are missing.
-    #[error("missing capability {}: run sticky as root or grant it (e.g. AmbientCapabilities=)", names(.0))]
-    Missing(Vec<Capability>),
+    #[error("missing capability {}: run sticky as root or grant it (e.g. AmbientCapabilities=)", list(.0))]
+    Missing(Vec<Need>),
     /// The capability sets could not be read.
     #[error("cannot read this process's capabilities")]
     Unreadable(#[source] caps::errors::CapsError),
 }
 
-fn names(missing: &[Capability]) -> String {
-    missing.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+fn list(needs: &[Need]) -> String {
+    needs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
-/// Fails with the names of every required capability missing from the effective set.
-pub fn check() -> Result<(), PrivilegeError> {
+/// What the loader needs to run `config` as a process with effective ids `uid` and `gid`:
+///
+/// - CAP_BPF and CAP_NET_ADMIN to load and attach the SK_REUSEPORT program (kernel dispatch);
+/// - CAP_SETUID and CAP_SETGID to start workers as another user (and to drop supplementary
+///   groups), CAP_KILL to stop them and for their parent-death signal to reach them: the
+///   kernel checks both signals against the loader's credentials;
+/// - CAP_NET_BIND_SERVICE for a port below 1024.
+///
+/// CAP_PERFMON is not needed: the program passes the verifier's rules for loaders without it.
+pub fn required(config: &RunConfig, uid: Uid, gid: Gid) -> Vec<Need> {
+    let mut needs = Vec::new();
+    let mut need = |capability, reason| needs.push(Need { capability, reason });
+    if config.dispatch == DispatchMode::Kernel {
+        need(Capability::CAP_BPF, "to load the dispatch program");
+        need(Capability::CAP_NET_ADMIN, "to attach it to the listening sockets");
+    }
+    if let Some(credentials) = &config.credentials {
+        if credentials.uid != uid.as_raw() {
+            need(Capability::CAP_SETUID, "to start the workers as their user");
+        }
+        if credentials.gid != gid.as_raw() || uid.is_root() {
+            need(Capability::CAP_SETGID, "to start the workers with their group only");
+        }
+        if credentials.uid != uid.as_raw() {
+            need(
+                Capability::CAP_KILL,
+                "to stop workers of another user, and kill them if sticky dies",
+            );
+        }
+    }
+    let ports = config.listen.iter().chain(&config.metrics).map(|address| address.port());
+    if ports.into_iter().any(|port| port < 1024) {
+        need(Capability::CAP_NET_BIND_SERVICE, "to listen on a port below 1024");
+    }
+    needs
+}
+
+/// What this process needs to run `config`.
+pub fn required_here(config: &RunConfig) -> Vec<Need> {
+    required(config, Uid::effective(), Gid::effective())
+}
+
+/// Fails naming every capability `config` needs that is missing from the effective set.
+pub fn check(config: &RunConfig) -> Result<(), PrivilegeError> {
     let effective = caps::read(None, CapSet::Effective).map_err(PrivilegeError::Unreadable)?;
-    let missing: Vec<Capability> =
-        REQUIRED.into_iter().filter(|cap| !effective.contains(cap)).collect();
+    let missing: Vec<Need> = required_here(config)
+        .into_iter()
+        .filter(|need| !effective.contains(&need.capability))
+        .collect();
     if missing.is_empty() { Ok(()) } else { Err(PrivilegeError::Missing(missing)) }
 }

@@ -5,16 +5,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use nix::unistd::{Gid, Uid};
 use thiserror::Error;
 
 use crate::{
     config::{RunConfig, RunInput},
     path_error::PathError,
+    privileges,
 };
-
-/// Capabilities the loader keeps: CAP_BPF and CAP_NET_ADMIN for the program, CAP_SETUID and
-/// CAP_SETGID to start the workers as their user.
-const CAPABILITIES: &str = "CAP_BPF CAP_NET_ADMIN CAP_SETUID CAP_SETGID";
 
 /// Why a service cannot be installed or removed.
 #[derive(Debug, Error)]
@@ -97,14 +95,15 @@ pub fn control_socket(name: &str) -> String {
     format!("/run/sticky/{name}/control.sock")
 }
 
-/// The systemd unit for the service, running `sticky` (at `bin`) with least privilege.
+/// The systemd unit for the service, running `sticky` (at `bin`) with least privilege: the
+/// loader runs as root with exactly the capabilities [`privileges::required`] names for
+/// `config`, each explained in a comment.
 pub fn unit_file(files: &ServiceFiles, config: &RunConfig, bin: &Path) -> String {
-    let low_port = config.listen.iter().any(|address| address.port() < 1024);
-    let capabilities = if low_port {
-        format!("{CAPABILITIES} CAP_NET_BIND_SERVICE")
-    } else {
-        CAPABILITIES.to_owned()
-    };
+    let needs = privileges::required(config, Uid::from_raw(0), Gid::from_raw(0));
+    let capabilities: Vec<String> = needs.iter().map(|need| need.capability.to_string()).collect();
+    let capabilities = capabilities.join(" ");
+    let reasons: String =
+        needs.iter().map(|need| format!("#   {}: {}\n", need.capability, need.reason)).collect();
     let name = &files.name;
     let bin = bin.display();
     let config_path = files.config_on_system();
@@ -126,9 +125,9 @@ TimeoutStopSec={stop_timeout}
 KillMode=mixed
 StateDirectory=sticky/{name}
 RuntimeDirectory=sticky/{name}
-# The loader needs CAP_BPF and CAP_NET_ADMIN for its program, CAP_SETUID/CAP_SETGID to start
-# workers as their user; the workers keep no capability.
-CapabilityBoundingSet={capabilities}
+# The loader keeps only what it needs; the workers keep no capability. CAP_PERFMON is not
+# needed: the program passes the verifier's rules for loaders without it.
+{reasons}CapabilityBoundingSet={capabilities}
 AmbientCapabilities={capabilities}
 # eBPF maps are charged to memlock before Linux 5.11.
 LimitMEMLOCK=infinity

@@ -55,6 +55,7 @@ pub fn install(args: InstallArgs) -> anyhow::Result<()> {
     let input = args.run.input()?;
     // Validate now, as the service would at start.
     let config = crate::run::validate(input.clone())?;
+    sticky_user::spawn::Spawner::new(&config, &[])?.check()?;
     let config_text = service::config_file(&files, &input)?;
     let unit_text = service::unit_file(&files, &config, &args.bin);
     if args.target.dry_run {

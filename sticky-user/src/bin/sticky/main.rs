@@ -61,6 +61,9 @@ enum Command {
     /// Set LISTEN_PID to this process and exec CMD (used by `run` to start workers).
     #[command(name = spawn::EXEC_WORKER, hide = true)]
     ExecWorker {
+        /// Only check that CMD's program may be executed here, as `run` does at startup.
+        #[arg(long)]
+        check: bool,
         /// The worker command.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<OsString>,
@@ -93,7 +96,10 @@ fn main() -> ExitCode {
         }
         Command::Stop(control) => ctl::run(&control, Request::Stop, false),
         Command::Demo => demo::run(),
-        Command::ExecWorker { command } => Err(spawn::exec_worker(&command).into()),
+        Command::ExecWorker { check: true, command } => {
+            spawn::check_worker(&command).map_err(Into::into)
+        }
+        Command::ExecWorker { check: false, command } => Err(spawn::exec_worker(&command).into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

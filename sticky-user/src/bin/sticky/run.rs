@@ -133,6 +133,7 @@ impl From<RunArgs> for RunInput {
 pub fn check(args: RunArgs) -> anyhow::Result<()> {
     let source = args.config.clone();
     let config = args.config()?;
+    Spawner::new(&config, &[])?.check()?;
     let listen: Vec<String> = config.listen.iter().map(ToString::to_string).collect();
     let command =
         config.command.as_ref().map_or("sticky demo".into(), |c| c.program.display().to_string());
@@ -157,10 +158,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         reconfigure
     });
     let mut config = args.config()?;
-    if config.dispatch == DispatchMode::Kernel {
-        // Only the eBPF program needs them.
-        privileges::check()?;
-    }
+    privileges::check(&config)?;
+    let names: Vec<String> = if config.dispatch == DispatchMode::Userspace {
+        config.environment.insert(handoff::STICKY_HANDOFF.into(), "1".into());
+        vec!["sticky-handoff".into()]
+    } else {
+        config.listen.iter().map(|address| format!("sticky-{}", address.port())).collect()
+    };
+    let spawner = Spawner::new(&config, &names)?;
+    spawner.check()?;
     let userspace = config.dispatch == DispatchMode::Userspace;
     // Userspace dispatch: one socket per address, accepted on by the loader.
     let sockets_per_address = if userspace { 1 } else { config.workers };
@@ -198,13 +204,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on metrics address {address}"))
         })
         .transpose()?;
-    let names: Vec<String> = if userspace {
-        config.environment.insert(handoff::STICKY_HANDOFF.into(), "1".into());
-        vec!["sticky-handoff".into()]
-    } else {
-        groups.iter().map(|group| format!("sticky-{}", group.address.port())).collect()
-    };
-    let spawner = Spawner::new(&config, &names).context("cannot locate the sticky executable")?;
     let options = Options {
         grace_period: config.grace_period,
         crash_limit: config.crash_limit,
