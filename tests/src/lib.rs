@@ -2,11 +2,14 @@
 //!
 //! Every test runs its body in [`in_netns`]: a fresh thread in a fresh network namespace, so
 //! tests cannot collide on ports and everything they start is confined there. [`Sticky`] runs
-//! the real `sticky` binary; [`get`] is a real HTTP client bound to a chosen source address.
-//! The tests need root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for namespaces).
+//! the real `sticky` binary as it is deployed: root limited to the unit's capability bounding
+//! set, workers as `nobody`. [`Container`] boots a real systemd for the service tests. [`get`]
+//! is a real HTTP client bound to a chosen source address. The tests need root (namespaces,
+//! containers, and reading the kernel's program list).
 #![deny(missing_docs)]
 
 mod client;
+mod container;
 mod load;
 mod netns;
 mod sticky;
@@ -14,9 +17,13 @@ mod sticky;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use client::{Failure, Response, connect, get, read_response, request, send_request, try_get};
+pub use container::{Container, systemd_root};
 pub use load::{Load, Outcome, Report};
 pub use netns::{in_netns, processes_in_netns};
-pub use sticky::{Counters, Exit, StateDir, Sticky, program_is_loaded, sticky_bin, target_bin};
+pub use sticky::{
+    Counters, Exit, StateDir, Sticky, UNIT_BOUNDING_SET, WORKER_USER, program_is_loaded,
+    sticky_bin, target_bin,
+};
 
 /// The IPv4 client address number `i` (distinct for `i < 2^20`), inside 127.0.0.0/8.
 pub fn client_v4(i: u32) -> IpAddr {

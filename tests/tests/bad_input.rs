@@ -1,8 +1,8 @@
 //! Every bad input: one clear error line, a non-zero exit, nothing left running or attached.
 
-use std::{net::TcpListener, process::Command};
+use std::{fs, net::TcpListener, os::unix::fs::PermissionsExt as _, process::Command};
 
-use sticky_tests::{Exit, Sticky, in_netns, processes_in_netns, sticky_bin};
+use sticky_tests::{Exit, StateDir, Sticky, in_netns, processes_in_netns, sticky_bin};
 
 /// Runs `sticky run ARGS` to its exit and checks the common promises; returns the error line.
 fn refused(args: &[&str]) -> String {
@@ -85,6 +85,20 @@ fn worker_commands_that_cannot_run() {
         let error = refused(&["--", path]);
         std::fs::remove_file(&not_executable).unwrap();
         assert_says(&error, &format!("worker command '{path}' is not an executable file"));
+        // Executable, but not by the workers' user: the file sits in a directory only root
+        // may enter.
+        let private = StateDir::new();
+        fs::create_dir_all(&private.0).unwrap();
+        fs::set_permissions(&private.0, fs::Permissions::from_mode(0o700)).unwrap();
+        let program = private.0.join("worker");
+        fs::write(&program, "#!/bin/sh\nexec sleep 60\n").unwrap();
+        fs::set_permissions(&program, fs::Permissions::from_mode(0o755)).unwrap();
+        let path = program.to_str().unwrap();
+        let error = refused(&["--user", "nobody", "--", path]);
+        assert_says(
+            &error,
+            &format!("worker command {path} cannot be executed as user nobody: Permission denied"),
+        );
     });
 }
 
@@ -108,7 +122,11 @@ fn missing_capabilities_are_named() {
         let mut command = Command::new("setpriv");
         command.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(sticky_bin());
         command.args(["run", "--listen", "127.0.0.1:3022"]);
-        assert_says(&refused_command(command), "missing capability CAP_BPF, CAP_NET_ADMIN");
+        let error = refused_command(command);
+        assert_says(
+            &error,
+            "missing capability CAP_BPF (to load the dispatch program), CAP_NET_ADMIN",
+        );
         // Root without CAP_NET_ADMIN.
         let mut command = Command::new("setpriv");
         command.args(["--bounding-set=-net_admin", "--inh-caps=-net_admin"]).arg(sticky_bin());
@@ -116,5 +134,12 @@ fn missing_capabilities_are_named() {
         let error = refused_command(command);
         assert_says(&error, "missing capability CAP_NET_ADMIN");
         assert!(!error.contains("CAP_BPF"), "{error}");
+        // The unit's set without CAP_KILL, workers of another user.
+        let mut command = Command::new("setpriv");
+        command.arg("--bounding-set=-all,+bpf,+net_admin,+setuid,+setgid").arg(sticky_bin());
+        command.args(["run", "--listen", "127.0.0.1:3022", "--user", "nobody"]);
+        let error = refused_command(command);
+        assert_says(&error, "missing capability CAP_KILL (to stop workers of another user");
+        assert!(!error.contains("CAP_SETUID"), "{error}");
     });
 }

@@ -153,6 +153,9 @@ fn scaling_up_and_down_under_load_moves_only_the_clients_it_must() {
 fn a_crash_looping_slot_leaves_the_table_and_rejoins_once_its_worker_stays_up() {
     let state = sticky_tests::StateDir::new();
     std::fs::create_dir_all(&state.0).unwrap();
+    // The workers (as `nobody`) count their starts in it.
+    std::fs::set_permissions(&state.0, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .unwrap();
     let starts = state.0.join("slot-2-starts");
     // Slot 2's worker exits at once on its first three starts, then serves.
     let script = format!(

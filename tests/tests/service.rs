@@ -62,7 +62,7 @@ fn install_writes_a_unit_systemd_accepts_and_uninstall_removes_everything() {
         "Type=notify",
         "Restart=on-failure",
         "ExecReload=",
-        "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_SETUID CAP_SETGID CAP_NET_BIND_SERVICE",
+        "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_SETUID CAP_SETGID CAP_KILL CAP_NET_BIND_SERVICE",
         "ProtectSystem=strict",
         "SystemCallArchitectures=native",
     ] {
@@ -125,6 +125,8 @@ fn configuration_errors_name_line_column_and_the_example_passes() {
     let output = Command::new(sticky_bin())
         .args(["check", "--config", example.to_str().unwrap()])
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        // A service's PATH: its `python3` must be one the workers' user (nobody) may run.
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", text(&output.stderr));

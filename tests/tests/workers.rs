@@ -3,6 +3,7 @@
 use std::{
     io::Write as _,
     net::{IpAddr, SocketAddr},
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
 };
 
 use nix::{
@@ -11,7 +12,7 @@ use nix::{
 };
 use sticky_tests::{
     Sticky, client_v4, connect, eventually, get, in_netns, processes_in_netns, program_is_loaded,
-    read_response, try_get,
+    read_response, sticky_bin, try_get,
 };
 
 /// Whether `pid` exists and is not a zombie.
@@ -137,9 +138,9 @@ fn with_userspace_dispatch_a_killed_worker_comes_back_and_serves_what_was_passed
     });
 }
 
-/// Open file descriptors of `pid`.
+/// How many file descriptors `pid` has open.
 fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+    fd_numbers(pid).len()
 }
 
 /// A request that arrives in pieces after its connection was accepted (the demo worker's slow
@@ -176,4 +177,73 @@ fn a_stopping_worker_finishes_a_late_request_with_kernel_dispatch() {
 #[test]
 fn a_stopping_worker_finishes_a_late_request_with_userspace_dispatch() {
     a_stopping_worker_finishes_a_request_that_arrives_late("userspace", 3017);
+}
+
+#[test]
+fn workers_start_with_only_their_sockets_and_cannot_gain_privileges() {
+    in_netns(|| {
+        let args = ["--listen", "127.0.0.1:3016", "--listen", "[::1]:3016", "-w", "2"];
+        let args = [&args[..], &["--", "sleep", "600"]].concat();
+        // sticky's own parent leaks two fds to it, as a careless supervisor would.
+        let mut sticky = Sticky::start_with(&args, |command| {
+            // SAFETY: dup2 and fcntl only, between fork and exec.
+            unsafe {
+                command.pre_exec(|| {
+                    for fd in [10, 251] {
+                        if libc::dup2(2, fd) < 0 || libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                })
+            };
+        });
+        sticky.wait_for_workers(2);
+        let sticky_fds = fd_numbers(sticky.pid());
+        assert!(sticky_fds.contains(&10) && sticky_fds.contains(&251), "no leak: {sticky_fds:?}");
+        for slot in sticky.status().slots {
+            let pid = slot.pid.expect("a worker");
+            let fds = fd_numbers(pid);
+            assert_eq!(fds, [0, 1, 2, 3, 4], "worker {pid} has other fds open");
+            for fd in [3, 4] {
+                let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+                assert!(target.to_string_lossy().starts_with("socket:"), "fd {fd}: {target:?}");
+            }
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+        }
+        sticky.stop_cleanly();
+    });
+}
+
+/// The fds open in process `pid`, in order (none if it is gone).
+fn fd_numbers(pid: u32) -> Vec<u32> {
+    let entries = std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten();
+    let mut fds: Vec<u32> = entries.filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+    fds.sort_unstable();
+    fds
+}
+
+#[test]
+fn a_worker_that_cannot_be_executed_says_which_command_and_user() {
+    let dir = sticky_tests::StateDir::new();
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let program = dir.0.join("worker.sh");
+    std::fs::write(&program, format!("#!/bin/sh\nexec {} demo\n", sticky_bin().display())).unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    in_netns(|| {
+        let args = ["--listen", "127.0.0.1:3017", "-w", "1", "--", program.to_str().unwrap()];
+        let mut sticky = Sticky::start(&args);
+        sticky.wait_for_workers(1);
+        // A deploy breaks the program; the next start of the worker fails at exec.
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let pid = sticky.status().slots[0].pid.expect("a worker");
+        kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+        let expected = format!(
+            "worker 0: cannot execute {} as user nobody: Permission denied",
+            program.display()
+        );
+        sticky.wait_for("the exec failure", |log| log.contains(&expected));
+        sticky.stop_cleanly();
+    });
 }

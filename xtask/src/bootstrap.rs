@@ -2,9 +2,14 @@
 //! the nightly toolchain with rust-src (the eBPF crate builds `core` itself), the LLVM
 //! development packages matching nightly's LLVM, bpf-linker built against them, and the
 //! tools the integration tests call (iproute2, util-linux's setpriv, python3, node with npm and
-//! the socket.io example's packages, systemd-analyze).
+//! the socket.io example's packages, systemd-analyze), and for the service test a real systemd:
+//! mmdebstrap, systemd-nspawn and a container root kept under target/.
 
-use std::{fs, path::PathBuf, process::Command};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, bail};
 use serde_json::Value;
@@ -39,7 +44,62 @@ pub fn test_tools() -> anyhow::Result<()> {
     } else {
         apt_install(&missing)?;
     }
-    socketio_packages()
+    // The Python example runs as `nobody`, who may not reach a per-user python on PATH.
+    if !Path::new(SYSTEM_PYTHON).exists() {
+        apt_install(&["python3"])?;
+    }
+    socketio_packages()?;
+    container_root()
+}
+
+/// The system's python, which the tests' workers run.
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+/// What the container root holds besides the base system: systemd as init, and the tools the
+/// service test calls inside it.
+const CONTAINER_PACKAGES: &str = "systemd,systemd-sysv,dbus,iproute2,curl,procps";
+/// The file that marks a finished container root.
+const CONTAINER_DONE: &str = ".sticky-complete";
+
+/// Where the service test's container root is kept (built once, reused).
+pub fn container_root_dir() -> PathBuf {
+    shell::workspace_root().join("target/systemd-root")
+}
+
+/// Ensures the tools that boot a real systemd in a container (mmdebstrap, systemd-nspawn) and
+/// the container's root: a minimal Debian of the host's release (so the sticky binary built
+/// here runs in it), built once under target/.
+fn container_root() -> anyhow::Result<()> {
+    ensure_tool("mmdebstrap", "mmdebstrap")?;
+    ensure_tool("systemd-nspawn", "systemd-container")?;
+    ensure_tool("nsenter", "util-linux")?;
+    let root = container_root_dir();
+    if root.join(CONTAINER_DONE).exists() {
+        say("systemd container root: present");
+        return Ok(());
+    }
+    let suite = host_release().unwrap_or_else(|| "bookworm".into());
+    say(&format!(
+        "building a Debian {suite} root with systemd for the service test (mmdebstrap, about 30 s)"
+    ));
+    let partial = root.with_extension("partial");
+    for dir in [&partial, &root] {
+        if dir.exists() {
+            fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+        }
+    }
+    run(as_root("mmdebstrap")
+        .args(["--variant=apt", "--quiet", &format!("--include={CONTAINER_PACKAGES}"), &suite])
+        .arg(&partial))?;
+    fs::write(partial.join(CONTAINER_DONE), "")?;
+    fs::rename(&partial, &root).context("cannot move the container root into place")
+}
+
+/// The host's Debian release name (`VERSION_CODENAME` of /etc/os-release).
+fn host_release() -> Option<String> {
+    let release = fs::read_to_string("/etc/os-release").ok()?;
+    let name = release.lines().find_map(|line| line.strip_prefix("VERSION_CODENAME="))?;
+    Some(name.trim_matches('"').to_owned()).filter(|name| !name.is_empty())
 }
 
 /// Installs the socket.io example's npm packages from its lock file, unless they are there.

@@ -35,6 +35,7 @@ pub fn run_all(filter: Option<&str>) -> anyhow::Result<()> {
     for test in integration_test_binaries()? {
         let mut command = as_root(&test);
         command.env("STICKY_BIN", &sticky).args(filter);
+        command.env("STICKY_SYSTEMD_ROOT", bootstrap::container_root_dir());
         if let Err(err) = run(&mut command) {
             failed.push(err.to_string());
         }

@@ -1,0 +1,163 @@
+//! The service as deployed: `sticky install` and the unit it writes, under a real systemd booted
+//! in a container, workers as `nobody`, driven with systemctl under load.
+//!
+//! One test in its own binary: it is the only thing loading sk_reuseport programs while it runs.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+    thread,
+    time::{Duration, Instant},
+};
+
+use sticky_tests::{Container, Load, client_v4, eventually, program_is_loaded};
+use sticky_user::control::Status;
+
+const UNIT: &str = "sticky-web.service";
+const CONTROL: &str = "/run/sticky/web/control.sock";
+const WORKERS: usize = 3;
+
+/// The loader's status, asked inside the container.
+fn status(container: &Container) -> Status {
+    let json = container.ok(&["sticky", "status", "--json", "--control", CONTROL]);
+    serde_json::from_str(&json).expect("status JSON")
+}
+
+/// The pids of the current workers.
+fn worker_pids(container: &Container) -> Vec<u32> {
+    status(container).slots.iter().map(|slot| slot.pid.expect("a worker in every slot")).collect()
+}
+
+/// The pids of processes running as `nobody` in the container.
+fn nobody_processes(container: &Container) -> Vec<u32> {
+    // ps exits 1 when there is none.
+    let ps = container.run(&["ps", "-o", "pid=", "-u", "nobody"]);
+    let pids = String::from_utf8_lossy(&ps.stdout).into_owned();
+    pids.split_whitespace().map(|pid| pid.parse().expect("pid")).collect()
+}
+
+/// Waits until the service is active and serves all its slots.
+fn wait_until_serving(container: &Container) {
+    eventually("the service is active with every worker", || {
+        container.property(UNIT, "ActiveState") == "active"
+            && container.run(&["sticky", "status", "--json", "--control", CONTROL]).status.success()
+            && status(container).slots.iter().filter(|slot| slot.pid.is_some()).count() == WORKERS
+    });
+}
+
+/// The journal of the unit, for failure messages.
+fn journal(container: &Container) -> String {
+    String::from_utf8_lossy(&container.run(&["journalctl", "-u", UNIT, "--no-pager"]).stdout)
+        .into_owned()
+}
+
+#[test]
+fn the_installed_service_starts_reloads_restarts_and_stops_under_a_real_systemd() {
+    let container = Container::boot();
+    container.in_netns(|| {
+        let server = SocketAddr::from(([127, 0, 0, 1], 80));
+        let clients: Vec<IpAddr> = (0..600).map(client_v4).collect();
+
+        // Install and start, on a port below 1024.
+        let options = ["--user", "nobody", "--listen", "[::]:80", "--workers", "3"];
+        // A grace period longer than `eventually` waits: systemd would only kill workers that
+        // outlive the loader after it (TimeoutStopSec), so their quick end below is sticky's.
+        let options = [&options[..], &["--grace-period", "40"]].concat();
+        container.ok(&[&["sticky", "install", "web"], &options[..]].concat());
+        container.ok(&["systemctl", "start", UNIT]);
+        assert_eq!(container.property(UNIT, "ActiveState"), "active", "{}", journal(&container));
+        let status_text = container.property(UNIT, "StatusText");
+        assert!(status_text.contains("3 workers on [::]:80"), "StatusText={status_text}");
+        wait_until_serving(&container);
+
+        // Each client address always reaches the same worker.
+        for client in clients.iter().take(8) {
+            let workers: HashSet<u32> = (0..4)
+                .map(|_| sticky_tests::get(*client, server).worker)
+                .collect();
+            assert_eq!(workers.len(), 1, "{client} reached workers {workers:?}");
+        }
+        let curl = |source: &str| {
+            container.ok(&["curl", "-sS", "--interface", source, "http://127.0.0.1/"])
+        };
+        for source in ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"] {
+            let first = curl(source);
+            assert!(first.starts_with("worker: "), "{first}");
+            assert_eq!(curl(source), first, "{source} moved");
+        }
+
+        // A rolling restart under load: no failed connection, every worker replaced.
+        let before = worker_pids(&container);
+        let load = Load::start(server, &clients, 4);
+        thread::sleep(Duration::from_millis(500));
+        let reload_started = Instant::now();
+        container.ok(&["systemctl", "reload", UNIT]);
+        let reload_took = reload_started.elapsed();
+        thread::sleep(Duration::from_millis(500));
+        let report = load.stop();
+        eprintln!("systemctl reload took {reload_took:?}; load: {}", report.summary());
+        assert!(report.failures().is_empty(), "{}", report.summary());
+        assert!(report.succeeded() > 0);
+        let after = worker_pids(&container);
+        assert!(before.iter().all(|pid| !after.contains(pid)), "{before:?} → {after:?}");
+        let moved: HashMap<IpAddr, Vec<u32>> = report
+            .workers_by_client()
+            .into_iter()
+            .filter(|(_, workers)| workers.iter().any(|&w| w != workers[0]))
+            .collect();
+        assert!(moved.is_empty(), "clients moved during the reload: {moved:?}");
+
+        // kill -9 of the loader: no worker outlives it, systemd restarts it and it serves.
+        let main_pid = container.property(UNIT, "MainPID");
+        let orphans = worker_pids(&container);
+        container.ok(&["kill", "-9", &main_pid]);
+        eventually("the old workers are gone", || {
+            let running = nobody_processes(&container);
+            orphans.iter().all(|pid| !running.contains(pid))
+        });
+        eventually("systemd restarted the service", || {
+            container.property(UNIT, "NRestarts") == "1"
+                && container.property(UNIT, "MainPID") != main_pid
+        });
+        wait_until_serving(&container);
+        sticky_tests::get(clients[0], server);
+
+        // With a watchdog, the loader keeps systemd fed.
+        container.sh(
+            "mkdir -p /etc/systemd/system/sticky-web.service.d
+             printf '[Service]\\nWatchdogSec=5\\n' > /etc/systemd/system/sticky-web.service.d/watchdog.conf
+             systemctl daemon-reload
+             systemctl restart sticky-web.service",
+        );
+        wait_until_serving(&container);
+        let watched_pid = container.property(UNIT, "MainPID");
+        let restarts = container.property(UNIT, "NRestarts");
+        thread::sleep(Duration::from_secs(15));
+        assert_eq!(container.property(UNIT, "ActiveState"), "active", "{}", journal(&container));
+        assert_eq!(container.property(UNIT, "MainPID"), watched_pid, "{}", journal(&container));
+        assert_eq!(container.property(UNIT, "NRestarts"), restarts);
+        sticky_tests::get(clients[1], server);
+
+        // Stop under load: inactive without a timeout, nothing left running or attached.
+        let programs = status(&container).program_ids;
+        assert!(programs.iter().all(|&id| program_is_loaded(id)));
+        let load = Load::start(server, &clients, 4);
+        thread::sleep(Duration::from_millis(500));
+        let stop_started = Instant::now();
+        container.ok(&["systemctl", "stop", UNIT]);
+        let stop_took = stop_started.elapsed();
+        let report = load.stop();
+        eprintln!("systemctl stop took {stop_took:?}; load: {}", report.summary());
+        assert_eq!(container.property(UNIT, "ActiveState"), "inactive");
+        assert_eq!(container.property(UNIT, "Result"), "success", "{}", journal(&container));
+        assert_eq!(nobody_processes(&container), Vec::<u32>::new(), "workers left running");
+        assert_eq!(container.property(UNIT, "MainPID"), "0");
+        assert!(programs.iter().all(|&id| !program_is_loaded(id)), "a program stayed loaded");
+
+        // Uninstall removes the unit and its configuration.
+        container.ok(&["sticky", "uninstall", "web"]);
+        assert_eq!(container.property(UNIT, "LoadState"), "not-found");
+        let left = container.run(&["ls", "/etc/sticky/web.toml", "/etc/systemd/system/sticky-web.service"]);
+        assert!(!left.status.success(), "files left: {}", String::from_utf8_lossy(&left.stdout));
+    });
+}
