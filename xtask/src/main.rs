@@ -6,9 +6,8 @@ mod bootstrap;
 mod shell;
 mod test;
 
-use std::{ffi::OsString, os::unix::process::CommandExt as _, process::ExitCode};
+use std::{ffi::OsString, process::ExitCode};
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -110,6 +109,5 @@ fn run(args: Vec<OsString>) -> anyhow::Result<()> {
     if args.is_empty() {
         shell::say("starting the demo: try `curl http://127.0.0.1:3000/` (Ctrl-C stops it)");
     }
-    shell::say(&format!("$ {}", shell::display(&command)));
-    Err(command.exec()).with_context(|| format!("cannot start {}", sticky.display()))
+    shell::run_in_foreground(&mut command)
 }

@@ -4,9 +4,17 @@ use std::{
     ffi::OsStr,
     path::{Path, PathBuf},
     process::Command,
+    sync::atomic::{AtomicI32, Ordering},
 };
 
 use anyhow::{Context as _, bail};
+use nix::{
+    sys::{
+        prctl,
+        signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, kill, sigaction},
+    },
+    unistd::{Pid, getppid},
+};
 
 /// Prints an xtask progress line.
 pub fn say(message: &str) {
@@ -65,4 +73,42 @@ pub fn run(command: &mut Command) -> anyhow::Result<()> {
 pub fn output(command: &mut Command) -> Option<String> {
     let output = command.output().ok()?;
     output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The child that [`run_in_foreground`] passes signals on to (0: none yet).
+static FOREGROUND_CHILD: AtomicI32 = AtomicI32::new(0);
+
+/// Signal handler: passes the signal on to the foreground child.
+extern "C" fn pass_on(signal: std::ffi::c_int) {
+    let child = FOREGROUND_CHILD.load(Ordering::Relaxed);
+    if child > 0
+        && let Ok(signal) = Signal::try_from(signal)
+    {
+        let _ = kill(Pid::from_raw(child), signal);
+    }
+}
+
+/// Prints and runs `command` in this process's place, failing unless it succeeds: SIGINT,
+/// SIGTERM and SIGHUP sent to this process are passed on to it, and this process waits for it.
+/// If cargo (this process's parent) dies first, this process gets SIGTERM and passes it on.
+pub fn run_in_foreground(command: &mut Command) -> anyhow::Result<()> {
+    let parent = getppid();
+    prctl::set_pdeathsig(Signal::SIGTERM).context("cannot set the parent-death signal")?;
+    if getppid() != parent {
+        bail!("cargo exited before {} started", display(command));
+    }
+    let action = SigAction::new(SigHandler::Handler(pass_on), SaFlags::SA_RESTART, SigSet::empty());
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only reads an atomic and calls kill(2), both async-signal-safe.
+        unsafe { sigaction(signal, &action) }.context("cannot install a signal handler")?;
+    }
+    let line = display(command);
+    say(&format!("$ {line}"));
+    let mut child = command.spawn().with_context(|| format!("cannot start `{line}`"))?;
+    FOREGROUND_CHILD.store(child.id() as i32, Ordering::Relaxed);
+    let status = child.wait().with_context(|| format!("cannot wait for `{line}`"))?;
+    if !status.success() {
+        bail!("`{line}` failed ({status})");
+    }
+    Ok(())
 }
