@@ -73,15 +73,6 @@ pub const UNIT_BOUNDING_SET: &str = "-all,+bpf,+net_admin,+setuid,+setgid,+kill,
 /// The unprivileged user the tests' workers run as, unless a test names another.
 pub const WORKER_USER: &str = "nobody";
 
-/// How much privilege a test's `sticky` gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Privilege {
-    /// As deployed: root limited to [`UNIT_BOUNDING_SET`], workers as [`WORKER_USER`].
-    Unit,
-    /// Full root, workers too.
-    Root,
-}
-
 impl Sticky {
     /// Starts `sticky run ARGS` as deployed (the unit's capabilities, workers as `nobody`) with
     /// a fresh state directory.
@@ -99,53 +90,31 @@ impl Sticky {
     /// Like [`Sticky::start`], with the command changed by `customize` before it starts.
     pub fn start_with(args: &[&str], customize: impl FnOnce(&mut Command)) -> Self {
         let state = StateDir::new();
-        let mut command = Self::command(&state, args, Privilege::Unit);
+        let mut command = Self::command(&state, args);
         customize(&mut command);
-        Self::spawn_with_state(command, state)
-    }
-
-    /// Starts `sticky run ARGS` as full root, workers as root too: only for tests that need it,
-    /// and that say so in their name.
-    pub fn start_as_root(args: &[&str]) -> Self {
-        let state = StateDir::new();
-        Self::spawn_with_state(Self::command(&state, args, Privilege::Root), state)
-    }
-
-    /// Starts `sticky run --state-dir STATE ARGS` as deployed.
-    pub fn start_with_state(state: &StateDir, args: &[&str]) -> Self {
-        let mut sticky = Self::spawn(Self::command(state, args, Privilege::Unit));
-        sticky.control = Some(state.control());
-        sticky
-    }
-
-    fn spawn_with_state(command: Command, state: StateDir) -> Self {
         let mut sticky = Self::spawn(command);
         sticky.control = Some(state.control());
         sticky._state = Some(state);
         sticky
     }
 
-    /// `sticky run` with `state` as its state directory and control socket, and `args`.
-    fn command(state: &StateDir, args: &[&str], privilege: Privilege) -> Command {
-        let mut command = match privilege {
-            Privilege::Unit => {
-                let mut setpriv = Command::new("setpriv");
-                setpriv.arg(format!("--bounding-set={UNIT_BOUNDING_SET}")).arg(sticky_bin());
-                setpriv
-            }
-            Privilege::Root => Command::new(sticky_bin()),
-        };
+    /// Starts `sticky run --state-dir STATE ARGS` as deployed.
+    pub fn start_with_state(state: &StateDir, args: &[&str]) -> Self {
+        let mut sticky = Self::spawn(Self::command(state, args));
+        sticky.control = Some(state.control());
+        sticky
+    }
+
+    /// `sticky run` as deployed, with `state` as its state directory and control socket, and
+    /// `args`: root limited to [`UNIT_BOUNDING_SET`], workers as [`WORKER_USER`] unless `args`
+    /// choose their identity.
+    fn command(state: &StateDir, args: &[&str]) -> Command {
+        let mut command = Command::new("setpriv");
+        command.arg(format!("--bounding-set={UNIT_BOUNDING_SET}")).arg(sticky_bin());
         command.arg("run").arg("--state-dir").arg(&state.0);
         command.arg("--control").arg(state.control());
-        let chosen = args.iter().any(|a| a.starts_with("--user") || *a == "--allow-root-workers");
-        match privilege {
-            _ if chosen => {}
-            Privilege::Unit => {
-                command.args(["--user", WORKER_USER]);
-            }
-            Privilege::Root => {
-                command.arg("--allow-root-workers");
-            }
+        if !args.iter().any(|a| a.starts_with("--user") || *a == "--allow-root-workers") {
+            command.args(["--user", WORKER_USER]);
         }
         command.args(args);
         command
