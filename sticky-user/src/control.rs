@@ -14,9 +14,6 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// Where the control socket lives when no path is given (systemd's RuntimeDirectory=sticky).
-pub const DEFAULT_CONTROL: &str = "/run/sticky/sticky.sock";
-
 /// A request to the running loader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]

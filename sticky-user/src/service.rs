@@ -9,7 +9,7 @@ use nix::unistd::{Gid, Uid};
 use thiserror::Error;
 
 use crate::{
-    config::{RunConfig, RunInput},
+    config::{RunConfig, RunOptions},
     path_error::PathError,
     privileges,
 };
@@ -78,7 +78,7 @@ impl ServiceFiles {
 
 /// The configuration file for the service: `input` with the service's own state directory and
 /// control socket (under systemd's StateDirectory= and RuntimeDirectory=).
-pub fn config_file(files: &ServiceFiles, input: &RunInput) -> Result<String, ServiceError> {
+pub fn config_file(files: &ServiceFiles, input: &RunOptions) -> Result<String, ServiceError> {
     let mut input = input.clone();
     input.state_dir = Some(format!("/var/lib/sticky/{}", files.name).into());
     input.control = Some(control_socket(&files.name).into());
@@ -196,14 +196,14 @@ mod tests {
     #[test]
     fn the_config_file_reads_back() {
         let files = ServiceFiles::new("web", Path::new("/")).unwrap();
-        let input = RunInput {
+        let input = RunOptions {
             workers: Some(4),
             command: vec!["node".into(), "app.js".into()],
             user: Some("nobody".into()),
             ..Default::default()
         };
         let text = config_file(&files, &input).unwrap();
-        let back: RunInput = toml::from_str(&text).unwrap();
+        let back: RunOptions = toml::from_str(&text).unwrap();
         assert_eq!(back.workers, Some(4));
         assert_eq!(back.command, ["node", "app.js"]);
         assert_eq!(back.control, Some("/run/sticky/web/control.sock".into()));

@@ -2,11 +2,11 @@
 
 use std::{fs, path::Path};
 
-use super::{ConfigError, RunInput};
+use super::{ConfigError, RunOptions};
 
-/// Reads `path` into a [`RunInput`]. Syntax errors, unknown keys and values of the wrong type
+/// Reads `path` into a [`RunOptions`]. Syntax errors, unknown keys and values of the wrong type
 /// are reported with their line and column.
-pub fn load_file(path: &Path) -> Result<RunInput, ConfigError> {
+pub fn load_file(path: &Path) -> Result<RunOptions, ConfigError> {
     let text = fs::read_to_string(path)
         .map_err(|err| ConfigError::ReadFile { path: path.into(), reason: err.to_string() })?;
     toml::from_str(&text).map_err(|err| {
@@ -23,7 +23,7 @@ pub fn load_file(path: &Path) -> Result<RunInput, ConfigError> {
 mod tests {
     use super::*;
 
-    fn load(text: &str) -> Result<RunInput, ConfigError> {
+    fn load(text: &str) -> Result<RunOptions, ConfigError> {
         use std::sync::atomic::{AtomicU32, Ordering};
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
@@ -51,7 +51,7 @@ mod tests {
         assert_eq!(input.workers, Some(4));
         assert_eq!(input.prefix_v4, Some(24));
         assert_eq!(input.command, ["node", "app.js"]);
-        assert_eq!(input.environment["NODE_ENV"], "production");
+        assert_eq!(input.environment, [("NODE_ENV".to_owned(), "production".to_owned())]);
     }
 
     #[test]

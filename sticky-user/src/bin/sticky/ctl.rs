@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::Args;
-use sticky_user::control::{self, DEFAULT_CONTROL, Request, Response, Status};
+use sticky_user::{
+    config::defaults::DEFAULT_CONTROL,
+    control::{self, Request, Response, Status},
+};
 
 #[derive(Debug, Args)]
 pub struct ControlArgs {

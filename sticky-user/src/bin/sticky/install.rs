@@ -7,9 +7,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use sticky_user::service::{self, ServiceFiles};
-
-use crate::run::RunArgs;
+use sticky_user::{
+    config::{RunOptions, System},
+    service::{self, ServiceFiles},
+};
 
 #[derive(Debug, Args)]
 pub struct InstallArgs {
@@ -22,7 +23,7 @@ pub struct InstallArgs {
     bin: PathBuf,
     /// The options of `sticky run` for the service.
     #[command(flatten)]
-    run: RunArgs,
+    run: RunOptions,
 }
 
 #[derive(Debug, Args)]
@@ -52,9 +53,9 @@ impl Target {
 
 pub fn install(args: InstallArgs) -> anyhow::Result<()> {
     let files = ServiceFiles::new(&args.name, &args.target.root)?;
-    let input = args.run.input()?;
+    let input = args.run.with_file()?;
     // Validate now, as the service would at start.
-    let config = crate::run::validate(input.clone())?;
+    let config = sticky_user::config::RunConfig::resolve(input.clone(), &System)?;
     sticky_user::spawn::Spawner::new(&config, &[])?.check()?;
     let config_text = service::config_file(&files, &input)?;
     let unit_text = service::unit_file(&files, &config, &args.bin);

@@ -8,7 +8,7 @@ mod run;
 use std::{ffi::OsString, io::IsTerminal as _, process::ExitCode};
 
 use clap::{CommandFactory as _, Parser, Subcommand};
-use sticky_user::{control::Request, spawn};
+use sticky_user::{config::RunOptions, control::Request, spawn};
 use tracing_subscriber::EnvFilter;
 
 /// Sticky sessions for multi-process servers: the kernel sends every connection from one client
@@ -23,9 +23,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Open the listeners, attach the dispatch program and run the workers.
-    Run(run::RunArgs),
+    Run(RunOptions),
     /// Validate the options (and --config file) of `run` without starting anything.
-    Check(run::RunArgs),
+    Check(RunOptions),
     /// Show the running loader's workers and counters.
     Status {
         #[command(flatten)]

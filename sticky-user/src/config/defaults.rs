@@ -1,0 +1,22 @@
+//! What an option is when it is not given, in one place.
+
+use std::time::Duration;
+
+/// The listen address used when none is given: dual-stack, port 3000.
+pub const DEFAULT_LISTEN: &str = "[::]:3000";
+/// The IPv4 prefix length used when none is given: each address is its own client.
+pub const DEFAULT_PREFIX_V4: u8 = 32;
+/// The IPv6 prefix length used when none is given: a /64 is usually one host or site.
+pub const DEFAULT_PREFIX_V6: u8 = 64;
+/// Where the hash seed is kept when no state directory is given.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/sticky";
+/// The control socket when none is given.
+pub const DEFAULT_CONTROL: &str = "/run/sticky/sticky.sock";
+/// Exits within the crash window that take a slot out of the table, when none is given.
+pub const DEFAULT_CRASH_LIMIT: u32 = 5;
+/// The window the crash limit counts exits in, when none is given.
+pub const DEFAULT_CRASH_WINDOW: Duration = Duration::from_secs(30);
+/// How long a worker may take to exit after SIGTERM when none is given.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
+/// The most listen addresses one `sticky run` serves.
+pub const MAX_LISTEN_ADDRESSES: usize = 16;

@@ -1,0 +1,111 @@
+//! Why a configuration is refused: one variant per problem, each naming it in one line.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use sticky_common::MAX_SLOTS;
+use thiserror::Error;
+
+use super::defaults::MAX_LISTEN_ADDRESSES;
+
+/// Why a `sticky run` configuration is invalid.
+#[derive(Debug, Error, PartialEq)]
+pub enum ConfigError {
+    /// A listen address does not parse.
+    #[error("invalid listen address '{input}': expected ADDR:PORT, e.g. 0.0.0.0:3000 or [::]:3000")]
+    ListenSyntax {
+        /// The address as given.
+        input: String,
+    },
+    /// A listen address has port 0.
+    #[error("invalid listen address '{0}': port 0 is not supported, name a port")]
+    ListenPortZero(SocketAddr),
+    /// The same listen address is given twice.
+    #[error("listen address {0} is given twice")]
+    ListenTwice(SocketAddr),
+    /// More listen addresses than [`MAX_LISTEN_ADDRESSES`].
+    #[error("at most {MAX_LISTEN_ADDRESSES} listen addresses are supported, got {0}")]
+    TooManyListen(usize),
+    /// The worker count is out of range.
+    #[error("--workers must be between 1 and {MAX_SLOTS}, got {0}")]
+    Workers(u32),
+    /// The IPv4 prefix length is out of range.
+    #[error("--prefix-v4 must be between 0 and 32, got {0}")]
+    PrefixV4(u8),
+    /// The IPv6 prefix length is out of range.
+    #[error("--prefix-v6 must be between 0 and 128, got {0}")]
+    PrefixV6(u8),
+    /// The grace period is negative, not a number or absurdly long.
+    #[error("--grace-period must be between 0 and 3600 seconds, got {0}")]
+    GracePeriod(f64),
+    /// The crash limit is out of range.
+    #[error("--crash-limit must be between 1 and 1000, got {0}")]
+    CrashLimit(u32),
+    /// The crash window is out of range.
+    #[error("--crash-window must be between 0.1 and 86400 seconds, got {0}")]
+    CrashWindow(f64),
+    /// The user does not exist.
+    #[error("unknown user '{0}'")]
+    User(String),
+    /// The group does not exist.
+    #[error("unknown group '{0}'")]
+    Group(String),
+    /// A group without a user.
+    #[error("--group needs --user")]
+    GroupWithoutUser,
+    /// Workers would run as root without being allowed to.
+    #[error(
+        "refusing to run workers as root: give --user (e.g. --user nobody), or --allow-root-workers"
+    )]
+    RootWorkers,
+    /// The working directory is not a directory.
+    #[error("working directory {} is not a directory", .0.display())]
+    WorkingDirectory(PathBuf),
+    /// An environment variable name is empty or holds '='.
+    #[error("invalid environment variable name '{0}'")]
+    EnvironmentName(String),
+    /// The metrics address does not parse.
+    #[error("invalid metrics address '{0}': expected PORT or ADDR:PORT")]
+    Metrics(String),
+    /// The configuration file could not be read.
+    #[error("cannot read {}: {reason}", path.display())]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The configuration file is not valid.
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column of the error.
+        column: usize,
+        /// What was expected.
+        message: String,
+    },
+    /// The worker command cannot be found or is not executable.
+    #[error("worker command '{command}' {reason}")]
+    Command {
+        /// The command as given.
+        command: String,
+        /// What is wrong with it.
+        reason: CommandProblem,
+    },
+}
+
+/// What is wrong with a worker command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum CommandProblem {
+    /// A bare name that no PATH directory holds.
+    #[error("was not found in PATH")]
+    NotInPath,
+    /// A path to something that is not an executable file.
+    #[error("is not an executable file")]
+    NotExecutable,
+    /// A path to nothing.
+    #[error("does not exist")]
+    Missing,
+}

@@ -1,0 +1,192 @@
+//! `sticky run`'s options, each defined once: the same struct is parsed from the command line
+//! (clap), read from and written to the TOML file (serde, keys named like the flags), and
+//! merged (flags over the file).
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+/// `sticky run`'s options as the user gave them; `None` and empty mean "the default" (see
+/// [`super::defaults`]).
+#[derive(Debug, Default, Clone, PartialEq, Args, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RunOptions {
+    /// TOML file with any of these options (keys named like the flags); flags override it.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on, ADDR:PORT; repeat for several. [default: [::]:3000, dual-stack]
+    #[arg(long, value_name = "ADDR:PORT")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listen: Vec<String>,
+    /// Number of worker processes. [default: number of CPUs]
+    #[arg(long, short = 'w', value_name = "N")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<u32>,
+    /// IPv4 prefix length that makes one client, e.g. 24 keeps a /24 on one worker. [default: 32]
+    #[arg(long, value_name = "LEN")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_v4: Option<u8>,
+    /// IPv6 prefix length that makes one client. [default: 64]
+    #[arg(long, value_name = "LEN")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_v6: Option<u8>,
+    /// Directory that keeps the hash seed across restarts. [default: /var/lib/sticky]
+    #[arg(long, value_name = "DIR")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
+    /// Seconds a worker may take to exit after SIGTERM before it is killed. [default: 10]
+    #[arg(long, value_name = "SECS")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_period: Option<f64>,
+    /// Who picks the worker. [default: kernel]
+    #[arg(long, value_name = "MODE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatch: Option<DispatchMode>,
+    /// Worker exits within the crash window that take a slot out of the table. [default: 5]
+    #[arg(long, value_name = "N")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crash_limit: Option<u32>,
+    /// Seconds the crash limit counts exits in. [default: 30]
+    #[arg(long, value_name = "SECS")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crash_window: Option<f64>,
+    /// Control socket for `sticky status|reload|scale|stop`. [default: /run/sticky/sticky.sock]
+    #[arg(long, value_name = "PATH")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<PathBuf>,
+    /// Extra environment variable for the workers, KEY=VALUE; repeat for several. (In the file:
+    /// an `[environment]` table.)
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "environment_table")]
+    pub environment: Vec<(String, String)>,
+    /// The workers' working directory.
+    #[arg(long, value_name = "DIR")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_directory: Option<PathBuf>,
+    /// Run the workers as this user (name or uid), without capabilities.
+    #[arg(long, value_name = "USER")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Run the workers with this group (name or gid). [default: the user's primary group]
+    #[arg(long, value_name = "GROUP")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Let workers run as root when sticky runs as root and no --user is given.
+    #[arg(long, num_args = 0, default_missing_value = "true")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_root_workers: Option<bool>,
+    /// Serve Prometheus metrics on PORT (127.0.0.1) or ADDR:PORT. [default: off]
+    #[arg(long, value_name = "ADDR:PORT")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
+    /// Worker command; it finds its listening sockets at fd 3 (LISTEN_FDS). [default: sticky demo]
+    #[arg(last = true, value_name = "CMD")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+}
+
+/// Who picks the worker for a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DispatchMode {
+    /// sticky's eBPF program: by client address (the product).
+    #[default]
+    Kernel,
+    /// sticky accepts and passes each connection to its client's worker (SCM_RIGHTS).
+    Userspace,
+    /// Plain SO_REUSEPORT: the kernel's hash of the 4-tuple, not sticky. For comparison.
+    None,
+}
+
+impl RunOptions {
+    /// These options with every option `over` gives replacing this one's (flags over a file);
+    /// environment variables are merged, `over`'s winning.
+    pub fn overlay(self, over: RunOptions) -> RunOptions {
+        let config = over.config.clone().or(self.config.clone());
+        let (mut base, over) = (table(&self), table(&over));
+        for (key, value) in over {
+            match (base.get_mut(&key), value) {
+                (Some(toml::Value::Table(base)), toml::Value::Table(over)) => base.extend(over),
+                (_, value) => {
+                    base.insert(key, value);
+                }
+            }
+        }
+        let merged: RunOptions =
+            toml::Value::Table(base).try_into().expect("a merge of valid options is valid");
+        RunOptions { config, ..merged }
+    }
+}
+
+/// The options as a TOML table of the keys that are set.
+fn table(options: &RunOptions) -> toml::Table {
+    toml::Table::try_from(options).expect("options serialize to a table")
+}
+
+/// `--env KEY=VALUE`.
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text.split_once('=').ok_or("expected KEY=VALUE")?;
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+/// The environment as the file's `[environment]` table, in key order.
+mod environment_table {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize as _, Deserializer, Serialize as _, Serializer};
+
+    pub fn serialize<S: Serializer>(pairs: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+        pairs.iter().cloned().collect::<BTreeMap<_, _>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+        Ok(BTreeMap::<String, String>::deserialize(d)?.into_iter().collect())
+    }
+}
+
+/// The environment as a map, later entries winning.
+pub(super) fn environment_map(pairs: Vec<(String, String)>) -> BTreeMap<String, String> {
+    pairs.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = RunOptions {
+            workers: Some(2),
+            listen: vec!["[::]:80".into()],
+            environment: vec![("A".into(), "1".into()), ("B".into(), "1".into())],
+            ..Default::default()
+        };
+        let flags = RunOptions {
+            workers: Some(3),
+            environment: vec![("B".into(), "2".into())],
+            config: Some("web.toml".into()),
+            ..Default::default()
+        };
+        let merged = file.overlay(flags);
+        assert_eq!((merged.workers, merged.listen), (Some(3), vec!["[::]:80".to_string()]));
+        assert_eq!(merged.environment, [("A".into(), "1".into()), ("B".into(), "2".into())]);
+        assert_eq!(merged.config, Some("web.toml".into()));
+    }
+
+    #[test]
+    fn options_read_back_from_the_file_they_are_written_as() {
+        let options = RunOptions {
+            workers: Some(4),
+            dispatch: Some(DispatchMode::Userspace),
+            allow_root_workers: Some(true),
+            environment: vec![("NODE_ENV".into(), "production".into())],
+            command: vec!["node".into(), "app.js".into()],
+            ..Default::default()
+        };
+        let text = toml::to_string(&options).unwrap();
+        assert!(text.contains("dispatch = \"userspace\""), "{text}");
+        assert_eq!(toml::from_str::<RunOptions>(&text).unwrap(), options);
+    }
+}
