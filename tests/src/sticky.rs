@@ -1,4 +1,4 @@
-//! Runs the real `sticky` binary and reads what it logs.
+//! Runs the real `sticky` binary and reads its status and what it logs.
 
 use std::{
     env,
@@ -80,6 +80,14 @@ impl Sticky {
         Self::start_with(args, |_| {})
     }
 
+    /// Starts `sticky run ARGS` as [`Sticky::start`] does and waits until `workers` workers
+    /// serve (see [`Sticky::wait_until_serving`]).
+    pub fn serving(args: &[&str], workers: usize) -> Self {
+        let mut sticky = Self::start(args);
+        sticky.wait_until_serving(workers);
+        sticky
+    }
+
     /// Like [`Sticky::start`], with extra environment.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         Self::start_with(args, |command| {
@@ -150,8 +158,14 @@ impl Sticky {
     /// Waits (at most 30 s) until the log satisfies `ready`; panics with the log otherwise, or
     /// if `sticky` exits first.
     pub fn wait_for(&mut self, what: &str, ready: impl Fn(&str) -> bool) {
+        self.wait_until(what, |sticky| ready(&sticky.log()));
+    }
+
+    /// Waits (at most 30 s) until `ready` holds; panics with the log otherwise, or if `sticky`
+    /// exits first.
+    fn wait_until(&mut self, what: &str, mut ready: impl FnMut(&Self) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !ready(&self.log()) {
+        while !ready(self) {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 panic!("sticky exited ({status}) before {what}:\n{}", self.log());
             }
@@ -160,23 +174,23 @@ impl Sticky {
         }
     }
 
-    /// Waits until `workers` workers have been started (counting restarts).
+    /// Waits (at most 30 s) until the control socket answers and its status has `workers` slots,
+    /// each with a running worker; panics with the log otherwise, or if `sticky` exits first.
+    pub fn wait_until_serving(&mut self, workers: usize) {
+        let path = self.control_path().to_owned();
+        self.wait_until(&format!("{workers} workers to serve"), |_| {
+            matches!(
+                control::request(&path, &Request::Status),
+                Ok(Response::Status(status))
+                    if status.slots.len() == workers && status.slots.iter().all(|s| s.pid.is_some())
+            )
+        });
+    }
+
+    /// Waits until `workers` workers have been started, counting restarts and workers that
+    /// exited at once, from the log.
     pub fn wait_for_workers(&mut self, workers: usize) {
         self.wait_for("workers to start", |log| log.matches("worker started").count() >= workers);
-    }
-
-    /// Current pid of each slot's worker, from the log.
-    pub fn worker_pids(&self) -> Vec<(u32, u32)> {
-        self.log()
-            .lines()
-            .filter(|line| line.contains("worker started"))
-            .map(|line| (field(line, "slot=").unwrap(), field(line, "pid=").unwrap()))
-            .collect()
-    }
-
-    /// Ids of the programs `sticky` attached, from the log.
-    pub fn program_ids(&self) -> Vec<u32> {
-        self.log().lines().filter_map(|line| field(line, "program_id=")).collect()
     }
 
     /// Sends `request` over the control socket; panics unless it is answered.

@@ -63,14 +63,14 @@ fn connections_per_worker<'a>(responses: impl Iterator<Item = &'a Vec<Response>>
 #[test]
 fn ipv4_and_ipv6_clients_each_stay_on_one_worker_of_a_dual_stack_listener() {
     in_netns(|| {
-        let mut sticky = Sticky::start(&["--listen", "[::]:3000", "--workers", "4"]);
-        sticky.wait_for_workers(WORKERS as usize);
+        let sticky =
+            Sticky::serving(&["--listen", "[::]:3000", "--workers", "4"], WORKERS as usize);
         let v4: Vec<IpAddr> = (0..CLIENTS).map(client_v4).collect();
         let v6: Vec<IpAddr> = (0..CLIENTS).map(client_v6).collect();
         let v4_responses = connect_all(&v4, "127.0.0.1:3000".parse().unwrap());
         let v6_responses = connect_all(&v6, "[::1]:3000".parse().unwrap());
-        let programs = sticky.program_ids();
-        let exit = sticky.stop_cleanly();
+        let status = sticky.status();
+        sticky.stop_cleanly();
 
         for (family, responses) in [("IPv4", &v4_responses), ("IPv6", &v6_responses)] {
             let clients = clients_per_worker(responses);
@@ -79,15 +79,15 @@ fn ipv4_and_ipv6_clients_each_stay_on_one_worker_of_a_dual_stack_listener() {
             assert!(ratio <= 1.10, "{family} clients per worker {clients:?}: max/mean {ratio:.3}");
         }
         // The program chose every connection: its counters match what each worker served.
-        let counters = exit.counters();
-        assert_eq!(counters.len(), 1, "{}", exit.log);
+        assert_eq!(status.program_ids.len(), 1, "{status:?}");
         let served = connections_per_worker(v4_responses.values().chain(v6_responses.values()));
-        assert_eq!(counters[0].selected, served, "{}", exit.log);
-        assert_eq!((counters[0].fallback, counters[0].passed, counters[0].unreadable), (0, 0, 0));
+        let selected: Vec<u64> = status.slots.iter().map(|s| s.connections).collect();
+        assert_eq!(selected, served, "{status:?}");
+        assert_eq!((status.fallback, status.passed, status.unreadable), (0, 0, 0));
         assert_eq!(served.iter().sum::<u64>(), u64::from(2 * CLIENTS) * 3);
         // Nothing is left running or attached.
         assert_eq!(processes_in_netns(), Vec::<u32>::new());
-        assert!(programs.iter().all(|&id| !program_is_loaded(id)), "program left loaded");
+        assert!(status.program_ids.iter().all(|&id| !program_is_loaded(id)), "program left loaded");
     });
 }
 
@@ -95,9 +95,8 @@ fn ipv4_and_ipv6_clients_each_stay_on_one_worker_of_a_dual_stack_listener() {
 fn separate_ipv4_and_ipv6_listeners_share_the_workers_and_the_mapping() {
     in_netns(|| {
         let args = ["--listen", "127.0.0.1:3001", "--listen", "[::1]:3001", "--workers", "4"];
-        let mut sticky = Sticky::start(&args);
-        sticky.wait_for_workers(WORKERS as usize);
-        assert_eq!(sticky.program_ids().len(), 2, "one program per listen address");
+        let sticky = Sticky::serving(&args, WORKERS as usize);
+        assert_eq!(sticky.status().program_ids.len(), 2, "one program per listen address");
         let v4: Vec<IpAddr> = (0..300).map(client_v4).collect();
         let v6: Vec<IpAddr> = (0..300).map(client_v6).collect();
         let v4_responses = connect_all(&v4, "127.0.0.1:3001".parse().unwrap());
@@ -128,8 +127,7 @@ fn a_prefix_keeps_a_whole_subnet_on_one_worker() {
     in_netns(|| {
         let args =
             ["--listen", "[::]:3002", "--workers", "4", "--prefix-v4", "24", "--prefix-v6", "48"];
-        let mut sticky = Sticky::start(&args);
-        sticky.wait_for_workers(WORKERS as usize);
+        let sticky = Sticky::serving(&args, WORKERS as usize);
         let v4 = "127.0.0.1:3002".parse().unwrap();
         let v6 = "[::1]:3002".parse().unwrap();
         let mut subnet_workers = Vec::new();
@@ -167,7 +165,7 @@ fn the_mapping_survives_a_restart_of_sticky() {
         for _ in 0..2 {
             let mut sticky =
                 Sticky::start_with_state(&state, &["--listen", "127.0.0.1:3003", "-w", "4"]);
-            sticky.wait_for_workers(WORKERS as usize);
+            sticky.wait_until_serving(WORKERS as usize);
             mappings.push(clients.iter().map(|&c| get(c, server).worker).collect::<Vec<_>>());
             sticky.stop_cleanly();
         }
@@ -184,7 +182,7 @@ fn userspace_dispatch_maps_every_client_as_the_kernel_does() {
         let map = |dispatch: &str| {
             let args = ["--listen", "[::]:3004", "-w", "4", "--dispatch", dispatch];
             let mut sticky = Sticky::start_with_state(&state, &args);
-            sticky.wait_for_workers(4);
+            sticky.wait_until_serving(4);
             let server = |client: &IpAddr| -> SocketAddr {
                 if client.is_ipv4() { "127.0.0.1:3004" } else { "[::1]:3004" }.parse().unwrap()
             };

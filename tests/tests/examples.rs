@@ -21,8 +21,7 @@ fn check_sticky_worker(port: u16, runtime: &str, worker: &[&str]) {
         let listen = format!("[::]:{port}");
         let mut args = vec!["--listen", &listen, "--workers", "4", "--"];
         args.extend(worker);
-        let mut sticky = Sticky::start(&args);
-        sticky.wait_for_workers(WORKERS);
+        let sticky = Sticky::serving(&args, WORKERS);
         let server = SocketAddr::from(([127, 0, 0, 1], port));
         let mut clients_per_worker = [0; WORKERS];
         for client in (0..300).map(client_v4) {
@@ -34,8 +33,9 @@ fn check_sticky_worker(port: u16, runtime: &str, worker: &[&str]) {
             clients_per_worker[first.worker as usize] += 1;
         }
         assert!(clients_per_worker.iter().all(|&n| n > 0), "idle worker: {clients_per_worker:?}");
-        let exit = sticky.stop_cleanly();
-        assert_eq!(exit.counters()[0].selected.iter().sum::<u64>(), 900);
+        let status = sticky.status();
+        sticky.stop_cleanly();
+        assert_eq!(status.slots.iter().map(|s| s.connections).sum::<u64>(), 900);
         assert_eq!(processes_in_netns(), Vec::<u32>::new());
     });
 }
@@ -78,8 +78,7 @@ fn socketio_sessions(dispatch: &str, port: u16) -> (u32, u32, String) {
             "node",
             server.to_str().unwrap(),
         ];
-        let mut sticky = Sticky::start(&args);
-        sticky.wait_for_workers(WORKERS);
+        let sticky = Sticky::serving(&args, WORKERS);
         let output = Command::new("node")
             .arg(dir.join("client.js"))
             .args([listen.as_str(), "200", "10"])
@@ -91,11 +90,11 @@ fn socketio_sessions(dispatch: &str, port: u16) -> (u32, u32, String) {
             "client failed: {summary} {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let exit = sticky.stop_cleanly();
+        let status = sticky.status();
+        sticky.stop_cleanly();
         if dispatch == "kernel" {
-            let counters = &exit.counters()[0];
-            assert!(counters.selected.iter().sum::<u64>() > 0);
-            assert_eq!((counters.fallback, counters.passed, counters.unreadable), (0, 0, 0));
+            assert!(status.slots.iter().map(|s| s.connections).sum::<u64>() > 0);
+            assert_eq!((status.fallback, status.passed, status.unreadable), (0, 0, 0));
         }
         assert_eq!(processes_in_netns(), Vec::<u32>::new());
         let number = |name: &str| -> u32 {

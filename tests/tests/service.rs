@@ -164,7 +164,7 @@ fn sd_notify_messages_arrive_in_order() {
             }
         };
         let ready = receive("READY=1");
-        sticky.wait_for_workers(2);
+        sticky.wait_until_serving(2);
         assert!(ready.contains("STATUS=2 workers on 127.0.0.1:3050"), "{ready}");
         receive("WATCHDOG=1");
         let reload = sticky.control(Request::Reload);
@@ -190,8 +190,7 @@ fn workers_run_as_the_configured_user_without_capabilities() {
     in_netns(|| {
         let args =
             ["--listen", "127.0.0.1:3051", "-w", "2", "--user", "nobody", "--group", "nogroup"];
-        let mut sticky = Sticky::start(&args);
-        sticky.wait_for_workers(2);
+        let sticky = Sticky::serving(&args, 2);
         let server = "127.0.0.1:3051".parse().unwrap();
         let pid = get(client_v4(1), server).pid;
         let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -217,8 +216,7 @@ fn workers_run_as_the_configured_user_without_capabilities() {
 fn status_and_metrics_count_the_connections_the_test_made() {
     in_netns(|| {
         let args = ["--listen", "127.0.0.1:3052", "-w", "3", "--metrics", "9100"];
-        let mut sticky = Sticky::start(&args);
-        sticky.wait_for_workers(3);
+        let sticky = Sticky::serving(&args, 3);
         let server = "127.0.0.1:3052".parse().unwrap();
         let mut made = vec![0u64; 3];
         for client in (0..300).map(client_v4) {

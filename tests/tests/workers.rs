@@ -25,8 +25,7 @@ fn is_running(pid: u32) -> bool {
 #[test]
 fn a_killed_worker_comes_back_in_its_slot_and_serves_what_queued() {
     in_netns(|| {
-        let mut sticky = Sticky::start(&["--listen", "127.0.0.1:3011", "--workers", "4"]);
-        sticky.wait_for_workers(4);
+        let mut sticky = Sticky::serving(&["--listen", "127.0.0.1:3011", "--workers", "4"], 4);
         let server: SocketAddr = "127.0.0.1:3011".parse().unwrap();
         let clients: Vec<IpAddr> = (0..200).map(client_v4).collect();
         let before: Vec<_> = clients.iter().map(|&c| get(c, server)).collect();
@@ -65,11 +64,10 @@ fn a_killed_worker_comes_back_in_its_slot_and_serves_what_queued() {
 #[test]
 fn workers_die_with_a_killed_loader_and_nothing_stays_attached() {
     in_netns(|| {
-        let mut sticky = Sticky::start(&["--listen", "127.0.0.1:3012", "--workers", "3"]);
-        sticky.wait_for_workers(3);
+        let sticky = Sticky::serving(&["--listen", "127.0.0.1:3012", "--workers", "3"], 3);
         let server: SocketAddr = "127.0.0.1:3012".parse().unwrap();
         get(client_v4(1), server);
-        let programs = sticky.program_ids();
+        let programs = sticky.status().program_ids;
         assert_eq!(processes_in_netns().len(), 4, "sticky and 3 workers");
         sticky.signal(Signal::SIGKILL);
         let exit = sticky.wait();
@@ -83,9 +81,8 @@ fn workers_die_with_a_killed_loader_and_nothing_stays_attached() {
 #[test]
 fn ctrl_c_stops_workers_and_exits_zero() {
     in_netns(|| {
-        let mut sticky = Sticky::start(&["--listen", "127.0.0.1:3013", "--workers", "2"]);
-        sticky.wait_for_workers(2);
-        let programs = sticky.program_ids();
+        let sticky = Sticky::serving(&["--listen", "127.0.0.1:3013", "--workers", "2"], 2);
+        let programs = sticky.status().program_ids;
         sticky.signal(Signal::SIGINT);
         let exit = sticky.wait();
         assert!(exit.status.success(), "{}", exit.log);
@@ -93,6 +90,14 @@ fn ctrl_c_stops_workers_and_exits_zero() {
         assert_eq!(processes_in_netns(), Vec::<u32>::new());
         assert!(programs.iter().all(|&id| !program_is_loaded(id)));
     });
+}
+
+/// Whether `pid` ignores SIGTERM, from its `SigIgn` mask in `/proc`.
+fn ignores_sigterm(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let ignored = status.lines().find_map(|line| line.strip_prefix("SigIgn:"));
+    let mask = ignored.and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok());
+    mask.is_some_and(|mask| mask & (1 << (Signal::SIGTERM as u32 - 1)) != 0)
 }
 
 #[test]
@@ -111,8 +116,12 @@ fn a_worker_that_ignores_sigterm_is_killed_after_the_grace_period() {
             "-c",
             script,
         ];
-        let mut sticky = Sticky::start(&args);
-        sticky.wait_for_workers(2);
+        let sticky = Sticky::serving(&args, 2);
+        // Stop them only once their shells have set the trap.
+        for slot in sticky.status().slots {
+            let pid = slot.pid.expect("a worker");
+            eventually("the worker ignores SIGTERM", || ignores_sigterm(pid));
+        }
         let exit = sticky.stop_cleanly();
         assert!(exit.log.contains("killing it"), "{}", exit.log);
         assert_eq!(processes_in_netns(), Vec::<u32>::new());
@@ -123,8 +132,7 @@ fn a_worker_that_ignores_sigterm_is_killed_after_the_grace_period() {
 fn with_userspace_dispatch_a_killed_worker_comes_back_and_serves_what_was_passed_to_it() {
     in_netns(|| {
         let args = ["--listen", "127.0.0.1:3015", "--workers", "3", "--dispatch", "userspace"];
-        let mut sticky = Sticky::start(&args);
-        sticky.wait_for_workers(3);
+        let sticky = Sticky::serving(&args, 3);
         let server: SocketAddr = "127.0.0.1:3015".parse().unwrap();
         let first = get(client_v4(7), server);
         kill(Pid::from_raw(first.pid as i32), Signal::SIGKILL).unwrap();
@@ -148,9 +156,8 @@ fn open_fds(pid: u32) -> usize {
 fn a_stopping_worker_finishes_a_request_that_arrives_late(dispatch: &str, port: u16) {
     in_netns(|| {
         let listen = format!("127.0.0.1:{port}");
-        let mut sticky =
-            Sticky::start(&["--listen", &listen, "--workers", "1", "--dispatch", dispatch]);
-        sticky.wait_for_workers(1);
+        let sticky =
+            Sticky::serving(&["--listen", &listen, "--workers", "1", "--dispatch", dispatch], 1);
         let server: SocketAddr = listen.parse().unwrap();
         let worker = get(client_v4(1), server).pid;
         let idle = open_fds(worker);
@@ -198,7 +205,7 @@ fn workers_start_with_only_their_sockets_and_cannot_gain_privileges() {
                 })
             };
         });
-        sticky.wait_for_workers(2);
+        sticky.wait_until_serving(2);
         let sticky_fds = fd_numbers(sticky.pid());
         assert!(sticky_fds.contains(&10) && sticky_fds.contains(&251), "no leak: {sticky_fds:?}");
         for slot in sticky.status().slots {
@@ -233,8 +240,7 @@ fn a_worker_that_cannot_be_executed_says_which_command_and_user() {
     std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
     in_netns(|| {
         let args = ["--listen", "127.0.0.1:3017", "-w", "1", "--", program.to_str().unwrap()];
-        let mut sticky = Sticky::start(&args);
-        sticky.wait_for_workers(1);
+        let mut sticky = Sticky::serving(&args, 1);
         // A deploy breaks the program; the next start of the worker fails at exec.
         std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o700)).unwrap();
         let pid = sticky.status().slots[0].pid.expect("a worker");
