@@ -19,6 +19,7 @@ use nix::{
     errno::Errno,
     sys::socket::{MsgFlags, recv, send},
 };
+use sticky_worker::receive;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _, Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -26,7 +27,7 @@ use tokio::{
 };
 use tokio_util::task::TaskTracker;
 
-use crate::handoff;
+use crate::userspace::handoff;
 
 /// Largest request head the demo reads before answering anyway.
 const MAX_REQUEST: usize = 16 * 1024;
@@ -79,7 +80,7 @@ pub async fn serve_handoff(handoff: OwnedFd, slot: u32) -> io::Result<()> {
     let connections = TaskTracker::new();
     loop {
         tokio::select! {
-            received = handoff.async_io(Interest::READABLE, |end| handoff::receive(end.as_raw_fd())) => {
+            received = handoff.async_io(Interest::READABLE, |end| receive(end.as_raw_fd())) => {
                 answer(received?, response, &connections);
             }
             _ = terminate.recv() => break,

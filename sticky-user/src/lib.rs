@@ -1,26 +1,28 @@
 //! sticky: sticky sessions for multi-process servers, decided in the kernel.
 //!
-//! The loader side is a pipeline, each stage in its own module:
-//! [`config`] validates what the user asked for, [`privileges`] checks the process may do it,
-//! [`listeners`] opens one `SO_REUSEPORT` socket per worker slot, [`table`] and [`dispatch`]
-//! load the eBPF program and fill its maps, and [`supervisor`] runs one worker per slot (started
-//! by [`spawn`]) and answers the [`control`] socket. The worker side of the socket-activation
-//! protocol is in [`worker`]; [`demo`] is the built-in demo server.
+//! `sticky run` is a pipeline, data flowing one way: [`config`] turns the options into one
+//! validated configuration; [`startup`] checks privileges, opens the listeners, sets up the
+//! dispatch (the eBPF program in `kernel`, the loader's own accept loop in `userspace`, or
+//! plain SO_REUSEPORT) and binds the endpoints; the supervisor then runs one worker per slot
+//! and serves the [`control`] socket, metrics and sd_notify. [`service`] writes the systemd
+//! unit, [`spawn`] holds the worker shim's entry points, and [`demo`] is the built-in demo
+//! worker. The worker side of the protocol is the `sticky-worker` crate.
 #![deny(missing_docs)]
 
+mod accept;
 pub mod config;
-pub mod control;
 pub mod demo;
-pub mod dispatch;
-pub mod handoff;
-pub mod listeners;
-pub mod metrics;
-pub mod notify;
+mod dispatch;
+mod endpoints;
+mod kernel;
+mod listeners;
 pub mod path_error;
-pub mod privileges;
-pub mod seed;
+mod privileges;
+mod seed;
 pub mod service;
 pub mod spawn;
-pub mod supervisor;
-pub mod table;
-pub mod worker;
+pub mod startup;
+mod supervisor;
+mod userspace;
+
+pub use endpoints::control;

@@ -23,15 +23,13 @@ use nix::{
     },
     unistd::{AccessFlags, Uid, User, access, getppid, getuid},
 };
+use sticky_worker::{
+    LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_START, LISTEN_PID, STICKY_WORKER, STICKY_WORKERS,
+};
 use thiserror::Error;
 use tokio::process::{Child, Command};
 
-use crate::{
-    config::{Credentials, MAX_LISTEN_ADDRESSES, RunConfig, WorkerCommand},
-    worker::{
-        LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_START, LISTEN_PID, STICKY_WORKER, STICKY_WORKERS,
-    },
-};
+use crate::config::{Credentials, MAX_LISTEN_ADDRESSES, RunConfig, WorkerCommand};
 
 /// The hidden `sticky` subcommand that sets `LISTEN_PID` and execs the worker.
 pub const EXEC_WORKER: &str = "exec-worker";

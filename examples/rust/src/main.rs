@@ -1,4 +1,4 @@
-//! A sticky worker in Rust, using only std and `sticky_user::worker`.
+//! A sticky worker in Rust, using only std and the `sticky-worker` crate.
 //!
 //! `sticky run --workers 4 --user nobody -- target/debug/sticky-example-rust` starts four of these; each
 //! serves the sockets it inherits at fd 3 onwards and answers `worker: <slot>`.
@@ -10,18 +10,16 @@ use std::{
     thread,
 };
 
-use sticky_user::worker;
-
 fn main() -> ExitCode {
     // The one call a Rust worker needs: checks LISTEN_PID and takes fds 3.. as listeners.
-    let listeners = match worker::listeners() {
+    let listeners = match sticky_worker::listeners() {
         Ok(listeners) => listeners,
         Err(err) => {
             eprintln!("sticky-example-rust: {err}");
             return ExitCode::FAILURE;
         }
     };
-    let slot = worker::slot().map_or_else(|_| "?".to_owned(), |(slot, _)| slot.to_string());
+    let slot = sticky_worker::slot().map_or_else(|_| "?".to_owned(), |(slot, _)| slot.to_string());
     let threads: Vec<_> = listeners
         .into_iter()
         .map(|listener| {

@@ -1,6 +1,6 @@
 //! What validation asks of the machine: users, groups, programs, directories, privilege, CPUs.
 //!
-//! Behind a trait, so the rules in [`super::resolve`] are pure and their tests need no user
+//! Behind a trait, so the rules (`resolve.rs`) are pure and their tests need no user
 //! database or file system.
 
 use std::path::{Path, PathBuf};

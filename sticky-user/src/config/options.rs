@@ -100,6 +100,16 @@ pub enum DispatchMode {
     None,
 }
 
+impl std::fmt::Display for DispatchMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Kernel => "kernel",
+            Self::Userspace => "userspace",
+            Self::None => "none",
+        })
+    }
+}
+
 impl RunOptions {
     /// These options with every option `over` gives replacing this one's (flags over a file);
     /// environment variables are merged, `over`'s winning.

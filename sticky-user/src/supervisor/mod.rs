@@ -9,18 +9,17 @@
 //! All of its state sits behind one mutex that is never held across an `await`; the tasks that
 //! wait for worker exits, timers and control requests each take it briefly.
 
-mod slots;
+mod error;
+mod state;
 mod workers;
 
 use std::{
-    os::fd::OwnedFd,
     path::PathBuf,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
 use sticky_common::MAX_SLOTS;
-use thiserror::Error;
 use tokio::{
     net::{TcpListener, UnixListener},
     signal::unix::{SignalKind, signal},
@@ -29,20 +28,23 @@ use tokio::{
 };
 use tracing::{error, info};
 
+pub use self::{error::SupervisorError, state::Options};
 use self::{
-    slots::{State, lock},
+    state::{State, lock},
     workers::{start_worker, terminate},
 };
 use crate::{
-    control::{self, Request, Response, SlotStatus, Status},
-    dispatch::{Counters, DispatchError, Dispatcher},
-    listeners::{ListenError, ListenerGroup},
-    metrics, notify,
+    dispatch::Dispatch,
+    endpoints::{
+        Loader,
+        control::{self, Request, Response, Status},
+        metrics, notify,
+    },
+    kernel::{Counters, Dispatcher},
+    listeners::ListenerGroup,
     spawn::Spawner,
 };
 
-/// A worker that ran this long is healthy: its backoff resets and an ejected slot rejoins.
-pub const HEALTHY_RUN: Duration = Duration::from_secs(10);
 /// How long a rolling restart lets a new worker start before stopping the old one. The
 /// listening socket queues connections meanwhile, so none is refused.
 const WARMUP: Duration = Duration::from_millis(500);
@@ -53,11 +55,8 @@ pub struct Setup {
     pub spawner: Spawner,
     /// The listening sockets: one per slot per address, or (userspace dispatch) one per address.
     pub groups: Vec<ListenerGroup>,
-    /// One attached program per group (kernel dispatch), or none.
-    pub dispatchers: Vec<Dispatcher>,
-    /// Userspace dispatch: each slot's end of its handoff socket pair, which its worker
-    /// inherits; empty otherwise.
-    pub handoff_ends: Vec<OwnedFd>,
+    /// How the workers get their connections.
+    pub dispatch: Dispatch,
     /// The hash seed, from which the lookup table is rebuilt when slots change.
     pub seed: u64,
 }
@@ -69,46 +68,6 @@ pub struct Endpoints {
     pub control: Option<(PathBuf, UnixListener)>,
     /// The metrics listener.
     pub metrics: Option<TcpListener>,
-}
-
-/// How the supervisor treats workers.
-#[derive(Debug, Clone, Copy)]
-pub struct Options {
-    /// How long a worker may take to exit after SIGTERM.
-    pub grace_period: Duration,
-    /// Exits within `crash_window` that make a slot crash-looping.
-    pub crash_limit: u32,
-    /// The window `crash_limit` counts exits in.
-    pub crash_window: Duration,
-}
-
-/// Why the supervisor could not change the slots.
-#[derive(Debug, Error)]
-pub enum SupervisorError {
-    /// A dispatch map could not be updated.
-    #[error(transparent)]
-    Dispatch(#[from] DispatchError),
-    /// A listening socket for a new slot could not be opened.
-    #[error(transparent)]
-    Listen(#[from] ListenError),
-    /// The control socket failed.
-    #[error(transparent)]
-    Control(#[from] control::ControlError),
-    /// A worker count out of range.
-    #[error("workers must be between 1 and {MAX_SLOTS}, got {0}")]
-    Workers(u32),
-    /// The loader is stopping.
-    #[error("sticky is stopping")]
-    Stopping,
-    /// Userspace dispatch keeps its slots fixed.
-    #[error("{0} is not supported with --dispatch userspace")]
-    Unsupported(&'static str),
-    /// The configuration could not be read again on reload.
-    #[error("the configuration cannot be reloaded: {0}")]
-    Reconfigure(String),
-    /// Signal handlers could not be installed.
-    #[error("cannot install signal handlers")]
-    Signals(#[source] std::io::Error),
 }
 
 /// The supervisor: everything `sticky run` set up, and the workers it runs.
@@ -128,16 +87,15 @@ pub type Reconfigure = Box<dyn Fn() -> Result<u32, String> + Send + Sync>;
 impl Supervisor {
     /// A supervisor for what `sticky run` set up, with `options`.
     pub fn new(setup: Setup, options: Options) -> Self {
-        let Setup { spawner, groups, dispatchers, handoff_ends, seed } = setup;
-        let count = match handoff_ends.len() {
-            0 => groups.first().map_or(0, |group| group.sockets.len()),
-            slots => slots,
+        let Setup { spawner, groups, dispatch, seed } = setup;
+        let count = match &dispatch {
+            Dispatch::Userspace(ends) => ends.len(),
+            _ => groups.first().map_or(0, |group| group.sockets.len()),
         };
         let mut state = State {
             spawner,
             groups,
-            dispatchers,
-            handoff_ends,
+            dispatch,
             seed,
             options,
             slots: Vec::new(),
@@ -181,7 +139,7 @@ impl Supervisor {
             }
         }
         let control_path = endpoints.control.map(|(path, listener)| {
-            tokio::spawn(serve_control(self.clone(), listener));
+            tokio::spawn(control::serve(listener, self.clone()));
             path
         });
         if let Some(listener) = endpoints.metrics {
@@ -204,11 +162,17 @@ impl Supervisor {
         notify::stopping();
         self.stop_workers().await;
         let mut state = self.state();
-        let counters =
-            state.dispatchers.iter().map(Dispatcher::counters).collect::<Result<_, _>>()?;
-        let State { dispatchers, groups, .. } = &mut *state;
-        for (dispatcher, group) in dispatchers.drain(..).zip(groups.iter()) {
-            dispatcher.detach(&group.sockets[0])?;
+        let counters = state
+            .dispatch
+            .dispatchers()
+            .iter()
+            .map(Dispatcher::counters)
+            .collect::<Result<_, _>>()?;
+        let State { dispatch, groups, .. } = &mut *state;
+        if let Dispatch::Kernel(dispatchers) = dispatch {
+            for (dispatcher, group) in dispatchers.drain(..).zip(groups.iter()) {
+                dispatcher.detach(&group.sockets[0])?;
+            }
         }
         if let Some(path) = control_path {
             let _ = std::fs::remove_file(path);
@@ -258,7 +222,7 @@ impl Supervisor {
     fn summary(&self) -> String {
         let state = self.state();
         let listen: Vec<String> = state.groups.iter().map(|g| g.address.to_string()).collect();
-        let dispatch = state.dispatch_mode();
+        let dispatch = state.dispatch.mode();
         format!("{} workers on {}, dispatch {dispatch}", state.slots.len(), listen.join(", "))
     }
 
@@ -283,7 +247,7 @@ impl Supervisor {
         if !(1..=MAX_SLOTS).contains(&workers) {
             return Err(SupervisorError::Workers(workers));
         }
-        if !self.state().handoff_ends.is_empty() {
+        if matches!(self.state().dispatch, Dispatch::Userspace(_)) {
             return Err(SupervisorError::Unsupported("scaling"));
         }
         let retiring = {
@@ -291,12 +255,20 @@ impl Supervisor {
             if state.stopping {
                 return Err(SupervisorError::Stopping);
             }
-            let old = state.slots.len() as u32;
-            if workers > old {
-                state.add_slots(&self.shared, workers)?;
+            if workers > state.slots.len() as u32 {
+                for slot in state.add_slots(workers)? {
+                    start_worker(&self.shared, &mut state, slot);
+                }
+                state.update_table()?;
+                info!(workers, "scaled up");
                 Vec::new()
             } else {
-                state.remove_slots(workers)?
+                let retiring = state.remove_slots(workers)?;
+                for worker in &retiring {
+                    terminate(worker, state.options.grace_period);
+                }
+                info!(workers, "scaled down");
+                retiring
             }
         };
         for worker in &retiring {
@@ -307,35 +279,7 @@ impl Supervisor {
 
     /// The current state, for `sticky status`.
     pub fn status(&self) -> Result<Status, SupervisorError> {
-        let state = self.state();
-        let counters =
-            state.dispatchers.iter().map(Dispatcher::counters).collect::<Result<Vec<_>, _>>()?;
-        let total = |field: fn(&Counters) -> u64| counters.iter().map(field).sum();
-        let slots = state
-            .slots
-            .iter()
-            .zip(0..)
-            .map(|(slot, index)| SlotStatus {
-                slot: index,
-                pid: slot.worker.as_ref().map(|w| w.pid),
-                uptime_secs: slot.worker.as_ref().map(|w| w.started.elapsed().as_secs_f64()),
-                restarts: slot.restarts,
-                in_table: slot.in_table,
-                connections: counters.iter().filter_map(|c| c.selected.get(index as usize)).sum(),
-            })
-            .collect();
-        Ok(Status {
-            pid: std::process::id(),
-            listen: state.groups.iter().map(|g| g.address.to_string()).collect(),
-            dispatch: state.dispatch_mode().into(),
-            program_ids: state.dispatchers.iter().map(Dispatcher::program_id).collect(),
-            migrates: state.dispatchers.iter().all(Dispatcher::migrates)
-                && !state.dispatchers.is_empty(),
-            fallback: total(|c| c.fallback),
-            passed: total(|c| c.passed),
-            unreadable: total(|c| c.unreadable),
-            slots,
-        })
+        Ok(self.state().status()?)
     }
 
     /// SIGTERM to every worker, SIGKILL after the grace period, and waits for them all.
@@ -356,14 +300,20 @@ impl Supervisor {
             worker.wait().await;
         }
     }
+}
 
-    async fn handle(self: &Arc<Self>, request: Request) -> Response {
+impl Loader for Supervisor {
+    fn status(&self) -> Result<Status, String> {
+        Supervisor::status(self).map_err(|err| err.to_string())
+    }
+
+    async fn handle(self: Arc<Self>, request: Request) -> Response {
         let done = |result: Result<String, SupervisorError>| match result {
             Ok(message) => Response::Done { message },
             Err(err) => Response::Error { message: err.to_string() },
         };
         match request {
-            Request::Status => match self.status() {
+            Request::Status => match Supervisor::status(&self) {
                 Ok(status) => Response::Status(status),
                 Err(err) => Response::Error { message: err.to_string() },
             },
@@ -381,20 +331,5 @@ fn log_outcome(what: &str, result: Result<String, SupervisorError>) {
     match result {
         Ok(message) => info!("{what}: {message}"),
         Err(err) => error!("{what} failed: {err}"),
-    }
-}
-
-/// Answers control requests until the loader stops.
-async fn serve_control(supervisor: Arc<Supervisor>, listener: UnixListener) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
-        let supervisor = supervisor.clone();
-        tokio::spawn(async move {
-            let response = match control::read_request(&mut stream).await {
-                Ok(request) => supervisor.handle(request).await,
-                Err(err) => Response::Error { message: format!("bad request: {err}") },
-            };
-            let _ = control::write_response(&mut stream, &response).await;
-        });
     }
 }

@@ -16,28 +16,10 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-use super::{
-    HEALTHY_RUN, Options,
-    slots::{State, lock},
-};
+use super::state::{FIRST_BACKOFF, HEALTHY_RUN, Options, State, Worker, lock};
 
-/// Delay before the first restart of a worker that exited.
-pub(super) const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest delay between restarts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-
-#[derive(Clone)]
-pub(super) struct Worker {
-    pub(super) pid: u32,
-    pub(super) started: Instant,
-    pub(super) exited: watch::Receiver<bool>,
-}
-
-impl Worker {
-    pub(super) async fn wait(&self) {
-        let _ = self.exited.clone().wait_for(|exited| *exited).await;
-    }
-}
 
 /// Starts the worker of slot `index`; its exit is handled by [`on_exit`]. Returns the worker,
 /// or `None` if it could not be started (then a restart is scheduled).
@@ -108,7 +90,7 @@ fn on_exit(shared: &Arc<Mutex<State>>, pid: u32, status: String) {
         slot.exits.pop_front();
     }
     let crash_loop = slot.in_table && slot.exits.len() as u32 >= crash_limit;
-    if crash_loop && !state.dispatchers.is_empty() {
+    if crash_loop && !state.dispatch.dispatchers().is_empty() {
         warn!(
             slot = index,
             exits = crash_limit,

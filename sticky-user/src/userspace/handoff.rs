@@ -5,32 +5,29 @@
 //! The protocol, for workers: with `STICKY_HANDOFF=1`, fd 3 (`LISTEN_FDS=1`,
 //! `LISTEN_FDNAMES=sticky-handoff`) is a `SOCK_SEQPACKET` Unix socket. Each message carries one
 //! accepted TCP connection as an SCM_RIGHTS fd, and one byte: the index of the listen address
-//! it came in on. The loader keeps both ends of each slot's socket pair, so connections passed
-//! while a worker restarts wait for the next one.
+//! it came in on. The worker side (`handoff_socket`, `receive`) is in the `sticky-worker` crate.
+//! The loader keeps both ends of each slot's socket pair, so connections passed while a worker
+//! restarts wait for the next one.
 //!
 //! This is the design of Node's sticky-session done in Rust: a fallback for kernels without
 //! SK_REUSEPORT programs, and the baseline the benchmark compares kernel dispatch against.
 
 use std::{
-    io::{self, IoSlice, IoSliceMut},
+    io::{self, IoSlice},
     net::IpAddr,
-    os::fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd},
+    os::fd::{AsRawFd, OwnedFd, RawFd},
     sync::Arc,
 };
 
-use nix::{
-    cmsg_space,
-    sys::socket::{
-        AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
-        sendmsg, socketpair,
-    },
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socketpair,
 };
 use sticky_common::{DispatchConfig, TABLE_SIZE, Table, hash::client_hash};
+pub use sticky_worker::STICKY_HANDOFF;
 use tokio::{io::unix::AsyncFd, net::TcpListener};
 use tracing::warn;
 
-/// The environment variable that tells a worker its fd 3 is a handoff socket.
-pub const STICKY_HANDOFF: &str = "STICKY_HANDOFF";
+use crate::accept::AcceptBackoff;
 
 /// One Unix socket pair per slot: the loader's ends (to send on) and the workers' (inherited).
 pub fn pairs(slots: u32) -> io::Result<(Vec<OwnedFd>, Vec<OwnedFd>)> {
@@ -91,14 +88,10 @@ pub async fn master(
     for (index, listener) in listeners.into_iter().enumerate() {
         let (ends, table) = (ends.clone(), table.clone());
         accept_loops.spawn(async move {
+            let mut backoff = AcceptBackoff::new();
             loop {
-                let (stream, peer) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        warn!(error = %err, "accept failed");
-                        continue;
-                    }
-                };
+                let accepted = backoff.accepted("userspace dispatch", listener.accept().await);
+                let Some((stream, peer)) = accepted.await else { continue };
                 let slot = slot_for(&config, &table, peer.ip()) as usize;
                 match send_raw(ends[slot].as_raw_fd(), stream.as_raw_fd(), index as u8) {
                     Ok(()) => {}
@@ -142,33 +135,6 @@ fn send_raw(end: RawFd, fd: RawFd, listener: u8) -> io::Result<()> {
     let fds = [fd];
     let cmsg = [ControlMessage::ScmRights(&fds)];
     sendmsg::<()>(end, &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None).map(drop).map_err(io::Error::from)
-}
-
-/// Receives one connection from a handoff socket (`WouldBlock` when none is ready).
-pub fn receive(end: RawFd) -> io::Result<std::net::TcpStream> {
-    let mut payload = [0u8; 1];
-    let mut iov = [IoSliceMut::new(&mut payload)];
-    let mut space = cmsg_space!([RawFd; 1]);
-    let message = match recvmsg::<()>(end, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
-        Ok(message) => message,
-        Err(nix::errno::Errno::EAGAIN) => return Err(io::ErrorKind::WouldBlock.into()),
-        Err(err) => return Err(err.into()),
-    };
-    if message.bytes == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the loader closed the handoff socket",
-        ));
-    }
-    for cmsg in message.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg
-            && let Some(&fd) = fds.first()
-        {
-            // SAFETY: the kernel just installed this fd in our table for us.
-            return Ok(unsafe { std::net::TcpStream::from_raw_fd(fd) });
-        }
-    }
-    Err(io::Error::other("a handoff message without a connection"))
 }
 
 #[cfg(test)]

@@ -8,10 +8,14 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::{control::Status, supervisor::Supervisor};
+use super::{
+    loader::Loader,
+    protocol::{SlotStatus, Status},
+};
+use crate::accept::AcceptBackoff;
 
 /// Renders `status` in the Prometheus text format.
-pub fn render(status: &Status) -> String {
+fn render(status: &Status) -> String {
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -19,7 +23,7 @@ pub fn render(status: &Status) -> String {
             let _ = writeln!(out, "{name}{labels} {value}");
         }
     };
-    let per_slot = |value: fn(&crate::control::SlotStatus) -> u64| {
+    let per_slot = |value: fn(&SlotStatus) -> u64| {
         status.slots.iter().map(|s| (format!("{{slot=\"{}\"}}", s.slot), value(s))).collect()
     };
     family(
@@ -64,14 +68,16 @@ pub fn render(status: &Status) -> String {
 }
 
 /// Serves `GET /metrics` on `listener` until the loader stops.
-pub async fn serve(listener: TcpListener, supervisor: Arc<Supervisor>) {
+pub(crate) async fn serve(listener: TcpListener, loader: Arc<impl Loader>) {
+    let mut backoff = AcceptBackoff::new();
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        tokio::spawn(answer(stream, supervisor.clone()));
+        if let Some((stream, _)) = backoff.accepted("metrics", listener.accept().await).await {
+            tokio::spawn(answer(stream, loader.clone()));
+        }
     }
 }
 
-async fn answer(mut stream: TcpStream, supervisor: Arc<Supervisor>) {
+async fn answer(mut stream: TcpStream, loader: Arc<impl Loader>) {
     let mut head = Vec::new();
     let mut buffer = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
@@ -80,7 +86,7 @@ async fn answer(mut stream: TcpStream, supervisor: Arc<Supervisor>) {
             Ok(n) => head.extend_from_slice(&buffer[..n]),
         }
     }
-    let (status, body) = match (head.starts_with(b"GET /metrics "), supervisor.status()) {
+    let (status, body) = match (head.starts_with(b"GET /metrics "), loader.status()) {
         (true, Ok(status)) => ("200 OK", render(&status)),
         (true, Err(err)) => ("500 Internal Server Error", format!("{err}\n")),
         (false, _) => ("404 Not Found", "try /metrics\n".to_owned()),
@@ -96,7 +102,7 @@ async fn answer(mut stream: TcpStream, supervisor: Arc<Supervisor>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::SlotStatus;
+    use crate::config::DispatchMode;
 
     #[test]
     fn renders_every_family() {
@@ -111,7 +117,7 @@ mod tests {
         let status = Status {
             pid: 1,
             listen: vec![],
-            dispatch: "kernel".into(),
+            dispatch: DispatchMode::Kernel,
             program_ids: vec![],
             migrates: true,
             fallback: 3,

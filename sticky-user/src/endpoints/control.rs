@@ -9,85 +9,14 @@ use std::{
         net::{UnixListener, UnixStream},
     },
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// A request to the running loader.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "command", rename_all = "snake_case")]
-pub enum Request {
-    /// Report workers and counters.
-    Status,
-    /// Replace every worker, one slot at a time.
-    Reload,
-    /// Change the number of worker slots.
-    Scale {
-        /// The new number of slots.
-        workers: u32,
-    },
-    /// Stop the workers and exit.
-    Stop,
-}
-
-/// The loader's answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
-pub enum Response {
-    /// The state of the loader.
-    Status(Status),
-    /// The request was carried out.
-    Done {
-        /// What was done.
-        message: String,
-    },
-    /// The request failed.
-    Error {
-        /// Why.
-        message: String,
-    },
-}
-
-/// What `sticky status` shows.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Status {
-    /// The loader's pid.
-    pub pid: u32,
-    /// Listen addresses.
-    pub listen: Vec<String>,
-    /// `kernel` or `none`.
-    pub dispatch: String,
-    /// Ids of the attached programs, one per listen address.
-    pub program_ids: Vec<u32>,
-    /// Whether a closing listener's queue is migrated (Linux 5.14+).
-    pub migrates: bool,
-    /// Connections sent to another live slot because theirs was empty.
-    pub fallback: u64,
-    /// Connections left to the kernel's choice.
-    pub passed: u64,
-    /// Packets whose source address could not be read.
-    pub unreadable: u64,
-    /// One entry per worker slot.
-    pub slots: Vec<SlotStatus>,
-}
-
-/// One worker slot in [`Status`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SlotStatus {
-    /// The slot number.
-    pub slot: u32,
-    /// The current worker's pid, if one runs.
-    pub pid: Option<u32>,
-    /// Seconds the current worker has been running.
-    pub uptime_secs: Option<f64>,
-    /// How often the slot's worker exited and was restarted.
-    pub restarts: u32,
-    /// Whether the slot is in the lookup table (false while ejected for crash-looping).
-    pub in_table: bool,
-    /// Connections the program sent to this slot, over all listen addresses.
-    pub connections: u64,
-}
+use super::Loader;
+pub use super::protocol::{Request, Response, SlotStatus, Status};
+use crate::accept::AcceptBackoff;
 
 /// Why the control socket could not be used.
 #[derive(Debug, Error)]
@@ -147,7 +76,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
 }
 
 /// Reads one request from a connection of the control socket.
-pub async fn read_request(stream: &mut tokio::net::UnixStream) -> io::Result<Request> {
+async fn read_request(stream: &mut tokio::net::UnixStream) -> io::Result<Request> {
     use tokio::io::AsyncBufReadExt as _;
     let mut line = String::new();
     tokio::io::BufReader::new(stream).read_line(&mut line).await?;
@@ -155,7 +84,7 @@ pub async fn read_request(stream: &mut tokio::net::UnixStream) -> io::Result<Req
 }
 
 /// Writes the response to a connection of the control socket.
-pub async fn write_response(
+async fn write_response(
     stream: &mut tokio::net::UnixStream,
     response: &Response,
 ) -> io::Result<()> {
@@ -163,6 +92,25 @@ pub async fn write_response(
     let mut bytes = serde_json::to_vec(response).map_err(io::Error::other)?;
     bytes.push(b'\n');
     stream.write_all(&bytes).await
+}
+
+/// Answers control requests on `listener` until the loader stops, one task per connection.
+pub(crate) async fn serve(listener: tokio::net::UnixListener, loader: Arc<impl Loader>) {
+    let mut backoff = AcceptBackoff::new();
+    loop {
+        let Some((mut stream, _)) = backoff.accepted("control", listener.accept().await).await
+        else {
+            continue;
+        };
+        let loader = loader.clone();
+        tokio::spawn(async move {
+            let response = match read_request(&mut stream).await {
+                Ok(request) => loader.handle(request).await,
+                Err(err) => Response::Error { message: format!("bad request: {err}") },
+            };
+            let _ = write_response(&mut stream, &response).await;
+        });
+    }
 }
 
 /// Sends `request` to the loader listening on `path` and returns its response.

@@ -1,0 +1,14 @@
+//! What a running loader serves besides its workers: the [`control`] socket (`sticky status`,
+//! `reload`, `scale`, `stop`), the Prometheus [`metrics`] endpoint, and systemd's readiness
+//! protocol ([`notify`]).
+//!
+//! The endpoints know the loader only as a [`Loader`]: they depend on nothing of the
+//! supervisor, which implements it.
+
+pub mod control;
+mod loader;
+pub(crate) mod metrics;
+pub(crate) mod notify;
+mod protocol;
+
+pub(crate) use loader::Loader;

@@ -1,0 +1,80 @@
+//! The control socket's messages: one JSON request and one JSON response per connection.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::DispatchMode;
+
+/// A request to the running loader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    /// Report workers and counters.
+    Status,
+    /// Replace every worker, one slot at a time.
+    Reload,
+    /// Change the number of worker slots.
+    Scale {
+        /// The new number of slots.
+        workers: u32,
+    },
+    /// Stop the workers and exit.
+    Stop,
+}
+
+/// The loader's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    /// The state of the loader.
+    Status(Status),
+    /// The request was carried out.
+    Done {
+        /// What was done.
+        message: String,
+    },
+    /// The request failed.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// What `sticky status` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The loader's pid.
+    pub pid: u32,
+    /// Listen addresses.
+    pub listen: Vec<String>,
+    /// How connections are dispatched.
+    pub dispatch: DispatchMode,
+    /// Ids of the attached programs, one per listen address.
+    pub program_ids: Vec<u32>,
+    /// Whether a closing listener's queue is migrated (Linux 5.14+).
+    pub migrates: bool,
+    /// Connections sent to another live slot because theirs was empty.
+    pub fallback: u64,
+    /// Connections left to the kernel's choice.
+    pub passed: u64,
+    /// Packets whose source address could not be read.
+    pub unreadable: u64,
+    /// One entry per worker slot.
+    pub slots: Vec<SlotStatus>,
+}
+
+/// One worker slot in [`Status`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlotStatus {
+    /// The slot number.
+    pub slot: u32,
+    /// The current worker's pid, if one runs.
+    pub pid: Option<u32>,
+    /// Seconds the current worker has been running.
+    pub uptime_secs: Option<f64>,
+    /// How often the slot's worker exited and was restarted.
+    pub restarts: u32,
+    /// Whether the slot is in the lookup table (false while ejected for crash-looping).
+    pub in_table: bool,
+    /// Connections the program sent to this slot, over all listen addresses.
+    pub connections: u64,
+}

@@ -1,0 +1,7 @@
+//! Kernel dispatch: the eBPF program attached to each listen address's reuseport group
+//! ([`Dispatcher`], which owns the typed map handles), and the lookup [`table`] it reads.
+
+mod dispatcher;
+pub mod table;
+
+pub use dispatcher::{Counters, DispatchError, Dispatcher};

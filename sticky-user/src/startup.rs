@@ -1,0 +1,217 @@
+//! `sticky run`'s start: from a validated [`RunConfig`] to a supervisor ready to run, with its
+//! endpoints bound. Every check comes before the first worker starts; a failure here leaves
+//! nothing running, and nothing attached once the process exits (the sockets close with it).
+
+use std::{io, net::TcpListener, path::PathBuf, sync::Arc};
+
+use sticky_common::{DispatchConfig, Table};
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::{
+    config::{DispatchMode, RunConfig},
+    dispatch::Dispatch,
+    endpoints::control::{self, ControlError},
+    kernel::{DispatchError, Dispatcher, table},
+    listeners::{self, ListenError, ListenerGroup},
+    privileges::{self, PrivilegeError},
+    seed::{self, SeedError},
+    spawn::{SpawnError, Spawner},
+    supervisor::{Endpoints, Options, Setup, Supervisor, SupervisorError},
+    userspace::handoff,
+};
+pub use crate::{kernel::Counters, supervisor::Reconfigure};
+
+/// Why sticky could not start.
+#[derive(Debug, Error)]
+pub enum StartupError {
+    /// A capability is missing.
+    #[error(transparent)]
+    Privileges(#[from] PrivilegeError),
+    /// The workers could not be started as configured.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// A listening socket could not be opened.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// The seed could not be read or made.
+    #[error(transparent)]
+    Seed(#[from] SeedError),
+    /// The program could not be loaded or attached.
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
+    /// The control socket could not be bound.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// The metrics address could not be bound.
+    #[error("cannot listen on metrics address {address}")]
+    Metrics {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Userspace dispatch's sockets could not be made.
+    #[error("cannot set up userspace dispatch")]
+    Handoff(#[source] io::Error),
+}
+
+/// A loader ready to run: call [`Started::run`] inside a current-thread tokio runtime.
+pub struct Started {
+    supervisor: Arc<Supervisor>,
+    control: (PathBuf, std::os::unix::net::UnixListener),
+    metrics: Option<TcpListener>,
+    /// Userspace dispatch: what the loader's accept loop needs.
+    accept: Option<Accept>,
+    listen: Vec<std::net::SocketAddr>,
+}
+
+/// Userspace dispatch's accept loop: the listeners, each slot's end of its handoff pair, and
+/// how a client maps to a slot.
+struct Accept {
+    listeners: Vec<TcpListener>,
+    ends: Vec<std::os::fd::OwnedFd>,
+    config: DispatchConfig,
+    table: Box<Table>,
+}
+
+/// Checks privileges and the worker command, opens the listeners, loads the seed, builds the
+/// table, sets up the dispatch and binds the endpoints. With `reconfigure`, a reload first reads
+/// the worker count again.
+pub fn start(
+    mut config: RunConfig,
+    reconfigure: Option<Reconfigure>,
+) -> Result<Started, StartupError> {
+    privileges::check(&config)?;
+    let userspace = config.dispatch == DispatchMode::Userspace;
+    let names: Vec<String> = if userspace {
+        config.environment.insert(handoff::STICKY_HANDOFF.into(), "1".into());
+        vec!["sticky-handoff".into()]
+    } else {
+        config.listen.iter().map(|address| format!("sticky-{}", address.port())).collect()
+    };
+    let spawner = Spawner::new(&config, &names)?;
+    spawner.check()?;
+    // Userspace dispatch: one socket per address, accepted on by the loader.
+    let sockets_per_address = if userspace { 1 } else { config.workers };
+    let groups = config
+        .listen
+        .iter()
+        .map(|&address| listeners::open_group(address, sockets_per_address))
+        .collect::<Result<Vec<_>, _>>()?;
+    let seed = seed::load_or_create(&config.state_dir)?;
+    let slots: Vec<u32> = (0..config.workers).collect();
+    let table = table::build(seed, &slots);
+    let dispatch_config =
+        DispatchConfig::new(seed, config.prefix_v4, config.prefix_v6, config.workers);
+    let (dispatch, accept) = match config.dispatch {
+        DispatchMode::Kernel => {
+            (Dispatch::Kernel(attach(&config, &dispatch_config, &table, &groups)?), None)
+        }
+        DispatchMode::None => {
+            warn!("--dispatch none: plain SO_REUSEPORT, clients are NOT sticky");
+            (Dispatch::Plain, None)
+        }
+        DispatchMode::Userspace => {
+            let (loader_ends, worker_ends) =
+                handoff::pairs(config.workers).map_err(StartupError::Handoff)?;
+            let listeners = groups
+                .iter()
+                .map(|group| group.sockets[0].try_clone())
+                .collect::<Result<_, _>>()
+                .map_err(StartupError::Handoff)?;
+            let accept = Accept { listeners, ends: loader_ends, config: dispatch_config, table };
+            (Dispatch::Userspace(worker_ends), Some(accept))
+        }
+    };
+    let control = control::bind(&config.control)?;
+    let metrics = config
+        .metrics
+        .map(|address| {
+            TcpListener::bind(address)
+                .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+                .map_err(|source| StartupError::Metrics { address, source })
+        })
+        .transpose()?;
+    let options = Options {
+        grace_period: config.grace_period,
+        crash_limit: config.crash_limit,
+        crash_window: config.crash_window,
+    };
+    let mut supervisor = Supervisor::new(Setup { spawner, groups, dispatch, seed }, options);
+    if let Some(reconfigure) = reconfigure {
+        supervisor = supervisor.with_reconfigure(reconfigure);
+    }
+    Ok(Started {
+        supervisor: Arc::new(supervisor),
+        control: (config.control, control),
+        metrics,
+        accept,
+        listen: config.listen,
+    })
+}
+
+impl Started {
+    /// Starts the workers (and userspace dispatch's accept loop) and runs until SIGINT,
+    /// SIGTERM or `sticky stop`. Returns the final counters, one per listen address (none
+    /// unless kernel dispatch). Must run in a tokio runtime, on the thread that called
+    /// [`start`]: the workers' parent-death signal is tied to it.
+    pub async fn run(self) -> Result<Vec<(std::net::SocketAddr, Counters)>, SupervisorError> {
+        let (path, control) = self.control;
+        let endpoints = Endpoints {
+            control: Some((path, tokio::net::UnixListener::from_std(control).map_err(io_error)?)),
+            metrics: self
+                .metrics
+                .map(tokio::net::TcpListener::from_std)
+                .transpose()
+                .map_err(io_error)?,
+        };
+        if let Some(accept) = self.accept {
+            let listeners = accept
+                .listeners
+                .into_iter()
+                .map(|listener| {
+                    listener.set_nonblocking(true)?;
+                    tokio::net::TcpListener::from_std(listener)
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(io_error)?;
+            info!(
+                workers = accept.ends.len(),
+                "userspace dispatch: the loader accepts every connection"
+            );
+            tokio::spawn(handoff::master(listeners, accept.ends, accept.config, accept.table));
+        }
+        let counters = self.supervisor.run(endpoints).await?;
+        Ok(self.listen.into_iter().zip(counters).collect())
+    }
+}
+
+fn io_error(source: io::Error) -> SupervisorError {
+    SupervisorError::Io(source)
+}
+
+/// Attaches one dispatch program per listener group, its maps holding `dispatch` and `table`.
+fn attach(
+    config: &RunConfig,
+    dispatch: &DispatchConfig,
+    table: &Table,
+    groups: &[ListenerGroup],
+) -> Result<Vec<Dispatcher>, DispatchError> {
+    let mut dispatchers = Vec::with_capacity(groups.len());
+    for group in groups {
+        let dispatcher = Dispatcher::attach(group, dispatch, table)?;
+        info!(
+            listen = %group.address,
+            program_id = dispatcher.program_id(),
+            migrates = dispatcher.migrates(),
+            workers = config.workers,
+            prefix_v4 = config.prefix_v4,
+            prefix_v6 = config.prefix_v6,
+            "dispatch program attached"
+        );
+        dispatchers.push(dispatcher);
+    }
+    Ok(dispatchers)
+}

@@ -1,0 +1,38 @@
+//! Why the supervisor could not do what it was asked.
+
+use sticky_common::MAX_SLOTS;
+use thiserror::Error;
+
+use crate::{endpoints::control, kernel::DispatchError, listeners::ListenError};
+
+/// Why the supervisor could not change the slots.
+#[derive(Debug, Error)]
+pub enum SupervisorError {
+    /// A dispatch map could not be updated.
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
+    /// A listening socket for a new slot could not be opened.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// The control socket failed.
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    /// A worker count out of range.
+    #[error("workers must be between 1 and {MAX_SLOTS}, got {0}")]
+    Workers(u32),
+    /// The loader is stopping.
+    #[error("sticky is stopping")]
+    Stopping,
+    /// Userspace dispatch keeps its slots fixed.
+    #[error("{0} is not supported with --dispatch userspace")]
+    Unsupported(&'static str),
+    /// The configuration could not be read again on reload.
+    #[error("the configuration cannot be reloaded: {0}")]
+    Reconfigure(String),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers")]
+    Signals(#[source] std::io::Error),
+    /// An endpoint or listener could not be handed to the async runtime.
+    #[error("cannot register a socket with the async runtime")]
+    Io(#[source] std::io::Error),
+}

@@ -1,0 +1,214 @@
+//! The supervisor's state: slots, sockets, maps and workers, and the changes of slots (add,
+//! remove, eject) that keep sockets, maps and the table in step. A change returns the worker
+//! processes to start or stop; `workers.rs` does that.
+
+use std::{
+    collections::VecDeque,
+    os::fd::{AsRawFd as _, RawFd},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::watch;
+use tracing::warn;
+
+use super::error::SupervisorError;
+use crate::{
+    dispatch::Dispatch,
+    endpoints::control::{SlotStatus, Status},
+    kernel::{Counters, DispatchError, Dispatcher, table},
+    listeners::ListenerGroup,
+    spawn::Spawner,
+};
+
+/// A worker that ran this long is healthy: its backoff resets and an ejected slot rejoins.
+pub(super) const HEALTHY_RUN: Duration = Duration::from_secs(10);
+/// How the supervisor treats workers.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// How long a worker may take to exit after SIGTERM.
+    pub grace_period: Duration,
+    /// Exits within `crash_window` that make a slot crash-looping.
+    pub crash_limit: u32,
+    /// The window `crash_limit` counts exits in.
+    pub crash_window: Duration,
+}
+
+/// Delay before the first restart of a worker that exited.
+pub(super) const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A worker process the supervisor started.
+#[derive(Clone)]
+pub(super) struct Worker {
+    pub(super) pid: u32,
+    pub(super) started: Instant,
+    pub(super) exited: watch::Receiver<bool>,
+}
+
+impl Worker {
+    /// Waits until the process has exited and was reaped.
+    pub(super) async fn wait(&self) {
+        let _ = self.exited.clone().wait_for(|exited| *exited).await;
+    }
+}
+
+pub(super) struct State {
+    pub(super) spawner: Spawner,
+    pub(super) groups: Vec<ListenerGroup>,
+    pub(super) dispatch: Dispatch,
+    pub(super) seed: u64,
+    pub(super) options: Options,
+    pub(super) slots: Vec<Slot>,
+    /// Every worker process not yet reaped, current or retiring.
+    pub(super) live: Vec<Worker>,
+    pub(super) next_slot_id: u64,
+    pub(super) stopping: bool,
+}
+
+pub(super) struct Slot {
+    /// Tells a slot apart from a later one at the same index (after scaling down and up).
+    pub(super) id: u64,
+    pub(super) worker: Option<Worker>,
+    pub(super) restarts: u32,
+    pub(super) exits: VecDeque<Instant>,
+    pub(super) in_table: bool,
+    pub(super) backoff: Duration,
+}
+
+impl State {
+    pub(super) fn new_slot(&mut self) -> Slot {
+        self.next_slot_id += 1;
+        Slot {
+            id: self.next_slot_id,
+            worker: None,
+            restarts: 0,
+            exits: VecDeque::new(),
+            in_table: true,
+            backoff: FIRST_BACKOFF,
+        }
+    }
+
+    pub(super) fn slot_of(&self, pid: u32) -> Option<usize> {
+        self.slots.iter().position(|slot| slot.worker.as_ref().is_some_and(|w| w.pid == pid))
+    }
+
+    /// The current state, for `sticky status`: slots, workers and the program's counters.
+    pub(super) fn status(&self) -> Result<Status, DispatchError> {
+        let dispatchers = self.dispatch.dispatchers();
+        let counters =
+            dispatchers.iter().map(Dispatcher::counters).collect::<Result<Vec<_>, _>>()?;
+        let total = |field: fn(&Counters) -> u64| counters.iter().map(field).sum();
+        let slots = (0..)
+            .zip(&self.slots)
+            .map(|(index, slot)| SlotStatus {
+                slot: index,
+                pid: slot.worker.as_ref().map(|w| w.pid),
+                uptime_secs: slot.worker.as_ref().map(|w| w.started.elapsed().as_secs_f64()),
+                restarts: slot.restarts,
+                in_table: slot.in_table,
+                connections: counters.iter().filter_map(|c| c.selected.get(index as usize)).sum(),
+            })
+            .collect();
+        Ok(Status {
+            pid: std::process::id(),
+            listen: self.groups.iter().map(|g| g.address.to_string()).collect(),
+            dispatch: self.dispatch.mode(),
+            program_ids: dispatchers.iter().map(Dispatcher::program_id).collect(),
+            migrates: dispatchers.iter().all(Dispatcher::migrates) && !dispatchers.is_empty(),
+            fallback: total(|c| c.fallback),
+            passed: total(|c| c.passed),
+            unreadable: total(|c| c.unreadable),
+            slots,
+        })
+    }
+
+    /// The fds slot `index`'s worker inherits at fd 3 onwards.
+    pub(super) fn inherited_fds(&self, index: usize) -> Vec<RawFd> {
+        match &self.dispatch {
+            Dispatch::Userspace(ends) => vec![ends[index].as_raw_fd()],
+            _ => self.groups.iter().map(|group| group.sockets[index].as_raw_fd()).collect(),
+        }
+    }
+
+    /// Rebuilds the table from the slots in it and writes it to the maps.
+    pub(super) fn update_table(&mut self) -> Result<(), DispatchError> {
+        if self.dispatch.dispatchers().is_empty() {
+            return Ok(());
+        }
+        let live: Vec<u32> =
+            (0..).zip(&self.slots).filter(|(_, s)| s.in_table).map(|(i, _)| i).collect();
+        if live.is_empty() {
+            warn!("every slot is out of the table: keeping the last table");
+            return Ok(());
+        }
+        let table = table::build(self.seed, &live);
+        let dispatchers = self.dispatch.dispatchers_mut();
+        dispatchers.iter_mut().try_for_each(|dispatcher| dispatcher.update_table(&table))
+    }
+
+    /// Adds slots up to `workers`, with their sockets in the socket arrays but not yet in the
+    /// table; returns the slots without a worker. Once their workers run, the caller puts them
+    /// in the table with [`State::update_table`].
+    pub(super) fn add_slots(&mut self, workers: u32) -> Result<Vec<usize>, SupervisorError> {
+        for index in self.slots.len() as u32..workers {
+            for (position, group) in self.groups.iter_mut().enumerate() {
+                let socket = group.open_socket()?;
+                if let Some(dispatcher) = self.dispatch.dispatchers_mut().get_mut(position) {
+                    dispatcher.set_socket(index, &socket)?;
+                }
+                group.sockets.push(socket);
+            }
+            let slot = self.new_slot();
+            self.slots.push(slot);
+        }
+        for dispatcher in self.dispatch.dispatchers_mut() {
+            dispatcher.set_slot_count(workers)?;
+        }
+        Ok((0..self.slots.len()).filter(|&index| self.slots[index].worker.is_none()).collect())
+    }
+
+    /// Removes the slots from `workers` up: out of the table, then out of the socket arrays,
+    /// then their sockets are let go. Returns their workers, for the caller to stop.
+    pub(super) fn remove_slots(&mut self, workers: u32) -> Result<Vec<Worker>, SupervisorError> {
+        for slot in &mut self.slots[workers as usize..] {
+            slot.in_table = false;
+        }
+        // First no new client maps to the leaving slots ...
+        self.update_table()?;
+        let mut retiring = Vec::new();
+        while self.slots.len() as u32 > workers {
+            let index = self.slots.len() as u32 - 1;
+            for dispatcher in self.dispatch.dispatchers_mut() {
+                dispatcher.clear_socket(index)?;
+            }
+            // ... then the loader lets go of their sockets: each closes when its worker has
+            // finished, and the kernel migrates what is still queued on it.
+            for group in &mut self.groups {
+                group.sockets.pop();
+            }
+            retiring.extend(self.slots.pop().and_then(|slot| slot.worker));
+        }
+        for dispatcher in self.dispatch.dispatchers_mut() {
+            dispatcher.set_slot_count(workers)?;
+        }
+        Ok(retiring)
+    }
+
+    /// Takes a crash-looping slot out of the table, and gives it a fresh socket so the
+    /// connections queued on the old one migrate to live slots.
+    pub(super) fn eject(&mut self, index: usize) -> Result<(), SupervisorError> {
+        self.slots[index].in_table = false;
+        self.update_table()?;
+        for (group, dispatcher) in self.groups.iter_mut().zip(self.dispatch.dispatchers_mut()) {
+            let socket = group.open_socket()?;
+            dispatcher.set_socket(index as u32, &socket)?;
+            // Dropping the old socket closes it: nothing else holds it while the worker is down.
+            group.sockets[index] = socket;
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn lock(shared: &Arc<Mutex<State>>) -> MutexGuard<'_, State> {
+    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

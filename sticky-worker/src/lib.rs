@@ -1,0 +1,221 @@
+//! The worker side of sticky: what a worker process needs, with std and `nix` only.
+//!
+//! sticky starts worker `i` of `N` with systemd's socket-activation protocol:
+//!
+//! - its listening sockets at fd 3, 4, … ([`LISTEN_FDS_START`] onwards), one per listen address;
+//! - `LISTEN_FDS`: how many; `LISTEN_PID`: the worker's own pid; `LISTEN_FDNAMES`: their names
+//!   (`sticky-<port>`), colon-separated;
+//! - `STICKY_WORKER=i` (its slot) and `STICKY_WORKERS=N`.
+//!
+//! [`listeners`] checks `LISTEN_PID` and takes the sockets as [`TcpListener`]s; [`slot`] reads
+//! the slot. Any program that speaks this protocol can be a worker.
+//!
+//! With `sticky run --dispatch userspace`, the loader accepts the connections itself and sets
+//! `STICKY_HANDOFF=1`: fd 3 (`LISTEN_FDS=1`, `LISTEN_FDNAMES=sticky-handoff`) is then a
+//! `SOCK_SEQPACKET` Unix socket instead of a listener. Each message on it carries one accepted
+//! TCP connection as an SCM_RIGHTS fd, and one byte: the index of the listen address it came in
+//! on. [`handoff_socket`] takes that socket and [`receive`] takes one connection from it.
+//!
+//! ```no_run
+//! let (slot, slots) = sticky_worker::slot()?;
+//! for listener in sticky_worker::listeners()? {
+//!     // serve `listener` (std::net::TcpListener) as worker `slot` of `slots`
+//! }
+//! # Ok::<(), sticky_worker::WorkerError>(())
+//! ```
+#![deny(missing_docs)]
+
+use std::{
+    env,
+    io::{self, IoSliceMut},
+    net::{TcpListener, TcpStream},
+    os::fd::{BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
+};
+
+use nix::{
+    cmsg_space,
+    errno::Errno,
+    fcntl::{FcntlArg, FdFlag, fcntl},
+    sys::socket::{ControlMessageOwned, MsgFlags, recvmsg},
+};
+use thiserror::Error;
+
+/// The first inherited fd.
+pub const LISTEN_FDS_START: RawFd = 3;
+/// Number of inherited listening sockets.
+pub const LISTEN_FDS: &str = "LISTEN_FDS";
+/// The pid the sockets are meant for.
+pub const LISTEN_PID: &str = "LISTEN_PID";
+/// Colon-separated names of the inherited sockets.
+pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
+/// The worker's slot, `0..STICKY_WORKERS`.
+pub const STICKY_WORKER: &str = "STICKY_WORKER";
+/// The number of worker slots.
+pub const STICKY_WORKERS: &str = "STICKY_WORKERS";
+/// `1` when fd 3 is a handoff socket (`--dispatch userspace`) rather than a listener.
+pub const STICKY_HANDOFF: &str = "STICKY_HANDOFF";
+
+/// Why the inherited sockets cannot be used.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum WorkerError {
+    /// A protocol variable is missing (not started by sticky or systemd).
+    #[error("{0} is not set: start this worker with `sticky run -- CMD`")]
+    Unset(&'static str),
+    /// A protocol variable does not hold a number.
+    #[error("{name} is not a number: '{value}'")]
+    NotANumber {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// An fd the protocol promises is not open.
+    #[error("LISTEN_FDS promises fd {0}, but it is not open")]
+    NotOpen(RawFd),
+    /// The sockets were meant for another process.
+    #[error("LISTEN_PID is {0}, not this process ({1})")]
+    OtherProcess(u32, u32),
+}
+
+/// This worker's slot and the number of slots, from `STICKY_WORKER` and `STICKY_WORKERS`.
+pub fn slot() -> Result<(u32, u32), WorkerError> {
+    Ok((number(STICKY_WORKER)?, number(STICKY_WORKERS)?))
+}
+
+/// Takes the listening sockets this process inherited (fd 3 onwards), after checking that
+/// `LISTEN_PID` names this process. Call it once: the fds become owned by the result.
+pub fn listeners() -> Result<Vec<TcpListener>, WorkerError> {
+    check_pid()?;
+    let count: RawFd = number(LISTEN_FDS)?;
+    let fds = LISTEN_FDS_START..LISTEN_FDS_START + count;
+    for fd in fds.clone() {
+        close_on_exec(fd)?;
+    }
+    // SAFETY: the protocol hands these open fds to this process, and this function is their
+    // only taker.
+    Ok(fds.map(|fd| unsafe { TcpListener::from_raw_fd(fd) }).collect())
+}
+
+/// With `--dispatch userspace` (`STICKY_HANDOFF=1`), the inherited handoff socket that
+/// connections arrive on (read it with [`receive`]); `None` otherwise.
+pub fn handoff_socket() -> Result<Option<OwnedFd>, WorkerError> {
+    if env::var(STICKY_HANDOFF).as_deref() != Ok("1") {
+        return Ok(None);
+    }
+    check_pid()?;
+    close_on_exec(LISTEN_FDS_START)?;
+    // SAFETY: the protocol hands fd 3 to this process, and this function is its only taker.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(LISTEN_FDS_START) }))
+}
+
+/// Receives one connection from the handoff socket `end` (`WouldBlock` when none is ready on a
+/// non-blocking socket, `UnexpectedEof` when the loader has closed it). The listener-index byte
+/// is read and dropped.
+pub fn receive(end: RawFd) -> io::Result<TcpStream> {
+    let mut payload = [0u8; 1];
+    let mut iov = [IoSliceMut::new(&mut payload)];
+    let mut space = cmsg_space!([RawFd; 1]);
+    let message = match recvmsg::<()>(end, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+        Ok(message) => message,
+        Err(Errno::EAGAIN) => return Err(io::ErrorKind::WouldBlock.into()),
+        Err(err) => return Err(err.into()),
+    };
+    if message.bytes == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the loader closed the handoff socket",
+        ));
+    }
+    for cmsg in message.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg
+            && let Some(&fd) = fds.first()
+        {
+            // SAFETY: the kernel just installed this fd in our table for us.
+            return Ok(unsafe { TcpStream::from_raw_fd(fd) });
+        }
+    }
+    Err(io::Error::other("a handoff message without a connection"))
+}
+
+/// Fails unless `LISTEN_PID` names this process.
+fn check_pid() -> Result<(), WorkerError> {
+    let pid: u32 = number(LISTEN_PID)?;
+    if pid != std::process::id() {
+        return Err(WorkerError::OtherProcess(pid, std::process::id()));
+    }
+    Ok(())
+}
+
+/// Sets `FD_CLOEXEC` on inherited `fd`, like sd_listen_fds: the sockets are not passed on to
+/// this worker's own children. Fails if `fd` is not open.
+fn close_on_exec(fd: RawFd) -> Result<(), WorkerError> {
+    // SAFETY: the borrow lives for this one fcntl call only; the protocol promises `fd` is open
+    // and, if it is not, fcntl fails with EBADF.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    match fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(WorkerError::NotOpen(fd)),
+    }
+}
+
+fn number<T: std::str::FromStr>(name: &'static str) -> Result<T, WorkerError> {
+    let value = env::var(name).map_err(|_| WorkerError::Unset(name))?;
+    value.trim().parse().map_err(|_| WorkerError::NotANumber { name, value })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{IoSlice, Read as _, Write as _},
+        os::fd::AsRawFd as _,
+    };
+
+    use nix::sys::socket::{
+        AddressFamily, ControlMessage, SockFlag, SockType, sendmsg, shutdown, socketpair,
+    };
+
+    use super::*;
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_NONBLOCK).unwrap()
+    }
+
+    #[test]
+    fn receive_takes_the_passed_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let (loader, worker) = pair();
+        let fds = [accepted.as_raw_fd()];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        sendmsg::<()>(loader.as_raw_fd(), &[IoSlice::new(&[1])], &cmsg, MsgFlags::empty(), None)
+            .unwrap();
+        drop(accepted);
+
+        let mut received = receive(worker.as_raw_fd()).unwrap();
+        assert_eq!(received.peer_addr().unwrap(), client.local_addr().unwrap());
+        received.write_all(b"hi").unwrap();
+        let mut answer = [0u8; 2];
+        client.read_exact(&mut answer).unwrap();
+        assert_eq!(&answer, b"hi");
+    }
+
+    #[test]
+    fn receive_reports_an_empty_or_closed_socket() {
+        let (loader, worker) = pair();
+        let empty = receive(worker.as_raw_fd()).unwrap_err();
+        assert_eq!(empty.kind(), io::ErrorKind::WouldBlock);
+        shutdown(loader.as_raw_fd(), nix::sys::socket::Shutdown::Write).unwrap();
+        let closed = receive(worker.as_raw_fd()).unwrap_err();
+        assert_eq!(closed.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn receive_rejects_a_message_without_a_connection() {
+        let (loader, worker) = pair();
+        sendmsg::<()>(loader.as_raw_fd(), &[IoSlice::new(&[0])], &[], MsgFlags::empty(), None)
+            .unwrap();
+        let err = receive(worker.as_raw_fd()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Other);
+    }
+}
