@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 /// `sticky run`'s options as the user gave them; `None` and empty mean "the default" (see
 /// [`super::defaults`]).
 #[derive(Debug, Default, Clone, PartialEq, Args, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+// `None` is left out when written (TOML has no null), so only the options given appear.
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct RunOptions {
     /// TOML file with any of these options (keys named like the flags); flags override it.
     #[arg(long, value_name = "FILE")]
@@ -18,72 +19,58 @@ pub struct RunOptions {
     pub config: Option<PathBuf>,
     /// Address to listen on, ADDR:PORT; repeat for several. [default: [::]:3000, dual-stack]
     #[arg(long, value_name = "ADDR:PORT")]
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub listen: Vec<String>,
     /// Number of worker processes. [default: number of CPUs]
     #[arg(long, short = 'w', value_name = "N")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<u32>,
     /// IPv4 prefix length that makes one client, e.g. 24 keeps a /24 on one worker. [default: 32]
     #[arg(long, value_name = "LEN")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_v4: Option<u8>,
     /// IPv6 prefix length that makes one client. [default: 64]
     #[arg(long, value_name = "LEN")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_v6: Option<u8>,
     /// Directory that keeps the hash seed across restarts. [default: /var/lib/sticky]
     #[arg(long, value_name = "DIR")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<PathBuf>,
     /// Seconds a worker may take to exit after SIGTERM before it is killed. [default: 10]
     #[arg(long, value_name = "SECS")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_period: Option<f64>,
     /// Who picks the worker. [default: kernel]
     #[arg(long, value_name = "MODE")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dispatch: Option<DispatchMode>,
     /// Worker exits within the crash window that take a slot out of the table. [default: 5]
     #[arg(long, value_name = "N")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crash_limit: Option<u32>,
     /// Seconds the crash limit counts exits in. [default: 30]
     #[arg(long, value_name = "SECS")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crash_window: Option<f64>,
     /// Control socket for `sticky status|reload|scale|stop`. [default: /run/sticky/sticky.sock]
     #[arg(long, value_name = "PATH")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<PathBuf>,
     /// Extra environment variable for the workers, KEY=VALUE; repeat for several. (In the file:
     /// an `[environment]` table.)
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
-    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "environment_table")]
+    #[serde(skip_serializing_if = "Vec::is_empty", with = "environment_table")]
     pub environment: Vec<(String, String)>,
     /// The workers' working directory.
     #[arg(long, value_name = "DIR")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_directory: Option<PathBuf>,
     /// Run the workers as this user (name or uid), without capabilities.
     #[arg(long, value_name = "USER")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// Run the workers with this group (name or gid). [default: the user's primary group]
     #[arg(long, value_name = "GROUP")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
     /// Let workers run as root when sticky runs as root and no --user is given.
     #[arg(long, num_args = 0, default_missing_value = "true")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_root_workers: Option<bool>,
     /// Serve Prometheus metrics on PORT (127.0.0.1) or ADDR:PORT. [default: off]
     #[arg(long, value_name = "ADDR:PORT")]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
     /// Worker command; it finds its listening sockets at fd 3 (LISTEN_FDS). [default: sticky demo]
     #[arg(last = true, value_name = "CMD")]
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
 }
 
