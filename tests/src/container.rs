@@ -8,7 +8,7 @@
 
 use std::{
     env, fs,
-    os::fd::AsFd as _,
+    os::{fd::AsFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     thread,
@@ -32,6 +32,9 @@ pub fn systemd_root() -> PathBuf {
     )
 }
 
+/// The longest a command in the container may run.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(60);
+
 /// A booted container; shut down (and its ephemeral copy removed) on drop.
 pub struct Container {
     nspawn: Child,
@@ -48,7 +51,15 @@ impl Container {
             "no container root at {}: `cargo xtask test` builds it",
             root.display()
         );
-        let nspawn = Command::new("systemd-nspawn")
+        let mut nspawn = Command::new("systemd-nspawn");
+        // If the test process dies without dropping the container, nspawn shuts it down.
+        // SAFETY: prctl only, between fork and exec.
+        unsafe {
+            nspawn.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+            })
+        };
+        let nspawn = nspawn
             .arg("--directory")
             .arg(&root)
             .args(["--ephemeral", "--boot", "--register=no", "--keep-unit", "--capability=all"])
@@ -88,7 +99,7 @@ impl Container {
     fn wait_for_boot(&self) {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let output = self.run(&["timeout", "60", "systemctl", "is-system-running", "--wait"]);
+            let output = self.run(&["systemctl", "is-system-running", "--wait"]);
             let state = String::from_utf8_lossy(&output.stdout).trim().to_owned();
             if state == "running" || state == "degraded" {
                 return;
@@ -102,10 +113,13 @@ impl Container {
         }
     }
 
-    /// Runs `args` in the container (all its namespaces) and returns its output.
+    /// Runs `args` in the container (all its namespaces) and returns its output. A command
+    /// still running after [`COMMAND_LIMIT`] is killed (and fails), so a hung `systemctl` fails
+    /// the test instead of hanging it.
     pub fn run(&self, args: &[&str]) -> Output {
         Command::new("nsenter")
             .args(["--target", &self.init.to_string(), "--all"])
+            .args(["timeout", "--kill-after=5", &COMMAND_LIMIT.as_secs().to_string()])
             .args(args)
             .stdin(Stdio::null())
             .output()
