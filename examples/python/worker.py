@@ -40,9 +40,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def notify(message):
+    """Sends `message` (e.g. READY=1) to NOTIFY_SOCKET, as systemd's sd_notify does."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(message.encode(), path)
+
+
 def main():
     server = http.server.ThreadingHTTPServer(("", 0), Handler, bind_and_activate=False)
     server.socket = inherited_listener()
+    notify("READY=1")
     server.serve_forever()
 
 

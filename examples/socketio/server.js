@@ -3,6 +3,7 @@
 // picks the worker by client address.
 //
 //   sticky run --workers 4 --user nobody -- node examples/socketio/server.js
+const { execFile } = require('node:child_process');
 const http = require('node:http');
 const { Server } = require('socket.io');
 
@@ -19,4 +20,8 @@ io.on('connection', (socket) => {
   // Echo with the serving worker, so clients can see where their session lives.
   socket.on('echo', (payload, ack) => ack({ payload, worker }));
 });
-server.listen({ fd: SD_LISTEN_FDS_START });
+server.listen({ fd: SD_LISTEN_FDS_START }, () => {
+  // Ready: node has no Unix datagram sockets, so a child sends READY=1 (sticky takes it from a
+  // worker's descendants too).
+  if (process.env.NOTIFY_SOCKET) execFile('systemd-notify', ['--ready'], () => {});
+});

@@ -66,6 +66,28 @@ impl ListenerGroup {
     }
 }
 
+/// Connections waiting in `socket`'s accept queue: TCP_INFO's `tcpi_unacked`, which for a
+/// listening socket is its current accept backlog.
+pub fn accept_backlog(socket: &TcpListener) -> io::Result<u32> {
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut length = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `length` bytes into `info`, a zeroed tcp_info.
+    let ret = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut length,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: zero-initialised and (partly) filled by the kernel: every bit pattern is valid.
+    Ok(unsafe { info.assume_init() }.tcpi_unacked)
+}
+
 /// Fails if any socket listens on `address` already, with or without `SO_REUSEPORT`: joining a
 /// stranger's reuseport group would split its traffic with ours.
 fn ensure_free(address: SocketAddr) -> Result<(), ListenError> {

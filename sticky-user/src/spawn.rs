@@ -24,7 +24,8 @@ use nix::{
     unistd::{AccessFlags, Uid, User, access, getppid, getuid},
 };
 use sticky_worker::{
-    LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_START, LISTEN_PID, STICKY_WORKER, STICKY_WORKERS,
+    LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_START, LISTEN_PID, NOTIFY_SOCKET, STICKY_WORKER,
+    STICKY_WORKERS, WATCHDOG_PID, WATCHDOG_USEC,
 };
 use thiserror::Error;
 use tokio::process::{Child, Command};
@@ -47,6 +48,10 @@ pub struct Spawner {
     environment: BTreeMap<String, String>,
     working_directory: Option<PathBuf>,
     credentials: Option<Credentials>,
+    /// The workers' `NOTIFY_SOCKET`, once the loader has bound it.
+    notify_socket: Option<String>,
+    /// The workers' watchdog interval, if any.
+    watchdog: Option<std::time::Duration>,
 }
 
 impl Spawner {
@@ -67,7 +72,14 @@ impl Spawner {
             environment: config.environment.clone(),
             working_directory: config.working_directory.clone(),
             credentials: config.credentials.clone(),
+            notify_socket: None,
+            watchdog: config.worker_watchdog,
         })
+    }
+
+    /// Gives the workers `NOTIFY_SOCKET=socket` (the loader's readiness socket).
+    pub fn set_notify_socket(&mut self, socket: String) {
+        self.notify_socket = Some(socket);
     }
 
     /// Checks that a worker can be started: the `exec-worker` shim runs as the workers' user in
@@ -105,12 +117,19 @@ impl Spawner {
             .env(STICKY_WORKER, slot.to_string())
             .env(STICKY_WORKERS, slots.to_string())
             .env_remove(LISTEN_PID)
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_PID")
-            .env_remove("WATCHDOG_USEC")
+            .env_remove(NOTIFY_SOCKET)
+            .env_remove(WATCHDOG_PID)
+            .env_remove(WATCHDOG_USEC)
             .envs(&self.environment)
             .stdin(Stdio::null())
             .process_group(0);
+        if let Some(socket) = &self.notify_socket {
+            command.env(NOTIFY_SOCKET, socket);
+        }
+        if let Some(watchdog) = self.watchdog {
+            // The shim adds WATCHDOG_PID, as it does LISTEN_PID.
+            command.env(WATCHDOG_USEC, watchdog.as_micros().to_string());
+        }
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
         // system calls, without allocating.
         unsafe { command.pre_exec(move || prepare_child(loader, &fds)) };
@@ -219,10 +238,13 @@ pub fn exec_worker(command: &[OsString]) -> io::Error {
     let Some((program, args)) = command.split_first() else {
         return io::Error::other("no worker command given");
     };
-    let error = std::process::Command::new(program)
-        .args(args)
-        .env(LISTEN_PID, std::process::id().to_string())
-        .exec();
+    let pid = std::process::id().to_string();
+    let mut worker = std::process::Command::new(program);
+    worker.args(args).env(LISTEN_PID, &pid);
+    if std::env::var_os(WATCHDOG_USEC).is_some() {
+        worker.env(WATCHDOG_PID, &pid);
+    }
+    let error = worker.exec();
     let slot = std::env::var(STICKY_WORKER).unwrap_or_else(|_| "?".into());
     io::Error::new(
         error.kind(),

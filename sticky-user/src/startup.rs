@@ -6,12 +6,16 @@ use std::{io, net::TcpListener, path::PathBuf, sync::Arc};
 
 use sticky_common::{DispatchConfig, Table};
 use thiserror::Error;
+use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{info, warn};
 
 use crate::{
     config::{DispatchMode, RunConfig},
     dispatch::Dispatch,
-    endpoints::control::{self, ControlError},
+    endpoints::{
+        control::{self, ControlError},
+        readiness::{self, Notification},
+    },
     kernel::{DispatchError, Dispatcher, table},
     listeners::{self, ListenError, ListenerGroup},
     privileges::{self, PrivilegeError},
@@ -52,6 +56,9 @@ pub enum StartupError {
         #[source]
         source: io::Error,
     },
+    /// The workers' notify socket could not be bound.
+    #[error("cannot bind the workers' notify socket")]
+    Notify(#[source] io::Error),
     /// Userspace dispatch's sockets could not be made.
     #[error("cannot set up userspace dispatch")]
     Handoff(#[source] io::Error),
@@ -61,6 +68,7 @@ pub enum StartupError {
 pub struct Started {
     supervisor: Arc<Supervisor>,
     control: (PathBuf, std::os::unix::net::UnixListener),
+    notifications: UnboundedReceiver<Notification>,
     metrics: Option<TcpListener>,
     /// Userspace dispatch: what the loader's accept loop needs.
     accept: Option<Accept>,
@@ -91,8 +99,10 @@ pub fn start(
     } else {
         config.listen.iter().map(|address| format!("sticky-{}", address.port())).collect()
     };
-    let spawner = Spawner::new(&config, &names)?;
+    let mut spawner = Spawner::new(&config, &names)?;
     spawner.check()?;
+    let (notify_socket, notifications) = readiness::bind().map_err(StartupError::Notify)?;
+    spawner.set_notify_socket(notify_socket);
     // Userspace dispatch: one socket per address, accepted on by the loader.
     let sockets_per_address = if userspace { 1 } else { config.workers };
     let groups = config
@@ -138,6 +148,11 @@ pub fn start(
         grace_period: config.grace_period,
         crash_limit: config.crash_limit,
         crash_window: config.crash_window,
+        ready: config.ready,
+        ready_delay: config.ready_delay,
+        ready_timeout: config.ready_timeout,
+        hang_timeout: config.hang_timeout,
+        worker_watchdog: config.worker_watchdog,
     };
     let mut supervisor = Supervisor::new(Setup { spawner, groups, dispatch, seed }, options);
     if let Some(reconfigure) = reconfigure {
@@ -146,6 +161,7 @@ pub fn start(
     Ok(Started {
         supervisor: Arc::new(supervisor),
         control: (config.control, control),
+        notifications,
         metrics,
         accept,
         listen: config.listen,
@@ -166,6 +182,7 @@ impl Started {
                 .map(tokio::net::TcpListener::from_std)
                 .transpose()
                 .map_err(io_error)?,
+            notifications: Some(self.notifications),
         };
         if let Some(accept) = self.accept {
             let listeners = accept

@@ -16,12 +16,18 @@
 //! TCP connection as an SCM_RIGHTS fd, and one byte: the index of the listen address it came in
 //! on. [`handoff_socket`] takes that socket and [`receive`] takes one connection from it.
 //!
+//! Readiness, as under systemd: [`notify`] sends a message such as `READY=1` to the
+//! `NOTIFY_SOCKET` sticky gives every worker; [`ready`] is the usual one. With
+//! `sticky run --ready notify`, a worker counts as ready (and a rolling restart moves on) only
+//! once it sends `READY=1`.
+//!
 //! ```no_run
 //! let (slot, slots) = sticky_worker::slot()?;
 //! for listener in sticky_worker::listeners()? {
 //!     // serve `listener` (std::net::TcpListener) as worker `slot` of `slots`
 //! }
-//! # Ok::<(), sticky_worker::WorkerError>(())
+//! sticky_worker::ready()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![deny(missing_docs)]
 
@@ -29,7 +35,11 @@ use std::{
     env,
     io::{self, IoSliceMut},
     net::{TcpListener, TcpStream},
-    os::fd::{BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
+    os::{
+        fd::{BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
+        linux::net::SocketAddrExt as _,
+        unix::net::{SocketAddr, UnixDatagram},
+    },
 };
 
 use nix::{
@@ -54,6 +64,14 @@ pub const STICKY_WORKER: &str = "STICKY_WORKER";
 pub const STICKY_WORKERS: &str = "STICKY_WORKERS";
 /// `1` when fd 3 is a handoff socket (`--dispatch userspace`) rather than a listener.
 pub const STICKY_HANDOFF: &str = "STICKY_HANDOFF";
+/// The datagram socket a worker reports readiness to (`READY=1`, `STATUS=…`, `WATCHDOG=1`), as
+/// under systemd; a leading `@` names an abstract socket.
+pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+/// With `sticky run --worker-watchdog`, the microseconds within which a worker must send
+/// `WATCHDOG=1` again.
+pub const WATCHDOG_USEC: &str = "WATCHDOG_USEC";
+/// The pid `WATCHDOG_USEC` is meant for.
+pub const WATCHDOG_PID: &str = "WATCHDOG_PID";
 
 /// Why the inherited sockets cannot be used.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -156,6 +174,32 @@ fn close_on_exec(fd: RawFd) -> Result<(), WorkerError> {
         Ok(_) => Ok(()),
         Err(_) => Err(WorkerError::NotOpen(fd)),
     }
+}
+
+/// Sends `message` (`READY=1`, `STATUS=…`, `WATCHDOG=1`, several separated by newlines) to
+/// `NOTIFY_SOCKET`. Returns whether there was a socket to send to.
+pub fn notify(message: &str) -> io::Result<bool> {
+    let Some(path) = env::var_os(NOTIFY_SOCKET) else { return Ok(false) };
+    let path = path.to_string_lossy();
+    let address = match path.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes())?,
+        None => SocketAddr::from_pathname(path.as_ref())?,
+    };
+    UnixDatagram::unbound()?.send_to_addr(message.as_bytes(), &address)?;
+    Ok(true)
+}
+
+/// With a worker watchdog (`WATCHDOG_USEC` meant for this process): how often `WATCHDOG=1`
+/// must be sent at the least. Sending it at half that is the usual rhythm.
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    let pid: u32 = number(WATCHDOG_PID).ok()?;
+    let usec: u64 = number(WATCHDOG_USEC).ok()?;
+    (pid == std::process::id()).then(|| std::time::Duration::from_micros(usec))
+}
+
+/// Tells sticky this worker is ready: [`notify`] with `READY=1`.
+pub fn ready() -> io::Result<bool> {
+    notify("READY=1")
 }
 
 fn number<T: std::str::FromStr>(name: &'static str) -> Result<T, WorkerError> {

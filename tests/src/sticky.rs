@@ -175,14 +175,15 @@ impl Sticky {
     }
 
     /// Waits (at most 30 s) until the control socket answers and its status has `workers` slots,
-    /// each with a running worker; panics with the log otherwise, or if `sticky` exits first.
+    /// each with a ready worker; panics with the log otherwise, or if `sticky` exits first.
     pub fn wait_until_serving(&mut self, workers: usize) {
         let path = self.control_path().to_owned();
         self.wait_until(&format!("{workers} workers to serve"), |_| {
             matches!(
                 control::request(&path, &Request::Status),
                 Ok(Response::Status(status))
-                    if status.slots.len() == workers && status.slots.iter().all(|s| s.pid.is_some())
+                    if status.slots.len() == workers
+                        && status.slots.iter().all(|s| s.pid.is_some() && s.ready)
             )
         });
     }

@@ -14,12 +14,13 @@ fn example(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(path)
 }
 
-/// Runs `worker` under sticky on `port`, checks that 300 clients each stay on one worker, that
-/// every worker served some and that the responses carry `runtime`.
+/// Runs `worker` under sticky on `port` (ready by READY=1), checks that 300 clients each stay
+/// on one worker, that every worker served some and that the responses carry `runtime`.
 fn check_sticky_worker(port: u16, runtime: &str, worker: &[&str]) {
     in_netns(|| {
         let listen = format!("[::]:{port}");
-        let mut args = vec!["--listen", &listen, "--workers", "4", "--"];
+        // Each example says READY=1 once it listens: without it, sticky would not start.
+        let mut args = vec!["--listen", &listen, "--workers", "4", "--ready", "notify", "--"];
         args.extend(worker);
         let sticky = Sticky::serving(&args, WORKERS);
         let server = SocketAddr::from(([127, 0, 0, 1], port));
@@ -74,6 +75,8 @@ fn socketio_sessions(dispatch: &str, port: u16) -> (u32, u32, String) {
             "4",
             "--dispatch",
             dispatch,
+            "--ready",
+            "notify",
             "--",
             "node",
             server.to_str().unwrap(),

@@ -16,6 +16,10 @@ use sticky_user::control::Status;
 const UNIT: &str = "sticky-web.service";
 const CONTROL: &str = "/run/sticky/web/control.sock";
 const WORKERS: usize = 3;
+/// The deployed worker program.
+const APP: &str = "/usr/local/bin/app";
+/// A working version of it (printf format).
+const WORKING_APP: &str = "#!/bin/sh\\nexec sticky demo\\n";
 
 /// The loader's status, asked inside the container.
 fn status(container: &Container) -> Status {
@@ -58,11 +62,13 @@ fn the_installed_service_starts_reloads_restarts_and_stops_under_a_real_systemd(
         let server = SocketAddr::from(([127, 0, 0, 1], 80));
         let clients: Vec<IpAddr> = (0..600).map(client_v4).collect();
 
+        // The deployed application: a script a deploy replaces.
+        container.sh(&format!("printf '{WORKING_APP}' > {APP} && chmod 755 {APP}"));
         // Install and start, on a port below 1024.
         let options = ["--user", "nobody", "--listen", "[::]:80", "--workers", "3"];
         // A grace period longer than `eventually` waits: systemd would only kill workers that
         // outlive the loader after it (TimeoutStopSec), so their quick end below is sticky's.
-        let options = [&options[..], &["--grace-period", "40"]].concat();
+        let options = [&options[..], &["--grace-period", "40", "--ready-timeout", "5", "--", APP]].concat();
         container.ok(&[&["sticky", "install", "web"], &options[..]].concat());
         container.ok(&["systemctl", "start", UNIT]);
         assert_eq!(container.property(UNIT, "ActiveState"), "active", "{}", journal(&container));
@@ -106,6 +112,23 @@ fn the_installed_service_starts_reloads_restarts_and_stops_under_a_real_systemd(
             .filter(|(_, workers)| workers.iter().any(|&w| w != workers[0]))
             .collect();
         assert!(moved.is_empty(), "clients moved during the reload: {moved:?}");
+
+        // A broken deploy: systemctl reload fails and says why; the old workers keep serving.
+        let serving = worker_pids(&container);
+        container.sh(&format!("printf '#!/bin/sh\\nexit 3\\n' > {APP}.next && chmod 755 {APP}.next && mv {APP}.next {APP}"));
+        let broken = container.run(&["systemctl", "reload", UNIT]);
+        assert!(!broken.status.success(), "systemctl reload of a broken deploy succeeded");
+        let status_text = container.property(UNIT, "StatusText");
+        assert!(
+            status_text.starts_with("reload stopped at slot 0: the new worker exited with status 3"),
+            "StatusText={status_text}"
+        );
+        assert_eq!(container.property(UNIT, "ActiveState"), "active");
+        assert_eq!(worker_pids(&container), serving);
+        sticky_tests::get(clients[2], server);
+        container.sh(&format!("printf '{WORKING_APP}' > {APP}.next && chmod 755 {APP}.next && mv {APP}.next {APP}"));
+        container.ok(&["systemctl", "reload", UNIT]);
+        assert!(container.property(UNIT, "StatusText").contains("3 workers on [::]:80"));
 
         // kill -9 of the loader: no worker outlives it, systemd restarts it and it serves.
         let main_pid = container.property(UNIT, "MainPID");

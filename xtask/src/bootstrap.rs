@@ -36,11 +36,14 @@ pub fn test_tools() -> anyhow::Result<()> {
         ("node", "nodejs"),
         ("npm", "npm"),
         ("systemd-analyze", "systemd"),
+        ("systemd-notify", "systemd"),
     ];
     let missing: Vec<&str> =
         tools.into_iter().filter(|(tool, _)| !on_path(tool)).map(|(_, package)| package).collect();
     if missing.is_empty() {
-        say("test tools (ip, setpriv, python3, node, npm, systemd-analyze): present");
+        say(
+            "test tools (ip, setpriv, python3, node, npm, systemd-analyze, systemd-notify): present",
+        );
     } else {
         apt_install(&missing)?;
     }

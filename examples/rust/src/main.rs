@@ -27,6 +27,10 @@ fn main() -> ExitCode {
             thread::spawn(move || serve(&listener, &slot))
         })
         .collect();
+    // Listening: tell sticky (READY=1 to NOTIFY_SOCKET, as under systemd).
+    if let Err(err) = sticky_worker::ready() {
+        eprintln!("sticky-example-rust: cannot notify readiness: {err}");
+    }
     for thread in threads {
         let _ = thread.join();
     }

@@ -20,3 +20,9 @@ pub const DEFAULT_CRASH_WINDOW: Duration = Duration::from_secs(30);
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
 /// The most listen addresses one `sticky run` serves.
 pub const MAX_LISTEN_ADDRESSES: usize = 16;
+/// How long a worker must stay up to count as ready in delay mode, when none is given.
+pub const DEFAULT_READY_DELAY: Duration = Duration::from_secs(1);
+/// How long a new worker may take to become ready, when none is given.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a slot may keep connections waiting without an accept, when none is given.
+pub const DEFAULT_HANG_TIMEOUT: Duration = Duration::from_secs(10);

@@ -37,6 +37,18 @@ pub enum ConfigError {
     /// The grace period is negative, not a number or absurdly long.
     #[error("--grace-period must be between 0 and 3600 seconds, got {0}")]
     GracePeriod(f64),
+    /// The ready delay is out of range.
+    #[error("--ready-delay must be between 0 and 3600 seconds, got {0}")]
+    ReadyDelay(f64),
+    /// The ready timeout is out of range.
+    #[error("--ready-timeout must be between 0.1 and 3600 seconds, got {0}")]
+    ReadyTimeout(f64),
+    /// The hang timeout is out of range.
+    #[error("--hang-timeout must be 0 (off) or between 0.5 and 3600 seconds, got {0}")]
+    HangTimeout(f64),
+    /// The worker watchdog is out of range.
+    #[error("--worker-watchdog must be between 0.1 and 3600 seconds, got {0}")]
+    WorkerWatchdog(f64),
     /// The crash limit is out of range.
     #[error("--crash-limit must be between 1 and 1000, got {0}")]
     CrashLimit(u32),

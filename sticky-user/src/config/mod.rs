@@ -21,7 +21,7 @@ pub use defaults::MAX_LISTEN_ADDRESSES;
 pub use error::{CommandProblem, ConfigError};
 pub use file::load_file;
 pub use host::{Host, System, UserEntry};
-pub use options::{DispatchMode, RunOptions};
+pub use options::{DispatchMode, ReadyMode, RunOptions};
 
 impl RunOptions {
     /// The options in effect: the `--config` file's, if any, with these (the flags) on top.
@@ -61,6 +61,16 @@ pub struct RunConfig {
     pub crash_limit: u32,
     /// The window `crash_limit` counts exits in.
     pub crash_window: Duration,
+    /// When a new worker counts as ready.
+    pub ready: ReadyMode,
+    /// How long a worker must stay up to be ready in delay mode.
+    pub ready_delay: Duration,
+    /// How long a new worker may take to become ready.
+    pub ready_timeout: Duration,
+    /// How long a slot may keep connections waiting without an accept (`None`: off).
+    pub hang_timeout: Option<Duration>,
+    /// The workers' watchdog interval (`None`: off).
+    pub worker_watchdog: Option<Duration>,
     /// Path of the control socket.
     pub control: PathBuf,
     /// Extra environment variables for the workers.

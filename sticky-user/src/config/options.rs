@@ -45,6 +45,24 @@ pub struct RunOptions {
     /// Seconds the crash limit counts exits in. [default: 30]
     #[arg(long, value_name = "SECS")]
     pub crash_window: Option<f64>,
+    /// When a new worker counts as ready: `delay` (it stayed up for --ready-delay) or `notify`
+    /// (it sent READY=1 to NOTIFY_SOCKET). [default: delay]
+    #[arg(long, value_name = "MODE")]
+    pub ready: Option<ReadyMode>,
+    /// Seconds a worker must stay up to count as ready with `--ready delay`. [default: 1]
+    #[arg(long, value_name = "SECS")]
+    pub ready_delay: Option<f64>,
+    /// Seconds a new worker may take to become ready, at start and on reload. [default: 30]
+    #[arg(long, value_name = "SECS")]
+    pub ready_timeout: Option<f64>,
+    /// Seconds a slot may keep connections waiting without accepting one before its worker
+    /// counts as hung (kernel dispatch); 0 turns it off. [default: 10]
+    #[arg(long, value_name = "SECS")]
+    pub hang_timeout: Option<f64>,
+    /// Give workers WATCHDOG_USEC: one that stops sending WATCHDOG=1 for this many seconds
+    /// counts as hung. [default: off]
+    #[arg(long, value_name = "SECS")]
+    pub worker_watchdog: Option<f64>,
     /// Control socket for `sticky status|reload|scale|stop`. [default: /run/sticky/sticky.sock]
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
@@ -85,6 +103,17 @@ pub enum DispatchMode {
     Userspace,
     /// Plain SO_REUSEPORT: the kernel's hash of the 4-tuple, not sticky. For comparison.
     None,
+}
+
+/// When a new worker counts as ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadyMode {
+    /// Once it has stayed up for the ready delay.
+    #[default]
+    Delay,
+    /// Once it sends READY=1 to its NOTIFY_SOCKET (itself or a child of it).
+    Notify,
 }
 
 impl std::fmt::Display for DispatchMode {

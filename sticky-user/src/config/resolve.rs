@@ -40,6 +40,22 @@ impl RunConfig {
             .map_err(ConfigError::GracePeriod)?;
         let crash_window = seconds(options.crash_window, DEFAULT_CRASH_WINDOW, 0.1..=86400.0)
             .map_err(ConfigError::CrashWindow)?;
+        let ready_delay = seconds(options.ready_delay, DEFAULT_READY_DELAY, 0.0..=3600.0)
+            .map_err(ConfigError::ReadyDelay)?;
+        let ready_timeout = seconds(options.ready_timeout, DEFAULT_READY_TIMEOUT, 0.1..=3600.0)
+            .map_err(ConfigError::ReadyTimeout)?;
+        let hang_timeout = match options.hang_timeout {
+            Some(0.0) => None,
+            hang => Some(
+                seconds(hang, DEFAULT_HANG_TIMEOUT, 0.5..=3600.0)
+                    .map_err(ConfigError::HangTimeout)?,
+            ),
+        };
+        let worker_watchdog = options
+            .worker_watchdog
+            .map(|secs| seconds(Some(secs), Duration::ZERO, 0.1..=3600.0))
+            .transpose()
+            .map_err(ConfigError::WorkerWatchdog)?;
         let crash_limit = options.crash_limit.unwrap_or(DEFAULT_CRASH_LIMIT);
         if !(1..=1000).contains(&crash_limit) {
             return Err(ConfigError::CrashLimit(crash_limit));
@@ -67,6 +83,11 @@ impl RunConfig {
             dispatch: options.dispatch.unwrap_or_default(),
             crash_limit,
             crash_window,
+            ready: options.ready.unwrap_or_default(),
+            ready_delay,
+            ready_timeout,
+            hang_timeout,
+            worker_watchdog,
             control: options.control.unwrap_or_else(|| DEFAULT_CONTROL.into()),
             environment,
             working_directory: options.working_directory,
@@ -231,6 +252,11 @@ mod tests {
         assert_eq!(config.command, None);
         assert_eq!(config.grace_period, DEFAULT_GRACE_PERIOD);
         assert_eq!(config.control, Path::new(DEFAULT_CONTROL));
+        assert_eq!(config.ready, crate::config::ReadyMode::Delay);
+        assert_eq!(config.hang_timeout, Some(DEFAULT_HANG_TIMEOUT));
+        assert_eq!(config.worker_watchdog, None);
+        let off = RunOptions { hang_timeout: Some(0.0), ..Default::default() };
+        assert_eq!(super::tests::config(off).unwrap().hang_timeout, None);
     }
 
     #[test]
@@ -246,6 +272,9 @@ mod tests {
         assert_eq!(with(|i| i.prefix_v6 = Some(129)), ConfigError::PrefixV6(129));
         assert_eq!(with(|i| i.grace_period = Some(-1.0)), ConfigError::GracePeriod(-1.0));
         assert_eq!(with(|i| i.crash_limit = Some(0)), ConfigError::CrashLimit(0));
+        assert_eq!(with(|i| i.ready_timeout = Some(0.0)), ConfigError::ReadyTimeout(0.0));
+        assert_eq!(with(|i| i.hang_timeout = Some(0.1)), ConfigError::HangTimeout(0.1));
+        assert_eq!(with(|i| i.worker_watchdog = Some(-1.0)), ConfigError::WorkerWatchdog(-1.0));
         assert_eq!(
             with(|i| i.crash_window = Some(f64::NAN)).to_string(),
             "--crash-window must be between 0.1 and 86400 seconds, got NaN"

@@ -15,7 +15,7 @@ use std::{
 use thiserror::Error;
 
 use super::Loader;
-pub use super::protocol::{Request, Response, SlotStatus, Status};
+pub use super::protocol::{ReloadOutcome, Request, Response, SlotStatus, Status};
 use crate::accept::AcceptBackoff;
 
 /// Why the control socket could not be used.

@@ -39,6 +39,12 @@ fn render(status: &Status) -> String {
         per_slot(|s| u64::from(s.restarts)),
     );
     family(
+        "sticky_worker_hangs_total",
+        "counter",
+        "Times each slot's worker was found hung (connections waiting, none accepted) and replaced.",
+        per_slot(|s| u64::from(s.hangs)),
+    );
+    family(
         "sticky_slot_in_table",
         "gauge",
         "1 while the slot is in the lookup table, 0 while it is ejected.",
@@ -113,6 +119,9 @@ mod tests {
             restarts: 2,
             in_table: pid.is_some(),
             connections,
+            ready: pid.is_some(),
+            status: None,
+            hangs: 1,
         };
         let status = Status {
             pid: 1,
@@ -124,12 +133,14 @@ mod tests {
             passed: 0,
             unreadable: 0,
             slots: vec![slot(0, Some(10), 5), slot(1, None, 7)],
+            last_reload: None,
         };
         let text = render(&status);
         assert!(text.contains("sticky_connections_total{slot=\"1\"} 7\n"), "{text}");
         assert!(text.contains("sticky_worker_restarts_total{slot=\"0\"} 2\n"));
         assert!(text.contains("sticky_slot_in_table{slot=\"1\"} 0\n"));
         assert!(text.contains("sticky_workers_up 1\n"));
+        assert!(text.contains("sticky_worker_hangs_total{slot=\"1\"} 1\n"));
         assert!(text.contains("sticky_fallbacks_total 3\n"));
         assert!(text.contains("# TYPE sticky_connections_total counter\n"));
     }

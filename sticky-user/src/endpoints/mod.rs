@@ -10,5 +10,6 @@ mod loader;
 pub(crate) mod metrics;
 pub(crate) mod notify;
 mod protocol;
+pub(crate) mod readiness;
 
 pub(crate) use loader::Loader;

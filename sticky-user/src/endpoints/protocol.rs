@@ -60,6 +60,9 @@ pub struct Status {
     pub unreadable: u64,
     /// One entry per worker slot.
     pub slots: Vec<SlotStatus>,
+    /// How the last rolling restart ended, if there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reload: Option<ReloadOutcome>,
 }
 
 /// One worker slot in [`Status`].
@@ -77,4 +80,24 @@ pub struct SlotStatus {
     pub in_table: bool,
     /// Connections the program sent to this slot, over all listen addresses.
     pub connections: u64,
+    /// Whether the current worker is ready.
+    #[serde(default)]
+    pub ready: bool,
+    /// The current worker's last `STATUS=` message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Times the slot's worker was found hung and replaced.
+    #[serde(default)]
+    pub hangs: u32,
+}
+
+/// How the last rolling restart ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadOutcome {
+    /// When it ended, in seconds since the Unix epoch.
+    pub at_unix_secs: u64,
+    /// Whether every slot was replaced.
+    pub ok: bool,
+    /// What happened, as `sticky reload` printed it.
+    pub message: String,
 }

@@ -29,6 +29,17 @@ pub enum SupervisorError {
     /// The configuration could not be read again on reload.
     #[error("the configuration cannot be reloaded: {0}")]
     Reconfigure(String),
+    /// A rolling restart stopped at a slot whose new worker did not become ready.
+    #[error("reload stopped at slot {slot}: {reason}; the old workers keep serving")]
+    ReloadStopped {
+        /// The slot.
+        slot: usize,
+        /// Why its new worker was not taken.
+        reason: String,
+    },
+    /// At start, no worker became ready.
+    #[error("no worker became ready: {0}")]
+    NoWorkerReady(String),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),

@@ -10,7 +10,10 @@
 //! wait for worker exits, timers and control requests each take it briefly.
 
 mod error;
+mod hang;
+mod roll;
 mod state;
+mod worker;
 mod workers;
 
 use std::{
@@ -23,15 +26,14 @@ use sticky_common::MAX_SLOTS;
 use tokio::{
     net::{TcpListener, UnixListener},
     signal::unix::{SignalKind, signal},
-    sync::Notify,
-    time::timeout,
+    sync::{Notify, mpsc::UnboundedReceiver},
 };
 use tracing::{error, info};
 
 pub use self::{error::SupervisorError, state::Options};
 use self::{
     state::{State, lock},
-    workers::{start_worker, terminate},
+    workers::{apply_notifications, start_worker, terminate},
 };
 use crate::{
     dispatch::Dispatch,
@@ -39,15 +41,12 @@ use crate::{
         Loader,
         control::{self, Request, Response, Status},
         metrics, notify,
+        readiness::Notification,
     },
     kernel::{Counters, Dispatcher},
     listeners::ListenerGroup,
     spawn::Spawner,
 };
-
-/// How long a rolling restart lets a new worker start before stopping the old one. The
-/// listening socket queues connections meanwhile, so none is refused.
-const WARMUP: Duration = Duration::from_millis(500);
 
 /// What `sticky run` set up for the supervisor.
 pub struct Setup {
@@ -66,6 +65,8 @@ pub struct Setup {
 pub struct Endpoints {
     /// The control socket and its path (removed at exit).
     pub control: Option<(PathBuf, UnixListener)>,
+    /// What workers send to their notify socket.
+    pub notifications: Option<UnboundedReceiver<Notification>>,
     /// The metrics listener.
     pub metrics: Option<TcpListener>,
 }
@@ -102,6 +103,7 @@ impl Supervisor {
             live: Vec::new(),
             next_slot_id: 0,
             stopping: false,
+            last_reload: None,
         };
         for _ in 0..count {
             let slot = state.new_slot();
@@ -132,6 +134,9 @@ impl Supervisor {
             signals(SignalKind::terminate())?,
             signals(SignalKind::hangup())?,
         );
+        if let Some(notifications) = endpoints.notifications {
+            tokio::spawn(apply_notifications(self.shared.clone(), notifications));
+        }
         {
             let mut state = self.state();
             for slot in 0..state.slots.len() {
@@ -146,6 +151,11 @@ impl Supervisor {
             tokio::spawn(metrics::serve(listener, self.clone()));
         }
         tokio::spawn(notify::watchdog());
+        if let Err(err) = self.wait_until_ready().await {
+            self.shut_down(control_path).await?;
+            return Err(err);
+        }
+        tokio::spawn(hang::watch(self.shared.clone()));
         notify::ready(&self.summary());
         let reason = loop {
             tokio::select! {
@@ -159,6 +169,15 @@ impl Supervisor {
             }
         };
         info!("{reason}: stopping the workers");
+        self.shut_down(control_path).await
+    }
+
+    /// Stops the workers, detaches the programs and removes the control socket; returns the
+    /// final counters.
+    async fn shut_down(
+        &self,
+        control_path: Option<PathBuf>,
+    ) -> Result<Vec<Counters>, SupervisorError> {
         notify::stopping();
         self.stop_workers().await;
         let mut state = self.state();
@@ -179,43 +198,6 @@ impl Supervisor {
         }
         notify::flush(Duration::from_secs(1));
         Ok(counters)
-    }
-
-    /// Replaces every worker, one slot at a time: the new worker takes over the same sockets,
-    /// then the old one gets SIGTERM and the grace period to finish its connections.
-    /// With a [`Reconfigure`], a changed worker count in the configuration is applied first.
-    pub async fn reload(&self) -> Result<String, SupervisorError> {
-        let _operation = self.operation.lock().await;
-        if let Some(reconfigure) = &self.reconfigure {
-            let workers = reconfigure().map_err(SupervisorError::Reconfigure)?;
-            if workers != self.state().slots.len() as u32 {
-                info!(workers, "the configuration changed the worker count");
-                self.resize(workers).await?;
-            }
-        }
-        let count = self.state().slots.len();
-        info!(workers = count, "rolling restart");
-        notify::reloading();
-        for slot in 0..count {
-            let (old, new) = {
-                let mut state = self.state();
-                if state.stopping {
-                    return Err(SupervisorError::Stopping);
-                }
-                let Some(entry) = state.slots.get_mut(slot) else { break };
-                let old = entry.worker.take();
-                (old, start_worker(&self.shared, &mut state, slot))
-            };
-            if let Some(new) = new {
-                let _ = timeout(WARMUP, new.wait()).await;
-            }
-            if let Some(old) = old {
-                terminate(&old, self.state().options.grace_period);
-                old.wait().await;
-            }
-        }
-        notify::ready(&self.summary());
-        Ok(format!("restarted {count} workers"))
     }
 
     /// One line for systemd's status: workers, addresses, dispatch.

@@ -9,13 +9,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::watch;
 use tracing::warn;
 
-use super::error::SupervisorError;
+pub(super) use super::worker::Worker;
+use super::{error::SupervisorError, worker::Exit};
 use crate::{
+    config::ReadyMode,
     dispatch::Dispatch,
-    endpoints::control::{SlotStatus, Status},
+    endpoints::control::{ReloadOutcome, SlotStatus, Status},
     kernel::{Counters, DispatchError, Dispatcher, table},
     listeners::ListenerGroup,
     spawn::Spawner,
@@ -32,25 +33,20 @@ pub struct Options {
     pub crash_limit: u32,
     /// The window `crash_limit` counts exits in.
     pub crash_window: Duration,
+    /// When a new worker counts as ready.
+    pub ready: ReadyMode,
+    /// How long a worker must stay up to be ready in delay mode.
+    pub ready_delay: Duration,
+    /// How long a new worker may take to become ready.
+    pub ready_timeout: Duration,
+    /// How long a slot may keep connections waiting without an accept (`None`: off).
+    pub hang_timeout: Option<Duration>,
+    /// The workers' watchdog interval (`None`: off).
+    pub worker_watchdog: Option<Duration>,
 }
 
 /// Delay before the first restart of a worker that exited.
 pub(super) const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-
-/// A worker process the supervisor started.
-#[derive(Clone)]
-pub(super) struct Worker {
-    pub(super) pid: u32,
-    pub(super) started: Instant,
-    pub(super) exited: watch::Receiver<bool>,
-}
-
-impl Worker {
-    /// Waits until the process has exited and was reaped.
-    pub(super) async fn wait(&self) {
-        let _ = self.exited.clone().wait_for(|exited| *exited).await;
-    }
-}
 
 pub(super) struct State {
     pub(super) spawner: Spawner,
@@ -63,6 +59,8 @@ pub(super) struct State {
     pub(super) live: Vec<Worker>,
     pub(super) next_slot_id: u64,
     pub(super) stopping: bool,
+    /// How the last rolling restart ended.
+    pub(super) last_reload: Option<ReloadOutcome>,
 }
 
 pub(super) struct Slot {
@@ -73,6 +71,23 @@ pub(super) struct Slot {
     pub(super) exits: VecDeque<Instant>,
     pub(super) in_table: bool,
     pub(super) backoff: Duration,
+    /// Times its worker was found hung.
+    pub(super) hangs: u32,
+    /// Out of the table because its worker hung: rejoins once the next worker is ready.
+    pub(super) hung: bool,
+    /// How its last worker that never became ready ended (for the startup error).
+    pub(super) failure: Option<Exit>,
+    /// Whether any of its workers has been ready (what the start waits for).
+    pub(super) was_ready: bool,
+    /// The accept progress the hang check last saw.
+    pub(super) progress: Progress,
+}
+
+/// The accepts a slot has made, as last seen, and when they last moved.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Progress {
+    pub(super) accepted: u64,
+    pub(super) at: Instant,
 }
 
 impl State {
@@ -85,6 +100,11 @@ impl State {
             exits: VecDeque::new(),
             in_table: true,
             backoff: FIRST_BACKOFF,
+            hangs: 0,
+            hung: false,
+            failure: None,
+            was_ready: false,
+            progress: Progress { accepted: 0, at: Instant::now() },
         }
     }
 
@@ -107,6 +127,9 @@ impl State {
                 restarts: slot.restarts,
                 in_table: slot.in_table,
                 connections: counters.iter().filter_map(|c| c.selected.get(index as usize)).sum(),
+                ready: slot.worker.as_ref().is_some_and(Worker::is_ready),
+                status: slot.worker.as_ref().and_then(Worker::status),
+                hangs: slot.hangs,
             })
             .collect();
         Ok(Status {
@@ -119,6 +142,7 @@ impl State {
             passed: total(|c| c.passed),
             unreadable: total(|c| c.unreadable),
             slots,
+            last_reload: self.last_reload.clone(),
         })
     }
 

@@ -1,7 +1,8 @@
-//! Worker processes: starting one on its slot, handling its exit (restart with backoff, crash
-//! loops), and stopping it.
+//! Worker processes: starting one on its slot, its readiness, handling its exit (restart with
+//! backoff, crash loops), and stopping it.
 
 use std::{
+    io,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -11,45 +12,72 @@ use nix::{
     unistd::Pid,
 };
 use tokio::{
-    sync::watch,
+    sync::mpsc::UnboundedReceiver,
     time::{sleep, timeout},
 };
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::state::{FIRST_BACKOFF, HEALTHY_RUN, Options, State, Worker, lock};
+use super::{
+    state::{FIRST_BACKOFF, HEALTHY_RUN, Options, State, Worker, lock},
+    worker::Exit,
+};
+use crate::{
+    config::ReadyMode,
+    endpoints::readiness::{Notice, Notification},
+};
 
 /// The longest delay between restarts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Starts the worker of slot `index`; its exit is handled by [`on_exit`]. Returns the worker,
-/// or `None` if it could not be started (then a restart is scheduled).
+/// Starts the worker of slot `index` and makes it the slot's worker. Returns it, or `None` if
+/// it could not be started (then a restart is scheduled).
 pub(super) fn start_worker(
     shared: &Arc<Mutex<State>>,
     state: &mut State,
     index: usize,
 ) -> Option<Worker> {
-    let fds = state.inherited_fds(index);
-    let slots = state.slots.len() as u32;
-    let mut child = match state.spawner.spawn(index as u32, slots, fds) {
-        Ok(child) => child,
+    match spawn_worker(shared, state, index) {
+        Ok(worker) => {
+            state.slots[index].worker = Some(worker.clone());
+            Some(worker)
+        }
         Err(err) => {
             error!(slot = index, error = %err, "cannot start worker");
             schedule_restart(shared, state, index);
-            return None;
+            None
         }
-    };
+    }
+}
+
+/// Starts a worker on slot `index`'s sockets without making it the slot's worker (a rolling
+/// restart's candidate). Its exit is handled by [`on_exit`]; it becomes ready by `READY=1`
+/// or, in delay mode, by staying up for the ready delay.
+pub(super) fn spawn_worker(
+    shared: &Arc<Mutex<State>>,
+    state: &mut State,
+    index: usize,
+) -> io::Result<Worker> {
+    let fds = state.inherited_fds(index);
+    let slots = state.slots.len() as u32;
+    let mut child = state.spawner.spawn(index as u32, slots, fds)?;
     let pid = child.id().unwrap_or_default();
-    let (exited_tx, exited) = watch::channel(false);
-    let worker = Worker { pid, started: Instant::now(), exited };
+    let worker = Worker::new(pid);
     info!(slot = index, pid, "worker started");
-    state.slots[index].worker = Some(worker.clone());
     state.live.push(worker.clone());
-    let waiter = shared.clone();
+    let (waiter, exiting) = (shared.clone(), worker.clone());
     tokio::spawn(async move {
-        let status = child.wait().await;
-        let _ = exited_tx.send(true);
-        on_exit(&waiter, pid, status.map_or_else(|e| e.to_string(), |s| s.to_string()));
+        let exit = Exit::of(child.wait().await);
+        exiting.exited(exit.clone());
+        on_exit(&waiter, &exiting, exit);
     });
+    if state.options.ready == ReadyMode::Delay {
+        let (shared, starting, delay) = (shared.clone(), worker.clone(), state.options.ready_delay);
+        tokio::spawn(async move {
+            if timeout(delay, starting.wait()).await.is_err() {
+                became_ready(&shared, &starting);
+            }
+        });
+    }
     let watcher = shared.clone();
     let id = state.slots[index].id;
     tokio::spawn(async move {
@@ -67,21 +95,72 @@ pub(super) fn start_worker(
             }
         }
     });
-    Some(worker)
+    Ok(worker)
+}
+
+/// A worker became ready (`READY=1`, or the ready delay passed). A slot out of the table
+/// because its last worker hung rejoins.
+pub(super) fn became_ready(shared: &Arc<Mutex<State>>, worker: &Worker) {
+    if !worker.mark_ready() {
+        return;
+    }
+    info!(pid = worker.pid, "worker ready");
+    let mut state = lock(shared);
+    let Some(index) = state.slot_of(worker.pid) else { return };
+    let slot = &mut state.slots[index];
+    slot.failure = None;
+    slot.was_ready = true;
+    if slot.hung {
+        slot.hung = false;
+        slot.in_table = true;
+        info!(slot = index, pid = worker.pid, "the hung slot's new worker is ready: it rejoins");
+        if let Err(err) = state.update_table() {
+            error!(error = %err, "cannot update the table");
+        }
+    }
+}
+
+/// Applies what workers (or their descendants) send to the notify socket, until the loader
+/// stops.
+pub(super) async fn apply_notifications(
+    shared: Arc<Mutex<State>>,
+    mut notifications: UnboundedReceiver<Notification>,
+) {
+    while let Some(Notification { lineage, notices }) = notifications.recv().await {
+        let worker = {
+            let state = lock(&shared);
+            lineage.iter().find_map(|&pid| state.live.iter().find(|w| w.pid == pid).cloned())
+        };
+        let Some(worker) = worker else {
+            debug!(?lineage, "notification from a process that is not a worker: ignored");
+            continue;
+        };
+        for notice in notices {
+            match notice {
+                Notice::Ready => became_ready(&shared, &worker),
+                Notice::Status(status) => worker.set_status(status),
+                Notice::Watchdog => worker.feed(),
+            }
+        }
+    }
 }
 
 /// A worker exited: forget it, and if it was its slot's current worker, restart it after the
 /// slot's backoff, ejecting the slot first if it is crash-looping.
-fn on_exit(shared: &Arc<Mutex<State>>, pid: u32, status: String) {
+fn on_exit(shared: &Arc<Mutex<State>>, worker: &Worker, exit: Exit) {
+    let pid = worker.pid;
     let mut state = lock(shared);
-    state.live.retain(|worker| worker.pid != pid);
+    state.live.retain(|live| live.pid != pid);
     if state.stopping {
         return;
     }
     let Some(index) = state.slot_of(pid) else { return };
     let Options { crash_limit, crash_window, .. } = state.options;
     let slot = &mut state.slots[index];
-    warn!(slot = index, pid, %status, "worker exited");
+    warn!(slot = index, pid, %exit, "worker exited");
+    if !worker.is_ready() {
+        slot.failure = Some(exit);
+    }
     slot.worker = None;
     slot.restarts += 1;
     let now = Instant::now();
@@ -120,6 +199,12 @@ pub(super) fn schedule_restart(shared: &Arc<Mutex<State>>, state: &mut State, in
             start_worker(&shared, &mut state, index);
         }
     });
+}
+
+/// SIGKILL to the worker's process group (a hung worker, or a candidate that did not become
+/// ready).
+pub(super) fn kill(worker: &Worker) {
+    let _ = killpg(Pid::from_raw(worker.pid as i32), Signal::SIGKILL);
 }
 
 /// SIGTERM to the worker's process group, SIGKILL once `grace` has passed; then SIGKILL to

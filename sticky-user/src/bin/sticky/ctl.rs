@@ -38,20 +38,33 @@ fn print_status(status: &Status) {
         if status.migrates { " · migrates queues" } else { "" },
     );
     println!(
-        "{:>4}  {:>8}  {:>10}  {:>8}  {:>8}  {:>12}",
-        "slot", "pid", "uptime", "restarts", "in table", "connections"
+        "{:>4}  {:>8}  {:>10}  {:>5}  {:>8}  {:>5}  {:>8}  {:>12}  status",
+        "slot", "pid", "uptime", "ready", "restarts", "hangs", "in table", "connections"
     );
+    let yes = |flag: bool| if flag { "yes" } else { "no" };
     for slot in &status.slots {
         let pid = slot.pid.map_or("-".into(), |pid| pid.to_string());
         let uptime = slot.uptime_secs.map_or("-".into(), |secs| format!("{secs:.0}s"));
-        let in_table = if slot.in_table { "yes" } else { "no" };
         println!(
-            "{:>4}  {pid:>8}  {uptime:>10}  {:>8}  {in_table:>8}  {:>12}",
-            slot.slot, slot.restarts, slot.connections
+            "{:>4}  {pid:>8}  {uptime:>10}  {:>5}  {:>8}  {:>5}  {:>8}  {:>12}  {}",
+            slot.slot,
+            yes(slot.ready),
+            slot.restarts,
+            slot.hangs,
+            yes(slot.in_table),
+            slot.connections,
+            slot.status.as_deref().unwrap_or("")
         );
     }
     println!(
         "fallback {} · passed {} · unreadable {}",
         status.fallback, status.passed, status.unreadable
     );
+    if let Some(reload) = &status.last_reload {
+        let ago = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |now| now.as_secs().saturating_sub(reload.at_unix_secs));
+        let outcome = if reload.ok { "ok" } else { "failed" };
+        println!("last reload {ago}s ago, {outcome}: {}", reload.message);
+    }
 }

@@ -1,0 +1,133 @@
+//! Waiting for readiness: the guarded rolling restart, and the start that tells the truth.
+//!
+//! A rolling restart replaces one slot at a time: the new worker starts on the slot's sockets
+//! beside the old one, and only once it is ready does the old one get SIGTERM. A new worker
+//! that exits first, or is not ready within the ready timeout, is killed; the old worker keeps
+//! its slot, the slots not yet rolled are left alone, and the restart stops with the reason.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use tracing::{info, warn};
+
+use super::{
+    Supervisor, SupervisorError,
+    workers::{kill, spawn_worker, terminate},
+};
+use crate::endpoints::{control::ReloadOutcome, notify};
+
+/// How often the start checks whether every slot is ready.
+const POLL: Duration = Duration::from_millis(20);
+
+impl Supervisor {
+    /// Replaces every worker, one slot at a time, each only once its successor is ready. With
+    /// a [`super::Reconfigure`], a changed worker count in the configuration is applied first.
+    /// The outcome is kept for `sticky status` and told to systemd.
+    pub async fn reload(&self) -> Result<String, SupervisorError> {
+        let _operation = self.operation.lock().await;
+        notify::reloading();
+        let result = self.roll().await;
+        let (ok, message) = match &result {
+            Ok(message) => (true, message.clone()),
+            Err(err) => (false, err.to_string()),
+        };
+        let at_unix_secs = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        self.state().last_reload =
+            Some(ReloadOutcome { at_unix_secs, ok, message: message.clone() });
+        notify::ready(&if ok { self.summary() } else { message });
+        result
+    }
+
+    async fn roll(&self) -> Result<String, SupervisorError> {
+        if let Some(reconfigure) = &self.reconfigure {
+            let workers = reconfigure().map_err(SupervisorError::Reconfigure)?;
+            if workers != self.state().slots.len() as u32 {
+                info!(workers, "the configuration changed the worker count");
+                self.resize(workers).await?;
+            }
+        }
+        let count = self.state().slots.len();
+        info!(workers = count, "rolling restart");
+        let (ready_timeout, grace) = {
+            let options = self.state().options;
+            (options.ready_timeout, options.grace_period)
+        };
+        for slot in 0..count {
+            let (old, new) = {
+                let mut state = self.state();
+                if state.stopping {
+                    return Err(SupervisorError::Stopping);
+                }
+                if slot >= state.slots.len() {
+                    break;
+                }
+                let new = spawn_worker(&self.shared, &mut state, slot).map_err(|err| {
+                    SupervisorError::ReloadStopped {
+                        slot,
+                        reason: format!("the new worker cannot be started ({err})"),
+                    }
+                })?;
+                (state.slots[slot].worker.clone(), new)
+            };
+            if let Err(not_ready) = new.wait_ready(ready_timeout).await {
+                kill(&new);
+                new.wait().await;
+                warn!(slot, reason = %not_ready, "rolling restart stopped");
+                return Err(SupervisorError::ReloadStopped { slot, reason: not_ready.to_string() });
+            }
+            let current = self.state().slots[slot].worker.replace(new);
+            // The old worker, unless it exited meanwhile and was restarted: stop that one too.
+            if let Some(current) = current.filter(|c| old.as_ref().is_none_or(|o| o.pid != c.pid)) {
+                terminate(&current, grace);
+            }
+            if let Some(old) = old {
+                terminate(&old, grace);
+                old.wait().await;
+            }
+        }
+        Ok(format!("restarted {count} workers"))
+    }
+
+    /// Waits until every slot has had a ready worker, so that systemd hears READY=1 only then
+    /// (a worker that is ready and then exits at once still counts: it is restarted). Fails
+    /// with the workers' failure if none becomes ready: every slot's worker exited before it
+    /// was ready, or the ready timeout passed. Some ready by then is enough to serve.
+    pub(super) async fn wait_until_ready(&self) -> Result<(), SupervisorError> {
+        let limit = self.state().options.ready_timeout;
+        let deadline = Instant::now() + limit;
+        loop {
+            let (ready, failed, total, failure) = {
+                let state = self.state();
+                let slots = &state.slots;
+                let failure = slots.iter().enumerate().find_map(|(index, slot)| {
+                    let exit = slot.failure.as_ref()?;
+                    Some(format!("worker {index} {exit} before it was ready"))
+                });
+                let failed = slots.iter().filter(|slot| slot.failure.is_some()).count();
+                let ready = slots.iter().filter(|slot| slot.was_ready).count();
+                (ready, failed, slots.len(), failure)
+            };
+            if ready == total {
+                return Ok(());
+            }
+            if ready == 0 && failed == total {
+                return Err(SupervisorError::NoWorkerReady(failure.expect("a failure")));
+            }
+            if Instant::now() >= deadline {
+                if ready > 0 {
+                    warn!(
+                        ready,
+                        workers = total,
+                        "not every worker is ready: serving with those that are"
+                    );
+                    return Ok(());
+                }
+                let reason = failure
+                    .unwrap_or_else(|| format!("none was ready within {} s", limit.as_secs_f64()));
+                return Err(SupervisorError::NoWorkerReady(reason));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}

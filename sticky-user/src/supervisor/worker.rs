@@ -1,0 +1,152 @@
+//! One worker process as the supervisor tracks it: when it started, whether it is ready, what
+//! it last said, and how it ended.
+
+use std::{
+    fmt,
+    os::unix::process::ExitStatusExt as _,
+    process::ExitStatus,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tokio::{sync::watch, time::timeout};
+
+/// A worker process the supervisor started; clones share its state.
+#[derive(Clone)]
+pub(super) struct Worker {
+    pub(super) pid: u32,
+    pub(super) started: Instant,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    ready: watch::Sender<bool>,
+    /// `None` while it runs; how it ended once reaped.
+    exit: watch::Sender<Option<Exit>>,
+    notes: Mutex<Notes>,
+}
+
+/// What the worker said through its notify socket.
+struct Notes {
+    status: Option<String>,
+    /// The last `WATCHDOG=1`, or when it became ready.
+    fed: Instant,
+}
+
+/// How a worker ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Exit(String);
+
+impl Exit {
+    /// From the status `wait` returned.
+    pub(super) fn of(status: std::io::Result<ExitStatus>) -> Self {
+        Self(match status {
+            Ok(status) => match (status.code(), status.signal()) {
+                (Some(code), _) => format!("exited with status {code}"),
+                (None, Some(signal)) => format!("was killed by signal {signal}"),
+                (None, None) => status.to_string(),
+            },
+            Err(err) => format!("could not be waited for ({err})"),
+        })
+    }
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a new worker did not become ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum NotReady {
+    /// It exited first.
+    Exited(Exit),
+    /// The ready timeout passed.
+    TimedOut(Duration),
+}
+
+impl fmt::Display for NotReady {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exited(exit) => write!(f, "the new worker {exit} before it was ready"),
+            Self::TimedOut(limit) => {
+                write!(f, "the new worker was not ready within {} s", limit.as_secs_f64())
+            }
+        }
+    }
+}
+
+impl Worker {
+    /// A worker just started as `pid`.
+    pub(super) fn new(pid: u32) -> Self {
+        let now = Instant::now();
+        let shared = Shared {
+            ready: watch::Sender::new(false),
+            exit: watch::Sender::new(None),
+            notes: Mutex::new(Notes { status: None, fed: now }),
+        };
+        Self { pid, started: now, shared: Arc::new(shared) }
+    }
+
+    /// Records how it ended (once reaped).
+    pub(super) fn exited(&self, exit: Exit) {
+        self.shared.exit.send_replace(Some(exit));
+    }
+
+    /// Waits until the process has exited and was reaped.
+    pub(super) async fn wait(&self) {
+        let _ = self.shared.exit.subscribe().wait_for(Option::is_some).await;
+    }
+
+    /// Marks it ready; returns whether it was not before.
+    pub(super) fn mark_ready(&self) -> bool {
+        self.feed();
+        !self.shared.ready.send_replace(true)
+    }
+
+    /// Whether it is ready.
+    pub(super) fn is_ready(&self) -> bool {
+        *self.shared.ready.borrow()
+    }
+
+    /// Waits until it is ready, it exits, or `limit` passes.
+    pub(super) async fn wait_ready(&self, limit: Duration) -> Result<(), NotReady> {
+        let mut ready = self.shared.ready.subscribe();
+        let mut exit = self.shared.exit.subscribe();
+        let outcome = timeout(limit, async {
+            tokio::select! {
+                Ok(_) = ready.wait_for(|ready| *ready) => Ok(()),
+                Ok(exit) = exit.wait_for(Option::is_some) => {
+                    Err(NotReady::Exited(exit.clone().expect("some")))
+                }
+                else => Err(NotReady::TimedOut(limit)),
+            }
+        });
+        outcome.await.unwrap_or(Err(NotReady::TimedOut(limit)))
+    }
+
+    /// Records a `STATUS=` message.
+    pub(super) fn set_status(&self, status: String) {
+        self.notes().status = Some(status);
+    }
+
+    /// Its last `STATUS=` message.
+    pub(super) fn status(&self) -> Option<String> {
+        self.notes().status.clone()
+    }
+
+    /// Records a `WATCHDOG=1` message.
+    pub(super) fn feed(&self) {
+        self.notes().fed = Instant::now();
+    }
+
+    /// How long since its last `WATCHDOG=1` (or since it became ready).
+    pub(super) fn hungry_for(&self) -> Duration {
+        self.notes().fed.elapsed()
+    }
+
+    fn notes(&self) -> std::sync::MutexGuard<'_, Notes> {
+        self.shared.notes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
