@@ -151,7 +151,7 @@ SystemCallArchitectures=native
 WantedBy=multi-user.target
 ",
         control = control_socket(name),
-        stop_timeout = config.grace_period.as_secs() + 10,
+        stop_timeout = config.policy.grace_period.as_secs() + 10,
     )
 }
 

@@ -73,7 +73,7 @@ impl Spawner {
             working_directory: config.working_directory.clone(),
             credentials: config.credentials.clone(),
             notify_socket: None,
-            watchdog: config.worker_watchdog,
+            watchdog: config.policy.worker_watchdog,
         })
     }
 

@@ -21,7 +21,7 @@ use crate::{
     privileges::{self, PrivilegeError},
     seed::{self, SeedError},
     spawn::{SpawnError, Spawner},
-    supervisor::{Endpoints, Options, Setup, Supervisor, SupervisorError},
+    supervisor::{Endpoints, Setup, Supervisor, SupervisorError},
     userspace::handoff,
 };
 pub use crate::{kernel::Counters, supervisor::Reconfigure};
@@ -144,17 +144,8 @@ pub fn start(
                 .map_err(|source| StartupError::Metrics { address, source })
         })
         .transpose()?;
-    let options = Options {
-        grace_period: config.grace_period,
-        crash_limit: config.crash_limit,
-        crash_window: config.crash_window,
-        ready: config.ready,
-        ready_delay: config.ready_delay,
-        ready_timeout: config.ready_timeout,
-        hang_timeout: config.hang_timeout,
-        worker_watchdog: config.worker_watchdog,
-    };
-    let mut supervisor = Supervisor::new(Setup { spawner, groups, dispatch, seed }, options);
+
+    let mut supervisor = Supervisor::new(Setup { spawner, groups, dispatch, seed }, config.policy);
     if let Some(reconfigure) = reconfigure {
         supervisor = supervisor.with_reconfigure(reconfigure);
     }

@@ -53,10 +53,27 @@ pub struct RunConfig {
     pub command: Option<WorkerCommand>,
     /// Directory for the persisted hash seed.
     pub state_dir: PathBuf,
-    /// How long a worker may take to exit after SIGTERM.
-    pub grace_period: Duration,
     /// How connections are dispatched to workers.
     pub dispatch: DispatchMode,
+    /// How the supervisor treats the workers.
+    pub policy: WorkerPolicy,
+    /// Path of the control socket.
+    pub control: PathBuf,
+    /// Extra environment variables for the workers.
+    pub environment: BTreeMap<String, String>,
+    /// The workers' working directory (sticky's own when `None`).
+    pub working_directory: Option<PathBuf>,
+    /// The user and group the workers run as (sticky's own when `None`).
+    pub credentials: Option<Credentials>,
+    /// Address of the Prometheus metrics endpoint, if enabled.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// How the supervisor treats workers: stopping, crash loops, readiness, hangs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WorkerPolicy {
+    /// How long a worker may take to exit after SIGTERM.
+    pub grace_period: Duration,
     /// Exits within `crash_window` that take a slot out of the table.
     pub crash_limit: u32,
     /// The window `crash_limit` counts exits in.
@@ -71,16 +88,6 @@ pub struct RunConfig {
     pub hang_timeout: Option<Duration>,
     /// The workers' watchdog interval (`None`: off).
     pub worker_watchdog: Option<Duration>,
-    /// Path of the control socket.
-    pub control: PathBuf,
-    /// Extra environment variables for the workers.
-    pub environment: BTreeMap<String, String>,
-    /// The workers' working directory (sticky's own when `None`).
-    pub working_directory: Option<PathBuf>,
-    /// The user and group the workers run as (sticky's own when `None`).
-    pub credentials: Option<Credentials>,
-    /// Address of the Prometheus metrics endpoint, if enabled.
-    pub metrics: Option<SocketAddr>,
 }
 
 /// The unprivileged identity workers run as.

@@ -12,7 +12,7 @@ use std::{
 use sticky_common::MAX_SLOTS;
 
 use super::{
-    Credentials, RunConfig, WorkerCommand,
+    Credentials, RunConfig, WorkerCommand, WorkerPolicy,
     defaults::*,
     error::ConfigError,
     host::Host,
@@ -79,15 +79,17 @@ impl RunConfig {
             prefix_v6,
             command: resolve_command(host, options.command)?,
             state_dir: options.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
-            grace_period,
             dispatch: options.dispatch.unwrap_or_default(),
-            crash_limit,
-            crash_window,
-            ready: options.ready.unwrap_or_default(),
-            ready_delay,
-            ready_timeout,
-            hang_timeout,
-            worker_watchdog,
+            policy: WorkerPolicy {
+                grace_period,
+                crash_limit,
+                crash_window,
+                ready: options.ready.unwrap_or_default(),
+                ready_delay,
+                ready_timeout,
+                hang_timeout,
+                worker_watchdog,
+            },
             control: options.control.unwrap_or_else(|| DEFAULT_CONTROL.into()),
             environment,
             working_directory: options.working_directory,
@@ -250,13 +252,13 @@ mod tests {
         assert_eq!(config.listen, vec!["[::]:3000".parse().unwrap()]);
         assert_eq!((config.workers, config.prefix_v4, config.prefix_v6), (4, 32, 64));
         assert_eq!(config.command, None);
-        assert_eq!(config.grace_period, DEFAULT_GRACE_PERIOD);
+        assert_eq!(config.policy.grace_period, DEFAULT_GRACE_PERIOD);
         assert_eq!(config.control, Path::new(DEFAULT_CONTROL));
-        assert_eq!(config.ready, crate::config::ReadyMode::Delay);
-        assert_eq!(config.hang_timeout, Some(DEFAULT_HANG_TIMEOUT));
-        assert_eq!(config.worker_watchdog, None);
+        assert_eq!(config.policy.ready, crate::config::ReadyMode::Delay);
+        assert_eq!(config.policy.hang_timeout, Some(DEFAULT_HANG_TIMEOUT));
+        assert_eq!(config.policy.worker_watchdog, None);
         let off = RunOptions { hang_timeout: Some(0.0), ..Default::default() };
-        assert_eq!(super::tests::config(off).unwrap().hang_timeout, None);
+        assert_eq!(super::tests::config(off).unwrap().policy.hang_timeout, None);
     }
 
     #[test]

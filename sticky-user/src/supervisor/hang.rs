@@ -25,8 +25,8 @@ use crate::{dispatch::Dispatch, listeners::accept_backlog};
 /// Checks every slot a few times per hang timeout (and watchdog interval), until the loader
 /// stops. Does nothing when both are off.
 pub(super) async fn watch(shared: Arc<Mutex<State>>) {
-    let options = lock(&shared).options;
-    let limits = [options.hang_timeout, options.worker_watchdog];
+    let policy = lock(&shared).policy;
+    let limits = [policy.hang_timeout, policy.worker_watchdog];
     let Some(shortest) = limits.into_iter().flatten().min() else { return };
     let period = (shortest / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     loop {
@@ -44,7 +44,7 @@ pub(super) async fn watch(shared: Arc<Mutex<State>>) {
 /// The slots whose worker is hung now, with why.
 fn hung_slots(state: &mut State) -> Vec<(usize, String)> {
     let now = Instant::now();
-    let options = state.options;
+    let policy = state.policy;
     let counters: Vec<_> =
         state.dispatch.dispatchers().iter().filter_map(|d| d.counters().ok()).collect();
     // Connections the program gave each slot, over all listen addresses.
@@ -57,13 +57,13 @@ fn hung_slots(state: &mut State) -> Vec<(usize, String)> {
             slot.progress = Progress { accepted: 0, at: now };
             continue;
         };
-        if let Some(interval) = options.worker_watchdog
+        if let Some(interval) = policy.worker_watchdog
             && worker.hungry_for() > interval
         {
             hung.push((index, format!("no WATCHDOG=1 for {} s", interval.as_secs_f64())));
             continue;
         }
-        let Some(limit) = options.hang_timeout.filter(|_| slot.in_table) else { continue };
+        let Some(limit) = policy.hang_timeout.filter(|_| slot.in_table) else { continue };
         let Dispatch::Kernel(_) = state.dispatch else { continue };
         let waiting: u32 = state
             .groups

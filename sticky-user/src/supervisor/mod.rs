@@ -30,12 +30,13 @@ use tokio::{
 };
 use tracing::{error, info};
 
-pub use self::{error::SupervisorError, state::Options};
+pub use self::error::SupervisorError;
 use self::{
     state::{State, lock},
     workers::{apply_notifications, start_worker, terminate},
 };
 use crate::{
+    config::WorkerPolicy,
     dispatch::Dispatch,
     endpoints::{
         Loader,
@@ -86,8 +87,8 @@ pub struct Supervisor {
 pub type Reconfigure = Box<dyn Fn() -> Result<u32, String> + Send + Sync>;
 
 impl Supervisor {
-    /// A supervisor for what `sticky run` set up, with `options`.
-    pub fn new(setup: Setup, options: Options) -> Self {
+    /// A supervisor for what `sticky run` set up, with `policy`.
+    pub fn new(setup: Setup, policy: WorkerPolicy) -> Self {
         let Setup { spawner, groups, dispatch, seed } = setup;
         let count = match &dispatch {
             Dispatch::Userspace(ends) => ends.len(),
@@ -98,7 +99,7 @@ impl Supervisor {
             groups,
             dispatch,
             seed,
-            options,
+            policy,
             slots: Vec::new(),
             live: Vec::new(),
             next_slot_id: 0,
@@ -247,7 +248,7 @@ impl Supervisor {
             } else {
                 let retiring = state.remove_slots(workers)?;
                 for worker in &retiring {
-                    terminate(worker, state.options.grace_period);
+                    terminate(worker, state.policy.grace_period);
                 }
                 info!(workers, "scaled down");
                 retiring
@@ -274,7 +275,7 @@ impl Supervisor {
             }
             state.live.clone()
         };
-        let grace = self.state().options.grace_period;
+        let grace = self.state().policy.grace_period;
         for worker in &live {
             terminate(worker, grace);
         }

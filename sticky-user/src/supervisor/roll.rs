@@ -50,8 +50,8 @@ impl Supervisor {
         let count = self.state().slots.len();
         info!(workers = count, "rolling restart");
         let (ready_timeout, grace) = {
-            let options = self.state().options;
-            (options.ready_timeout, options.grace_period)
+            let policy = self.state().policy;
+            (policy.ready_timeout, policy.grace_period)
         };
         for slot in 0..count {
             let (old, new) = {
@@ -94,7 +94,7 @@ impl Supervisor {
     /// with the workers' failure if none becomes ready: every slot's worker exited before it
     /// was ready, or the ready timeout passed. Some ready by then is enough to serve.
     pub(super) async fn wait_until_ready(&self) -> Result<(), SupervisorError> {
-        let limit = self.state().options.ready_timeout;
+        let limit = self.state().policy.ready_timeout;
         let deadline = Instant::now() + limit;
         loop {
             let (ready, failed, total, failure) = {

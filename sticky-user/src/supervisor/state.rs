@@ -14,7 +14,7 @@ use tracing::warn;
 pub(super) use super::worker::Worker;
 use super::{error::SupervisorError, worker::Exit};
 use crate::{
-    config::ReadyMode,
+    config::WorkerPolicy,
     dispatch::Dispatch,
     endpoints::control::{ReloadOutcome, SlotStatus, Status},
     kernel::{Counters, DispatchError, Dispatcher, table},
@@ -24,26 +24,6 @@ use crate::{
 
 /// A worker that ran this long is healthy: its backoff resets and an ejected slot rejoins.
 pub(super) const HEALTHY_RUN: Duration = Duration::from_secs(10);
-/// How the supervisor treats workers.
-#[derive(Debug, Clone, Copy)]
-pub struct Options {
-    /// How long a worker may take to exit after SIGTERM.
-    pub grace_period: Duration,
-    /// Exits within `crash_window` that make a slot crash-looping.
-    pub crash_limit: u32,
-    /// The window `crash_limit` counts exits in.
-    pub crash_window: Duration,
-    /// When a new worker counts as ready.
-    pub ready: ReadyMode,
-    /// How long a worker must stay up to be ready in delay mode.
-    pub ready_delay: Duration,
-    /// How long a new worker may take to become ready.
-    pub ready_timeout: Duration,
-    /// How long a slot may keep connections waiting without an accept (`None`: off).
-    pub hang_timeout: Option<Duration>,
-    /// The workers' watchdog interval (`None`: off).
-    pub worker_watchdog: Option<Duration>,
-}
 
 /// Delay before the first restart of a worker that exited.
 pub(super) const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -53,7 +33,7 @@ pub(super) struct State {
     pub(super) groups: Vec<ListenerGroup>,
     pub(super) dispatch: Dispatch,
     pub(super) seed: u64,
-    pub(super) options: Options,
+    pub(super) policy: WorkerPolicy,
     pub(super) slots: Vec<Slot>,
     /// Every worker process not yet reaped, current or retiring.
     pub(super) live: Vec<Worker>,

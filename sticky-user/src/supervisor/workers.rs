@@ -18,11 +18,11 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use super::{
-    state::{FIRST_BACKOFF, HEALTHY_RUN, Options, State, Worker, lock},
+    state::{FIRST_BACKOFF, HEALTHY_RUN, State, Worker, lock},
     worker::Exit,
 };
 use crate::{
-    config::ReadyMode,
+    config::{ReadyMode, WorkerPolicy},
     endpoints::readiness::{Notice, Notification},
 };
 
@@ -70,8 +70,8 @@ pub(super) fn spawn_worker(
         exiting.exited(exit.clone());
         on_exit(&waiter, &exiting, exit);
     });
-    if state.options.ready == ReadyMode::Delay {
-        let (shared, starting, delay) = (shared.clone(), worker.clone(), state.options.ready_delay);
+    if state.policy.ready == ReadyMode::Delay {
+        let (shared, starting, delay) = (shared.clone(), worker.clone(), state.policy.ready_delay);
         tokio::spawn(async move {
             if timeout(delay, starting.wait()).await.is_err() {
                 became_ready(&shared, &starting);
@@ -155,7 +155,7 @@ fn on_exit(shared: &Arc<Mutex<State>>, worker: &Worker, exit: Exit) {
         return;
     }
     let Some(index) = state.slot_of(pid) else { return };
-    let Options { crash_limit, crash_window, .. } = state.options;
+    let WorkerPolicy { crash_limit, crash_window, .. } = state.policy;
     let slot = &mut state.slots[index];
     warn!(slot = index, pid, %exit, "worker exited");
     if !worker.is_ready() {
