@@ -26,3 +26,4 @@ mod supervisor;
 mod userspace;
 
 pub use endpoints::control;
+pub use kernel::table;

@@ -115,6 +115,7 @@ pub fn start(
     let table = table::build(seed, &slots);
     let dispatch_config =
         DispatchConfig::new(seed, config.prefix_v4, config.prefix_v6, config.workers);
+    let in_use = (config.dispatch != DispatchMode::None).then(|| table.clone());
     let (dispatch, accept) = match config.dispatch {
         DispatchMode::Kernel => {
             (Dispatch::Kernel(attach(&config, &dispatch_config, &table, &groups)?), None)
@@ -145,7 +146,8 @@ pub fn start(
         })
         .transpose()?;
 
-    let mut supervisor = Supervisor::new(Setup { spawner, groups, dispatch, seed }, config.policy);
+    let mut supervisor =
+        Supervisor::new(Setup { spawner, groups, dispatch, seed, table: in_use }, config.policy);
     if let Some(reconfigure) = reconfigure {
         supervisor = supervisor.with_reconfigure(reconfigure);
     }

@@ -226,6 +226,10 @@ fn status_and_metrics_count_the_connections_the_test_made() {
         let connections: Vec<u64> = status.slots.iter().map(|s| s.connections).collect();
         assert_eq!(connections, made);
         assert!(status.slots.iter().all(|s| s.pid.is_some() && s.in_table));
+        // Each slot's share of the table: 16384 entries over 3 slots, 5461 or 5462 each.
+        let entries: Vec<f64> =
+            status.slots.iter().map(|s| s.table_share.expect("a share") * 16384.0).collect();
+        assert!(entries.iter().all(|&e| e == 5461.0 || e == 5462.0), "{entries:?}");
 
         let json = Command::new(sticky_bin())
             .args(["status", "--json", "--control"])

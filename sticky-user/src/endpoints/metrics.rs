@@ -122,6 +122,7 @@ mod tests {
             ready: pid.is_some(),
             status: None,
             hangs: 1,
+            table_share: None,
         };
         let status = Status {
             pid: 1,

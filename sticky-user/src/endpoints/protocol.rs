@@ -89,6 +89,10 @@ pub struct SlotStatus {
     /// Times the slot's worker was found hung and replaced.
     #[serde(default)]
     pub hangs: u32,
+    /// The fraction of the lookup table's entries that name this slot (none with plain
+    /// SO_REUSEPORT): its share of the clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_share: Option<f64>,
 }
 
 /// How the last rolling restart ended.

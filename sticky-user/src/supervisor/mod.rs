@@ -22,7 +22,7 @@ use std::{
     time::Duration,
 };
 
-use sticky_common::MAX_SLOTS;
+use sticky_common::{MAX_SLOTS, Table};
 use tokio::{
     net::{TcpListener, UnixListener},
     signal::unix::{SignalKind, signal},
@@ -57,6 +57,8 @@ pub struct Setup {
     pub groups: Vec<ListenerGroup>,
     /// How the workers get their connections.
     pub dispatch: Dispatch,
+    /// The lookup table the dispatch starts with (none with plain SO_REUSEPORT).
+    pub table: Option<Box<Table>>,
     /// The hash seed, from which the lookup table is rebuilt when slots change.
     pub seed: u64,
 }
@@ -89,7 +91,7 @@ pub type Reconfigure = Box<dyn Fn() -> Result<u32, String> + Send + Sync>;
 impl Supervisor {
     /// A supervisor for what `sticky run` set up, with `policy`.
     pub fn new(setup: Setup, policy: WorkerPolicy) -> Self {
-        let Setup { spawner, groups, dispatch, seed } = setup;
+        let Setup { spawner, groups, dispatch, seed, table } = setup;
         let count = match &dispatch {
             Dispatch::Userspace(ends) => ends.len(),
             _ => groups.first().map_or(0, |group| group.sockets.len()),
@@ -99,6 +101,7 @@ impl Supervisor {
             groups,
             dispatch,
             seed,
+            table,
             policy,
             slots: Vec::new(),
             live: Vec::new(),

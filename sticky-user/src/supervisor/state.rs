@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use sticky_common::{TABLE_SIZE, Table};
 use tracing::warn;
 
 pub(super) use super::worker::Worker;
@@ -33,6 +34,8 @@ pub(super) struct State {
     pub(super) groups: Vec<ListenerGroup>,
     pub(super) dispatch: Dispatch,
     pub(super) seed: u64,
+    /// The lookup table in use (none with plain SO_REUSEPORT).
+    pub(super) table: Option<Box<Table>>,
     pub(super) policy: WorkerPolicy,
     pub(super) slots: Vec<Slot>,
     /// Every worker process not yet reaped, current or retiring.
@@ -110,6 +113,10 @@ impl State {
                 ready: slot.worker.as_ref().is_some_and(Worker::is_ready),
                 status: slot.worker.as_ref().and_then(Worker::status),
                 hangs: slot.hangs,
+                table_share: self.table.as_ref().map(|table| {
+                    let owned = table.iter().filter(|&&entry| u32::from(entry) == index).count();
+                    owned as f64 / TABLE_SIZE as f64
+                }),
             })
             .collect();
         Ok(Status {
@@ -147,7 +154,9 @@ impl State {
         }
         let table = table::build(self.seed, &live);
         let dispatchers = self.dispatch.dispatchers_mut();
-        dispatchers.iter_mut().try_for_each(|dispatcher| dispatcher.update_table(&table))
+        dispatchers.iter_mut().try_for_each(|dispatcher| dispatcher.update_table(&table))?;
+        self.table = Some(table);
+        Ok(())
     }
 
     /// Adds slots up to `workers`, with their sockets in the socket arrays but not yet in the

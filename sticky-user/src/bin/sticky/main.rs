@@ -2,6 +2,7 @@
 
 mod ctl;
 mod demo;
+mod inspect;
 mod install;
 mod run;
 
@@ -58,6 +59,16 @@ enum Command {
     Man,
     /// Serve the built-in demo worker (what `run` starts when no CMD is given).
     Demo,
+    /// Print each slot's entries in the lookup table for N slots, and its build time (JSON).
+    #[command(name = "inspect-table", hide = true)]
+    InspectTable {
+        /// The number of slots.
+        #[arg(long)]
+        slots: u32,
+        /// The hash seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Set LISTEN_PID to this process and exec CMD (used by `run` to start workers).
     #[command(name = spawn::EXEC_WORKER, hide = true)]
     ExecWorker {
@@ -96,6 +107,7 @@ fn main() -> ExitCode {
         }
         Command::Stop(control) => ctl::run(&control, Request::Stop, false),
         Command::Demo => demo::run(),
+        Command::InspectTable { slots, seed } => inspect::run(slots, seed),
         Command::ExecWorker { check: true, command } => {
             spawn::check_worker(&command).map_err(Into::into)
         }
