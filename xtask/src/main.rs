@@ -39,6 +39,9 @@ enum Command {
         /// Shorter runs and one repeat (under two minutes).
         #[arg(long)]
         quick: bool,
+        /// Only the balance figures: table shares, clients per worker, clients moved by scaling.
+        #[arg(long)]
+        balance: bool,
     },
     /// Bootstrap, then run the unit tests and the privileged integration tests (as root).
     Test {
@@ -52,7 +55,7 @@ fn main() -> ExitCode {
         Command::Bootstrap => bootstrap::build_tools(),
         Command::Run { args } => run(args),
         Command::Install { args } => install(args),
-        Command::Bench { quick } => bench(quick),
+        Command::Bench { quick, balance } => bench(quick, balance),
         Command::Test { filter } => test::run_all(filter.as_deref()),
     };
     match result {
@@ -66,12 +69,12 @@ fn main() -> ExitCode {
 
 /// The benchmark starts sticky and proxies and reads kernel statistics: as root, re-running
 /// this xtask through sudo when needed.
-fn bench(quick: bool) -> anyhow::Result<()> {
+fn bench(quick: bool, balance: bool) -> anyhow::Result<()> {
     if shell::is_root() {
-        return bench::run(quick);
+        return bench::run(quick, balance);
     }
     let mut command = shell::as_root(std::env::current_exe()?);
-    command.arg("bench").args(quick.then_some("--quick"));
+    command.arg("bench").args(quick.then_some("--quick")).args(balance.then_some("--balance"));
     shell::run(&mut command)
 }
 

@@ -78,6 +78,26 @@ pub fn run(server: SocketAddr, duration: Duration) -> LoadResult {
     total
 }
 
+/// One request from each of `clients` distinct addresses (127.16.0.1 onwards, across
+/// 127.0.0.0/8); the answering worker's pid for each, in order (`None` where it failed).
+pub fn probe(server: SocketAddr, clients: u32) -> Vec<Option<u32>> {
+    let threads: Vec<_> = (0..CONCURRENCY as u32)
+        .map(|thread| {
+            thread::spawn(move || {
+                let mine = (thread..clients).step_by(CONCURRENCY);
+                mine.map(|index| (index, request(client(index), server))).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut pids = vec![None; clients as usize];
+    for thread in threads {
+        for (index, pid) in thread.join().expect("probe thread") {
+            pids[index as usize] = pid;
+        }
+    }
+    pids
+}
+
 /// One request on a new connection; the answering worker's pid.
 ///
 /// Kept to few system calls: the source port is chosen at connect time, not searched for at

@@ -2,6 +2,7 @@
 //! measured figures and ratios to kernel dispatch, plus JSON and an SVG chart under
 //! `bench/results/`. Nothing here asserts anything: it measures and reports.
 
+mod balance;
 mod load;
 mod report;
 mod servers;
@@ -23,20 +24,39 @@ struct Plan {
     repeats: usize,
     workers: u32,
     scaling: &'static [u32],
+    /// Distinct client addresses of the balance run.
+    balance_clients: u32,
 }
 
-const FULL: Plan =
-    Plan { duration: Duration::from_secs(5), repeats: 5, workers: 4, scaling: &[2, 4, 8] };
-const QUICK: Plan =
-    Plan { duration: Duration::from_secs(2), repeats: 1, workers: 4, scaling: &[2, 8] };
+const FULL: Plan = Plan {
+    duration: Duration::from_secs(5),
+    repeats: 5,
+    workers: 4,
+    scaling: &[2, 4, 8],
+    balance_clients: 100_000,
+};
+const QUICK: Plan = Plan {
+    duration: Duration::from_secs(2),
+    repeats: 1,
+    workers: 4,
+    scaling: &[2, 8],
+    balance_clients: 20_000,
+};
 
-/// Runs the benchmark (`quick`: shorter runs, one repeat).
-pub fn run(quick: bool) -> anyhow::Result<()> {
+/// Runs the benchmark (`quick`: shorter runs, one repeat; `balance_only`: only the balance).
+pub fn run(quick: bool, balance_only: bool) -> anyhow::Result<()> {
     bootstrap::build_tools()?;
     shell::run(shell::cargo().args(["build", "--release", "--package", "sticky-user"]))?;
     let root = shell::workspace_root();
     let sticky = root.join("target/release/sticky");
     let plan = if quick { QUICK } else { FULL };
+    let work = std::env::temp_dir().join(format!("sticky-bench-{}", std::process::id()));
+    let results = root.join("bench/results");
+    if balance_only {
+        let balance = balance::run(&sticky, &work.join("balance"), plan.balance_clients);
+        let _ = std::fs::remove_dir_all(&work);
+        return write_balance(&results, &balance?);
+    }
     let proxies =
         [("nginx", Mode::Nginx, Mode::NginxNode), ("haproxy", Mode::Haproxy, Mode::HaproxyNode)];
     let proxies: Vec<_> = proxies
@@ -58,7 +78,6 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         }
         Err(err) => shell::say(&format!("Node modes: skipped: {err:#}")),
     }
-    let work = std::env::temp_dir().join(format!("sticky-bench-{}", std::process::id()));
     let stats = BpfStats::enable();
     let mut report = Report::new(quick, plan.workers);
     // Interleave the modes, so drift hits them alike.
@@ -87,11 +106,21 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         report.add_scaling(workers, sample);
     }
     drop(stats);
-    let _ = std::fs::remove_dir_all(&work);
     println!("{}", report.table());
-    let results = root.join("bench/results");
+    let balance = balance::run(&sticky, &work.join("balance"), plan.balance_clients)?;
+    let _ = std::fs::remove_dir_all(&work);
     report.write(&results).with_context(|| format!("cannot write {}", results.display()))?;
     shell::say(&format!("wrote {}/latest.json and latest.svg", results.display()));
+    write_balance(&results, &balance)
+}
+
+/// Writes the balance figures to `balance.json` in `results`.
+fn write_balance(results: &Path, balance: &serde_json::Value) -> anyhow::Result<()> {
+    std::fs::create_dir_all(results)?;
+    let path = results.join("balance.json");
+    std::fs::write(&path, serde_json::to_string_pretty(balance)? + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    shell::say(&format!("wrote {}", path.display()));
     Ok(())
 }
 
