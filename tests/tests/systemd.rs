@@ -177,6 +177,19 @@ fn the_installed_service_starts_reloads_restarts_and_stops_under_a_real_systemd(
         assert_eq!(container.property(UNIT, "MainPID"), "0");
         assert!(programs.iter().all(|&id| !program_is_loaded(id)), "a program stayed loaded");
 
+        // A start whose workers never become ready fails visibly, instead of an active
+        // service with nothing behind it.
+        container.sh(&format!(
+            "printf '#!/bin/sh\\nexit 3\\n' > {APP}.next && chmod 755 {APP}.next && mv {APP}.next {APP}"
+        ));
+        let start = container.run(&["systemctl", "start", UNIT]);
+        assert!(!start.status.success(), "systemctl start with a broken app succeeded");
+        let journal = journal(&container);
+        assert!(
+            journal.contains("no worker became ready: worker 0 exited with status 3"),
+            "{journal}"
+        );
+
         // Uninstall removes the unit and its configuration.
         container.ok(&["sticky", "uninstall", "web"]);
         assert_eq!(container.property(UNIT, "LoadState"), "not-found");
