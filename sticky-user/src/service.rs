@@ -121,6 +121,9 @@ ExecStart={bin} run --config {config_path}
 ExecReload={bin} reload --control {control}
 Restart=on-failure
 RestartSec=1s
+# A rolling restart (ExecReload) is bounded by this too: per slot, the new worker's ready
+# timeout and the old one's grace period.
+TimeoutStartSec={start_timeout}
 TimeoutStopSec={stop_timeout}
 KillMode=mixed
 StateDirectory=sticky/{name}
@@ -152,7 +155,16 @@ WantedBy=multi-user.target
 ",
         control = control_socket(name),
         stop_timeout = config.policy.grace_period.as_secs() + 10,
+        start_timeout = start_timeout(config),
     )
+}
+
+/// Seconds systemd gives a start or a rolling restart: every slot's ready timeout and grace
+/// period, plus a margin, and never less than systemd's default 90 s.
+fn start_timeout(config: &RunConfig) -> u64 {
+    let policy = &config.policy;
+    let per_slot = policy.ready_timeout + policy.grace_period;
+    (per_slot * config.workers).as_secs().saturating_add(30).max(90)
 }
 
 /// Writes `contents` to `path`, creating its directory; refuses to replace a file.

@@ -189,12 +189,15 @@ fn prepare_child(loader: u32, fds: &[RawFd]) -> io::Result<()> {
     let check = |ret: libc::c_int| if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) };
     prctl::set_pdeathsig(Signal::SIGKILL)?;
     if getppid().as_raw() as u32 != loader {
-        // The loader died before the line above took effect.
-        return Err(io::Error::other("the loader exited"));
+        // The loader died before the line above took effect. (No allocation after fork.)
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
     }
     // A set-user-ID program the worker runs gains nothing.
     prctl::set_no_new_privs()?;
     // First copy every socket above the target range, so no dup2 below overwrites a source.
+    if fds.len() > MAX_LISTEN_ADDRESSES {
+        return Err(io::Error::from_raw_os_error(libc::EMFILE));
+    }
     let above = LISTEN_FDS_START + fds.len() as RawFd;
     let mut copies = [0 as RawFd; MAX_LISTEN_ADDRESSES];
     for (copy, &fd) in copies.iter_mut().zip(fds) {

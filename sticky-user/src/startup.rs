@@ -164,8 +164,9 @@ pub fn start(
 impl Started {
     /// Starts the workers (and userspace dispatch's accept loop) and runs until SIGINT,
     /// SIGTERM or `sticky stop`. Returns the final counters, one per listen address (none
-    /// unless kernel dispatch). Must run in a tokio runtime, on the thread that called
-    /// [`start`]: the workers' parent-death signal is tied to it.
+    /// unless kernel dispatch). Must run in a current-thread tokio runtime: the workers'
+    /// parent-death signal is tied to the thread that forks them, which must live as long as
+    /// sticky does.
     pub async fn run(self) -> Result<Vec<(std::net::SocketAddr, Counters)>, SupervisorError> {
         let (path, control) = self.control;
         let endpoints = Endpoints {

@@ -40,6 +40,7 @@ use std::{
         linux::net::SocketAddrExt as _,
         unix::net::{SocketAddr, UnixDatagram},
     },
+    sync::atomic::{AtomicBool, Ordering},
 };
 
 use nix::{
@@ -93,6 +94,9 @@ pub enum WorkerError {
     /// The sockets were meant for another process.
     #[error("LISTEN_PID is {0}, not this process ({1})")]
     OtherProcess(u32, u32),
+    /// The inherited fds were taken by an earlier call.
+    #[error("the inherited sockets were already taken")]
+    Taken,
 }
 
 /// This worker's slot and the number of slots, from `STICKY_WORKER` and `STICKY_WORKERS`.
@@ -101,11 +105,17 @@ pub fn slot() -> Result<(u32, u32), WorkerError> {
 }
 
 /// Takes the listening sockets this process inherited (fd 3 onwards), after checking that
-/// `LISTEN_PID` names this process. Call it once: the fds become owned by the result.
+/// `LISTEN_PID` names this process. The fds become owned by the result, so only the first call
+/// (of this or [`handoff_socket`]) gets them; a later one fails with [`WorkerError::Taken`].
 pub fn listeners() -> Result<Vec<TcpListener>, WorkerError> {
     check_pid()?;
     let count: RawFd = number(LISTEN_FDS)?;
-    let fds = LISTEN_FDS_START..LISTEN_FDS_START + count;
+    let end = LISTEN_FDS_START
+        .checked_add(count)
+        .filter(|_| count >= 0)
+        .ok_or_else(|| WorkerError::NotANumber { name: LISTEN_FDS, value: count.to_string() })?;
+    take()?;
+    let fds = LISTEN_FDS_START..end;
     for fd in fds.clone() {
         close_on_exec(fd)?;
     }
@@ -121,9 +131,16 @@ pub fn handoff_socket() -> Result<Option<OwnedFd>, WorkerError> {
         return Ok(None);
     }
     check_pid()?;
+    take()?;
     close_on_exec(LISTEN_FDS_START)?;
     // SAFETY: the protocol hands fd 3 to this process, and this function is its only taker.
     Ok(Some(unsafe { OwnedFd::from_raw_fd(LISTEN_FDS_START) }))
+}
+
+/// Marks the inherited fds as taken; fails if they were already.
+fn take() -> Result<(), WorkerError> {
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    if TAKEN.swap(true, Ordering::SeqCst) { Err(WorkerError::Taken) } else { Ok(()) }
 }
 
 /// Receives one connection from the handoff socket `end` (`WouldBlock` when none is ready on a

@@ -233,3 +233,18 @@ fn with_a_worker_watchdog_a_silent_worker_is_replaced_and_a_feeding_one_kept() {
         silent.stop_cleanly();
     });
 }
+
+#[test]
+fn a_stop_while_the_workers_get_ready_is_obeyed_at_once() {
+    in_netns(|| {
+        let args = ["--listen", "127.0.0.1:3067", "-w", "2", "--ready", "notify"];
+        let args = [&args[..], &["--ready-timeout", "600", "--", "sleep", "600"]].concat();
+        let mut sticky = Sticky::start(&args);
+        sticky.wait_for("the workers to start", |log| log.matches("worker started").count() >= 2);
+        // Not after the ready timeout: at once, and as a clean stop.
+        let exit = sticky.stop();
+        assert!(exit.status.success(), "{}", exit.log);
+        assert!(exit.log.contains("SIGTERM received"), "{}", exit.log);
+        assert_eq!(processes_in_netns(), Vec::<u32>::new(), "something is left running");
+    });
+}

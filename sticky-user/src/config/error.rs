@@ -98,6 +98,20 @@ pub enum ConfigError {
         /// What was expected.
         message: String,
     },
+    /// An option cannot be merged with the file (TOML carries UTF-8 only).
+    #[error("an option is not valid UTF-8 ({0})")]
+    Unrepresentable(String),
+    /// An environment variable sticky sets itself.
+    #[error("--env {0}: sticky sets this variable for every worker itself")]
+    ReservedVariable(String),
+    /// In delay mode, the ready delay leaves no time before the ready timeout.
+    #[error("--ready-delay ({delay} s) must be shorter than --ready-timeout ({timeout} s)")]
+    ReadyDelayTooLong {
+        /// The ready delay, in seconds.
+        delay: f64,
+        /// The ready timeout, in seconds.
+        timeout: f64,
+    },
     /// The worker command cannot be found or is not executable.
     #[error("worker command '{command}' {reason}")]
     Command {

@@ -27,7 +27,7 @@ impl RunOptions {
     /// The options in effect: the `--config` file's, if any, with these (the flags) on top.
     pub fn with_file(self) -> Result<RunOptions, ConfigError> {
         match &self.config {
-            Some(path) => Ok(load_file(path)?.overlay(self)),
+            Some(path) => load_file(path)?.overlay(self),
             None => Ok(self),
         }
     }

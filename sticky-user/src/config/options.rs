@@ -7,6 +7,8 @@ use std::{collections::BTreeMap, path::PathBuf};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+use super::ConfigError;
+
 /// `sticky run`'s options as the user gave them; `None` and empty mean "the default" (see
 /// [`super::defaults`]).
 #[derive(Debug, Default, Clone, PartialEq, Args, Deserialize, Serialize)]
@@ -129,9 +131,9 @@ impl std::fmt::Display for DispatchMode {
 impl RunOptions {
     /// These options with every option `over` gives replacing this one's (flags over a file);
     /// environment variables are merged, `over`'s winning.
-    pub fn overlay(self, over: RunOptions) -> RunOptions {
+    pub fn overlay(self, over: RunOptions) -> Result<RunOptions, ConfigError> {
         let config = over.config.clone().or(self.config.clone());
-        let (mut base, over) = (table(&self), table(&over));
+        let (mut base, over) = (table(&self)?, table(&over)?);
         for (key, value) in over {
             match (base.get_mut(&key), value) {
                 (Some(toml::Value::Table(base)), toml::Value::Table(over)) => base.extend(over),
@@ -141,14 +143,19 @@ impl RunOptions {
             }
         }
         let merged: RunOptions =
-            toml::Value::Table(base).try_into().expect("a merge of valid options is valid");
-        RunOptions { config, ..merged }
+            toml::Value::Table(base).try_into().map_err(|err| unrepresentable(&err))?;
+        Ok(RunOptions { config, ..merged })
     }
 }
 
 /// The options as a TOML table of the keys that are set.
-fn table(options: &RunOptions) -> toml::Table {
-    toml::Table::try_from(options).expect("options serialize to a table")
+fn table(options: &RunOptions) -> Result<toml::Table, ConfigError> {
+    toml::Table::try_from(options).map_err(|err| unrepresentable(&err))
+}
+
+/// An option TOML cannot carry (a path that is not UTF-8).
+fn unrepresentable(err: &dyn std::fmt::Display) -> ConfigError {
+    ConfigError::Unrepresentable(err.to_string())
 }
 
 /// `--env KEY=VALUE`.
@@ -195,7 +202,7 @@ mod tests {
             config: Some("web.toml".into()),
             ..Default::default()
         };
-        let merged = file.overlay(flags);
+        let merged = file.overlay(flags).unwrap();
         assert_eq!((merged.workers, merged.listen), (Some(3), vec!["[::]:80".to_string()]));
         assert_eq!(merged.environment, [("A".into(), "1".into()), ("B".into(), "2".into())]);
         assert_eq!(merged.config, Some("web.toml".into()));

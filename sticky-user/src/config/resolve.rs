@@ -12,12 +12,25 @@ use std::{
 use sticky_common::MAX_SLOTS;
 
 use super::{
-    Credentials, RunConfig, WorkerCommand, WorkerPolicy,
+    Credentials, ReadyMode, RunConfig, WorkerCommand, WorkerPolicy,
     defaults::*,
     error::ConfigError,
     host::Host,
     options::{RunOptions, environment_map},
 };
+
+/// The variables sticky sets for every worker: `--env` may not override them.
+const RESERVED_VARIABLES: [&str; 9] = [
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "STICKY_WORKER",
+    "STICKY_WORKERS",
+    "STICKY_HANDOFF",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+];
 
 impl RunConfig {
     /// Validates `options` for `host`, filling in defaults (the worker count defaults to the
@@ -71,6 +84,16 @@ impl RunConfig {
         if let Some(name) = environment.keys().find(|k| k.is_empty() || k.contains('=')) {
             return Err(ConfigError::EnvironmentName(name.clone()));
         }
+        if let Some(name) = environment.keys().find(|k| RESERVED_VARIABLES.contains(&k.as_str())) {
+            return Err(ConfigError::ReservedVariable(name.clone()));
+        }
+        let ready = options.ready.unwrap_or_default();
+        if ready == ReadyMode::Delay && ready_delay >= ready_timeout {
+            return Err(ConfigError::ReadyDelayTooLong {
+                delay: ready_delay.as_secs_f64(),
+                timeout: ready_timeout.as_secs_f64(),
+            });
+        }
         let metrics = options.metrics.as_deref().map(parse_metrics).transpose()?;
         Ok(Self {
             listen,
@@ -84,7 +107,7 @@ impl RunConfig {
                 grace_period,
                 crash_limit,
                 crash_window,
-                ready: options.ready.unwrap_or_default(),
+                ready,
                 ready_delay,
                 ready_timeout,
                 hang_timeout,
@@ -298,6 +321,14 @@ mod tests {
         assert_eq!(
             with(|i| i.environment = vec![("A=B".into(), "1".into())]),
             ConfigError::EnvironmentName("A=B".into())
+        );
+        assert_eq!(
+            with(|i| i.environment = vec![("LISTEN_FDS".into(), "2".into())]),
+            ConfigError::ReservedVariable("LISTEN_FDS".into())
+        );
+        assert_eq!(
+            with(|i| i.ready_delay = Some(30.0)).to_string(),
+            "--ready-delay (30 s) must be shorter than --ready-timeout (30 s)"
         );
     }
 

@@ -5,7 +5,7 @@ use std::{
     fs,
     io::{self, BufRead as _, BufReader, Write as _},
     os::unix::{
-        fs::PermissionsExt as _,
+        fs::{FileTypeExt as _, PermissionsExt as _},
         net::{UnixListener, UnixStream},
     },
     path::{Path, PathBuf},
@@ -14,7 +14,7 @@ use std::{
 
 use thiserror::Error;
 
-use super::Loader;
+use super::loader::Loader;
 pub use super::protocol::{ReloadOutcome, Request, Response, SlotStatus, Status};
 use crate::accept::AcceptBackoff;
 
@@ -30,6 +30,9 @@ pub enum ControlError {
         #[source]
         source: io::Error,
     },
+    /// Something other than a socket is at the control socket's path.
+    #[error("{} exists and is not a socket: choose another --control path", .0.display())]
+    NotASocket(PathBuf),
     /// Another loader owns the control socket.
     #[error("another sticky is running with control socket {}", .0.display())]
     InUse(PathBuf),
@@ -63,9 +66,13 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(io_error("create its directory"))?;
     }
-    if path.exists() {
+    if let Ok(metadata) = fs::symlink_metadata(path) {
         if UnixStream::connect(path).is_ok() {
             return Err(ControlError::InUse(path.into()));
+        }
+        // Only a stale socket is replaced: any other file at the path is an error.
+        if !metadata.file_type().is_socket() {
+            return Err(ControlError::NotASocket(path.into()));
         }
         fs::remove_file(path).map_err(io_error("remove the stale socket"))?;
     }

@@ -21,6 +21,10 @@
 
 use sticky_common::{MAX_SLOTS, TABLE_SIZE, Table, hash::slot_score};
 
+// Dealing out needs every live slot's quota among fewer slots to be at least its quota among
+// more (⌊T/(n−1)⌋ ≥ ⌈T/n⌉), which holds while n·(n−1) ≤ T.
+const _: () = assert!(MAX_SLOTS as usize * (MAX_SLOTS as usize - 1) <= TABLE_SIZE);
+
 /// The quota of slot `rank` among `slots`: ⌊T/slots⌋, plus one for the first `T mod slots`.
 fn quota(rank: usize, slots: usize) -> usize {
     TABLE_SIZE / slots + usize::from(rank < TABLE_SIZE % slots)

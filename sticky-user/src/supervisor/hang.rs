@@ -92,6 +92,8 @@ fn replace_hung(state: &mut State, index: usize, reason: &str) {
     slot.progress = Progress { accepted: 0, at: Instant::now() };
     let Some(worker) = slot.worker.clone() else { return };
     warn!(slot = index, pid = worker.pid, reason, "worker is hung: replacing it");
+    // Not found hung again while it dies.
+    worker.feed();
     if slot.in_table && matches!(state.dispatch, Dispatch::Kernel(_)) {
         state.slots[index].hung = true;
         if let Err(err) = state.eject(index) {

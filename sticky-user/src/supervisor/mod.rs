@@ -85,8 +85,9 @@ pub struct Supervisor {
     reconfigure: Option<Reconfigure>,
 }
 
-/// Returns the worker count the configuration asks for now, or why it cannot be read.
-pub type Reconfigure = Box<dyn Fn() -> Result<u32, String> + Send + Sync>;
+/// Returns the worker count the configuration asks for now if it changed since the last call, or
+/// why the configuration cannot be read.
+pub type Reconfigure = Box<dyn Fn() -> Result<Option<u32>, String> + Send + Sync>;
 
 impl Supervisor {
     /// A supervisor for what `sticky run` set up, with `policy`.
@@ -155,20 +156,34 @@ impl Supervisor {
             tokio::spawn(metrics::serve(listener, self.clone()));
         }
         tokio::spawn(notify::watchdog());
-        if let Err(err) = self.wait_until_ready().await {
-            self.shut_down(control_path).await?;
-            return Err(err);
-        }
-        tokio::spawn(hang::watch(self.shared.clone()));
-        notify::ready(&self.summary());
-        let reason = loop {
-            tokio::select! {
-                _ = interrupt.recv() => break "SIGINT received",
-                _ = terminate.recv() => break "SIGTERM received",
-                () = self.stop.notified() => break "stop requested",
-                _ = hangup.recv() => {
-                    let this = self.clone();
-                    tokio::spawn(async move { log_outcome("reload", this.reload().await) });
+        // A stop while the workers get ready is obeyed at once.
+        let stopped_early = tokio::select! {
+            ready = self.wait_until_ready() => match ready {
+                Ok(()) => None,
+                Err(err) => {
+                    self.shut_down(control_path).await?;
+                    return Err(err);
+                }
+            },
+            _ = interrupt.recv() => Some("SIGINT received"),
+            _ = terminate.recv() => Some("SIGTERM received"),
+            () = self.stop.notified() => Some("stop requested"),
+        };
+        let reason = match stopped_early {
+            Some(reason) => reason,
+            None => {
+                tokio::spawn(hang::watch(self.shared.clone()));
+                notify::ready(&self.summary());
+                loop {
+                    tokio::select! {
+                        _ = interrupt.recv() => break "SIGINT received",
+                        _ = terminate.recv() => break "SIGTERM received",
+                        () = self.stop.notified() => break "stop requested",
+                        _ = hangup.recv() => {
+                            let this = self.clone();
+                            tokio::spawn(async move { log_outcome("reload", this.reload().await) });
+                        }
+                    }
                 }
             }
         };
@@ -185,16 +200,19 @@ impl Supervisor {
         notify::stopping();
         self.stop_workers().await;
         let mut state = self.state();
-        let counters = state
-            .dispatch
-            .dispatchers()
-            .iter()
-            .map(Dispatcher::counters)
-            .collect::<Result<_, _>>()?;
+        let dispatchers = state.dispatch.dispatchers().iter();
+        // Whatever fails here, the rest of the clean-up still runs.
+        let counters = dispatchers.map(Dispatcher::counters).collect::<Result<_, _>>();
+        let counters = counters.unwrap_or_else(|err| {
+            error!(error = %err, "cannot read the final counters");
+            Vec::new()
+        });
         let State { dispatch, groups, .. } = &mut *state;
         if let Dispatch::Kernel(dispatchers) = dispatch {
             for (dispatcher, group) in dispatchers.drain(..).zip(groups.iter()) {
-                dispatcher.detach(&group.sockets[0])?;
+                if let Err(err) = dispatcher.detach(&group.sockets[0]) {
+                    error!(error = %err, "cannot detach the program");
+                }
             }
         }
         if let Some(path) = control_path {

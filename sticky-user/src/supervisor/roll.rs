@@ -40,12 +40,11 @@ impl Supervisor {
     }
 
     async fn roll(&self) -> Result<String, SupervisorError> {
-        if let Some(reconfigure) = &self.reconfigure {
-            let workers = reconfigure().map_err(SupervisorError::Reconfigure)?;
-            if workers != self.state().slots.len() as u32 {
-                info!(workers, "the configuration changed the worker count");
-                self.resize(workers).await?;
-            }
+        if let Some(reconfigure) = &self.reconfigure
+            && let Some(workers) = reconfigure().map_err(SupervisorError::Reconfigure)?
+        {
+            info!(workers, "the configuration changed the worker count");
+            self.resize(workers).await?;
         }
         let count = self.state().slots.len();
         info!(workers = count, "rolling restart");
@@ -76,7 +75,12 @@ impl Supervisor {
                 warn!(slot, reason = %not_ready, "rolling restart stopped");
                 return Err(SupervisorError::ReloadStopped { slot, reason: not_ready.to_string() });
             }
-            let current = self.state().slots[slot].worker.replace(new);
+            let current = {
+                let mut state = self.state();
+                let current = state.slots[slot].worker.replace(new);
+                state.slot_ready(slot);
+                current
+            };
             // The old worker, unless it exited meanwhile and was restarted: stop that one too.
             if let Some(current) = current.filter(|c| old.as_ref().is_none_or(|o| o.pid != c.pid)) {
                 terminate(&current, grace);

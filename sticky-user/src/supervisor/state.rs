@@ -9,8 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sticky_common::{TABLE_SIZE, Table};
-use tracing::warn;
+use sticky_common::{MAX_SLOTS, TABLE_SIZE, Table};
+use tracing::{error, info, warn};
 
 pub(super) use super::worker::Worker;
 use super::{error::SupervisorError, worker::Exit};
@@ -101,6 +101,10 @@ impl State {
         let counters =
             dispatchers.iter().map(Dispatcher::counters).collect::<Result<Vec<_>, _>>()?;
         let total = |field: fn(&Counters) -> u64| counters.iter().map(field).sum();
+        let mut entries = vec![0usize; self.slots.len().max(MAX_SLOTS as usize)];
+        for &slot in self.table.iter().flat_map(|table| table.iter()) {
+            entries[usize::from(slot)] += 1;
+        }
         let slots = (0..)
             .zip(&self.slots)
             .map(|(index, slot)| SlotStatus {
@@ -113,10 +117,10 @@ impl State {
                 ready: slot.worker.as_ref().is_some_and(Worker::is_ready),
                 status: slot.worker.as_ref().and_then(Worker::status),
                 hangs: slot.hangs,
-                table_share: self.table.as_ref().map(|table| {
-                    let owned = table.iter().filter(|&&entry| u32::from(entry) == index).count();
-                    owned as f64 / TABLE_SIZE as f64
-                }),
+                table_share: self
+                    .table
+                    .as_ref()
+                    .map(|_| entries[index as usize] as f64 / TABLE_SIZE as f64),
             })
             .collect();
         Ok(Status {
@@ -131,6 +135,22 @@ impl State {
             slots,
             last_reload: self.last_reload.clone(),
         })
+    }
+
+    /// Slot `index`'s current worker is ready: the start counts it, and a slot out of the table
+    /// because its last worker hung rejoins.
+    pub(super) fn slot_ready(&mut self, index: usize) {
+        let slot = &mut self.slots[index];
+        slot.failure = None;
+        slot.was_ready = true;
+        if slot.hung {
+            slot.hung = false;
+            slot.in_table = true;
+            info!(slot = index, "the hung slot's new worker is ready: it rejoins the table");
+            if let Err(err) = self.update_table() {
+                error!(error = %err, "cannot update the table");
+            }
+        }
     }
 
     /// The fds slot `index`'s worker inherits at fd 3 onwards.
@@ -163,13 +183,17 @@ impl State {
     /// table; returns the slots without a worker. Once their workers run, the caller puts them
     /// in the table with [`State::update_table`].
     pub(super) fn add_slots(&mut self, workers: u32) -> Result<Vec<usize>, SupervisorError> {
-        for index in self.slots.len() as u32..workers {
-            for (position, group) in self.groups.iter_mut().enumerate() {
-                let socket = group.open_socket()?;
+        // Every socket first: a failure to open one leaves the slots as they were.
+        let first = self.slots.len() as u32;
+        let opened: Vec<Vec<_>> = (first..workers)
+            .map(|_| self.groups.iter().map(ListenerGroup::open_socket).collect())
+            .collect::<Result<_, _>>()?;
+        for (index, sockets) in (first..).zip(opened) {
+            for (position, socket) in sockets.into_iter().enumerate() {
                 if let Some(dispatcher) = self.dispatch.dispatchers_mut().get_mut(position) {
                     dispatcher.set_socket(index, &socket)?;
                 }
-                group.sockets.push(socket);
+                self.groups[position].sockets.push(socket);
             }
             let slot = self.new_slot();
             self.slots.push(slot);
@@ -215,7 +239,8 @@ impl State {
         for (group, dispatcher) in self.groups.iter_mut().zip(self.dispatch.dispatchers_mut()) {
             let socket = group.open_socket()?;
             dispatcher.set_socket(index as u32, &socket)?;
-            // Dropping the old socket closes it: nothing else holds it while the worker is down.
+            // Dropping the old socket closes it once the worker is gone too (a crashed worker
+            // already is; a hung one is killed right after).
             group.sockets[index] = socket;
         }
         Ok(())

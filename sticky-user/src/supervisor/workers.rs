@@ -60,7 +60,7 @@ pub(super) fn spawn_worker(
     let fds = state.inherited_fds(index);
     let slots = state.slots.len() as u32;
     let mut child = state.spawner.spawn(index as u32, slots, fds)?;
-    let pid = child.id().unwrap_or_default();
+    let pid = child.id().ok_or_else(|| io::Error::other("the new worker exited at once"))?;
     let worker = Worker::new(pid);
     info!(slot = index, pid, "worker started");
     state.live.push(worker.clone());
@@ -86,7 +86,8 @@ pub(super) fn spawn_worker(
         let Some(slot) = state.slots.get_mut(index).filter(|slot| slot.id == id) else { return };
         if slot.worker.as_ref().is_some_and(|w| w.pid == pid) {
             slot.backoff = FIRST_BACKOFF;
-            if !slot.in_table {
+            // A hung slot rejoins when its new worker is ready, not merely up.
+            if !slot.in_table && !slot.hung {
                 slot.in_table = true;
                 info!(slot = index, pid, "worker stayed up: slot rejoins the table");
                 if let Err(err) = state.update_table() {
@@ -106,17 +107,8 @@ pub(super) fn became_ready(shared: &Arc<Mutex<State>>, worker: &Worker) {
     }
     info!(pid = worker.pid, "worker ready");
     let mut state = lock(shared);
-    let Some(index) = state.slot_of(worker.pid) else { return };
-    let slot = &mut state.slots[index];
-    slot.failure = None;
-    slot.was_ready = true;
-    if slot.hung {
-        slot.hung = false;
-        slot.in_table = true;
-        info!(slot = index, pid = worker.pid, "the hung slot's new worker is ready: it rejoins");
-        if let Err(err) = state.update_table() {
-            error!(error = %err, "cannot update the table");
-        }
+    if let Some(index) = state.slot_of(worker.pid) {
+        state.slot_ready(index);
     }
 }
 

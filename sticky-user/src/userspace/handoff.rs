@@ -69,7 +69,7 @@ pub fn slot_for(config: &DispatchConfig, table: &Table, ip: IpAddr) -> u32 {
 }
 
 /// Registers `owned` (a socket this process owns) with the runtime's event loop.
-pub(crate) fn register<T: AsRawFd>(owned: T) -> io::Result<AsyncFd<T>> {
+pub(crate) fn register<T: AsRawFd + Into<OwnedFd>>(owned: T) -> io::Result<AsyncFd<T>> {
     // SAFETY: `owned` owns its fd, which stays open and registered once for the AsyncFd's life.
     unsafe { AsyncFd::register(owned) }.map_err(|err| io::Error::other(err.to_string()))
 }

@@ -1,5 +1,7 @@
 //! `sticky run`: listeners, dispatch program and workers, until SIGINT/SIGTERM or `sticky stop`.
 
+use std::sync::{Mutex, PoisonError};
+
 use anyhow::Context as _;
 use sticky_user::{
     config::RunOptions,
@@ -28,15 +30,21 @@ pub fn check(options: RunOptions) -> anyhow::Result<()> {
 
 /// `sticky run`: starts, runs until stopped, logs the final counters.
 pub fn run(options: RunOptions) -> anyhow::Result<()> {
-    // A reload reads the file again, with the same flags on top.
+    let config = options.clone().validate()?;
+    // A reload reads the file again, with the same flags on top, and applies the worker count
+    // only if it changed there (so it does not undo a `sticky scale`).
     let reconfigure = options.config.is_some().then(|| {
-        let flags = options.clone();
+        let configured = Mutex::new(config.workers);
         let reconfigure: Reconfigure = Box::new(move || {
-            flags.clone().validate().map(|config| config.workers).map_err(|err| err.to_string())
+            let workers = options.clone().validate().map_err(|err| err.to_string())?.workers;
+            let mut configured = configured.lock().unwrap_or_else(PoisonError::into_inner);
+            let changed = *configured != workers;
+            *configured = workers;
+            Ok(changed.then_some(workers))
         });
         reconfigure
     });
-    let started = startup::start(options.validate()?, reconfigure)?;
+    let started = startup::start(config, reconfigure)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
