@@ -74,6 +74,14 @@ pub struct Counters {
     pub unreadable: u64,
 }
 
+impl Counters {
+    /// Connections the program selected `slot` for, summed over `counters` (one per listen
+    /// address).
+    pub fn selected_total(counters: &[Counters], slot: usize) -> u64 {
+        counters.iter().filter_map(|counters| counters.selected.get(slot)).sum()
+    }
+}
+
 /// The program attached to one listen address's reuseport group, and its maps.
 ///
 /// An SK_REUSEPORT program stays attached to the group when its `Ebpf` object is dropped; it

@@ -20,7 +20,7 @@ use super::{
     state::{Progress, State, lock},
     workers::kill,
 };
-use crate::{dispatch::Dispatch, listeners::accept_backlog};
+use crate::{dispatch::Dispatch, kernel::Counters, listeners::accept_backlog};
 
 /// Checks every slot a few times per hang timeout (and watchdog interval), until the loader
 /// stops. Does nothing when both are off.
@@ -47,10 +47,6 @@ fn hung_slots(state: &mut State) -> Vec<(usize, String)> {
     let policy = state.policy;
     let counters: Vec<_> =
         state.dispatch.dispatchers().iter().filter_map(|d| d.counters().ok()).collect();
-    // Connections the program gave each slot, over all listen addresses.
-    let selected = |index: usize| -> u64 {
-        counters.iter().filter_map(|counters| counters.selected.get(index)).sum()
-    };
     let mut hung = Vec::new();
     for (index, slot) in state.slots.iter_mut().enumerate() {
         let Some(worker) = slot.worker.as_ref().filter(|worker| worker.is_ready()) else {
@@ -70,7 +66,8 @@ fn hung_slots(state: &mut State) -> Vec<(usize, String)> {
             .iter()
             .filter_map(|group| accept_backlog(&group.sockets[index]).ok())
             .sum();
-        let accepted = selected(index).saturating_sub(u64::from(waiting));
+        let accepted =
+            Counters::selected_total(&counters, index).saturating_sub(u64::from(waiting));
         if waiting == 0 || accepted > slot.progress.accepted {
             slot.progress = Progress { accepted, at: now };
         } else if now - slot.progress.at > limit {

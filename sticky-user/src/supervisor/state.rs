@@ -113,7 +113,7 @@ impl State {
                 uptime_secs: slot.worker.as_ref().map(|w| w.started.elapsed().as_secs_f64()),
                 restarts: slot.restarts,
                 in_table: slot.in_table,
-                connections: counters.iter().filter_map(|c| c.selected.get(index as usize)).sum(),
+                connections: Counters::selected_total(&counters, index as usize),
                 ready: slot.worker.as_ref().is_some_and(Worker::is_ready),
                 status: slot.worker.as_ref().and_then(Worker::status),
                 hangs: slot.hangs,
