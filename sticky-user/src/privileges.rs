@@ -78,15 +78,10 @@ pub fn required(config: &RunConfig, uid: Uid, gid: Gid) -> Vec<Need> {
     needs
 }
 
-/// What this process needs to run `config`.
-pub fn required_here(config: &RunConfig) -> Vec<Need> {
-    required(config, Uid::effective(), Gid::effective())
-}
-
 /// Fails naming every capability `config` needs that is missing from the effective set.
 pub fn check(config: &RunConfig) -> Result<(), PrivilegeError> {
     let effective = caps::read(None, CapSet::Effective).map_err(PrivilegeError::Unreadable)?;
-    let missing: Vec<Need> = required_here(config)
+    let missing: Vec<Need> = required(config, Uid::effective(), Gid::effective())
         .into_iter()
         .filter(|need| !effective.contains(&need.capability))
         .collect();

@@ -170,13 +170,13 @@ impl Started {
     pub async fn run(self) -> Result<Vec<(std::net::SocketAddr, Counters)>, SupervisorError> {
         let (path, control) = self.control;
         let endpoints = Endpoints {
-            control: Some((path, tokio::net::UnixListener::from_std(control).map_err(io_error)?)),
+            control: (path, tokio::net::UnixListener::from_std(control).map_err(io_error)?),
             metrics: self
                 .metrics
                 .map(tokio::net::TcpListener::from_std)
                 .transpose()
                 .map_err(io_error)?,
-            notifications: Some(self.notifications),
+            notifications: self.notifications,
         };
         if let Some(accept) = self.accept {
             let listeners = accept

@@ -64,12 +64,11 @@ pub struct Setup {
 }
 
 /// What the supervisor serves besides the workers.
-#[derive(Default)]
 pub struct Endpoints {
     /// The control socket and its path (removed at exit).
-    pub control: Option<(PathBuf, UnixListener)>,
+    pub control: (PathBuf, UnixListener),
     /// What workers send to their notify socket.
-    pub notifications: Option<UnboundedReceiver<Notification>>,
+    pub notifications: UnboundedReceiver<Notification>,
     /// The metrics listener.
     pub metrics: Option<TcpListener>,
 }
@@ -139,19 +138,15 @@ impl Supervisor {
             signals(SignalKind::terminate())?,
             signals(SignalKind::hangup())?,
         );
-        if let Some(notifications) = endpoints.notifications {
-            tokio::spawn(apply_notifications(self.shared.clone(), notifications));
-        }
+        tokio::spawn(apply_notifications(self.shared.clone(), endpoints.notifications));
         {
             let mut state = self.state();
             for slot in 0..state.slots.len() {
                 start_worker(&self.shared, &mut state, slot);
             }
         }
-        let control_path = endpoints.control.map(|(path, listener)| {
-            tokio::spawn(control::serve(listener, self.clone()));
-            path
-        });
+        let (control_path, control_listener) = endpoints.control;
+        tokio::spawn(control::serve(control_listener, self.clone()));
         if let Some(listener) = endpoints.metrics {
             tokio::spawn(metrics::serve(listener, self.clone()));
         }
@@ -193,10 +188,7 @@ impl Supervisor {
 
     /// Stops the workers, detaches the programs and removes the control socket; returns the
     /// final counters.
-    async fn shut_down(
-        &self,
-        control_path: Option<PathBuf>,
-    ) -> Result<Vec<Counters>, SupervisorError> {
+    async fn shut_down(&self, control_path: PathBuf) -> Result<Vec<Counters>, SupervisorError> {
         notify::stopping();
         self.stop_workers().await;
         let mut state = self.state();
@@ -215,9 +207,7 @@ impl Supervisor {
                 }
             }
         }
-        if let Some(path) = control_path {
-            let _ = std::fs::remove_file(path);
-        }
+        let _ = std::fs::remove_file(control_path);
         notify::flush(Duration::from_secs(1));
         Ok(counters)
     }
