@@ -31,6 +31,11 @@ pub fn client_v4(i: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 16 + b, c, d))
 }
 
+/// The source addresses of a background load: 1000 clients.
+pub fn load_clients() -> Vec<IpAddr> {
+    (0..1000).map(client_v4).collect()
+}
+
 /// The IPv6 client address number `i`, each in its own /64 of `fd00::/16`.
 pub fn client_v6(i: u32) -> IpAddr {
     IpAddr::V6(Ipv6Addr::new(0xfd00, 0, (i >> 16) as u16, i as u16, 0, 0, 0, 1))

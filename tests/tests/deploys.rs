@@ -17,15 +17,10 @@ use nix::{
     unistd::Pid,
 };
 use sticky_tests::{
-    Failure, Load, StateDir, Sticky, client_v4, eventually, get, in_netns, processes_in_netns,
-    sticky_bin,
+    Failure, Load, StateDir, Sticky, client_v4, eventually, get, in_netns, load_clients,
+    processes_in_netns, sticky_bin,
 };
 use sticky_user::control::{Request, Response};
-
-/// Source addresses of the background load.
-fn load_clients() -> Vec<IpAddr> {
-    (0..1000).map(client_v4).collect()
-}
 
 /// A deployed worker program: a script the test rewrites to deploy another version.
 struct App {

@@ -14,15 +14,10 @@ use nix::{
     unistd::Pid,
 };
 use sticky_tests::{
-    Failure, Load, Sticky, client_v4, connect, get, in_netns, read_response, send_request,
-    sticky_bin,
+    Failure, Load, Sticky, client_v4, connect, get, in_netns, load_clients, read_response,
+    send_request, sticky_bin,
 };
 use sticky_user::control::{Request, Response};
-
-/// Source addresses of the background load (≥ 1000).
-fn load_clients() -> Vec<IpAddr> {
-    (0..1000).map(client_v4).collect()
-}
 
 /// Other addresses, to probe the mapping with.
 fn probe_clients(count: u32) -> Vec<IpAddr> {
