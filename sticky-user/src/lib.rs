@@ -14,6 +14,7 @@ pub mod config;
 pub mod demo;
 mod dispatch;
 mod endpoints;
+pub mod identity;
 mod kernel;
 mod listeners;
 pub mod path_error;
@@ -23,6 +24,7 @@ pub mod service;
 pub mod spawn;
 pub mod startup;
 mod supervisor;
+pub mod upgrade;
 mod userspace;
 
 pub use endpoints::control;

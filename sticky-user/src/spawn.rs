@@ -28,7 +28,6 @@ use sticky_worker::{
     STICKY_WORKERS, WATCHDOG_PID, WATCHDOG_USEC,
 };
 use thiserror::Error;
-use tokio::process::{Child, Command};
 
 use crate::config::{Credentials, MAX_LISTEN_ADDRESSES, RunConfig, WorkerCommand};
 
@@ -77,6 +76,11 @@ impl Spawner {
         })
     }
 
+    /// The sticky executable's path, as it was when this loader started.
+    pub fn executable(&self) -> &Path {
+        &self.sticky
+    }
+
     /// Gives the workers `NOTIFY_SOCKET=socket` (the loader's readiness socket).
     pub fn set_notify_socket(&mut self, socket: String) {
         self.notify_socket = Some(socket);
@@ -105,8 +109,9 @@ impl Spawner {
     }
 
     /// Starts the worker for `slot` of `slots`, with `fds` (one listening socket per listen
-    /// address) at fd 3 onwards.
-    pub fn spawn(&self, slot: u32, slots: u32, fds: Vec<RawFd>) -> io::Result<Child> {
+    /// address) at fd 3 onwards. Returns its pid: the caller waits for it (it is not reaped
+    /// otherwise).
+    pub fn spawn(&self, slot: u32, slots: u32, fds: Vec<RawFd>) -> io::Result<u32> {
         let loader = std::process::id();
         let mut command = self.shim();
         command
@@ -133,7 +138,8 @@ impl Spawner {
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
         // system calls, without allocating.
         unsafe { command.pre_exec(move || prepare_child(loader, &fds)) };
-        Command::from(command).spawn()
+        // Dropping a std `Child` neither waits for nor kills it.
+        command.spawn().map(|child| child.id())
     }
 
     /// `sticky exec-worker` as the workers' user, in their working directory.

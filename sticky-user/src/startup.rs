@@ -2,19 +2,24 @@
 //! endpoints bound. Every check comes before the first worker starts; a failure here leaves
 //! nothing running, and nothing attached once the process exits (the sockets close with it).
 
-use std::{io, net::TcpListener, path::PathBuf, sync::Arc};
+use std::{
+    io,
+    net::TcpListener,
+    path::PathBuf,
+    sync::{Arc, Mutex, PoisonError},
+};
 
+use serde::{Deserialize, Serialize};
 use sticky_common::{DispatchConfig, Table};
 use thiserror::Error;
-use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{info, warn};
 
 use crate::{
-    config::{DispatchMode, RunConfig},
+    config::{DispatchMode, RunConfig, RunOptions},
     dispatch::Dispatch,
     endpoints::{
         control::{self, ControlError},
-        readiness::{self, Notification},
+        readiness::{self, NotifySocket},
     },
     kernel::{DispatchError, Dispatcher, table},
     listeners::{self, ListenError, ListenerGroup},
@@ -64,20 +69,53 @@ pub enum StartupError {
     Handoff(#[source] io::Error),
 }
 
+/// What `sticky run` was given: the validated configuration, and the options it came from (a
+/// reload reads their file again). An upgrade hands it on unchanged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Launch {
+    /// The configuration.
+    pub config: RunConfig,
+    options: RunOptions,
+    /// `options.config`, which the options' serde form leaves out.
+    config_file: Option<PathBuf>,
+}
+
+impl Launch {
+    /// `config`, validated from `options`.
+    pub fn new(config: RunConfig, options: RunOptions) -> Self {
+        Self { config, config_file: options.config.clone(), options }
+    }
+
+    /// With a configuration file: reads the worker count again at each reload, and applies it
+    /// only if it changed there (so a reload does not undo a `sticky scale`).
+    pub(crate) fn reconfigure(&self) -> Option<Reconfigure> {
+        let file = self.config_file.clone()?;
+        let options = RunOptions { config: Some(file), ..self.options.clone() };
+        let configured = Mutex::new(self.config.workers);
+        Some(Box::new(move || {
+            let workers = options.clone().validate().map_err(|err| err.to_string())?.workers;
+            let mut configured = configured.lock().unwrap_or_else(PoisonError::into_inner);
+            let changed = *configured != workers;
+            *configured = workers;
+            Ok(changed.then_some(workers))
+        }))
+    }
+}
+
 /// A loader ready to run: call [`Started::run`] inside a current-thread tokio runtime.
 pub struct Started {
-    supervisor: Arc<Supervisor>,
-    control: (PathBuf, std::os::unix::net::UnixListener),
-    notifications: UnboundedReceiver<Notification>,
-    metrics: Option<TcpListener>,
+    pub(crate) supervisor: Arc<Supervisor>,
+    pub(crate) control: (PathBuf, std::os::unix::net::UnixListener),
+    pub(crate) notify: NotifySocket,
+    pub(crate) metrics: Option<TcpListener>,
     /// Userspace dispatch: what the loader's accept loop needs.
-    accept: Option<Accept>,
-    listen: Vec<std::net::SocketAddr>,
+    pub(crate) accept: Option<Accept>,
+    pub(crate) listen: Vec<std::net::SocketAddr>,
 }
 
 /// Userspace dispatch's accept loop: the listeners, each slot's end of its handoff pair, and
 /// how a client maps to a slot.
-struct Accept {
+pub(crate) struct Accept {
     listeners: Vec<TcpListener>,
     ends: Vec<std::os::fd::OwnedFd>,
     config: DispatchConfig,
@@ -85,24 +123,18 @@ struct Accept {
 }
 
 /// Checks privileges and the worker command, opens the listeners, loads the seed, builds the
-/// table, sets up the dispatch and binds the endpoints. With `reconfigure`, a reload first reads
-/// the worker count again.
-pub fn start(
-    mut config: RunConfig,
-    reconfigure: Option<Reconfigure>,
-) -> Result<Started, StartupError> {
+/// table, sets up the dispatch and binds the endpoints.
+pub fn start(launch: Launch) -> Result<Started, StartupError> {
+    let mut config = launch.config.clone();
     privileges::check(&config)?;
     let userspace = config.dispatch == DispatchMode::Userspace;
-    let names: Vec<String> = if userspace {
+    if userspace {
         config.environment.insert(handoff::STICKY_HANDOFF.into(), "1".into());
-        vec!["sticky-handoff".into()]
-    } else {
-        config.listen.iter().map(|address| format!("sticky-{}", address.port())).collect()
-    };
-    let mut spawner = Spawner::new(&config, &names)?;
+    }
+    let mut spawner = Spawner::new(&config, &socket_names(&config))?;
     spawner.check()?;
-    let (notify_socket, notifications) = readiness::bind().map_err(StartupError::Notify)?;
-    spawner.set_notify_socket(notify_socket);
+    let notify = readiness::bind().map_err(StartupError::Notify)?;
+    spawner.set_notify_socket(notify.name.clone());
     // Userspace dispatch: one socket per address, accepted on by the loader.
     let sockets_per_address = if userspace { 1 } else { config.workers };
     let groups = config
@@ -146,15 +178,11 @@ pub fn start(
         })
         .transpose()?;
 
-    let mut supervisor =
-        Supervisor::new(Setup { spawner, groups, dispatch, seed, table: in_use }, config.policy);
-    if let Some(reconfigure) = reconfigure {
-        supervisor = supervisor.with_reconfigure(reconfigure);
-    }
+    let setup = Setup { spawner, groups, dispatch, seed, table: in_use };
     Ok(Started {
-        supervisor: Arc::new(supervisor),
+        supervisor: Arc::new(Supervisor::new(setup, launch)),
         control: (config.control, control),
-        notifications,
+        notify,
         metrics,
         accept,
         listen: config.listen,
@@ -176,7 +204,7 @@ impl Started {
                 .map(tokio::net::TcpListener::from_std)
                 .transpose()
                 .map_err(io_error)?,
-            notifications: self.notifications,
+            notify: self.notify,
         };
         if let Some(accept) = self.accept {
             let listeners = accept
@@ -196,6 +224,14 @@ impl Started {
         }
         let counters = self.supervisor.run(endpoints).await?;
         Ok(self.listen.into_iter().zip(counters).collect())
+    }
+}
+
+/// The workers' `LISTEN_FDNAMES`: `sticky-PORT` per listen address, or the handoff socket.
+pub(crate) fn socket_names(config: &RunConfig) -> Vec<String> {
+    match config.dispatch {
+        DispatchMode::Userspace => vec!["sticky-handoff".into()],
+        _ => config.listen.iter().map(|address| format!("sticky-{}", address.port())).collect(),
     }
 }
 

@@ -98,7 +98,7 @@ impl Sticky {
     /// Like [`Sticky::start`], with the command changed by `customize` before it starts.
     pub fn start_with(args: &[&str], customize: impl FnOnce(&mut Command)) -> Self {
         let state = StateDir::new();
-        let mut command = Self::command(&state, args);
+        let mut command = Self::command(&sticky_bin(), &state, args);
         customize(&mut command);
         let mut sticky = Self::spawn(command);
         sticky.control = Some(state.control());
@@ -108,17 +108,27 @@ impl Sticky {
 
     /// Starts `sticky run --state-dir STATE ARGS` as deployed.
     pub fn start_with_state(state: &StateDir, args: &[&str]) -> Self {
-        let mut sticky = Self::spawn(Self::command(state, args));
+        let mut sticky = Self::spawn(Self::command(&sticky_bin(), state, args));
         sticky.control = Some(state.control());
         sticky
     }
 
-    /// `sticky run` as deployed, with `state` as its state directory and control socket, and
-    /// `args`: root limited to [`UNIT_BOUNDING_SET`], workers as [`WORKER_USER`] unless `args`
-    /// choose their identity.
-    fn command(state: &StateDir, args: &[&str]) -> Command {
+    /// Like [`Sticky::start`], running the sticky binary at `binary` (which an upgrade
+    /// executes again).
+    pub fn start_binary(binary: &std::path::Path, args: &[&str]) -> Self {
+        let state = StateDir::new();
+        let mut sticky = Self::spawn(Self::command(binary, &state, args));
+        sticky.control = Some(state.control());
+        sticky._state = Some(state);
+        sticky
+    }
+
+    /// `sticky run` as deployed, from `binary`, with `state` as its state directory and control
+    /// socket, and `args`: root limited to [`UNIT_BOUNDING_SET`], workers as [`WORKER_USER`]
+    /// unless `args` choose their identity.
+    fn command(binary: &std::path::Path, state: &StateDir, args: &[&str]) -> Command {
         let mut command = Command::new("setpriv");
-        command.arg(format!("--bounding-set={UNIT_BOUNDING_SET}")).arg(sticky_bin());
+        command.arg(format!("--bounding-set={UNIT_BOUNDING_SET}")).arg(binary);
         command.arg("run").arg("--state-dir").arg(&state.0);
         command.arg("--control").arg(state.control());
         if !args.iter().any(|a| a.starts_with("--user") || *a == "--allow-root-workers") {
@@ -203,7 +213,7 @@ impl Sticky {
     /// The loader's status; panics unless it answers.
     pub fn status(&self) -> Status {
         match self.control(Request::Status) {
-            Response::Status(status) => status,
+            Response::Status(status) => *status,
             other => panic!("status answered {other:?}"),
         }
     }

@@ -22,6 +22,7 @@ pub use error::{CommandProblem, ConfigError};
 pub use file::load_file;
 pub use host::{Host, System, UserEntry};
 pub use options::{DispatchMode, ReadyMode, RunOptions};
+use serde::{Deserialize, Serialize};
 
 impl RunOptions {
     /// The options in effect: the `--config` file's, if any, with these (the flags) on top.
@@ -38,8 +39,9 @@ impl RunOptions {
     }
 }
 
-/// A validated `sticky run` configuration: every later stage trusts it.
-#[derive(Debug, Clone, PartialEq)]
+/// A validated `sticky run` configuration: every later stage trusts it. (Serialized only in
+/// the state record an upgrade hands to the new binary.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
     /// Listen addresses, each served by every worker slot.
     pub listen: Vec<SocketAddr>,
@@ -70,7 +72,7 @@ pub struct RunConfig {
 }
 
 /// How the supervisor treats workers: stopping, crash loops, readiness, hangs.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct WorkerPolicy {
     /// How long a worker may take to exit after SIGTERM.
     pub grace_period: Duration,
@@ -91,7 +93,7 @@ pub struct WorkerPolicy {
 }
 
 /// The unprivileged identity workers run as.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Credentials {
     /// The user's name.
     pub user: String,
@@ -102,7 +104,7 @@ pub struct Credentials {
 }
 
 /// A worker program resolved to an executable file.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerCommand {
     /// Absolute path of the executable.
     pub program: PathBuf,

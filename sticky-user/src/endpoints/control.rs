@@ -15,7 +15,7 @@ use std::{
 use thiserror::Error;
 
 use super::loader::Loader;
-pub use super::protocol::{ReloadOutcome, Request, Response, SlotStatus, Status};
+pub use super::protocol::{LoaderInfo, ReloadOutcome, Request, Response, SlotStatus, Status};
 use crate::accept::AcceptBackoff;
 
 /// Why the control socket could not be used.
@@ -96,9 +96,19 @@ async fn write_response(
     response: &Response,
 ) -> io::Result<()> {
     use tokio::io::AsyncWriteExt as _;
-    let mut bytes = serde_json::to_vec(response).map_err(io::Error::other)?;
+    stream.write_all(&encode(response)).await
+}
+
+/// Answers on a connection of the control socket held as a blocking stream (`sticky upgrade`'s,
+/// which outlives an exec).
+pub(crate) fn reply(mut stream: UnixStream, response: &Response) -> io::Result<()> {
+    stream.write_all(&encode(response))
+}
+
+fn encode(response: &Response) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec(response).expect("responses serialize");
     bytes.push(b'\n');
-    stream.write_all(&bytes).await
+    bytes
 }
 
 /// Answers control requests on `listener` until the loader stops, one task per connection.
@@ -112,6 +122,7 @@ pub(crate) async fn serve(listener: tokio::net::UnixListener, loader: Arc<impl L
         let loader = loader.clone();
         tokio::spawn(async move {
             let response = match read_request(&mut stream).await {
+                Ok(Request::Upgrade) => return loader.upgrade(stream).await,
                 Ok(request) => loader.handle(request).await,
                 Err(err) => Response::Error { message: format!("bad request: {err}") },
             };

@@ -10,4 +10,7 @@ pub(crate) trait Loader: Send + Sync + 'static {
     fn status(&self) -> Result<Status, String>;
     /// Carries out a control request.
     fn handle(self: Arc<Self>, request: Request) -> impl Future<Output = Response> + Send;
+    /// Carries out `sticky upgrade`, answering on `reply` (or handing it to the new image,
+    /// which answers).
+    fn upgrade(self: Arc<Self>, reply: tokio::net::UnixStream) -> impl Future<Output = ()> + Send;
 }

@@ -135,6 +135,8 @@ mod tests {
             unreadable: 0,
             slots: vec![slot(0, Some(10), 5), slot(1, None, 7)],
             last_reload: None,
+            loader: Default::default(),
+            last_upgrade: None,
         };
         let text = render(&status);
         assert!(text.contains("sticky_connections_total{slot=\"1\"} 7\n"), "{text}");

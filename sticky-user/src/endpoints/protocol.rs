@@ -19,6 +19,9 @@ pub enum Request {
     },
     /// Stop the workers and exit.
     Stop,
+    /// Re-execute the sticky binary at its path in place, handing it the running state. The
+    /// answer comes from the new image once it runs (or from this one if it refused).
+    Upgrade,
 }
 
 /// The loader's answer.
@@ -26,7 +29,7 @@ pub enum Request {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     /// The state of the loader.
-    Status(Status),
+    Status(Box<Status>),
     /// The request was carried out.
     Done {
         /// What was done.
@@ -44,6 +47,9 @@ pub enum Response {
 pub struct Status {
     /// The loader's pid.
     pub pid: u32,
+    /// The running binary: version, build id, when this image started.
+    #[serde(default)]
+    pub loader: LoaderInfo,
     /// Listen addresses.
     pub listen: Vec<String>,
     /// How connections are dispatched.
@@ -63,6 +69,22 @@ pub struct Status {
     /// How the last rolling restart ended, if there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reload: Option<ReloadOutcome>,
+    /// How the last upgrade ended, if there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_upgrade: Option<ReloadOutcome>,
+}
+
+/// The running loader's binary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoaderInfo {
+    /// The package version.
+    pub version: String,
+    /// The binary's GNU build id (hex), or `unknown`.
+    pub build_id: String,
+    /// When this image of the loader started (its exec), in seconds since the Unix epoch.
+    pub started_at_unix_secs: u64,
+    /// How many times this loader process was upgraded in place.
+    pub upgrades: u32,
 }
 
 /// One worker slot in [`Status`].
@@ -95,13 +117,13 @@ pub struct SlotStatus {
     pub table_share: Option<f64>,
 }
 
-/// How the last rolling restart ended.
+/// How the last rolling restart (or upgrade) ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReloadOutcome {
     /// When it ended, in seconds since the Unix epoch.
     pub at_unix_secs: u64,
-    /// Whether every slot was replaced.
+    /// Whether it succeeded (a reload: every slot was replaced).
     pub ok: bool,
-    /// What happened, as `sticky reload` printed it.
+    /// What happened, as `sticky reload` (or `upgrade`) printed it.
     pub message: String,
 }

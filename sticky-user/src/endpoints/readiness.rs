@@ -11,7 +11,7 @@ use std::{
     fs,
     io::{self, IoSliceMut},
     os::{
-        fd::AsRawFd as _,
+        fd::{AsRawFd as _, OwnedFd, RawFd},
         linux::net::SocketAddrExt as _,
         unix::net::{SocketAddr, UnixDatagram},
     },
@@ -48,15 +48,36 @@ pub(crate) struct Notification {
 /// How far up a sender's ancestry a worker is looked for.
 const MAX_DEPTH: usize = 8;
 
-/// Binds the readiness socket; returns the value of the workers' `NOTIFY_SOCKET` and the
-/// notifications as they arrive.
-pub(crate) fn bind() -> io::Result<(String, UnboundedReceiver<Notification>)> {
+/// The workers' readiness socket, as the supervisor holds it.
+pub(crate) struct NotifySocket {
+    /// The workers' `NOTIFY_SOCKET` value (`@sticky/<pid>/notify`).
+    pub(crate) name: String,
+    /// The socket's fd (owned by the receiving thread, open as long as the loader runs): what an
+    /// upgrade hands over.
+    pub(crate) fd: RawFd,
+    /// What workers send, as it arrives.
+    pub(crate) notifications: UnboundedReceiver<Notification>,
+}
+
+/// Binds the readiness socket and starts receiving on it.
+pub(crate) fn bind() -> io::Result<NotifySocket> {
     let name = format!("sticky/{}/notify", std::process::id());
     let socket = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)?;
     setsockopt(&socket, PassCred, &true)?;
-    let (sender, receiver) = unbounded_channel();
+    serve(format!("@{name}"), socket)
+}
+
+/// Receives on the readiness socket an earlier image of this loader bound as `name` (same pid)
+/// and handed over as `socket`.
+pub(crate) fn adopt(name: String, socket: OwnedFd) -> io::Result<NotifySocket> {
+    serve(name, UnixDatagram::from(socket))
+}
+
+fn serve(name: String, socket: UnixDatagram) -> io::Result<NotifySocket> {
+    let fd = socket.as_raw_fd();
+    let (sender, notifications) = unbounded_channel();
     thread::Builder::new().name("worker-notify".into()).spawn(move || receive(&socket, &sender))?;
-    Ok((format!("@{name}"), receiver))
+    Ok(NotifySocket { name, fd, notifications })
 }
 
 /// Receives datagrams until the loader exits (or nobody listens any more).
@@ -147,7 +168,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_worker_message_arrives_with_its_sender() {
-        let (name, mut notifications) = bind().unwrap();
+        let NotifySocket { name, mut notifications, .. } = bind().unwrap();
         let address = SocketAddr::from_abstract_name(&name.as_bytes()[1..]).unwrap();
         UnixDatagram::unbound().unwrap().send_to_addr(b"READY=1", &address).unwrap();
         let notification = notifications.recv().await.unwrap();

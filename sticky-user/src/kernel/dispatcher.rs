@@ -4,13 +4,17 @@
 //! gets its own instance of the program and maps (`Dispatcher`), all filled from the same seed
 //! and table. Requires Linux 4.19 (REUSEPORT_SOCKARRAY) and CAP_BPF + CAP_NET_ADMIN.
 
-use std::net::TcpListener;
+use std::{
+    net::TcpListener,
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd, RawFd},
+};
 
 use aya::{
     Ebpf, EbpfError,
-    maps::{Array, MapData, MapError, PerCpuArray, ReusePortSockArray},
+    maps::{Array, Map, MapData, MapError, PerCpuArray, ReusePortSockArray},
     programs::{ProgramError, SkReuseport},
 };
+use serde::{Deserialize, Serialize};
 use sticky_common::{
     CONFIG_MAP, COUNTER_FALLBACK, COUNTER_PASSED, COUNTER_UNREADABLE, COUNTERS_MAP, DispatchConfig,
     PROGRAM_MIGRATE, PROGRAM_SELECT, SOCKETS_MAP, TABLE_MAP, Table,
@@ -84,18 +88,46 @@ impl Counters {
 
 /// The program attached to one listen address's reuseport group, and its maps.
 ///
-/// An SK_REUSEPORT program stays attached to the group when its `Ebpf` object is dropped; it
-/// goes away with the group's last socket, or with [`Dispatcher::detach`].
+/// An SK_REUSEPORT program stays attached to the group as long as the group has a socket, or
+/// until [`Dispatcher::detach`]: the loader keeps only fds of the program and its maps, which
+/// it can hand to its next image ([`Dispatcher::handover`], [`Dispatcher::resume`]).
 pub struct Dispatcher {
-    /// Holds the programs.
-    ebpf: Ebpf,
+    program: OwnedFd,
     sockets: ReusePortSockArray<MapData>,
     table: Array<MapData, Table>,
     config_map: Array<MapData, DispatchConfig>,
     counters: PerCpuArray<MapData, u64>,
+    /// The maps' fds, in the order of [`MapFds`].
+    map_fds: [OwnedFd; 4],
     config: DispatchConfig,
     program_id: u32,
     migrates: bool,
+}
+
+/// An attached dispatcher as fd numbers and facts: what an upgrade hands to the next image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handover {
+    /// The program's fd.
+    pub program: RawFd,
+    /// The maps' fds.
+    pub maps: MapFds,
+    /// The kernel's id of the program.
+    pub program_id: u32,
+    /// Whether it is the migrating variant.
+    pub migrates: bool,
+}
+
+/// The fds of a dispatcher's maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapFds {
+    /// The socket array.
+    pub sockets: RawFd,
+    /// The lookup table.
+    pub table: RawFd,
+    /// The dispatch configuration.
+    pub config: RawFd,
+    /// The counters.
+    pub counters: RawFd,
 }
 
 impl Dispatcher {
@@ -110,22 +142,10 @@ impl Dispatcher {
         table: &Table,
     ) -> Result<Self, DispatchError> {
         let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(refused_or_object)?;
-        let mut dispatcher = Self {
-            sockets: take_map(&mut ebpf, SOCKETS_MAP)?,
-            table: take_map(&mut ebpf, TABLE_MAP)?,
-            config_map: take_map(&mut ebpf, CONFIG_MAP)?,
-            counters: take_map(&mut ebpf, COUNTERS_MAP)?,
-            ebpf,
-            config: *config,
-            program_id: 0,
-            migrates: false,
-        };
-        dispatcher.write_config()?;
-        dispatcher.update_table(table)?;
-        for (slot, socket) in (0..).zip(&group.sockets) {
-            dispatcher.set_socket(slot, socket)?;
-        }
-        dispatcher.migrates = match dispatcher.program(PROGRAM_MIGRATE)?.load() {
+        let maps = [SOCKETS_MAP, TABLE_MAP, CONFIG_MAP, COUNTERS_MAP]
+            .map(|name| take_map(&mut ebpf, name));
+        let [sockets, table_map, config_map, counters] = maps;
+        let migrates = match program(&mut ebpf, PROGRAM_MIGRATE)?.load() {
             Ok(()) => true,
             Err(err) => {
                 tracing::warn!(
@@ -133,32 +153,110 @@ impl Dispatcher {
                     "no connection migration (needs Linux 5.14): connections queued on a \
                      listener that closes are reset"
                 );
-                dispatcher.program(PROGRAM_SELECT)?.load().map_err(refused)?;
+                program(&mut ebpf, PROGRAM_SELECT)?.load().map_err(refused)?;
                 false
             }
         };
-        let program = dispatcher.program(dispatcher.program_name())?;
-        let program_id = program
-            .info()
-            .map_err(|source| DispatchError::Program { action: "inspect", source })?
-            .id();
-        program
+        let name = if migrates { PROGRAM_MIGRATE } else { PROGRAM_SELECT };
+        let loaded = program(&mut ebpf, name)?;
+        let inspect = |source| DispatchError::Program { action: "inspect", source };
+        let program_id = loaded.info().map_err(inspect)?.id();
+        let program_fd = loaded.fd().map_err(inspect)?.as_fd().try_clone_to_owned();
+        let program_fd = program_fd.map_err(|err| inspect(ProgramError::IOError(err)))?;
+        let maps = [sockets?, table_map?, config_map?, counters?];
+        let mut dispatcher =
+            Self::from_parts(program_fd, maps, Some(*config), program_id, migrates)?;
+        dispatcher.write_config()?;
+        dispatcher.update_table(table)?;
+        for (slot, socket) in (0..).zip(&group.sockets) {
+            dispatcher.set_socket(slot, socket)?;
+        }
+        program(&mut ebpf, name)?
             .attach(&group.sockets[0])
             .map_err(|source| DispatchError::Program { action: "attach", source })?;
-        dispatcher.program_id = program_id;
         Ok(dispatcher)
     }
 
-    fn program_name(&self) -> &'static str {
-        if self.migrates { PROGRAM_MIGRATE } else { PROGRAM_SELECT }
+    /// Takes over a dispatcher an earlier image of this loader handed over: its program stays
+    /// attached, its maps (counters included) keep their contents.
+    ///
+    /// # Safety
+    ///
+    /// Every fd in `handover` must be open, owned by nobody else in this process, and be what
+    /// it names.
+    pub unsafe fn resume(handover: &Handover) -> Result<Self, DispatchError> {
+        use std::os::fd::FromRawFd as _;
+        let Handover { program, maps, program_id, migrates } = handover;
+        // SAFETY: the caller guarantees these fds are open and ours alone.
+        let owned = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
+        let map = |fd, name| {
+            MapData::from_fd(owned(fd)).map_err(|source| DispatchError::Map {
+                action: "open",
+                map: name,
+                source,
+            })
+        };
+        let maps = [
+            map(maps.sockets, SOCKETS_MAP)?,
+            map(maps.table, TABLE_MAP)?,
+            map(maps.config, CONFIG_MAP)?,
+            map(maps.counters, COUNTERS_MAP)?,
+        ];
+        // The configuration is the one in the map, as the program reads it.
+        Self::from_parts(owned(*program), maps, None, *program_id, *migrates)
     }
 
-    fn program(&mut self, name: &'static str) -> Result<&mut SkReuseport, DispatchError> {
-        self.ebpf
-            .program_mut(name)
-            .ok_or(DispatchError::Missing(name))?
-            .try_into()
-            .map_err(|source| DispatchError::Program { action: "find", source })
+    /// What [`Dispatcher::resume`] needs in the next image (the fds stay owned by this one).
+    pub fn handover(&self) -> Handover {
+        let [sockets, table, config, counters] = self.map_fds.each_ref().map(|fd| fd.as_raw_fd());
+        Handover {
+            program: self.program.as_raw_fd(),
+            maps: MapFds { sockets, table, config, counters },
+            program_id: self.program_id,
+            migrates: self.migrates,
+        }
+    }
+
+    /// A dispatcher of `program` and its maps, in the order of [`MapFds`], with `config` (or
+    /// the one its config map holds).
+    fn from_parts(
+        program: OwnedFd,
+        maps: [MapData; 4],
+        config: Option<DispatchConfig>,
+        program_id: u32,
+        migrates: bool,
+    ) -> Result<Self, DispatchError> {
+        let duplicate = |data: &MapData, name| {
+            data.fd().as_fd().try_clone_to_owned().map_err(|err| DispatchError::Map {
+                action: "open",
+                map: name,
+                source: MapError::IoError(err),
+            })
+        };
+        let names = [SOCKETS_MAP, TABLE_MAP, CONFIG_MAP, COUNTERS_MAP];
+        let [fd0, fd1, fd2, fd3] = [0, 1, 2, 3].map(|i| duplicate(&maps[i], names[i]));
+        let map_fds = [fd0?, fd1?, fd2?, fd3?];
+        let [sockets, table, config_map, counters] = maps;
+        let config_map: Array<MapData, DispatchConfig> = typed(config_map, CONFIG_MAP)?;
+        let config = match config {
+            Some(config) => config,
+            None => config_map.get(&0, 0).map_err(|source| DispatchError::Map {
+                action: "read",
+                map: CONFIG_MAP,
+                source,
+            })?,
+        };
+        Ok(Self {
+            program,
+            sockets: typed(sockets, SOCKETS_MAP)?,
+            table: typed(table, TABLE_MAP)?,
+            config_map,
+            counters: typed(counters, COUNTERS_MAP)?,
+            map_fds,
+            config,
+            program_id,
+            migrates,
+        })
     }
 
     /// The kernel's id of the attached program (as `bpftool prog` shows it).
@@ -226,13 +324,32 @@ impl Dispatcher {
     }
 }
 
-/// Takes map `name` out of the object as its typed handle `M`, once, at attach.
-fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, DispatchError>
+/// The object's program `name`.
+fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SkReuseport, DispatchError> {
+    ebpf.program_mut(name)
+        .ok_or(DispatchError::Missing(name))?
+        .try_into()
+        .map_err(|source| DispatchError::Program { action: "find", source })
+}
+
+/// Takes map `name` out of the object, once, at attach.
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData, DispatchError> {
+    match ebpf.take_map(name).ok_or(DispatchError::Missing(name))? {
+        Map::ReusePortSockArray(data) | Map::Array(data) | Map::PerCpuArray(data) => Ok(data),
+        _ => Err(DispatchError::Missing(name)),
+    }
+}
+
+/// Map `name` as its typed handle `M`.
+fn typed<M>(data: MapData, name: &'static str) -> Result<M, DispatchError>
 where
-    M: TryFrom<aya::maps::Map, Error = MapError>,
+    M: TryFrom<Map, Error = MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(DispatchError::Missing(name))?;
-    M::try_from(map).map_err(|source| DispatchError::Map { action: "open", map: name, source })
+    let open = |source| DispatchError::Map { action: "open", map: name, source };
+    M::try_from(Map::from_map_data(data).map_err(open)?).map_err(open)
 }
 
 /// The error of a failed write to map `name`.

@@ -10,43 +10,49 @@
 //! wait for worker exits, timers and control requests each take it briefly.
 
 mod error;
+mod handover;
 mod hang;
+mod reaper;
 mod roll;
 mod state;
+mod upgrade;
 mod worker;
 mod workers;
 
 use std::{
+    os::{fd::AsRawFd as _, unix::net::UnixStream},
     path::PathBuf,
-    sync::{Arc, Mutex, MutexGuard},
-    time::Duration,
+    sync::{Arc, Mutex, MutexGuard, OnceLock},
+    time::{Duration, SystemTime},
 };
 
 use sticky_common::{MAX_SLOTS, Table};
 use tokio::{
     net::{TcpListener, UnixListener},
     signal::unix::{SignalKind, signal},
-    sync::{Notify, mpsc::UnboundedReceiver},
+    sync::Notify,
 };
 use tracing::{error, info};
 
 pub use self::error::SupervisorError;
 use self::{
     state::{State, lock},
-    workers::{apply_notifications, start_worker, terminate},
+    workers::{apply_notifications, start_worker, terminate, track},
 };
 use crate::{
-    config::WorkerPolicy,
     dispatch::Dispatch,
     endpoints::{
         Loader,
-        control::{self, Request, Response, Status},
+        control::{self, LoaderInfo, Request, Response, Status},
         metrics, notify,
-        readiness::Notification,
+        readiness::NotifySocket,
     },
+    identity,
     kernel::{Counters, Dispatcher},
     listeners::ListenerGroup,
     spawn::Spawner,
+    startup::Launch,
+    upgrade::{EndpointFds, SupervisorRecord, handled_signals},
 };
 
 /// What `sticky run` set up for the supervisor.
@@ -67,8 +73,8 @@ pub struct Setup {
 pub struct Endpoints {
     /// The control socket and its path (removed at exit).
     pub control: (PathBuf, UnixListener),
-    /// What workers send to their notify socket.
-    pub notifications: UnboundedReceiver<Notification>,
+    /// The workers' notify socket and what they send to it.
+    pub(crate) notify: NotifySocket,
     /// The metrics listener.
     pub metrics: Option<TcpListener>,
 }
@@ -82,6 +88,17 @@ pub struct Supervisor {
     stop: Notify,
     /// Reads the worker count again at each reload (from the configuration file).
     reconfigure: Option<Reconfigure>,
+    /// What `sticky run` was given, for an upgrade to hand on.
+    launch: Launch,
+    /// The sticky binary's path, which an upgrade executes.
+    executable: PathBuf,
+    /// When this image started, in seconds since the Unix epoch.
+    started_at_unix_secs: u64,
+    /// The endpoints' fds, known once running, for an upgrade to hand on.
+    endpoint_fds: OnceLock<EndpointFds>,
+    /// After an upgrade: the image before this one, and the `sticky upgrade` connection that
+    /// waits for this image's answer.
+    upgraded_from: Mutex<Option<(LoaderInfo, Option<UnixStream>)>>,
 }
 
 /// Returns the worker count the configuration asks for now if it changed since the last call, or
@@ -89,35 +106,49 @@ pub struct Supervisor {
 pub type Reconfigure = Box<dyn Fn() -> Result<Option<u32>, String> + Send + Sync>;
 
 impl Supervisor {
-    /// A supervisor for what `sticky run` set up, with `policy`.
-    pub fn new(setup: Setup, policy: WorkerPolicy) -> Self {
-        let Setup { spawner, groups, dispatch, seed, table } = setup;
-        let count = match &dispatch {
+    /// A supervisor for what `sticky run` set up, as `launch` configures it.
+    pub(crate) fn new(setup: Setup, launch: Launch) -> Self {
+        let count = match &setup.dispatch {
             Dispatch::Userspace(ends) => ends.len(),
-            _ => groups.first().map_or(0, |group| group.sockets.len()),
+            _ => setup.groups.first().map_or(0, |group| group.sockets.len()),
         };
-        let mut state = State {
-            spawner,
-            groups,
-            dispatch,
-            seed,
-            table,
-            policy,
-            slots: Vec::new(),
-            live: Vec::new(),
-            next_slot_id: 0,
-            stopping: false,
-            last_reload: None,
-        };
+        let mut state = State::new(setup, launch.config.policy);
         for _ in 0..count {
             let slot = state.new_slot();
             state.slots.push(slot);
         }
+        Self::with_state(state, launch)
+    }
+
+    /// A supervisor that goes on where an earlier image of this loader stopped: its slots and
+    /// workers from `record`, and the `sticky upgrade` connection to answer.
+    pub(crate) fn resume(
+        setup: Setup,
+        launch: Launch,
+        record: SupervisorRecord,
+        previous: LoaderInfo,
+        reply: Option<UnixStream>,
+    ) -> Self {
+        let mut state = State::new(setup, launch.config.policy);
+        state.adopt(record);
+        let supervisor = Self::with_state(state, launch);
+        *supervisor.upgraded_from.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((previous, reply));
+        supervisor
+    }
+
+    fn with_state(state: State, launch: Launch) -> Self {
+        let executable = state.spawner.executable().to_owned();
         Self {
             shared: Arc::new(Mutex::new(state)),
             operation: Default::default(),
             stop: Notify::new(),
-            reconfigure: None,
+            reconfigure: launch.reconfigure(),
+            launch,
+            executable,
+            started_at_unix_secs: unix_now(),
+            endpoint_fds: OnceLock::new(),
+            upgraded_from: Mutex::new(None),
         }
     }
 
@@ -133,19 +164,24 @@ impl Supervisor {
         endpoints: Endpoints,
     ) -> Result<Vec<Counters>, SupervisorError> {
         let signals = |kind| signal(kind).map_err(SupervisorError::Signals);
-        let (mut interrupt, mut terminate, mut hangup) = (
+        let (mut interrupt, mut terminate, mut hangup, mut upgrade) = (
             signals(SignalKind::interrupt())?,
             signals(SignalKind::terminate())?,
             signals(SignalKind::hangup())?,
+            signals(SignalKind::user_defined2())?,
         );
-        tokio::spawn(apply_notifications(self.shared.clone(), endpoints.notifications));
-        {
-            let mut state = self.state();
-            for slot in 0..state.slots.len() {
-                start_worker(&self.shared, &mut state, slot);
-            }
-        }
+        // An upgrade blocks these across its exec; they are handled from here on.
+        let _ = handled_signals().thread_unblock();
         let (control_path, control_listener) = endpoints.control;
+        let _ = self.endpoint_fds.set(EndpointFds {
+            control: control_listener.as_raw_fd(),
+            control_path: control_path.clone(),
+            metrics: endpoints.metrics.as_ref().map(|listener| listener.as_raw_fd()),
+            notify: endpoints.notify.fd,
+            notify_name: endpoints.notify.name.clone(),
+        });
+        tokio::spawn(apply_notifications(self.shared.clone(), endpoints.notify.notifications));
+        self.start_workers();
         tokio::spawn(control::serve(control_listener, self.clone()));
         if let Some(listener) = endpoints.metrics {
             tokio::spawn(metrics::serve(listener, self.clone()));
@@ -169,6 +205,7 @@ impl Supervisor {
             None => {
                 tokio::spawn(hang::watch(self.shared.clone()));
                 notify::ready(&self.summary());
+                self.answer_upgrade();
                 loop {
                     tokio::select! {
                         _ = interrupt.recv() => break "SIGINT received",
@@ -178,12 +215,32 @@ impl Supervisor {
                             let this = self.clone();
                             tokio::spawn(async move { log_outcome("reload", this.reload().await) });
                         }
+                        _ = upgrade.recv() => {
+                            tokio::spawn(self.clone().upgrade(None));
+                        }
                     }
                 }
             }
         };
         info!("{reason}: stopping the workers");
         self.shut_down(control_path).await
+    }
+
+    /// Starts a worker on every slot that has none, and watches the workers an earlier image
+    /// started (after an upgrade).
+    fn start_workers(&self) {
+        let mut state = self.state();
+        for worker in std::mem::take(&mut state.live) {
+            let slot = state.slot_of(worker.pid);
+            if let Err(err) = track(&self.shared, &mut state, &worker, slot) {
+                error!(pid = worker.pid, error = %err, "cannot watch an adopted worker");
+            }
+        }
+        for slot in 0..state.slots.len() {
+            if state.slots[slot].worker.is_none() {
+                start_worker(&self.shared, &mut state, slot);
+            }
+        }
     }
 
     /// Stops the workers, detaches the programs and removes the control socket; returns the
@@ -231,11 +288,6 @@ impl Supervisor {
         self.resize(workers).await
     }
 
-    /// Reads the worker count again from the configuration at each reload.
-    pub fn with_reconfigure(self, reconfigure: Reconfigure) -> Self {
-        Self { reconfigure: Some(reconfigure), ..self }
-    }
-
     /// The body of [`Supervisor::scale`], for a caller that holds the operation lock.
     async fn resize(&self, workers: u32) -> Result<String, SupervisorError> {
         if !(1..=MAX_SLOTS).contains(&workers) {
@@ -273,7 +325,17 @@ impl Supervisor {
 
     /// The current state, for `sticky status`.
     pub fn status(&self) -> Result<Status, SupervisorError> {
-        Ok(self.state().status()?)
+        Ok(self.state().status(self.loader_info())?)
+    }
+
+    /// This image of the loader.
+    fn loader_info(&self) -> LoaderInfo {
+        LoaderInfo {
+            version: identity::VERSION.into(),
+            build_id: identity::build_id().into(),
+            started_at_unix_secs: self.started_at_unix_secs,
+            upgrades: 0,
+        }
     }
 
     /// SIGTERM to every worker, SIGKILL after the grace period, and waits for them all.
@@ -308,7 +370,7 @@ impl Loader for Supervisor {
         };
         match request {
             Request::Status => match Supervisor::status(&self) {
-                Ok(status) => Response::Status(status),
+                Ok(status) => Response::Status(Box::new(status)),
                 Err(err) => Response::Error { message: err.to_string() },
             },
             Request::Reload => done(self.reload().await),
@@ -317,8 +379,23 @@ impl Loader for Supervisor {
                 self.stop.notify_one();
                 Response::Done { message: "stopping".into() }
             }
+            Request::Upgrade => {
+                Response::Error { message: "an upgrade is answered by the upgrade path".into() }
+            }
         }
     }
+
+    async fn upgrade(self: Arc<Self>, reply: tokio::net::UnixStream) {
+        match reply.into_std().and_then(|stream| stream.set_nonblocking(false).map(|()| stream)) {
+            Ok(stream) => Supervisor::upgrade(self, Some(stream)).await,
+            Err(err) => error!(error = %err, "upgrade: cannot keep the requester's connection"),
+        }
+    }
+}
+
+/// Now, in seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |since| since.as_secs())
 }
 
 fn log_outcome(what: &str, result: Result<String, SupervisorError>) {

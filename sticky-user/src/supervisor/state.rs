@@ -13,11 +13,11 @@ use sticky_common::{MAX_SLOTS, TABLE_SIZE, Table};
 use tracing::{error, info, warn};
 
 pub(super) use super::worker::Worker;
-use super::{error::SupervisorError, worker::Exit};
+use super::{Setup, error::SupervisorError, worker::Exit};
 use crate::{
     config::WorkerPolicy,
     dispatch::Dispatch,
-    endpoints::control::{ReloadOutcome, SlotStatus, Status},
+    endpoints::control::{LoaderInfo, ReloadOutcome, SlotStatus, Status},
     kernel::{Counters, DispatchError, Dispatcher, table},
     listeners::ListenerGroup,
     spawn::Spawner,
@@ -44,6 +44,10 @@ pub(super) struct State {
     pub(super) stopping: bool,
     /// How the last rolling restart ended.
     pub(super) last_reload: Option<ReloadOutcome>,
+    /// How the last upgrade ended.
+    pub(super) last_upgrade: Option<ReloadOutcome>,
+    /// How many times this loader was upgraded in place.
+    pub(super) upgrades: u32,
 }
 
 pub(super) struct Slot {
@@ -74,6 +78,26 @@ pub(super) struct Progress {
 }
 
 impl State {
+    /// The state of a loader that has set up `setup`, with no slots yet.
+    pub(super) fn new(setup: Setup, policy: WorkerPolicy) -> Self {
+        let Setup { spawner, groups, dispatch, seed, table } = setup;
+        Self {
+            spawner,
+            groups,
+            dispatch,
+            seed,
+            table,
+            policy,
+            slots: Vec::new(),
+            live: Vec::new(),
+            next_slot_id: 0,
+            stopping: false,
+            last_reload: None,
+            last_upgrade: None,
+            upgrades: 0,
+        }
+    }
+
     pub(super) fn new_slot(&mut self) -> Slot {
         self.next_slot_id += 1;
         Slot {
@@ -95,8 +119,9 @@ impl State {
         self.slots.iter().position(|slot| slot.worker.as_ref().is_some_and(|w| w.pid == pid))
     }
 
-    /// The current state, for `sticky status`: slots, workers and the program's counters.
-    pub(super) fn status(&self) -> Result<Status, DispatchError> {
+    /// The current state, for `sticky status`: the loader, slots, workers and the program's
+    /// counters.
+    pub(super) fn status(&self, loader: LoaderInfo) -> Result<Status, DispatchError> {
         let dispatchers = self.dispatch.dispatchers();
         let counters =
             dispatchers.iter().map(Dispatcher::counters).collect::<Result<Vec<_>, _>>()?;
@@ -125,6 +150,7 @@ impl State {
             .collect();
         Ok(Status {
             pid: std::process::id(),
+            loader: LoaderInfo { upgrades: self.upgrades, ..loader },
             listen: self.groups.iter().map(|g| g.address.to_string()).collect(),
             dispatch: self.dispatch.mode(),
             program_ids: dispatchers.iter().map(Dispatcher::program_id).collect(),
@@ -134,6 +160,7 @@ impl State {
             unreadable: total(|c| c.unreadable),
             slots,
             last_reload: self.last_reload.clone(),
+            last_upgrade: self.last_upgrade.clone(),
         })
     }
 

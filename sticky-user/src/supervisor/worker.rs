@@ -3,8 +3,6 @@
 
 use std::{
     fmt,
-    os::unix::process::ExitStatusExt as _,
-    process::ExitStatus,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -38,16 +36,8 @@ struct Notes {
 pub(super) struct Exit(String);
 
 impl Exit {
-    /// From the status `wait` returned.
-    pub(super) fn of(status: std::io::Result<ExitStatus>) -> Self {
-        Self(match status {
-            Ok(status) => match (status.code(), status.signal()) {
-                (Some(code), _) => format!("exited with status {code}"),
-                (None, Some(signal)) => format!("was killed by signal {signal}"),
-                (None, None) => status.to_string(),
-            },
-            Err(err) => format!("could not be waited for ({err})"),
-        })
+    pub(super) fn new(description: String) -> Self {
+        Self(description)
     }
 }
 
@@ -80,13 +70,19 @@ impl fmt::Display for NotReady {
 impl Worker {
     /// A worker just started as `pid`.
     pub(super) fn new(pid: u32) -> Self {
+        Self::adopted(pid, Duration::ZERO, false, None)
+    }
+
+    /// A worker that has run for `uptime` already (started before an upgrade), ready or not,
+    /// with its last `STATUS=`.
+    pub(super) fn adopted(pid: u32, uptime: Duration, ready: bool, status: Option<String>) -> Self {
         let now = Instant::now();
         let shared = Shared {
-            ready: watch::Sender::new(false),
+            ready: watch::Sender::new(ready),
             exit: watch::Sender::new(None),
-            notes: Mutex::new(Notes { status: None, fed: now }),
+            notes: Mutex::new(Notes { status, fed: now }),
         };
-        Self { pid, started: now, shared: Arc::new(shared) }
+        Self { pid, started: now.checked_sub(uptime).unwrap_or(now), shared: Arc::new(shared) }
     }
 
     /// Records how it ended (once reaped).

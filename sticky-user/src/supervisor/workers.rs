@@ -18,6 +18,7 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use super::{
+    reaper::Exiting,
     state::{FIRST_BACKOFF, HEALTHY_RUN, State, Worker, lock},
     worker::Exit,
 };
@@ -59,18 +60,31 @@ pub(super) fn spawn_worker(
 ) -> io::Result<Worker> {
     let fds = state.inherited_fds(index);
     let slots = state.slots.len() as u32;
-    let mut child = state.spawner.spawn(index as u32, slots, fds)?;
-    let pid = child.id().ok_or_else(|| io::Error::other("the new worker exited at once"))?;
+    let pid = state.spawner.spawn(index as u32, slots, fds)?;
     let worker = Worker::new(pid);
     info!(slot = index, pid, "worker started");
+    track(shared, state, &worker, Some(index))?;
+    Ok(worker)
+}
+
+/// Watches `worker`, just started or adopted from before an upgrade: its exit goes to
+/// [`on_exit`], its readiness (delay mode) and its health to slot `index` (none for a worker
+/// of a removed slot that is still finishing).
+pub(super) fn track(
+    shared: &Arc<Mutex<State>>,
+    state: &mut State,
+    worker: &Worker,
+    index: Option<usize>,
+) -> io::Result<()> {
+    let exiting = Exiting::watch(worker.pid)?;
     state.live.push(worker.clone());
-    let (waiter, exiting) = (shared.clone(), worker.clone());
+    let (waiter, ended) = (shared.clone(), worker.clone());
     tokio::spawn(async move {
-        let exit = Exit::of(child.wait().await);
-        exiting.exited(exit.clone());
-        on_exit(&waiter, &exiting, exit);
+        let exit = exiting.wait().await;
+        ended.exited(exit.clone());
+        on_exit(&waiter, &ended, exit);
     });
-    if state.policy.ready == ReadyMode::Delay {
+    if state.policy.ready == ReadyMode::Delay && !worker.is_ready() {
         let (shared, starting, delay) = (shared.clone(), worker.clone(), state.policy.ready_delay);
         tokio::spawn(async move {
             if timeout(delay, starting.wait()).await.is_err() {
@@ -78,7 +92,8 @@ pub(super) fn spawn_worker(
             }
         });
     }
-    let watcher = shared.clone();
+    let Some(index) = index else { return Ok(()) };
+    let (watcher, pid) = (shared.clone(), worker.pid);
     let id = state.slots[index].id;
     tokio::spawn(async move {
         sleep(HEALTHY_RUN).await;
@@ -96,7 +111,7 @@ pub(super) fn spawn_worker(
             }
         }
     });
-    Ok(worker)
+    Ok(())
 }
 
 /// A worker became ready (`READY=1`, or the ready delay passed). A slot out of the table

@@ -37,6 +37,14 @@ fn print_status(status: &Status) {
         status.program_ids,
         if status.migrates { " · migrates queues" } else { "" },
     );
+    let loader = &status.loader;
+    println!(
+        "sticky {} · build {} · this image started {} · upgraded in place {} times",
+        loader.version,
+        loader.build_id,
+        ago(loader.started_at_unix_secs),
+        loader.upgrades,
+    );
     println!(
         "{:>4}  {:>8}  {:>10}  {:>5}  {:>8}  {:>5}  {:>8}  {:>12}  status",
         "slot", "pid", "uptime", "ready", "restarts", "hangs", "in table", "connections"
@@ -60,11 +68,16 @@ fn print_status(status: &Status) {
         "fallback {} · passed {} · unreadable {}",
         status.fallback, status.passed, status.unreadable
     );
-    if let Some(reload) = &status.last_reload {
-        let ago = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |now| now.as_secs().saturating_sub(reload.at_unix_secs));
-        let outcome = if reload.ok { "ok" } else { "failed" };
-        println!("last reload {ago}s ago, {outcome}: {}", reload.message);
+    for (what, outcome) in [("reload", &status.last_reload), ("upgrade", &status.last_upgrade)] {
+        if let Some(outcome) = outcome {
+            let result = if outcome.ok { "ok" } else { "failed" };
+            println!("last {what} {}, {result}: {}", ago(outcome.at_unix_secs), outcome.message);
+        }
     }
+}
+
+/// "N s ago" for a time in seconds since the Unix epoch.
+fn ago(at_unix_secs: u64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    format!("{}s ago", now.map_or(0, |now| now.as_secs().saturating_sub(at_unix_secs)))
 }

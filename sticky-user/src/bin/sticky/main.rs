@@ -9,7 +9,7 @@ mod run;
 use std::{ffi::OsString, io::IsTerminal as _, process::ExitCode};
 
 use clap::{CommandFactory as _, Parser, Subcommand};
-use sticky_user::{config::RunOptions, control::Request, spawn};
+use sticky_user::{config::RunOptions, control::Request, spawn, upgrade};
 use tracing_subscriber::EnvFilter;
 
 /// Sticky sessions for multi-process servers: the kernel sends every connection from one client
@@ -46,6 +46,9 @@ enum Command {
     },
     /// Stop the running loader and its workers.
     Stop(ctl::ControlArgs),
+    /// Replace the running loader by the sticky binary now at its path, in place (same pid),
+    /// keeping every worker, socket and the attached program (also SIGUSR2).
+    Upgrade(ctl::ControlArgs),
     /// Write /etc/sticky/NAME.toml and a systemd unit sticky-NAME.service, and enable it.
     Install(install::InstallArgs),
     /// Disable and remove a service written by `sticky install`.
@@ -68,6 +71,16 @@ enum Command {
         /// The hash seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+    },
+    /// Take over from a loader that is upgrading (what `sticky upgrade` executes).
+    #[command(name = upgrade::RESUME, hide = true)]
+    Resume {
+        /// Print the state versions this binary reads (JSON), and exit.
+        #[arg(long, conflicts_with = "state_fd")]
+        probe: bool,
+        /// The fd of the state record.
+        #[arg(long, value_name = "FD", required_unless_present = "probe")]
+        state_fd: Option<i32>,
     },
     /// Set LISTEN_PID to this process and exec CMD (used by `run` to start workers).
     #[command(name = spawn::EXEC_WORKER, hide = true)]
@@ -106,6 +119,9 @@ fn main() -> ExitCode {
             ctl::run(&control, Request::Scale { workers }, false)
         }
         Command::Stop(control) => ctl::run(&control, Request::Stop, false),
+        Command::Upgrade(control) => ctl::run(&control, Request::Upgrade, false),
+        Command::Resume { probe: true, .. } => run::probe(),
+        Command::Resume { state_fd, .. } => run::resume(state_fd.expect("required by clap")),
         Command::Demo => demo::run(),
         Command::InspectTable { slots, seed } => inspect::run(slots, seed),
         Command::ExecWorker { check: true, command } => {

@@ -1,12 +1,11 @@
 //! `sticky run`: listeners, dispatch program and workers, until SIGINT/SIGTERM or `sticky stop`.
 
-use std::sync::{Mutex, PoisonError};
-
 use anyhow::Context as _;
 use sticky_user::{
     config::RunOptions,
     spawn::Spawner,
-    startup::{self, Reconfigure},
+    startup::{self, Launch, Started},
+    upgrade,
 };
 use tracing::info;
 
@@ -31,20 +30,25 @@ pub fn check(options: RunOptions) -> anyhow::Result<()> {
 /// `sticky run`: starts, runs until stopped, logs the final counters.
 pub fn run(options: RunOptions) -> anyhow::Result<()> {
     let config = options.clone().validate()?;
-    // A reload reads the file again, with the same flags on top, and applies the worker count
-    // only if it changed there (so it does not undo a `sticky scale`).
-    let reconfigure = options.config.is_some().then(|| {
-        let configured = Mutex::new(config.workers);
-        let reconfigure: Reconfigure = Box::new(move || {
-            let workers = options.clone().validate().map_err(|err| err.to_string())?.workers;
-            let mut configured = configured.lock().unwrap_or_else(PoisonError::into_inner);
-            let changed = *configured != workers;
-            *configured = workers;
-            Ok(changed.then_some(workers))
-        });
-        reconfigure
-    });
-    let started = startup::start(config, reconfigure)?;
+    serve(startup::start(Launch::new(config, options))?)
+}
+
+/// `sticky resume --probe`: what an upgrading loader asks before it hands over.
+pub fn probe() -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(&upgrade::ProbeAnswer::of_this_binary())?);
+    Ok(())
+}
+
+/// `sticky resume --state-fd FD`: the new image of an upgrading loader takes over.
+pub fn resume(state_fd: i32) -> anyhow::Result<()> {
+    // SAFETY: `sticky upgrade` executes this with the record it wrote at `state_fd` and the fds
+    // it names, which nothing in this fresh image owns yet.
+    let started = unsafe { upgrade::resume(state_fd) }.context("cannot take over the loader")?;
+    serve(started)
+}
+
+/// Runs a started (or resumed) loader until it stops, and logs the final counters.
+pub fn serve(started: Started) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

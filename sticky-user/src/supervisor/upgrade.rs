@@ -1,0 +1,113 @@
+//! The supervisor's side of an upgrade in place: refuse what cannot be handed over, ask the new
+//! binary, write the record and exec; in the new image, answer the one who asked.
+
+use std::os::{fd::AsRawFd as _, unix::net::UnixStream};
+
+use tracing::{error, info};
+
+use super::{Supervisor, unix_now};
+use crate::{
+    dispatch::Dispatch,
+    endpoints::{
+        control::{self, ReloadOutcome, Response},
+        notify,
+    },
+    upgrade::{self, GroupRecord, Record, UpgradeError},
+};
+
+impl Supervisor {
+    /// Upgrades the loader in place (`sticky upgrade`, SIGUSR2). Returns only if the upgrade
+    /// did not happen: then the reason is logged, kept for `sticky status`, and sent on `reply`.
+    pub(crate) async fn upgrade(self: std::sync::Arc<Self>, reply: Option<UnixStream>) {
+        let err = self.try_upgrade(reply.as_ref()).await;
+        error!("{err}");
+        self.state().last_upgrade =
+            Some(ReloadOutcome { at_unix_secs: unix_now(), ok: false, message: err.to_string() });
+        if let Some(reply) = reply {
+            let _ = control::reply(reply, &Response::Error { message: err.to_string() });
+        }
+    }
+
+    /// Everything up to the exec; returns why it did not happen.
+    async fn try_upgrade(&self, reply: Option<&UnixStream>) -> UpgradeError {
+        let _operation = self.operation.lock().await;
+        {
+            let state = self.state();
+            if state.stopping {
+                return UpgradeError::Stopping;
+            }
+            if matches!(state.dispatch, Dispatch::Userspace(_)) {
+                return UpgradeError::Userspace;
+            }
+        }
+        let answer = match upgrade::probe(&self.executable).await {
+            Ok(answer) => answer,
+            Err(err) => return err,
+        };
+        info!(
+            path = %self.executable.display(),
+            version = answer.version,
+            build_id = answer.build_id,
+            "upgrading in place"
+        );
+        notify::reloading();
+        let record = self.record(reply.map(|stream| stream.as_raw_fd()));
+        let err = upgrade::exec(&self.executable, &record);
+        notify::ready(&self.summary());
+        err
+    }
+
+    /// The state record: everything the next image takes over.
+    fn record(&self, reply: Option<std::os::fd::RawFd>) -> Record {
+        let state = self.state();
+        let dispatchers = state.dispatch.dispatchers();
+        let groups = state
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(index, group)| GroupRecord {
+                address: group.address,
+                sockets: group.sockets.iter().map(|socket| socket.as_raw_fd()).collect(),
+                dispatcher: dispatchers.get(index).map(|dispatcher| dispatcher.handover()),
+            })
+            .collect();
+        Record {
+            version: upgrade::STATE_VERSION,
+            launch: self.launch.clone(),
+            seed: state.seed,
+            groups,
+            endpoints: self.endpoint_fds.get().expect("set when the loader runs").clone(),
+            supervisor: state.handover(),
+            previous: self.loader_info(),
+            reply,
+        }
+    }
+
+    /// In the image an upgrade started, once every slot is ready: tells the one who asked.
+    pub(super) fn answer_upgrade(&self) {
+        let upgraded = self.upgraded_from.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some((previous, reply)) = upgraded else { return };
+        let now = self.loader_info();
+        let workers = self.state().slots.len();
+        let message = format!(
+            "upgraded in place: sticky {} (build {}) -> sticky {} (build {}), pid {}, {workers} \
+             workers kept",
+            previous.version,
+            short(&previous.build_id),
+            now.version,
+            short(&now.build_id),
+            std::process::id(),
+        );
+        info!("{message}");
+        self.state().last_upgrade =
+            Some(ReloadOutcome { at_unix_secs: unix_now(), ok: true, message: message.clone() });
+        if let Some(reply) = reply {
+            let _ = control::reply(reply, &Response::Done { message });
+        }
+    }
+}
+
+/// The first 12 hex digits of a build id.
+fn short(build_id: &str) -> &str {
+    &build_id[..build_id.len().min(12)]
+}

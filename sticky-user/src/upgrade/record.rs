@@ -1,0 +1,165 @@
+//! The state record an upgrade hands to the new image: what the loader runs, as data, with the
+//! numbers of the fds it inherits. JSON in a memfd; [`STATE_VERSION`] names its shape.
+
+use std::{
+    fs::File,
+    io::{self, Read as _, Seek as _, SeekFrom, Write as _},
+    net::SocketAddr,
+    os::fd::{FromRawFd as _, OwnedFd, RawFd},
+    path::PathBuf,
+};
+
+use nix::sys::memfd::{MFdFlags, memfd_create};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    endpoints::control::{LoaderInfo, ReloadOutcome},
+    kernel::Handover,
+    startup::Launch,
+};
+
+/// The shape of [`Record`] this binary writes and reads. A change of shape takes a new number.
+pub const STATE_VERSION: u32 = 1;
+
+/// Everything the new image needs to go on where the old one stopped.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Record {
+    /// [`STATE_VERSION`] of the writer.
+    pub(crate) version: u32,
+    /// What `sticky run` was given: the configuration stays as it runs.
+    pub(crate) launch: Launch,
+    /// The hash seed.
+    pub(crate) seed: u64,
+    /// The listening sockets and attached programs, per listen address.
+    pub(crate) groups: Vec<GroupRecord>,
+    /// The control, metrics and worker notify sockets.
+    pub(crate) endpoints: EndpointFds,
+    /// The supervisor's slots and workers.
+    pub(crate) supervisor: SupervisorRecord,
+    /// The old image, for the answer to `sticky upgrade`.
+    pub(crate) previous: LoaderInfo,
+    /// The `sticky upgrade` connection that waits for the new image's answer.
+    pub(crate) reply: Option<RawFd>,
+}
+
+/// One listen address: its sockets (index = slot) and its program, if kernel dispatch.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct GroupRecord {
+    pub(crate) address: SocketAddr,
+    pub(crate) sockets: Vec<RawFd>,
+    pub(crate) dispatcher: Option<Handover>,
+}
+
+/// The loader's endpoints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct EndpointFds {
+    pub(crate) control: RawFd,
+    pub(crate) control_path: PathBuf,
+    pub(crate) metrics: Option<RawFd>,
+    pub(crate) notify: RawFd,
+    /// The workers' `NOTIFY_SOCKET`.
+    pub(crate) notify_name: String,
+}
+
+/// The supervisor's state.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct SupervisorRecord {
+    pub(crate) slots: Vec<SlotRecord>,
+    /// Workers of removed slots that are still finishing.
+    pub(crate) retiring: Vec<u32>,
+    pub(crate) next_slot_id: u64,
+    pub(crate) last_reload: Option<ReloadOutcome>,
+    pub(crate) upgrades: u32,
+}
+
+/// One slot.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct SlotRecord {
+    pub(crate) id: u64,
+    pub(crate) worker: Option<WorkerRecord>,
+    pub(crate) restarts: u32,
+    /// How long ago each exit within the crash window was, in seconds.
+    pub(crate) exit_ages_secs: Vec<f64>,
+    pub(crate) in_table: bool,
+    pub(crate) backoff_ms: u64,
+    pub(crate) hangs: u32,
+    pub(crate) hung: bool,
+    pub(crate) was_ready: bool,
+}
+
+/// One running worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct WorkerRecord {
+    pub(crate) pid: u32,
+    pub(crate) uptime_secs: f64,
+    pub(crate) ready: bool,
+    pub(crate) status: Option<String>,
+}
+
+impl Record {
+    /// Every fd the record names: what must survive the exec.
+    pub(crate) fn fds(&self) -> Vec<RawFd> {
+        let EndpointFds { control, metrics, notify, .. } = self.endpoints;
+        let mut fds = vec![control, notify];
+        fds.extend(metrics);
+        fds.extend(self.reply);
+        for group in &self.groups {
+            fds.extend(&group.sockets);
+            if let Some(handover) = &group.dispatcher {
+                let maps = handover.maps;
+                fds.extend([
+                    handover.program,
+                    maps.sockets,
+                    maps.table,
+                    maps.config,
+                    maps.counters,
+                ]);
+            }
+        }
+        fds
+    }
+
+    /// Writes the record to a new memfd (close-on-exec; the caller clears that).
+    pub(crate) fn to_memfd(&self) -> io::Result<OwnedFd> {
+        let fd = memfd_create("sticky-state", MFdFlags::MFD_CLOEXEC)?;
+        let mut file = File::from(fd);
+        file.write_all(&serde_json::to_vec(self).map_err(io::Error::other)?)?;
+        file.seek(SeekFrom::Start(0))?;
+        Ok(file.into())
+    }
+
+    /// Reads the record from fd `fd` (taking it), checking its version first.
+    ///
+    /// # Safety
+    ///
+    /// `fd` must be an open fd that nothing else in this process owns.
+    pub(crate) unsafe fn read(fd: RawFd) -> Result<Self, RecordError> {
+        // SAFETY: guaranteed by the caller.
+        let mut file = unsafe { File::from_raw_fd(fd) };
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(RecordError::Read)?;
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: u32,
+        }
+        let Versioned { version } = serde_json::from_str(&text).map_err(RecordError::Parse)?;
+        if version != STATE_VERSION {
+            return Err(RecordError::Version(version));
+        }
+        serde_json::from_str(&text).map_err(RecordError::Parse)
+    }
+}
+
+/// Why the state record could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The fd could not be read.
+    #[error("cannot read the state record")]
+    Read(#[source] io::Error),
+    /// It is not a record this binary understands.
+    #[error("invalid state record")]
+    Parse(#[source] serde_json::Error),
+    /// Its version is not [`STATE_VERSION`].
+    #[error("state record version {0} is not the one this binary reads ({STATE_VERSION})")]
+    Version(u32),
+}

@@ -1,0 +1,103 @@
+//! The new image's side: `sticky resume --state-fd N` reads the record and takes over every fd
+//! it names, then runs as `sticky run` would, with the workers adopted rather than started.
+
+use std::{
+    net::TcpListener,
+    os::{
+        fd::{FromRawFd as _, OwnedFd, RawFd},
+        unix::net::{UnixListener, UnixStream},
+    },
+    sync::Arc,
+};
+
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+use thiserror::Error;
+
+use super::record::{Record, RecordError};
+use crate::{
+    config::DispatchMode,
+    dispatch::Dispatch,
+    endpoints::readiness,
+    kernel::{DispatchError, Dispatcher, table},
+    listeners::ListenerGroup,
+    spawn::{SpawnError, Spawner},
+    startup::{Started, socket_names},
+    supervisor::{Setup, Supervisor},
+};
+
+/// Why the new image could not take over.
+#[derive(Debug, Error)]
+pub enum ResumeError {
+    /// The record could not be read.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// An inherited fd is not open.
+    #[error("inherited fd {0} is not open")]
+    Fd(RawFd),
+    /// The workers could not be set up.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// The workers' notify socket could not be served.
+    #[error("cannot serve the workers' notify socket")]
+    Notify(#[source] std::io::Error),
+    /// A dispatcher could not be taken over.
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
+}
+
+/// Takes over from the image that handed over the record at `state_fd`.
+///
+/// # Safety
+///
+/// `state_fd` must be the record an upgrade passed to this process, and the fds it names must
+/// be open and owned by nothing else in this process (as they are right after the exec).
+pub unsafe fn resume(state_fd: RawFd) -> Result<Started, ResumeError> {
+    // SAFETY: guaranteed by the caller.
+    let record = unsafe { Record::read(state_fd) }?;
+    for fd in record.fds() {
+        // Ours again only: workers inherit only what each is given.
+        // SAFETY: the record's fds are open (checked here) for the length of this call.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(|_| ResumeError::Fd(fd))?;
+    }
+    // SAFETY: each fd below is named once in the record and owned by nothing else (above).
+    let own = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
+    let Record { launch, seed, groups, endpoints, supervisor, previous, reply, .. } = record;
+    let config = &launch.config;
+    let mut spawner = Spawner::new(config, &socket_names(config))?;
+    spawner.set_notify_socket(endpoints.notify_name.clone());
+    let notify = readiness::adopt(endpoints.notify_name.clone(), own(endpoints.notify))
+        .map_err(ResumeError::Notify)?;
+    let mut dispatchers = Vec::new();
+    let mut listener_groups = Vec::new();
+    for group in groups {
+        if let Some(handover) = &group.dispatcher {
+            // SAFETY: as above.
+            dispatchers.push(unsafe { Dispatcher::resume(handover) }?);
+        }
+        let sockets = group.sockets.into_iter().map(|fd| TcpListener::from(own(fd))).collect();
+        listener_groups.push(ListenerGroup { address: group.address, sockets });
+    }
+    let dispatch = match config.dispatch {
+        DispatchMode::None => Dispatch::Plain,
+        _ => Dispatch::Kernel(dispatchers),
+    };
+    let in_table: Vec<u32> =
+        (0..).zip(&supervisor.slots).filter(|(_, slot)| slot.in_table).map(|(i, _)| i).collect();
+    let table = (config.dispatch != DispatchMode::None && !in_table.is_empty())
+        .then(|| table::build(seed, &in_table));
+    let setup = Setup { spawner, groups: listener_groups, dispatch, seed, table };
+    let control = UnixListener::from(own(endpoints.control));
+    let metrics = endpoints.metrics.map(|fd| TcpListener::from(own(fd)));
+    let reply = reply.map(|fd| UnixStream::from(own(fd)));
+    let listen = config.listen.clone();
+    let supervisor = Supervisor::resume(setup, launch, supervisor, previous, reply);
+    Ok(Started {
+        supervisor: Arc::new(supervisor),
+        control: (endpoints.control_path, control),
+        notify,
+        metrics,
+        accept: None,
+        listen,
+    })
+}
