@@ -14,6 +14,7 @@ pub mod config;
 pub mod demo;
 mod dispatch;
 mod endpoints;
+pub mod fd_store;
 pub mod identity;
 mod kernel;
 mod listeners;

@@ -4,6 +4,7 @@
 //! the same socket, so connections queued while it was away are not lost.
 
 use std::{
+    collections::BTreeMap,
     io,
     net::{SocketAddr, TcpListener},
 };
@@ -46,14 +47,24 @@ pub enum ListenError {
     },
 }
 
-/// Opens `count` listening sockets on `address` that form one reuseport group.
+/// The `count` listening sockets on `address` that form one reuseport group: those in
+/// `adopted` (slot → socket, inherited at start), and new ones for the other slots.
 ///
 /// A `[::]` address also accepts IPv4 clients (as v4-mapped addresses).
-pub fn open_group(address: SocketAddr, count: u32) -> Result<ListenerGroup, ListenError> {
-    ensure_free(address)?;
+pub fn open_group(
+    address: SocketAddr,
+    count: u32,
+    mut adopted: BTreeMap<u32, TcpListener>,
+) -> Result<ListenerGroup, ListenError> {
+    if adopted.is_empty() {
+        ensure_free(address)?;
+    }
     let mut group = ListenerGroup { address, sockets: Vec::new() };
-    for _ in 0..count {
-        let socket = group.open_socket()?;
+    for slot in 0..count {
+        let socket = match adopted.remove(&slot) {
+            Some(socket) => socket,
+            None => group.open_socket()?,
+        };
         group.sockets.push(socket);
     }
     Ok(group)

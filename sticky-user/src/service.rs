@@ -6,10 +6,11 @@ use std::{
 };
 
 use nix::unistd::{Gid, Uid};
+use sticky_common::MAX_SLOTS;
 use thiserror::Error;
 
 use crate::{
-    config::{RunConfig, RunOptions},
+    config::{MAX_LISTEN_ADDRESSES, RunConfig, RunOptions},
     path_error::PathError,
     privileges,
 };
@@ -126,6 +127,11 @@ RestartSec=1s
 TimeoutStartSec={start_timeout}
 TimeoutStopSec={stop_timeout}
 KillMode=mixed
+# The listening sockets stay in systemd's fd store across `systemctl restart` and a crash of
+# the loader, which adopts them again: no connection is refused meanwhile. systemd 254 and
+# later set $FDSTORE from FileDescriptorStoreMax= themselves; 252 does not.
+FileDescriptorStoreMax={fd_store}
+Environment=FDSTORE={fd_store}
 StateDirectory=sticky/{name}
 RuntimeDirectory=sticky/{name}
 # The loader keeps only what it needs; the workers keep no capability. CAP_PERFMON is not
@@ -154,6 +160,7 @@ SystemCallArchitectures=native
 WantedBy=multi-user.target
 ",
         control = control_socket(name),
+        fd_store = MAX_SLOTS as usize * MAX_LISTEN_ADDRESSES,
         stop_timeout = config.policy.grace_period.as_secs() + 10,
         start_timeout = start_timeout(config),
     )

@@ -21,6 +21,7 @@ use crate::{
         control::{self, ControlError},
         readiness::{self, NotifySocket},
     },
+    fd_store::{self, Inherited},
     kernel::{DispatchError, Dispatcher, table},
     listeners::{self, ListenError, ListenerGroup},
     privileges::{self, PrivilegeError},
@@ -122,9 +123,10 @@ pub(crate) struct Accept {
     table: Box<Table>,
 }
 
-/// Checks privileges and the worker command, opens the listeners, loads the seed, builds the
-/// table, sets up the dispatch and binds the endpoints.
-pub fn start(launch: Launch) -> Result<Started, StartupError> {
+/// Checks privileges and the worker command, opens the listeners (adopting those `inherited`
+/// from the service manager), loads the seed, builds the table, sets up the dispatch and binds
+/// the endpoints.
+pub fn start(launch: Launch, inherited: Inherited) -> Result<Started, StartupError> {
     let mut config = launch.config.clone();
     privileges::check(&config)?;
     let userspace = config.dispatch == DispatchMode::Userspace;
@@ -137,11 +139,15 @@ pub fn start(launch: Launch) -> Result<Started, StartupError> {
     spawner.set_notify_socket(notify.name.clone());
     // Userspace dispatch: one socket per address, accepted on by the loader.
     let sockets_per_address = if userspace { 1 } else { config.workers };
+    let adopted = inherited.adopt(&config.listen, sockets_per_address);
     let groups = config
         .listen
         .iter()
-        .map(|&address| listeners::open_group(address, sockets_per_address))
+        .zip(adopted.by_address)
+        .map(|(&address, sockets)| listeners::open_group(address, sockets_per_address, sockets))
         .collect::<Result<Vec<_>, _>>()?;
+    adopted.forget.iter().cloned().for_each(fd_store::forget);
+    (0..sockets_per_address).for_each(|slot| fd_store::keep(&groups, slot));
     let seed = seed::load_or_create(&config.state_dir)?;
     let slots: Vec<u32> = (0..config.workers).collect();
     let table = table::build(seed, &slots);
@@ -150,7 +156,8 @@ pub fn start(launch: Launch) -> Result<Started, StartupError> {
     let in_use = (config.dispatch != DispatchMode::None).then(|| table.clone());
     let (dispatch, accept) = match config.dispatch {
         DispatchMode::Kernel => {
-            (Dispatch::Kernel(attach(&config, &dispatch_config, &table, &groups)?), None)
+            let dispatchers = attach(&config, &dispatch_config, &table, &groups, adopted.old_maps)?;
+            (Dispatch::Kernel(dispatchers), None)
         }
         DispatchMode::None => {
             warn!("--dispatch none: plain SO_REUSEPORT, clients are NOT sticky");
@@ -239,16 +246,20 @@ fn io_error(source: io::Error) -> SupervisorError {
     SupervisorError::Io(source)
 }
 
-/// Attaches one dispatch program per listener group, its maps holding `dispatch` and `table`.
+/// Attaches one dispatch program per listener group, its maps holding `dispatch` and `table`,
+/// taking the sockets from the `previous` loader's socket arrays where there are some; keeps
+/// each socket array in the fd store.
 fn attach(
     config: &RunConfig,
     dispatch: &DispatchConfig,
     table: &Table,
     groups: &[ListenerGroup],
+    previous: Vec<Option<std::os::fd::OwnedFd>>,
 ) -> Result<Vec<Dispatcher>, DispatchError> {
     let mut dispatchers = Vec::with_capacity(groups.len());
-    for group in groups {
-        let dispatcher = Dispatcher::attach(group, dispatch, table)?;
+    for (group, previous) in groups.iter().zip(previous) {
+        let dispatcher = Dispatcher::attach(group, dispatch, table, previous)?;
+        fd_store::keep_map(group.address, dispatcher.sockets_map());
         info!(
             listen = %group.address,
             program_id = dispatcher.program_id(),

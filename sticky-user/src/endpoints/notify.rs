@@ -4,6 +4,7 @@
 //! blocks that thread, never the loader.
 
 use std::{
+    os::fd::{AsFd, OwnedFd},
     sync::{
         OnceLock,
         mpsc::{self, Receiver, Sender},
@@ -13,7 +14,7 @@ use std::{
 };
 
 use sd_notify::NotifyState;
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// A message for the notify socket.
 enum Message {
@@ -21,6 +22,10 @@ enum Message {
     Reloading,
     Stopping,
     Watchdog,
+    /// Keep these fds in the fd store under this name (polled by systemd, or not).
+    Store(String, Vec<OwnedFd>, bool),
+    /// Forget the fds stored under this name.
+    Forget(String),
     /// Answered once everything before it was sent.
     Flush(Sender<()>),
 }
@@ -55,6 +60,18 @@ fn deliver(messages: Receiver<Message>) {
                 let _ = done.send(());
                 continue;
             }
+            Message::Store(name, fds, poll) => {
+                let fds: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
+                let mut states = vec![NotifyState::FdStore, NotifyState::FdName(name)];
+                if !poll {
+                    states.push(NotifyState::Custom("FDPOLL=0"));
+                }
+                if let Err(err) = sd_notify::notify_with_fds(&states, &fds) {
+                    warn!(error = %err, name, "cannot store the listening sockets in the fd store");
+                }
+                continue;
+            }
+            Message::Forget(name) => &[NotifyState::FdStoreRemove, NotifyState::FdName(name)],
         };
         if let Err(err) = sd_notify::notify(states) {
             debug!(error = %err, "sd_notify failed");
@@ -81,6 +98,28 @@ pub fn reloading() {
 /// The loader is stopping.
 pub fn stopping() {
     send(Message::Stopping);
+}
+
+/// Whether systemd keeps a file descriptor store for this service: `$FDSTORE` (which systemd
+/// 254 and later set from `FileDescriptorStoreMax=`, and sticky's unit sets itself) is not 0.
+pub fn fd_store() -> bool {
+    let store = std::env::var("FDSTORE").ok().and_then(|max| max.parse::<u32>().ok());
+    std::env::var_os("NOTIFY_SOCKET").is_some() && store.is_some_and(|max| max > 0)
+}
+
+/// Stores `fds` in systemd's fd store as `name`; systemd drops them once their sockets close.
+pub fn store(name: String, fds: Vec<OwnedFd>) {
+    send(Message::Store(name, fds, true));
+}
+
+/// Stores `fds` (not pollable, such as eBPF maps) in systemd's fd store as `name`.
+pub fn store_unpolled(name: String, fds: Vec<OwnedFd>) {
+    send(Message::Store(name, fds, false));
+}
+
+/// Removes the fds stored as `name` from systemd's fd store.
+pub fn forget(name: String) {
+    send(Message::Forget(name));
 }
 
 /// Waits (at most `limit`) until the messages sent so far are delivered.

@@ -17,7 +17,7 @@ use aya::{
 use serde::{Deserialize, Serialize};
 use sticky_common::{
     CONFIG_MAP, COUNTER_FALLBACK, COUNTER_PASSED, COUNTER_UNREADABLE, COUNTERS_MAP, DispatchConfig,
-    PROGRAM_MIGRATE, PROGRAM_SELECT, SOCKETS_MAP, TABLE_MAP, Table,
+    MAX_SLOTS, PROGRAM_MIGRATE, PROGRAM_SELECT, SOCKETS_MAP, TABLE_MAP, Table,
 };
 use thiserror::Error;
 
@@ -136,10 +136,16 @@ impl Dispatcher {
     ///
     /// The migrating variant is used where the kernel has it (5.14+), the select-only one
     /// elsewhere.
+    ///
+    /// With `previous`, the socket array of the program an earlier loader attached to this
+    /// group (which still holds the sockets: a socket is in one array at most), each socket
+    /// moves from it to this program's array, one slot at a time, before the attach replaces
+    /// that program.
     pub fn attach(
         group: &ListenerGroup,
         config: &DispatchConfig,
         table: &Table,
+        previous: Option<OwnedFd>,
     ) -> Result<Self, DispatchError> {
         let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(refused_or_object)?;
         let maps = [SOCKETS_MAP, TABLE_MAP, CONFIG_MAP, COUNTERS_MAP]
@@ -168,8 +174,29 @@ impl Dispatcher {
             Self::from_parts(program_fd, maps, Some(*config), program_id, migrates)?;
         dispatcher.write_config()?;
         dispatcher.update_table(table)?;
+        let mut previous = match previous {
+            Some(fd) => Some(typed::<ReusePortSockArray<MapData>>(
+                MapData::from_fd(fd).map_err(|source| DispatchError::Map {
+                    action: "open",
+                    map: "the previous socket array",
+                    source,
+                })?,
+                SOCKETS_MAP,
+            )?),
+            None => None,
+        };
         for (slot, socket) in (0..).zip(&group.sockets) {
-            dispatcher.set_socket(slot, socket)?;
+            if let Some(previous) = &mut previous {
+                let _ = previous.clear_index(&slot);
+            }
+            if let Err(err) = dispatcher.set_socket(slot, socket) {
+                // Held at another index of the previous array: empty it all, then retry.
+                let Some(previous) = &mut previous else { return Err(err) };
+                for index in 0..MAX_SLOTS {
+                    let _ = previous.clear_index(&index);
+                }
+                dispatcher.set_socket(slot, socket)?;
+            }
         }
         program(&mut ebpf, name)?
             .attach(&group.sockets[0])
@@ -204,6 +231,11 @@ impl Dispatcher {
         ];
         // The configuration is the one in the map, as the program reads it.
         Self::from_parts(owned(*program), maps, None, *program_id, *migrates)
+    }
+
+    /// The socket array's fd (what a restart takes its sockets back from).
+    pub fn sockets_map(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.map_fds[0].as_fd()
     }
 
     /// What [`Dispatcher::resume`] needs in the next image (the fds stay owned by this one).

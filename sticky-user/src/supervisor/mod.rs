@@ -257,7 +257,12 @@ impl Supervisor {
             Vec::new()
         });
         let State { dispatch, groups, .. } = &mut *state;
-        if let Dispatch::Kernel(dispatchers) = dispatch {
+        // With an fd store, the sockets outlive this process (a restart adopts them): the
+        // program stays attached to keep queueing connections by client meanwhile. It goes
+        // with the sockets when systemd lets go of them (a stop).
+        if let Dispatch::Kernel(dispatchers) = dispatch
+            && !notify::fd_store()
+        {
             for (dispatcher, group) in dispatchers.drain(..).zip(groups.iter()) {
                 if let Err(err) = dispatcher.detach(&group.sockets[0]) {
                     error!(error = %err, "cannot detach the program");

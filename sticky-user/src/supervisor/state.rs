@@ -18,6 +18,7 @@ use crate::{
     config::WorkerPolicy,
     dispatch::Dispatch,
     endpoints::control::{LoaderInfo, ReloadOutcome, SlotStatus, Status},
+    fd_store,
     kernel::{Counters, DispatchError, Dispatcher, table},
     listeners::ListenerGroup,
     spawn::Spawner,
@@ -222,6 +223,7 @@ impl State {
                 }
                 self.groups[position].sockets.push(socket);
             }
+            fd_store::keep(&self.groups, index);
             let slot = self.new_slot();
             self.slots.push(slot);
         }
@@ -250,6 +252,7 @@ impl State {
             for group in &mut self.groups {
                 group.sockets.pop();
             }
+            fd_store::forget(fd_store::slot_name(index));
             retiring.extend(self.slots.pop().and_then(|slot| slot.worker));
         }
         for dispatcher in self.dispatch.dispatchers_mut() {
@@ -270,6 +273,8 @@ impl State {
             // already is; a hung one is killed right after).
             group.sockets[index] = socket;
         }
+        fd_store::forget(fd_store::slot_name(index as u32));
+        fd_store::keep(&self.groups, index as u32);
         Ok(())
     }
 }

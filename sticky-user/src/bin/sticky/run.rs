@@ -3,6 +3,7 @@
 use anyhow::Context as _;
 use sticky_user::{
     config::RunOptions,
+    fd_store::Inherited,
     spawn::Spawner,
     startup::{self, Launch, Started},
     upgrade,
@@ -29,8 +30,11 @@ pub fn check(options: RunOptions) -> anyhow::Result<()> {
 
 /// `sticky run`: starts, runs until stopped, logs the final counters.
 pub fn run(options: RunOptions) -> anyhow::Result<()> {
+    // SAFETY: no thread runs yet, and nothing has taken the fds systemd passed.
+    let inherited = unsafe { Inherited::from_environment() }
+        .context("cannot read the sockets systemd passed (LISTEN_FDS)")?;
     let config = options.clone().validate()?;
-    serve(startup::start(Launch::new(config, options))?)
+    serve(startup::start(Launch::new(config, options), inherited)?)
 }
 
 /// `sticky resume --probe`: what an upgrading loader asks before it hands over.
