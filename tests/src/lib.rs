@@ -11,19 +11,23 @@
 mod client;
 mod container;
 mod load;
+mod namespace;
 mod netns;
 mod sticky;
+mod tls;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use client::{Failure, Response, connect, get, read_response, request, send_request, try_get};
 pub use container::{Container, systemd_root};
 pub use load::{Load, Outcome, Report};
+pub use namespace::{Netns, veth};
 pub use netns::{in_netns, processes_in_netns};
 pub use sticky::{
     Counters, Exit, StateDir, Sticky, UNIT_BOUNDING_SET, WORKER_USER, program_is_loaded,
     sticky_bin, target_bin,
 };
+pub use tls::{Certificate, TLS_NAME, https_gets};
 
 /// The IPv4 client address number `i` (distinct for `i < 2^20`), inside 127.0.0.0/8.
 pub fn client_v4(i: u32) -> IpAddr {

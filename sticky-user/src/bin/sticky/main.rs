@@ -68,6 +68,12 @@ enum Command {
         /// The hash seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// A slot taken out of the table (as an ejected one); repeat for several.
+        #[arg(long)]
+        without: Vec<u32>,
+        /// Also print the first N entries, e.g. to fill a balancer's bucket map like the table.
+        #[arg(long, default_value_t = 0)]
+        entries: usize,
     },
     /// Set LISTEN_PID to this process and exec CMD (used by `run` to start workers).
     #[command(name = spawn::EXEC_WORKER, hide = true)]
@@ -107,7 +113,9 @@ fn main() -> ExitCode {
         }
         Command::Stop(control) => ctl::run(&control, Request::Stop, false),
         Command::Demo => demo::run(),
-        Command::InspectTable { slots, seed } => inspect::run(slots, seed),
+        Command::InspectTable { slots, seed, without, entries } => {
+            inspect::run(slots, seed, &without, entries)
+        }
         Command::ExecWorker { check: true, command } => {
             spawn::check_worker(&command).map_err(Into::into)
         }
