@@ -40,6 +40,28 @@ pub fn load_clients() -> Vec<IpAddr> {
     (0..1000).map(client_v4).collect()
 }
 
+/// `visit(client)` for every client, spread over `threads` threads; the results by client.
+/// Panics in `visit` propagate.
+pub fn for_each_client<T: Send>(
+    clients: &[IpAddr],
+    threads: usize,
+    visit: impl Fn(IpAddr) -> T + Sync,
+) -> std::collections::HashMap<IpAddr, T> {
+    let visit = &visit;
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = clients
+            .chunks(clients.len().div_ceil(threads).max(1))
+            .map(|chunk| {
+                scope.spawn(move || chunk.iter().map(|&c| (c, visit(c))).collect::<Vec<_>>())
+            })
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
 /// The IPv6 client address number `i`, each in its own /64 of `fd00::/16`.
 pub fn client_v6(i: u32) -> IpAddr {
     IpAddr::V6(Ipv6Addr::new(0xfd00, 0, (i >> 16) as u16, i as u16, 0, 0, 0, 1))

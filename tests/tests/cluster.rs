@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use sticky_tests::{Load, Netns, Response, Sticky, get, in_netns, sticky_bin};
+use sticky_tests::{Load, Netns, Response, Sticky, for_each_client, get, in_netns, sticky_bin};
 
 const HOSTS: usize = 3;
 const WORKERS: usize = 3;
@@ -92,23 +92,10 @@ fn placements(
     clients: &[IpAddr],
     place: &(impl Fn(&Response) -> Place + Sync),
 ) -> HashMap<IpAddr, Place> {
-    thread::scope(|scope| {
-        let threads: Vec<_> = clients
-            .chunks(clients.len().div_ceil(4))
-            .map(|chunk| {
-                scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|&client| {
-                            let first = place(&get(client, SERVICE));
-                            assert_eq!(place(&get(client, SERVICE)), first, "{client} moved");
-                            (client, first)
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        threads.into_iter().flat_map(|t| t.join().expect("client thread")).collect()
+    for_each_client(clients, 4, |client| {
+        let first = place(&get(client, SERVICE));
+        assert_eq!(place(&get(client, SERVICE)), first, "{client} moved");
+        first
     })
 }
 

@@ -9,7 +9,6 @@ use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    thread,
 };
 
 use nix::{
@@ -17,8 +16,8 @@ use nix::{
     unistd::Pid,
 };
 use sticky_tests::{
-    Certificate, Netns, Response, StateDir, Sticky, client_v4, eventually, https_gets, in_netns,
-    processes_in_netns, veth,
+    Certificate, Netns, Response, StateDir, Sticky, client_v4, eventually, for_each_client,
+    https_gets, in_netns, processes_in_netns, veth,
 };
 
 const WORKERS: usize = 4;
@@ -35,32 +34,13 @@ fn worker_of_each(
     clients: &[IpAddr],
     gets: impl Fn(IpAddr) -> Vec<Response> + Sync,
 ) -> HashMap<IpAddr, (u32, u32)> {
-    let chunk = clients.len().div_ceil(4);
-    thread::scope(|scope| {
-        let threads: Vec<_> = clients
-            .chunks(chunk)
-            .map(|chunk| {
-                let gets = &gets;
-                scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|&client| {
-                            let responses = gets(client);
-                            let first = (responses[0].worker, responses[0].pid);
-                            for response in &responses {
-                                assert_eq!(
-                                    (response.worker, response.pid),
-                                    first,
-                                    "{client} moved: {responses:?}"
-                                );
-                            }
-                            (client, first)
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        threads.into_iter().flat_map(|t| t.join().expect("client thread")).collect()
+    for_each_client(clients, 4, |client| {
+        let responses = gets(client);
+        let first = (responses[0].worker, responses[0].pid);
+        for response in &responses {
+            assert_eq!((response.worker, response.pid), first, "{client} moved: {responses:?}");
+        }
+        first
     })
 }
 
