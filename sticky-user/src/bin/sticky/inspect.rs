@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use anyhow::ensure;
+use anyhow::{bail, ensure};
 use serde_json::json;
 use sticky_common::{MAX_SLOTS, TABLE_SIZE};
 use sticky_user::table;
@@ -16,6 +16,9 @@ const BUILDS: usize = 21;
 pub fn run(slots: u32, seed: u64, without: &[u32], entries: usize) -> anyhow::Result<()> {
     ensure!((1..=MAX_SLOTS).contains(&slots), "--slots must be between 1 and {MAX_SLOTS}");
     ensure!(entries <= TABLE_SIZE, "--entries must be at most {TABLE_SIZE}");
+    if let Some(slot) = without.iter().find(|&&slot| slot >= slots) {
+        bail!("--without {slot}: there are only {slots} slots");
+    }
     let live: Vec<u32> = (0..slots).filter(|slot| !without.contains(slot)).collect();
     ensure!(!live.is_empty(), "--without leaves no slot in the table");
     let mut times: Vec<f64> = (0..BUILDS)

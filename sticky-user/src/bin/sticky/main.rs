@@ -59,7 +59,8 @@ enum Command {
     Man,
     /// Serve the built-in demo worker (what `run` starts when no CMD is given).
     Demo,
-    /// Print each slot's entries in the lookup table for N slots, and its build time (JSON).
+    /// Print each slot's entries in the lookup table for N slots, its build time and, with
+    /// --entries, its first entries (JSON).
     #[command(name = "inspect-table", hide = true)]
     InspectTable {
         /// The number of slots.
