@@ -11,19 +11,23 @@
 mod client;
 mod container;
 mod load;
+mod namespace;
 mod netns;
 mod sticky;
+mod tls;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use client::{Failure, Response, connect, get, read_response, request, send_request, try_get};
 pub use container::{Container, systemd_root};
 pub use load::{Load, Outcome, Report};
+pub use namespace::{Netns, veth};
 pub use netns::{in_netns, processes_in_netns};
 pub use sticky::{
     Counters, Exit, StateDir, Sticky, UNIT_BOUNDING_SET, WORKER_USER, program_is_loaded,
     sticky_bin, target_bin,
 };
+pub use tls::{Certificate, TLS_NAME, https_gets};
 
 /// The IPv4 client address number `i` (distinct for `i < 2^20`), inside 127.0.0.0/8.
 pub fn client_v4(i: u32) -> IpAddr {
@@ -34,6 +38,28 @@ pub fn client_v4(i: u32) -> IpAddr {
 /// The source addresses of a background load: 1000 clients.
 pub fn load_clients() -> Vec<IpAddr> {
     (0..1000).map(client_v4).collect()
+}
+
+/// `visit(client)` for every client, spread over `threads` threads; the results by client.
+/// Panics in `visit` propagate.
+pub fn for_each_client<T: Send>(
+    clients: &[IpAddr],
+    threads: usize,
+    visit: impl Fn(IpAddr) -> T + Sync,
+) -> std::collections::HashMap<IpAddr, T> {
+    let visit = &visit;
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = clients
+            .chunks(clients.len().div_ceil(threads).max(1))
+            .map(|chunk| {
+                scope.spawn(move || chunk.iter().map(|&c| (c, visit(c))).collect::<Vec<_>>())
+            })
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
 }
 
 /// The IPv6 client address number `i`, each in its own /64 of `fd00::/16`.

@@ -2,7 +2,8 @@
 //! the nightly toolchain with rust-src (the eBPF crate builds `core` itself), the LLVM
 //! development packages matching nightly's LLVM, bpf-linker built against them, and the
 //! tools the integration tests call (iproute2, util-linux's setpriv, python3, node with npm and
-//! the socket.io example's packages, systemd-analyze), and for the service test a real systemd:
+//! the socket.io example's packages, systemd-analyze, and openssl, curl, nginx and nftables for
+//! the deployment recipes), and for the service test a real systemd:
 //! mmdebstrap, systemd-nspawn and a container root kept under target/.
 
 use std::{
@@ -37,13 +38,20 @@ pub fn test_tools() -> anyhow::Result<()> {
         ("npm", "npm"),
         ("systemd-analyze", "systemd"),
         ("systemd-notify", "systemd"),
+        // docs/deployment.md's recipes: TLS, nginx in front, the nftables balancer.
+        ("openssl", "openssl"),
+        ("curl", "curl"),
+        ("nginx", "nginx"),
+        ("nft", "nftables"),
     ];
-    let missing: Vec<&str> =
-        tools.into_iter().filter(|(tool, _)| !on_path(tool)).map(|(_, package)| package).collect();
+    let missing: Vec<&str> = tools
+        .into_iter()
+        .filter(|(tool, _)| !installed(tool))
+        .map(|(_, package)| package)
+        .collect();
     if missing.is_empty() {
-        say(
-            "test tools (ip, setpriv, python3, node, npm, systemd-analyze, systemd-notify): present",
-        );
+        say("test tools (ip, setpriv, python3, node, npm, systemd-analyze, systemd-notify, \
+             openssl, curl, nginx, nft): present");
     } else {
         apt_install(&missing)?;
     }
@@ -222,6 +230,12 @@ fn polly_present(llvm: u32) -> bool {
             .filter_map(Result::ok)
             .any(|e| e.file_name().to_string_lossy().starts_with("libPolly"))
     })
+}
+
+/// Whether `tool` is on PATH or in /usr/sbin (nginx and nft are there, and a user's PATH may
+/// not have it; the tests run as root, whose PATH does).
+fn installed(tool: &str) -> bool {
+    on_path(tool) || Path::new("/usr/sbin").join(tool).is_file()
 }
 
 fn on_path(tool: &str) -> bool {

@@ -62,7 +62,8 @@ enum Command {
     Man,
     /// Serve the built-in demo worker (what `run` starts when no CMD is given).
     Demo,
-    /// Print each slot's entries in the lookup table for N slots, and its build time (JSON).
+    /// Print each slot's entries in the lookup table for N slots, its build time and, with
+    /// --entries, its first entries (JSON).
     #[command(name = "inspect-table", hide = true)]
     InspectTable {
         /// The number of slots.
@@ -71,6 +72,12 @@ enum Command {
         /// The hash seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// A slot taken out of the table (as an ejected one); repeat for several.
+        #[arg(long)]
+        without: Vec<u32>,
+        /// Also print the first N entries, e.g. to fill a balancer's bucket map like the table.
+        #[arg(long, default_value_t = 0)]
+        entries: usize,
     },
     /// Take over from a loader that is upgrading (what `sticky upgrade` executes).
     #[command(name = upgrade::RESUME, hide = true)]
@@ -123,7 +130,9 @@ fn main() -> ExitCode {
         Command::Resume { probe: true, .. } => run::probe(),
         Command::Resume { state_fd, .. } => run::resume(state_fd.expect("required by clap")),
         Command::Demo => demo::run(),
-        Command::InspectTable { slots, seed } => inspect::run(slots, seed),
+        Command::InspectTable { slots, seed, without, entries } => {
+            inspect::run(slots, seed, &without, entries)
+        }
         Command::ExecWorker { check: true, command } => {
             spawn::check_worker(&command).map_err(Into::into)
         }
