@@ -12,6 +12,7 @@ mod client;
 mod container;
 mod load;
 mod netns;
+mod redis;
 mod sticky;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -20,6 +21,7 @@ pub use client::{Failure, Response, connect, get, read_response, request, send_r
 pub use container::{Container, systemd_root};
 pub use load::{Load, Outcome, Report};
 pub use netns::{in_netns, processes_in_netns};
+pub use redis::Redis;
 pub use sticky::{
     Counters, Exit, StateDir, Sticky, UNIT_BOUNDING_SET, WORKER_USER, program_is_loaded,
     sticky_bin, target_bin,
