@@ -14,7 +14,7 @@ const fs = require('node:fs');
 const http = require('node:http');
 const path = require('node:path');
 const { createAdapter } = require('@socket.io/redis-adapter');
-const { createClient } = require('redis');
+const Redis = require('ioredis');
 const { Server } = require('socket.io');
 
 const SD_LISTEN_FDS_START = 3;
@@ -49,9 +49,10 @@ function watch(name, client) {
 
 // Publishing fails at once while Redis is down (no offline queue to grow), and the adapter does
 // not wait for PUBLISH: catch its failure here, so that the broadcast still reaches this worker's
-// clients and is logged rather than ending the worker as an unhandled rejection.
-const pubClient = createClient({ url: redisUrl, disableOfflineQueue: true });
-const subClient = createClient({ url: redisUrl });
+// clients and is logged rather than ending the worker as an unhandled rejection. Subscribing
+// waits for Redis as long as it takes; ioredis subscribes again after every reconnection.
+const pubClient = new Redis(redisUrl, { enableOfflineQueue: false });
+const subClient = new Redis(redisUrl, { maxRetriesPerRequest: null });
 watch('publish', pubClient);
 watch('subscribe', subClient);
 const publish = pubClient.publish.bind(pubClient);
@@ -59,8 +60,6 @@ pubClient.publish = (...args) =>
   new Promise((resolve) => resolve(publish(...args))).catch((err) =>
     log(`redis adapter: broadcast not relayed to the other workers: ${err.message}`),
   );
-// Not awaited: the worker serves before Redis answers, and the clients retry until it does.
-for (const client of [pubClient, subClient]) client.connect().catch(() => {});
 
 const server = http.createServer((req, res) => {
   if (req.method === 'GET' && (req.url === '/' || req.url === '/index.html')) {

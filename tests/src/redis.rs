@@ -28,7 +28,9 @@ impl Redis {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
-            .expect("run redis-server: `cargo xtask test` installs it (apt-get install redis-server)");
+            .expect(
+                "run redis-server: `cargo xtask test` installs it (apt-get install redis-server)",
+            );
         let mut redis = Self { child, port };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !redis.answers_ping() {

@@ -174,17 +174,25 @@ fn socketio_broadcasts_reach_every_worker_exactly_once() {
 }
 
 #[test]
-fn socketio_worker_serves_its_own_clients_while_redis_is_down() {
+fn socketio_worker_serves_its_own_clients_while_redis_is_down_then_relays_again() {
     assert_installed("@socket.io/redis-adapter");
     in_netns(|| {
         let mut chat = Chat::start("kernel", 3037);
         let before = chat.sticky.status();
         chat.stop_redis();
         // Worker 0's broadcast cannot be relayed: its own two sessions still get it, once.
-        let summary = chat.node("broadcast.js", &["4", "local", "2"]);
+        let alone = chat.node("broadcast.js", &["4", "local", "2"]);
+        // Redis back on its port: each worker's two connections come back by themselves (and
+        // subscribe again), and broadcasts reach every worker again.
+        chat.redis = Some(Redis::start(REDIS_PORT));
+        chat.sticky.wait_for("8 Redis connections to be ready again", |log| {
+            log.matches("connection: ready again").count() >= 2 * WORKERS
+        });
+        let again = chat.node("broadcast.js", &["4", "all", "2"]);
         let after = chat.sticky.status();
         let log = chat.stop();
-        assert_delivered_once(&summary, 1, 2);
+        assert_delivered_once(&alone, 1, 2);
+        assert_delivered_once(&again, 4, 8);
         let pids = |status: &sticky_user::control::Status| {
             status.slots.iter().map(|s| s.pid).collect::<Vec<_>>()
         };
@@ -220,7 +228,8 @@ fn socketio_chat_page_in_chromium() {
     assert_eq!(page["transport"], "websocket", "{summary}");
     assert_ne!(page_worker, peer_worker, "{summary}");
     let messages = page["messages"].as_array().expect("messages");
-    let shown = |text: String| messages.iter().any(|m| m.as_str().is_some_and(|m| m.contains(&text)));
+    let shown =
+        |text: String| messages.iter().any(|m| m.as_str().is_some_and(|m| m.contains(&text)));
     assert!(shown(format!("hello from a client on worker {peer_worker}")), "{summary}");
     assert!(shown(format!("hello from Chromium on worker {page_worker}")), "{summary}");
     // The page's message reached the other worker's session, relayed by its own worker.
