@@ -40,6 +40,12 @@ async function main() {
     await page.setViewport({ width: 800, height: 560 });
     await page.goto(`http://${server}/`);
     const text = (id) => page.$eval(`#${id}`, (e) => e.textContent);
+    // Waits until the page lists a message containing `expected`.
+    const shown = (expected) => page.waitForFunction(
+      (t) => [...document.querySelectorAll('#messages li')].some((li) => li.textContent.includes(t)),
+      { timeout: TIMEOUT_MS },
+      expected,
+    );
     await page.waitForFunction(
       () => /^\d+$/.test(document.getElementById('worker').textContent)
         && document.getElementById('transport').textContent === 'websocket',
@@ -53,22 +59,14 @@ async function main() {
       peer.socket.on('chat', (message) => message.text === fromPage && resolve(message));
     });
     await peer.socket.timeout(TIMEOUT_MS).emitWithAck('chat', fromPeer);
-    await page.waitForFunction(
-      (expected) => [...document.querySelectorAll('#messages li')].some((li) => li.textContent.includes(expected)),
-      { timeout: TIMEOUT_MS },
-      fromPeer,
-    );
+    await shown(fromPeer);
     await page.type('#text', fromPage);
     await page.keyboard.press('Enter');
     const received = await Promise.race([
       peerGot,
       new Promise((resolve) => setTimeout(() => resolve(null), TIMEOUT_MS)),
     ]);
-    await page.waitForFunction(
-      (expected) => [...document.querySelectorAll('#messages li')].some((li) => li.textContent.includes(expected)),
-      { timeout: TIMEOUT_MS },
-      fromPage,
-    );
+    await shown(fromPage);
     await page.screenshot({ path: screenshot });
     const messages = await page.$$eval('#messages li', (items) =>
       items.map((li) => `${li.querySelector('.from').textContent}: ${li.lastChild.textContent}`));

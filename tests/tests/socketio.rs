@@ -120,34 +120,41 @@ fn succeeded_failed(summary: &Value) -> (u64, u64) {
     (summary["succeeded"].as_u64().expect("succeeded"), summary["failed"].as_u64().expect("failed"))
 }
 
+/// With sticky, all 200 sessions with `transports` succeed.
+fn all_succeed_with_sticky(port: u16, transports: &str) {
+    let summary = sessions("kernel", port, transports);
+    assert_eq!(succeeded_failed(&summary), (200, 0), "{summary}");
+}
+
+/// Without stickiness, most of the 200 sessions with `transports` fail: plain SO_REUSEPORT
+/// sends a session's next request, or its upgrade, to a worker that has never heard of the
+/// session. This is the failure sticky exists to prevent.
+fn most_fail_without_stickiness(port: u16, transports: &str) {
+    let summary = sessions("none", port, transports);
+    let (_, failed) = succeeded_failed(&summary);
+    assert!(failed >= 100, "only {failed} of 200 sessions failed without stickiness: {summary}");
+}
+
 #[test]
 fn socketio_sessions_upgrade_to_websocket_with_sticky() {
     // Default transports, as browsers: the polling handshake, then the websocket upgrade, must
     // reach the worker that holds the session. The client checks the upgrade of each one.
-    let summary = sessions("kernel", 3032, "default");
-    assert_eq!(succeeded_failed(&summary), (200, 0), "{summary}");
+    all_succeed_with_sticky(3032, "default");
 }
 
 #[test]
 fn socketio_sessions_fail_without_stickiness() {
-    // Plain SO_REUSEPORT sends a session's next request, or its upgrade, to a worker that has
-    // never heard of the session. This is the failure sticky exists to prevent.
-    let summary = sessions("none", 3033, "default");
-    let (_, failed) = succeeded_failed(&summary);
-    assert!(failed >= 100, "only {failed} of 200 sessions failed without stickiness: {summary}");
+    most_fail_without_stickiness(3033, "default");
 }
 
 #[test]
 fn socketio_polling_sessions_all_succeed_with_sticky() {
-    let summary = sessions("kernel", 3034, "polling");
-    assert_eq!(succeeded_failed(&summary), (200, 0), "{summary}");
+    all_succeed_with_sticky(3034, "polling");
 }
 
 #[test]
 fn socketio_polling_sessions_fail_without_stickiness() {
-    let summary = sessions("none", 3035, "polling");
-    let (_, failed) = succeeded_failed(&summary);
-    assert!(failed >= 100, "only {failed} of 200 sessions failed without stickiness: {summary}");
+    most_fail_without_stickiness(3035, "polling");
 }
 
 /// Asserts that every session that should have got each broadcast got it exactly once.
