@@ -24,6 +24,10 @@ if (process.env.LISTEN_PID !== String(process.pid) || !(Number(process.env.LISTE
 }
 const worker = Number(process.env.STICKY_WORKER);
 const redisUrl = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
+if (!/^rediss?:\/\/[^/]/.test(redisUrl)) {
+  console.error(`server.js: REDIS_URL must be a redis:// or rediss:// URL, not ${JSON.stringify(redisUrl)}`);
+  process.exit(1);
+}
 const page = fs.readFileSync(path.join(__dirname, 'index.html'));
 /** The room every chat client joins. */
 const ROOM = 'chat';

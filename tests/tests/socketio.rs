@@ -9,7 +9,7 @@ use std::{
 };
 
 use serde_json::Value;
-use sticky_tests::{Redis, Sticky, in_netns};
+use sticky_tests::{Redis, Sticky, in_netns, processes_in_netns};
 
 const WORKERS: usize = 4;
 /// Redis's own port: every test has its own network namespace, so its own Redis there.
@@ -243,4 +243,25 @@ fn socketio_chat_page_in_chromium() {
     assert_eq!(&summary["peer"]["received"], page_worker, "{summary}");
     let png = std::fs::read(&screenshot).expect("the screenshot");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "{} is not a PNG", screenshot.display());
+}
+
+#[test]
+fn socketio_chat_refuses_a_redis_url_that_is_not_one() {
+    assert_installed("ioredis");
+    in_netns(|| {
+        let server = example("server.js");
+        let args = ["--listen", "127.0.0.1:3039", "-w", "2", "--ready", "notify"];
+        let worker = ["--env", "REDIS_URL=localhost:6379", "--", "node", server.to_str().unwrap()];
+        let exit = Sticky::start(&[&args[..], &worker[..]].concat()).wait();
+        assert!(!exit.status.success(), "sticky started:\n{}", exit.log);
+        assert!(
+            exit.log.contains(
+                "server.js: REDIS_URL must be a redis:// or rediss:// URL, not \"localhost:6379\""
+            ),
+            "{}",
+            exit.log
+        );
+        assert_eq!(exit.errors().len(), 1, "{}", exit.log);
+        assert_eq!(processes_in_netns(), Vec::<u32>::new());
+    });
 }
