@@ -3,7 +3,8 @@
 //! Every test runs its body in [`in_netns`]: a fresh thread in a fresh network namespace, so
 //! tests cannot collide on ports and everything they start is confined there. [`Sticky`] runs
 //! the real `sticky` binary as it is deployed: root limited to the unit's capability bounding
-//! set, workers as `nobody`. [`Container`] boots a real systemd for the service tests. [`get`]
+//! set, workers as `nobody`. [`Container`] boots a real systemd for the service tests, [`Redis`]
+//! a real Redis server for the socket.io chat's. [`get`]
 //! is a real HTTP client bound to a chosen source address. The tests need root (namespaces,
 //! containers, and reading the kernel's program list).
 #![deny(missing_docs)]
