@@ -26,6 +26,10 @@ async function openSessions() {
   for (let i = Number(first); i < Number(first) + ADDRESSES && !full(); i++) {
     try {
       const session = await connect(server, i);
+      if (!byWorker[session.worker]) {
+        session.close();
+        throw new Error(`welcomed by worker ${session.worker}, not one of ${workers}`);
+      }
       if (byWorker[session.worker].length >= Number(perWorker)) {
         session.close();
         continue;
