@@ -3,7 +3,8 @@
 //! Every test runs its body in [`in_netns`]: a fresh thread in a fresh network namespace, so
 //! tests cannot collide on ports and everything they start is confined there. [`Sticky`] runs
 //! the real `sticky` binary as it is deployed: root limited to the unit's capability bounding
-//! set, workers as `nobody`. [`Container`] boots a real systemd for the service tests. [`get`]
+//! set, workers as `nobody`. [`Container`] boots a real systemd for the service tests, [`Redis`]
+//! a real Redis server for the socket.io chat's. [`get`]
 //! is a real HTTP client bound to a chosen source address. The tests need root (namespaces,
 //! containers, and reading the kernel's program list).
 #![deny(missing_docs)]
@@ -13,6 +14,7 @@ mod container;
 mod load;
 mod namespace;
 mod netns;
+mod redis;
 mod sticky;
 mod tls;
 
@@ -23,6 +25,7 @@ pub use container::{Container, systemd_root};
 pub use load::{Load, Outcome, Report};
 pub use namespace::{Netns, veth};
 pub use netns::{in_netns, processes_in_netns};
+pub use redis::Redis;
 pub use sticky::{
     Counters, Exit, StateDir, Sticky, UNIT_BOUNDING_SET, WORKER_USER, program_is_loaded,
     sticky_bin, target_bin,

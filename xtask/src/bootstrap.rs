@@ -2,8 +2,9 @@
 //! the nightly toolchain with rust-src (the eBPF crate builds `core` itself), the LLVM
 //! development packages matching nightly's LLVM, bpf-linker built against them, and the
 //! tools the integration tests call (iproute2, util-linux's setpriv, python3, node with npm and
-//! the socket.io example's packages, systemd-analyze, and openssl, curl, nginx and nftables for
-//! the deployment recipes), and for the service test a real systemd:
+//! the socket.io example's packages, systemd-analyze, redis-server and chromium for the socket.io
+//! chat, and openssl, curl, nginx and nftables for the deployment recipes), and for the service
+//! test a real systemd:
 //! mmdebstrap, systemd-nspawn and a container root kept under target/.
 
 use std::{
@@ -59,6 +60,7 @@ pub fn test_tools() -> anyhow::Result<()> {
     if !Path::new(SYSTEM_PYTHON).exists() {
         apt_install(&["python3"])?;
     }
+    socketio_services()?;
     socketio_packages()?;
     container_root()
 }
@@ -108,6 +110,20 @@ fn host_release() -> Option<String> {
     let release = fs::read_to_string("/etc/os-release").ok()?;
     let name = release.lines().find_map(|line| line.strip_prefix("VERSION_CODENAME="))?;
     Some(name.trim_matches('"').to_owned()).filter(|name| !name.is_empty())
+}
+
+/// Ensures what the socket.io chat's tests start besides sticky: Debian's `redis-server` for
+/// the Redis adapter, and Debian's `chromium`, which the browser test drives with puppeteer-core
+/// (an npm package that downloads no browser).
+fn socketio_services() -> anyhow::Result<()> {
+    // Each is both the command and its Debian package.
+    let missing: Vec<&str> =
+        ["redis-server", "chromium"].into_iter().filter(|tool| !on_path(tool)).collect();
+    if missing.is_empty() {
+        say("socket.io chat test services (redis-server, chromium): present");
+        return Ok(());
+    }
+    apt_install(&missing)
 }
 
 /// Installs the socket.io example's npm packages from its lock file, unless they are there.
