@@ -204,3 +204,42 @@ pub fn forget(name: String) {
         notify::forget(name);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inherited(name: &str, socket: &TcpListener) -> InheritedSocket {
+        let socket = socket.try_clone().unwrap();
+        let inode = nix::sys::stat::fstat(&socket).unwrap().st_ino;
+        InheritedSocket { name: name.into(), address: socket.local_addr().unwrap(), socket, inode }
+    }
+
+    #[test]
+    fn sockets_go_back_to_their_slots_and_what_no_longer_fits_is_forgotten() {
+        let listener = || TcpListener::bind("127.0.0.1:0").unwrap();
+        let (slot1, activated, stranger, beyond) = (listener(), listener(), listener(), listener());
+        // All but the stranger as if on one address: the test's sockets have distinct ports.
+        let address = slot1.local_addr().unwrap();
+        let mut sockets = vec![
+            inherited("web.socket", &activated),
+            inherited("sticky-slot-1", &slot1),
+            // The same socket again (a .socket unit's socket, also in the store).
+            inherited("sticky-slot-1", &slot1),
+            inherited("sticky-slot-5", &beyond),
+            inherited("sticky-slot-0", &stranger),
+        ];
+        for socket in &mut sockets[..4] {
+            socket.address = address;
+        }
+        let inherited = Inherited { sockets, maps: Vec::new() };
+        let adopted = inherited.adopt(&[address], 3);
+        let slots: Vec<u32> = adopted.by_address[0].keys().copied().collect();
+        assert_eq!(slots, [0, 1], "slot 1 by name, the activated socket in the lowest free slot");
+        let port = |socket: &TcpListener| socket.local_addr().unwrap().port();
+        assert_eq!(port(&adopted.by_address[0][&1]), port(&slot1));
+        assert_eq!(port(&adopted.by_address[0][&0]), port(&activated));
+        let forget: Vec<&str> = adopted.forget.iter().map(String::as_str).collect();
+        assert_eq!(forget, ["sticky-slot-0", "sticky-slot-5"]);
+    }
+}

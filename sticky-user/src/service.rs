@@ -160,7 +160,8 @@ SystemCallArchitectures=native
 WantedBy=multi-user.target
 ",
         control = control_socket(name),
-        fd_store = MAX_SLOTS as usize * MAX_LISTEN_ADDRESSES,
+        // A socket per slot and address, and a socket array per address.
+        fd_store = (MAX_SLOTS as usize + 1) * MAX_LISTEN_ADDRESSES,
         stop_timeout = config.policy.grace_period.as_secs() + 10,
         start_timeout = start_timeout(config),
     )

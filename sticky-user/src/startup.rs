@@ -160,10 +160,12 @@ pub fn start(launch: Launch, inherited: Inherited) -> Result<Started, StartupErr
             (Dispatch::Kernel(dispatchers), None)
         }
         DispatchMode::None => {
+            detach_previous(&groups);
             warn!("--dispatch none: plain SO_REUSEPORT, clients are NOT sticky");
             (Dispatch::Plain, None)
         }
         DispatchMode::Userspace => {
+            detach_previous(&groups);
             let (loader_ends, worker_ends) =
                 handoff::pairs(config.workers).map_err(StartupError::Handoff)?;
             let listeners = groups
@@ -231,6 +233,16 @@ impl Started {
         }
         let counters = self.supervisor.run(endpoints).await?;
         Ok(self.listen.into_iter().zip(counters).collect())
+    }
+}
+
+/// Detaches the program an earlier loader left attached to adopted sockets (a restart into
+/// another dispatch mode): without kernel dispatch, nothing must choose among them.
+fn detach_previous(groups: &[ListenerGroup]) {
+    for group in groups {
+        if let Some(socket) = group.sockets.first() {
+            let _ = Dispatcher::detach_any(socket);
+        }
     }
 }
 

@@ -351,6 +351,11 @@ impl Dispatcher {
 
     /// Detaches the program from the group `socket` belongs to.
     pub fn detach(self, socket: &TcpListener) -> Result<(), DispatchError> {
+        Self::detach_any(socket)
+    }
+
+    /// Detaches whatever program is attached to the group `socket` belongs to.
+    pub fn detach_any(socket: &TcpListener) -> Result<(), DispatchError> {
         SkReuseport::detach(socket)
             .map_err(|source| DispatchError::Program { action: "detach", source })
     }

@@ -45,7 +45,7 @@ pub(crate) fn exec(executable: &Path, record: &Record) -> UpgradeError {
         b"--state-fd",
         memfd.as_raw_fd().to_string().as_bytes(),
     ]
-    .map(|arg| CString::new(arg).expect("no NUL in paths from the kernel"));
+    .map(|arg| CString::new(arg).expect("paths and numbers hold no NUL"));
     if let Err(err) = set_close_on_exec(&fds, false) {
         let _ = set_close_on_exec(&fds, true);
         return failed(format!("cannot keep the fds open across exec: {err}"));
