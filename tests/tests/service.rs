@@ -140,7 +140,11 @@ fn sd_notify_messages_arrive_in_order() {
         let socket_path = dir.0.join("notify.sock");
         let socket = UnixDatagram::bind(&socket_path).unwrap();
         socket.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        let env = [("NOTIFY_SOCKET", socket_path.to_str().unwrap()), ("WATCHDOG_USEC", "200000")];
+        let env = [
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "200000"),
+            ("FDSTORE", "8"),
+        ];
         let mut sticky = Sticky::start_with_env(&["--listen", "127.0.0.1:3050", "-w", "2"], &env);
         // Read the socket all along, as systemd does.
         let (sender, incoming) = std::sync::mpsc::channel();
@@ -172,6 +176,11 @@ fn sd_notify_messages_arrive_in_order() {
         let reloading = receive("RELOADING=1");
         assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
         receive("READY=1");
+        // An upgrade in place: the old image says RELOADING=1, the new one READY=1.
+        let upgrade = sticky.control(Request::Upgrade);
+        assert!(matches!(upgrade, sticky_user::control::Response::Done { .. }), "{upgrade:?}");
+        receive("RELOADING=1");
+        receive("READY=1");
         sticky.signal(nix::sys::signal::Signal::SIGTERM);
         receive("STOPPING=1");
         assert!(sticky.wait().status.success());
@@ -181,7 +190,20 @@ fn sd_notify_messages_arrive_in_order() {
                 ["READY=1", "RELOADING=1", "STOPPING=1"].into_iter().find(|k| m.contains(k))
             })
             .collect();
-        assert_eq!(kinds, ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"], "{messages:?}");
+        let expected =
+            ["READY=1", "RELOADING=1", "READY=1", "RELOADING=1", "READY=1", "STOPPING=1"];
+        assert_eq!(kinds, expected, "{messages:?}");
+        // Before the first READY=1: the listening sockets and the socket array, for the fd store
+        // ($FDSTORE is set), and nothing stored again by the upgrade.
+        let stored: Vec<&str> = messages
+            .iter()
+            .filter(|m| m.contains("FDSTORE=1"))
+            .filter_map(|m| m.lines().find_map(|line| line.strip_prefix("FDNAME=")))
+            .collect();
+        assert_eq!(stored, ["sticky-slot-0", "sticky-slot-1", "sticky-map-127.0.0.1_3050"]);
+        let first_ready = messages.iter().position(|m| m.contains("READY=1")).unwrap();
+        let last_store = messages.iter().rposition(|m| m.contains("FDSTORE=1")).unwrap();
+        assert!(last_store < first_ready, "{messages:?}");
     });
 }
 
