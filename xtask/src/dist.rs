@@ -34,6 +34,10 @@ pub fn build() -> anyhow::Result<()> {
     bootstrap::build_tools()?;
     dist_tools()?;
     let dist = dist_dir();
+    // Only this build's artifacts: the tests take the one package and the one tarball there.
+    if dist.exists() {
+        fs::remove_dir_all(&dist).with_context(|| format!("cannot empty {}", dist.display()))?;
+    }
     fs::create_dir_all(&dist).with_context(|| format!("cannot create {}", dist.display()))?;
     let deb = debian_package(&dist)?;
     let tarball = static_tarball(&dist)?;
