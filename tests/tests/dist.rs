@@ -103,6 +103,17 @@ fn the_package_installs_serves_under_systemd_and_is_removed_with_its_instances()
     });
     assert!(programs.iter().all(|&id| program_is_loaded(id)));
 
+    // `sticky uninstall` of another instance mirrors its install: disabled, stopped, its
+    // configuration gone, the template and the other instance left alone.
+    container.ok(&["sticky", "install", "api", "--user", "nobody", "--listen", "127.0.0.1:8080"]);
+    container.ok(&["systemctl", "start", "sticky@api.service"]);
+    let uninstalled = container.ok(&["sticky", "uninstall", "api"]);
+    assert!(uninstalled.contains("disabled sticky@api.service"), "{uninstalled}");
+    assert_eq!(container.property("sticky@api.service", "ActiveState"), "inactive");
+    assert_eq!(container.property("sticky@api.service", "UnitFileState"), "disabled");
+    assert!(!container.exists("/etc/sticky/api.toml") && container.exists(TEMPLATE_UNIT));
+    assert_eq!(container.property(UNIT, "ActiveState"), "active");
+
     // Removal stops the instance first; the configuration under /etc stays.
     container.ok(&["dpkg", "-r", "sticky"]);
     assert_eq!(container.property(UNIT, "ActiveState"), "inactive");
