@@ -1,6 +1,7 @@
 //! What `cargo xtask dist` makes, as an operator installs it: the Debian package in a fresh
 //! Debian with no Rust under a real systemd (dpkg, `sticky install`, an instance of the
-//! template unit serving, `dpkg -r`), and the static binary serving the demo on the host.
+//! template unit serving, upgraded in place by a second `dpkg -i`, `dpkg -r`), and the static
+//! binary serving the demo on the host.
 
 use std::{
     collections::HashSet,
@@ -102,6 +103,22 @@ fn the_package_installs_serves_under_systemd_and_is_removed_with_its_instances()
         assert_sticky(SocketAddr::from(([127, 0, 0, 1], 80)), 60, WORKERS);
     });
     assert!(programs.iter().all(|&id| program_is_loaded(id)));
+
+    // Installing the package again is an upgrade: the running instance re-executes the new
+    // binary in place, keeping its pid, workers and program.
+    let before = status(&container);
+    let main_pid = container.property(UNIT, "MainPID");
+    container.ok(&["dpkg", "-i", "/root/sticky.deb"]);
+    let after = status(&container);
+    assert_eq!(after.loader.upgrades, before.loader.upgrades + 1, "{:?}", after.last_upgrade);
+    assert_eq!(container.property(UNIT, "MainPID"), main_pid);
+    assert_eq!(container.property(UNIT, "ActiveState"), "active");
+    let workers = |status: &Status| status.slots.iter().map(|slot| slot.pid).collect::<Vec<_>>();
+    assert_eq!(workers(&after), workers(&before));
+    assert_eq!(after.program_ids, programs);
+    container.in_netns(|| {
+        assert_sticky(SocketAddr::from(([127, 0, 0, 1], 80)), 30, WORKERS);
+    });
 
     // `sticky uninstall` of another instance mirrors its install: disabled, stopped, its
     // configuration gone, the template and the other instance left alone.
