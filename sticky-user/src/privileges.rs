@@ -52,31 +52,48 @@ fn list(needs: &[Need]) -> String {
 /// CAP_PERFMON is not needed: the program passes the verifier's rules for loaders without it.
 pub fn required(config: &RunConfig, uid: Uid, gid: Gid) -> Vec<Need> {
     let mut needs = Vec::new();
-    let mut need = |capability, reason| needs.push(Need { capability, reason });
     if config.dispatch == DispatchMode::Kernel {
-        need(Capability::CAP_BPF, "to load the dispatch program");
-        need(Capability::CAP_NET_ADMIN, "to attach it to the listening sockets");
+        needs.extend([BPF, NET_ADMIN]);
     }
     if let Some(credentials) = &config.credentials {
         if credentials.uid != uid.as_raw() {
-            need(Capability::CAP_SETUID, "to start the workers as their user");
+            needs.push(SETUID);
         }
         if credentials.gid != gid.as_raw() || uid.is_root() {
-            need(Capability::CAP_SETGID, "to start the workers with their group only");
+            needs.push(SETGID);
         }
         if credentials.uid != uid.as_raw() {
-            need(
-                Capability::CAP_KILL,
-                "to stop workers of another user, and kill them if sticky dies",
-            );
+            needs.push(KILL);
         }
     }
     let ports = config.listen.iter().chain(&config.metrics).map(|address| address.port());
     if ports.into_iter().any(|port| port < 1024) {
-        need(Capability::CAP_NET_BIND_SERVICE, "to listen on a port below 1024");
+        needs.push(NET_BIND_SERVICE);
     }
     needs
 }
+
+/// Every capability some configuration needs ([`required`] for each): what a unit that serves
+/// any configuration grants, the packaged template `sticky@.service`.
+pub fn any_configuration() -> Vec<Need> {
+    vec![BPF, NET_ADMIN, SETUID, SETGID, KILL, NET_BIND_SERVICE]
+}
+
+const BPF: Need = Need { capability: Capability::CAP_BPF, reason: "to load the dispatch program" };
+const NET_ADMIN: Need =
+    Need { capability: Capability::CAP_NET_ADMIN, reason: "to attach it to the listening sockets" };
+const SETUID: Need =
+    Need { capability: Capability::CAP_SETUID, reason: "to start the workers as their user" };
+const SETGID: Need = Need {
+    capability: Capability::CAP_SETGID,
+    reason: "to start the workers with their group only",
+};
+const KILL: Need = Need {
+    capability: Capability::CAP_KILL,
+    reason: "to stop workers of another user, and kill them if sticky dies",
+};
+const NET_BIND_SERVICE: Need =
+    Need { capability: Capability::CAP_NET_BIND_SERVICE, reason: "to listen on a port below 1024" };
 
 /// Fails naming every capability `config` needs that is missing from the effective set.
 pub fn check(config: &RunConfig) -> Result<(), PrivilegeError> {

@@ -1,4 +1,5 @@
-//! `sticky install`: a configuration file and a hardened systemd unit for one named service.
+//! `sticky install`: a configuration file and a hardened systemd unit for one named service, or
+//! only the configuration file when the packaged template unit `sticky@.service` serves it.
 
 use std::{
     fs, io,
@@ -12,8 +13,14 @@ use thiserror::Error;
 use crate::{
     config::{MAX_LISTEN_ADDRESSES, RunConfig, RunOptions},
     path_error::PathError,
-    privileges,
+    privileges::{self, Need},
 };
+
+/// Where the Debian package puts the template unit whose instance `sticky@NAME` runs
+/// `sticky run --config /etc/sticky/NAME.toml`.
+pub const TEMPLATE_UNIT: &str = "/usr/lib/systemd/system/sticky@.service";
+/// Where the Debian package puts the binary.
+pub const PACKAGED_BIN: &str = "/usr/bin/sticky";
 
 /// Why a service cannot be installed or removed.
 #[derive(Debug, Error)]
@@ -47,23 +54,32 @@ pub struct ServiceFiles {
     pub name: String,
     /// `ROOT/etc/sticky/NAME.toml`.
     pub config: PathBuf,
-    /// `ROOT/etc/systemd/system/sticky-NAME.service`.
-    pub unit: PathBuf,
+    /// `ROOT/etc/systemd/system/sticky-NAME.service`, or `None` when the service is the
+    /// instance `sticky@NAME` of the packaged [`TEMPLATE_UNIT`].
+    pub unit: Option<PathBuf>,
 }
 
 impl ServiceFiles {
-    /// The paths for service `name` under `root`.
+    /// The paths for service `name` under `root`: an instance of the packaged template when
+    /// `root` has it, unless the service has a unit of its own already.
     pub fn new(name: &str, root: &Path) -> Result<Self, ServiceError> {
         let valid = !name.is_empty()
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !valid {
             return Err(ServiceError::Name(name.into()));
         }
+        let own = root.join(format!("etc/systemd/system/sticky-{name}.service"));
+        let template = root.join(TEMPLATE_UNIT.trim_start_matches('/'));
         Ok(Self {
             name: name.into(),
             config: root.join(format!("etc/sticky/{name}.toml")),
-            unit: root.join(format!("etc/systemd/system/sticky-{name}.service")),
+            unit: (own.exists() || !template.exists()).then_some(own),
         })
+    }
+
+    /// Whether any of the service's files exists.
+    pub fn installed(&self) -> bool {
+        self.config.exists() || self.unit.as_ref().is_some_and(|unit| unit.exists())
     }
 
     /// The path the unit refers to the configuration by (outside any `--root`).
@@ -71,9 +87,12 @@ impl ServiceFiles {
         format!("/etc/sticky/{}.toml", self.name)
     }
 
-    /// The unit name.
+    /// The unit name: `sticky-NAME.service`, or `sticky@NAME.service` for a template instance.
     pub fn unit_name(&self) -> String {
-        format!("sticky-{}.service", self.name)
+        match self.unit {
+            Some(_) => format!("sticky-{}.service", self.name),
+            None => format!("sticky@{}.service", self.name),
+        }
     }
 }
 
@@ -100,17 +119,74 @@ pub fn control_socket(name: &str) -> String {
 /// loader runs as root with exactly the capabilities [`privileges::required`] names for
 /// `config`, each explained in a comment.
 pub fn unit_file(files: &ServiceFiles, config: &RunConfig, bin: &Path) -> String {
-    let needs = privileges::required(config, Uid::from_raw(0), Gid::from_raw(0));
+    let name = &files.name;
+    render(&UnitSpec {
+        name,
+        origin: format!(
+            "Installed by `sticky install {name}`; remove with `sticky uninstall {name}`."
+        ),
+        needs: privileges::required(config, Uid::from_raw(0), Gid::from_raw(0)),
+        config_path: files.config_on_system(),
+        start_timeout: start_timeout(config).to_string(),
+        stop_timeout: (config.policy.grace_period.as_secs() + 10).to_string(),
+        bin,
+    })
+}
+
+/// The packaged template unit [`TEMPLATE_UNIT`], running `sticky` (at `bin`): the unit
+/// [`unit_file`] writes, for the service named by the instance (`%i`). It grants every
+/// capability some configuration needs ([`privileges::any_configuration`]); sticky bounds its
+/// own start and rolling restarts (by the instance's ready timeout and grace period), and a stop
+/// gets systemd's default 90 s.
+pub fn template_unit(bin: &Path) -> String {
+    render(&UnitSpec {
+        name: "%i",
+        origin: [
+            "Installed by the sticky package: `sticky install NAME` writes /etc/sticky/NAME.toml",
+            "# and enables sticky@NAME. sticky bounds each instance's start and rolling restarts",
+            "# itself (its ready timeout and grace period per slot), so TimeoutStartSec=infinity;",
+            "# an instance whose grace period exceeds 80 s needs a longer TimeoutStopSec= (drop-in).",
+        ]
+        .join("\n"),
+        needs: privileges::any_configuration(),
+        config_path: "/etc/sticky/%i.toml".into(),
+        start_timeout: "infinity".into(),
+        stop_timeout: "90".into(),
+        bin,
+    })
+}
+
+/// What tells one unit apart from another: the service's own unit or the template.
+struct UnitSpec<'a> {
+    /// The service name in descriptions and paths (`%i` in the template).
+    name: &'a str,
+    /// The first comment line: who wrote the unit.
+    origin: String,
+    /// The capabilities the loader keeps.
+    needs: Vec<Need>,
+    /// The configuration file, as the unit names it.
+    config_path: String,
+    /// TimeoutStartSec=.
+    start_timeout: String,
+    /// TimeoutStopSec=.
+    stop_timeout: String,
+    /// The sticky binary.
+    bin: &'a Path,
+}
+
+/// The unit text for `spec`, hardened.
+fn render(spec: &UnitSpec) -> String {
+    let needs = &spec.needs;
     let capabilities: Vec<String> = needs.iter().map(|need| need.capability.to_string()).collect();
     let capabilities = capabilities.join(" ");
     let reasons: String =
         needs.iter().map(|need| format!("#   {}: {}\n", need.capability, need.reason)).collect();
-    let name = &files.name;
-    let bin = bin.display();
-    let config_path = files.config_on_system();
+    let name = spec.name;
+    let bin = spec.bin.display();
+    let config_path = &spec.config_path;
     format!(
         "\
-# Installed by `sticky install {name}`; remove with `sticky uninstall {name}`.
+# {origin}
 [Unit]
 Description=sticky: sticky sessions for {name}
 After=network.target
@@ -159,11 +235,12 @@ SystemCallArchitectures=native
 [Install]
 WantedBy=multi-user.target
 ",
+        origin = spec.origin,
         control = control_socket(name),
         // A socket per slot and address, and a socket array per address.
         fd_store = (MAX_SLOTS as usize + 1) * MAX_LISTEN_ADDRESSES,
-        stop_timeout = config.policy.grace_period.as_secs() + 10,
-        start_timeout = start_timeout(config),
+        stop_timeout = spec.stop_timeout,
+        start_timeout = spec.start_timeout,
     )
 }
 
@@ -186,12 +263,12 @@ pub fn write_new(files: &ServiceFiles, path: &Path, contents: &str) -> Result<()
     Ok(fs::write(path, contents).map_err(PathError::at("write", path))?)
 }
 
-/// Removes the service's files; fails if neither exists.
+/// Removes the service's files; fails if none exists.
 pub fn remove(files: &ServiceFiles) -> Result<(), ServiceError> {
-    if !files.config.exists() && !files.unit.exists() {
+    if !files.installed() {
         return Err(ServiceError::NotInstalled(files.name.clone()));
     }
-    for path in [&files.unit, &files.config] {
+    for path in files.unit.iter().chain([&files.config]) {
         match fs::remove_file(path) {
             Err(source) if source.kind() != io::ErrorKind::NotFound => {
                 return Err(PathError::at("remove", path)(source).into());
@@ -211,6 +288,45 @@ mod tests {
         assert!(ServiceFiles::new("web-1", Path::new("/")).is_ok());
         assert!(matches!(ServiceFiles::new("a/b", Path::new("/")), Err(ServiceError::Name(_))));
         assert!(matches!(ServiceFiles::new("", Path::new("/")), Err(ServiceError::Name(_))));
+    }
+
+    #[test]
+    fn the_template_is_the_generated_unit_for_any_instance() {
+        let files = ServiceFiles::new("web", Path::new("/nonexistent")).unwrap();
+        // A configuration that needs every capability.
+        let options = RunOptions {
+            user: Some("nobody".into()),
+            listen: vec!["[::]:80".into()],
+            ..Default::default()
+        };
+        let config = RunConfig::resolve(options, &crate::config::System).unwrap();
+        let bin = Path::new(PACKAGED_BIN);
+        let unit = unit_file(&files, &config, bin).replace("web", "%i");
+        let template = template_unit(bin);
+        // Only the comments and the timeouts may differ.
+        let lines = |text: &str| -> Vec<String> {
+            let same = |line: &&str| !line.starts_with('#') && !line.starts_with("Timeout");
+            text.lines().filter(same).map(Into::into).collect()
+        };
+        assert_eq!(lines(&unit), lines(&template));
+        assert!(template.contains("ExecStart=/usr/bin/sticky run --config /etc/sticky/%i.toml"));
+    }
+
+    #[test]
+    fn a_packaged_template_serves_new_services_but_not_those_with_a_unit() {
+        let root = std::env::temp_dir().join(format!("sticky-service-test-{}", std::process::id()));
+        let template = root.join(TEMPLATE_UNIT.trim_start_matches('/'));
+        fs::create_dir_all(template.parent().unwrap()).unwrap();
+        let web = ServiceFiles::new("web", &root).unwrap();
+        assert_eq!((web.unit.is_some(), web.unit_name()), (true, "sticky-web.service".into()));
+        fs::write(&template, "").unwrap();
+        let web = ServiceFiles::new("web", &root).unwrap();
+        assert_eq!((web.unit.clone(), web.unit_name()), (None, "sticky@web.service".into()));
+        let own = root.join("etc/systemd/system/sticky-api.service");
+        fs::create_dir_all(own.parent().unwrap()).unwrap();
+        fs::write(&own, "").unwrap();
+        assert_eq!(ServiceFiles::new("api", &root).unwrap().unit, Some(own));
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

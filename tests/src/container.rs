@@ -45,6 +45,12 @@ impl Container {
     /// Boots [`systemd_root`] with `sticky` at `/usr/local/bin/sticky` and waits until systemd
     /// has finished booting.
     pub fn boot() -> Self {
+        Self::boot_with(&[(&sticky_bin(), "/usr/local/bin/sticky")])
+    }
+
+    /// Boots [`systemd_root`] with each host file of `binds` bound read-only at its path in the
+    /// container (and nothing else of the host's), and waits until systemd has finished booting.
+    pub fn boot_with(binds: &[(&Path, &str)]) -> Self {
         let root = systemd_root();
         assert!(
             root.join("usr/lib/systemd/systemd").exists(),
@@ -64,7 +70,7 @@ impl Container {
             .arg(&root)
             .args(["--ephemeral", "--boot", "--register=no", "--keep-unit", "--capability=all"])
             .args(["--private-network", "--console=passive"])
-            .arg(format!("--bind-ro={}:/usr/local/bin/sticky", sticky_bin().display()))
+            .args(binds.iter().map(|(host, path)| format!("--bind-ro={}:{path}", host.display())))
             // nspawn's own seccomp filter forbids bpf() in the container.
             .env("SYSTEMD_SECCOMP", "0")
             .stdin(Stdio::null())
@@ -142,6 +148,11 @@ impl Container {
     /// Runs a shell script in the container; panics unless it succeeds. Returns stdout.
     pub fn sh(&self, script: &str) -> String {
         self.ok(&["sh", "-ec", script])
+    }
+
+    /// Whether `path` exists in the container.
+    pub fn exists(&self, path: &str) -> bool {
+        self.run(&["test", "-e", path]).status.success()
     }
 
     /// One property of a unit, as `systemctl show` gives it.

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bootstrap;
+mod dist;
 mod shell;
 mod test;
 
@@ -34,6 +35,8 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Build the Debian package and the static binary's tarball under target/dist/.
+    Dist,
     /// Measure every dispatch mode side by side and print a table (as root).
     Bench {
         /// Shorter runs and one repeat (under two minutes).
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Bootstrap => bootstrap::build_tools(),
         Command::Run { args } => run(args),
         Command::Install { args } => install(args),
+        Command::Dist => dist::build(),
         Command::Bench { quick, balance } => bench(quick, balance),
         Command::Test { filter } => test::run_all(filter.as_deref()),
     };

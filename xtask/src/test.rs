@@ -6,7 +6,7 @@ use anyhow::{Context as _, bail};
 use serde_json::Value;
 
 use crate::{
-    bootstrap,
+    bootstrap, dist,
     shell::{self, as_root, run, say},
 };
 
@@ -30,12 +30,15 @@ pub fn run_all(filter: Option<&str>) -> anyhow::Result<()> {
         "--package",
         "sticky-example-rust",
     ]))?;
+    // The package and static binary tests install what `cargo xtask dist` makes.
+    dist::build()?;
     let sticky = shell::workspace_root().join("target/debug/sticky");
     let mut failed = Vec::new();
     for test in integration_test_binaries()? {
         let mut command = as_root(&test);
         command.env("STICKY_BIN", &sticky).args(filter);
         command.env("STICKY_SYSTEMD_ROOT", bootstrap::container_root_dir());
+        command.env("STICKY_DIST", dist::dist_dir());
         if let Err(err) = run(&mut command) {
             failed.push(err.to_string());
         }

@@ -14,11 +14,12 @@ use sticky_user::{
 
 #[derive(Debug, Args)]
 pub struct InstallArgs {
-    /// Service name: the unit is sticky-NAME.service, the configuration /etc/sticky/NAME.toml.
+    /// Service name: the configuration is /etc/sticky/NAME.toml, the unit sticky@NAME.service
+    /// when the package's template unit is installed, else sticky-NAME.service (written too).
     name: String,
     #[command(flatten)]
     target: Target,
-    /// The sticky binary the unit runs.
+    /// The sticky binary the unit runs (not with the package's template unit: /usr/bin/sticky).
     #[arg(long, value_name = "PATH", default_value = "/usr/local/bin/sticky")]
     bin: PathBuf,
     /// The options of `sticky run` for the service.
@@ -58,21 +59,27 @@ pub fn install(args: InstallArgs) -> anyhow::Result<()> {
     let config = sticky_user::config::RunConfig::resolve(input.clone(), &System)?;
     sticky_user::spawn::Spawner::new(&config, &[])?.check()?;
     let config_text = service::config_file(&files, &input)?;
-    let unit_text = service::unit_file(&files, &config, &args.bin);
+    let unit =
+        files.unit.as_ref().map(|path| (path, service::unit_file(&files, &config, &args.bin)));
     if args.target.dry_run {
-        println!(
-            "# {}\n{config_text}\n# {}\n{unit_text}",
-            files.config.display(),
-            files.unit.display()
-        );
+        println!("# {}\n{config_text}", files.config.display());
+        match &unit {
+            Some((path, text)) => println!("# {}\n{text}", path.display()),
+            None => println!("# {} runs it", service::TEMPLATE_UNIT),
+        }
         return Ok(());
     }
     service::write_new(&files, &files.config, &config_text)?;
-    if let Err(err) = service::write_new(&files, &files.unit, &unit_text) {
-        let _ = std::fs::remove_file(&files.config);
-        return Err(err.into());
+    match &unit {
+        Some((path, text)) => {
+            if let Err(err) = service::write_new(&files, path, text) {
+                let _ = std::fs::remove_file(&files.config);
+                return Err(err.into());
+            }
+            println!("wrote {} and {}", files.config.display(), path.display());
+        }
+        None => println!("wrote {} for {}", files.config.display(), service::TEMPLATE_UNIT),
     }
-    println!("wrote {} and {}", files.config.display(), files.unit.display());
     let unit = files.unit_name();
     if args.target.systemd() {
         systemctl(&["daemon-reload"])?;
@@ -90,19 +97,23 @@ pub fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
     let files = ServiceFiles::new(&args.name, &args.target.root)?;
     let unit = files.unit_name();
     if args.target.dry_run {
-        for path in [&files.unit, &files.config].into_iter().filter(|p| p.exists()) {
+        for path in files.unit.iter().chain([&files.config]).filter(|p| p.exists()) {
             println!("would remove {}", path.display());
         }
         return Ok(());
     }
-    if args.target.systemd() && files.unit.exists() {
+    if args.target.systemd() && files.installed() {
         systemctl(&["disable", "--now", &unit])?;
     }
     service::remove(&files)?;
     if args.target.systemd() {
         systemctl(&["daemon-reload"])?;
     }
-    println!("removed {unit} and {}", files.config.display());
+    let config = files.config.display();
+    match files.unit {
+        Some(_) => println!("removed {unit} and {config}"),
+        None => println!("disabled {unit} and removed {config}"),
+    }
     Ok(())
 }
 

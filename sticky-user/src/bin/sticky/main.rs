@@ -6,10 +6,10 @@ mod inspect;
 mod install;
 mod run;
 
-use std::{ffi::OsString, io::IsTerminal as _, process::ExitCode};
+use std::{ffi::OsString, io::IsTerminal as _, path::Path, process::ExitCode};
 
 use clap::{CommandFactory as _, Parser, Subcommand};
-use sticky_user::{config::RunOptions, control::Request, spawn, upgrade};
+use sticky_user::{config::RunOptions, control::Request, service, spawn, upgrade};
 use tracing_subscriber::EnvFilter;
 
 /// Sticky sessions for multi-process servers: the kernel sends every connection from one client
@@ -60,6 +60,9 @@ enum Command {
     },
     /// Print the man page (roff).
     Man,
+    /// Print the template unit sticky@.service the Debian package installs.
+    #[command(name = "template-unit", hide = true)]
+    TemplateUnit,
     /// Serve the built-in demo worker (what `run` starts when no CMD is given).
     Demo,
     /// Print each slot's entries in the lookup table for N slots, its build time and, with
@@ -119,6 +122,10 @@ fn main() -> ExitCode {
         }
         Command::Man => {
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).map_err(Into::into)
+        }
+        Command::TemplateUnit => {
+            print!("{}", service::template_unit(Path::new(service::PACKAGED_BIN)));
+            Ok(())
         }
         Command::Status { control, json } => ctl::run(&control, Request::Status, json),
         Command::Reload(control) => ctl::run(&control, Request::Reload, false),
