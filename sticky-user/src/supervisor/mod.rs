@@ -216,7 +216,7 @@ impl Supervisor {
                             tokio::spawn(async move { log_outcome("reload", this.reload().await) });
                         }
                         _ = upgrade.recv() => {
-                            tokio::spawn(self.clone().upgrade(None));
+                            tokio::spawn(self.clone().upgrade_in_place(None));
                         }
                     }
                 }
@@ -392,7 +392,7 @@ impl Loader for Supervisor {
 
     async fn upgrade(self: Arc<Self>, reply: tokio::net::UnixStream) {
         match reply.into_std().and_then(|stream| stream.set_nonblocking(false).map(|()| stream)) {
-            Ok(stream) => Supervisor::upgrade(self, Some(stream)).await,
+            Ok(stream) => self.upgrade_in_place(Some(stream)).await,
             Err(err) => error!(error = %err, "upgrade: cannot keep the requester's connection"),
         }
     }

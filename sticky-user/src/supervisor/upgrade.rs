@@ -18,7 +18,7 @@ use crate::{
 impl Supervisor {
     /// Upgrades the loader in place (`sticky upgrade`, SIGUSR2). Returns only if the upgrade
     /// did not happen: then the reason is logged, kept for `sticky status`, and sent on `reply`.
-    pub(crate) async fn upgrade(self: std::sync::Arc<Self>, reply: Option<UnixStream>) {
+    pub(crate) async fn upgrade_in_place(self: std::sync::Arc<Self>, reply: Option<UnixStream>) {
         let err = self.try_upgrade(reply.as_ref()).await;
         error!("{err}");
         self.state().last_upgrade =
