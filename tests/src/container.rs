@@ -20,6 +20,7 @@ use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
+use sticky_user::control::Status;
 
 use crate::sticky_bin;
 
@@ -153,6 +154,18 @@ impl Container {
     /// Whether `path` exists in the container.
     pub fn exists(&self, path: &str) -> bool {
         self.run(&["test", "-e", path]).status.success()
+    }
+
+    /// The status of the sticky answering on `control`, asked with the `sticky` at `binary`.
+    pub fn sticky_status(&self, binary: &str, control: &str) -> Status {
+        let json = self.ok(&[binary, "status", "--json", "--control", control]);
+        serde_json::from_str(&json).expect("status JSON")
+    }
+
+    /// The journal of `unit`, for failure messages.
+    pub fn journal(&self, unit: &str) -> String {
+        String::from_utf8_lossy(&self.run(&["journalctl", "-u", unit, "--no-pager"]).stdout)
+            .into_owned()
     }
 
     /// One property of a unit, as `systemctl show` gives it.

@@ -52,10 +52,8 @@ fn dist_file(suffix: &str) -> PathBuf {
     }
 }
 
-/// The serving instance's status, asked inside the container.
 fn status(container: &Container) -> Status {
-    let json = container.ok(&["sticky", "status", "--json", "--control", CONTROL]);
-    serde_json::from_str(&json).expect("status JSON")
+    container.sticky_status("sticky", CONTROL)
 }
 
 /// Asserts that every client of `clients` reaches one worker on each of 3 requests, and that

@@ -21,8 +21,7 @@ const STICKY: &str = "/opt/sticky/sticky";
 const APP: &str = "/usr/local/bin/app";
 
 fn status(container: &Container) -> Status {
-    let json = container.ok(&[STICKY, "status", "--json", "--control", CONTROL]);
-    serde_json::from_str(&json).expect("status JSON")
+    container.sticky_status(STICKY, CONTROL)
 }
 
 fn worker_pids(container: &Container) -> Vec<Option<u32>> {
@@ -41,8 +40,7 @@ fn wait_until_serving(container: &Container) {
 }
 
 fn journal(container: &Container) -> String {
-    String::from_utf8_lossy(&container.run(&["journalctl", "-u", UNIT, "--no-pager"]).stdout)
-        .into_owned()
+    container.journal(UNIT)
 }
 
 /// Runs `event` under load from `clients`; asserts that no connection was refused or failed

@@ -21,10 +21,8 @@ const APP: &str = "/usr/local/bin/app";
 /// A working version of it (printf format).
 const WORKING_APP: &str = "#!/bin/sh\\nexec sticky demo\\n";
 
-/// The loader's status, asked inside the container.
 fn status(container: &Container) -> Status {
-    let json = container.ok(&["sticky", "status", "--json", "--control", CONTROL]);
-    serde_json::from_str(&json).expect("status JSON")
+    container.sticky_status("sticky", CONTROL)
 }
 
 /// The pids of the current workers.
@@ -49,10 +47,8 @@ fn wait_until_serving(container: &Container) {
     });
 }
 
-/// The journal of the unit, for failure messages.
 fn journal(container: &Container) -> String {
-    String::from_utf8_lossy(&container.run(&["journalctl", "-u", UNIT, "--no-pager"]).stdout)
-        .into_owned()
+    container.journal(UNIT)
 }
 
 #[test]
