@@ -174,34 +174,44 @@ impl Dispatcher {
             Self::from_parts(program_fd, maps, Some(*config), program_id, migrates)?;
         dispatcher.write_config()?;
         dispatcher.update_table(table)?;
+        dispatcher.take_sockets(group, previous)?;
+        program(&mut ebpf, name)?
+            .attach(&group.sockets[0])
+            .map_err(|source| DispatchError::Program { action: "attach", source })?;
+        Ok(dispatcher)
+    }
+
+    /// Puts the group's sockets in the socket array (slot = index in the group), each taken out
+    /// of the `previous` loader's array first, if given.
+    fn take_sockets(
+        &mut self,
+        group: &ListenerGroup,
+        previous: Option<OwnedFd>,
+    ) -> Result<(), DispatchError> {
         let mut previous = match previous {
-            Some(fd) => Some(typed::<ReusePortSockArray<MapData>>(
-                MapData::from_fd(fd).map_err(|source| DispatchError::Map {
-                    action: "open",
-                    map: "the previous socket array",
-                    source,
-                })?,
-                SOCKETS_MAP,
-            )?),
+            Some(fd) => {
+                let open = |source| DispatchError::Map { action: "open", map: SOCKETS_MAP, source };
+                Some(typed::<ReusePortSockArray<MapData>>(
+                    MapData::from_fd(fd).map_err(open)?,
+                    SOCKETS_MAP,
+                )?)
+            }
             None => None,
         };
         for (slot, socket) in (0..).zip(&group.sockets) {
             if let Some(previous) = &mut previous {
                 let _ = previous.clear_index(&slot);
             }
-            if let Err(err) = dispatcher.set_socket(slot, socket) {
+            if let Err(err) = self.set_socket(slot, socket) {
                 // Held at another index of the previous array: empty it all, then retry.
                 let Some(previous) = &mut previous else { return Err(err) };
                 for index in 0..MAX_SLOTS {
                     let _ = previous.clear_index(&index);
                 }
-                dispatcher.set_socket(slot, socket)?;
+                self.set_socket(slot, socket)?;
             }
         }
-        program(&mut ebpf, name)?
-            .attach(&group.sockets[0])
-            .map_err(|source| DispatchError::Program { action: "attach", source })?;
-        Ok(dispatcher)
+        Ok(())
     }
 
     /// Takes over a dispatcher an earlier image of this loader handed over: its program stays
