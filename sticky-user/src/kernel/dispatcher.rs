@@ -189,13 +189,10 @@ impl Dispatcher {
         previous: Option<OwnedFd>,
     ) -> Result<(), DispatchError> {
         let mut previous = match previous {
-            Some(fd) => {
-                let open = |source| DispatchError::Map { action: "open", map: SOCKETS_MAP, source };
-                Some(typed::<ReusePortSockArray<MapData>>(
-                    MapData::from_fd(fd).map_err(open)?,
-                    SOCKETS_MAP,
-                )?)
-            }
+            Some(fd) => Some(typed::<ReusePortSockArray<MapData>>(
+                map_from_fd(fd, SOCKETS_MAP)?,
+                SOCKETS_MAP,
+            )?),
             None => None,
         };
         for (slot, socket) in (0..).zip(&group.sockets) {
@@ -226,13 +223,7 @@ impl Dispatcher {
         let Handover { program, maps, program_id, migrates } = handover;
         // SAFETY: the caller guarantees these fds are open and ours alone.
         let owned = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
-        let map = |fd, name| {
-            MapData::from_fd(owned(fd)).map_err(|source| DispatchError::Map {
-                action: "open",
-                map: name,
-                source,
-            })
-        };
+        let map = |fd, name| map_from_fd(owned(fd), name);
         let maps = [
             map(maps.sockets, SOCKETS_MAP)?,
             map(maps.table, TABLE_MAP)?,
@@ -269,11 +260,8 @@ impl Dispatcher {
         migrates: bool,
     ) -> Result<Self, DispatchError> {
         let duplicate = |data: &MapData, name| {
-            data.fd().as_fd().try_clone_to_owned().map_err(|err| DispatchError::Map {
-                action: "open",
-                map: name,
-                source: MapError::IoError(err),
-            })
+            let fd = data.fd().as_fd().try_clone_to_owned();
+            fd.map_err(|err| map_error("open", name)(MapError::IoError(err)))
         };
         let names = [SOCKETS_MAP, TABLE_MAP, CONFIG_MAP, COUNTERS_MAP];
         let [fd0, fd1, fd2, fd3] = [0, 1, 2, 3].map(|i| duplicate(&maps[i], names[i]));
@@ -282,11 +270,7 @@ impl Dispatcher {
         let config_map: Array<MapData, DispatchConfig> = typed(config_map, CONFIG_MAP)?;
         let config = match config {
             Some(config) => config,
-            None => config_map.get(&0, 0).map_err(|source| DispatchError::Map {
-                action: "read",
-                map: CONFIG_MAP,
-                source,
-            })?,
+            None => config_map.get(&0, 0).map_err(map_error("read", CONFIG_MAP))?,
         };
         Ok(Self {
             program,
@@ -347,9 +331,9 @@ impl Dispatcher {
 
     /// Reads the counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, DispatchError> {
-        let map_error = |source| DispatchError::Map { action: "read", map: COUNTERS_MAP, source };
         let read = |index| {
-            self.counters.get(&index, 0).map(|per_cpu| per_cpu.iter().sum()).map_err(map_error)
+            let per_cpu = self.counters.get(&index, 0).map_err(map_error("read", COUNTERS_MAP))?;
+            Ok(per_cpu.iter().sum())
         };
         Ok(Counters {
             selected: (0..self.config.slots).map(read).collect::<Result<_, _>>()?,
@@ -395,13 +379,23 @@ fn typed<M>(data: MapData, name: &'static str) -> Result<M, DispatchError>
 where
     M: TryFrom<Map, Error = MapError>,
 {
-    let open = |source| DispatchError::Map { action: "open", map: name, source };
-    M::try_from(Map::from_map_data(data).map_err(open)?).map_err(open)
+    M::try_from(Map::from_map_data(data).map_err(map_error("open", name))?)
+        .map_err(map_error("open", name))
+}
+
+/// Map `name` from an fd an earlier loader left (handed over, or kept in the fd store).
+fn map_from_fd(fd: OwnedFd, name: &'static str) -> Result<MapData, DispatchError> {
+    MapData::from_fd(fd).map_err(map_error("open", name))
+}
+
+/// The error of a failed `action` on map `name`.
+fn map_error(action: &'static str, name: &'static str) -> impl Fn(MapError) -> DispatchError {
+    move |source| DispatchError::Map { action, map: name, source }
 }
 
 /// The error of a failed write to map `name`.
-fn write_error(name: &'static str) -> impl FnOnce(MapError) -> DispatchError {
-    move |source| DispatchError::Map { action: "write", map: name, source }
+fn write_error(name: &'static str) -> impl Fn(MapError) -> DispatchError {
+    map_error("write", name)
 }
 
 fn refused_or_object(err: EbpfError) -> DispatchError {

@@ -46,9 +46,9 @@ pub(crate) fn exec(executable: &Path, record: &Record) -> UpgradeError {
         memfd.as_raw_fd().to_string().as_bytes(),
     ]
     .map(|arg| CString::new(arg).expect("paths and numbers hold no NUL"));
-    if let Err(err) = set_close_on_exec(&fds, false) {
+    if let Err((fd, err)) = set_close_on_exec(&fds, false) {
         let _ = set_close_on_exec(&fds, true);
-        return failed(format!("cannot keep the fds open across exec: {err}"));
+        return failed(format!("cannot keep fd {fd} open across exec: {err}"));
     }
     let signals = handled_signals();
     let _ = signals.thread_block();
@@ -60,12 +60,13 @@ pub(crate) fn exec(executable: &Path, record: &Record) -> UpgradeError {
     failed(err.to_string())
 }
 
-fn set_close_on_exec(fds: &[RawFd], close: bool) -> nix::Result<()> {
+/// Sets or clears close-on-exec on every fd of `fds`; on failure, says which fd.
+pub(super) fn set_close_on_exec(fds: &[RawFd], close: bool) -> Result<(), (RawFd, nix::Error)> {
     let flags = if close { FdFlag::FD_CLOEXEC } else { FdFlag::empty() };
     for &fd in fds {
-        // SAFETY: every fd in the record is open for as long as this call runs.
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        fcntl(fd, FcntlArg::F_SETFD(flags))?;
+        // SAFETY: a borrow for one fcntl; an fd that is not open fails with EBADF.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        fcntl(borrowed, FcntlArg::F_SETFD(flags)).map_err(|err| (fd, err))?;
     }
     Ok(())
 }

@@ -10,10 +10,12 @@ use std::{
     sync::Arc,
 };
 
-use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use thiserror::Error;
 
-use super::record::{Record, RecordError};
+use super::{
+    exec::set_close_on_exec,
+    record::{Record, RecordError},
+};
 use crate::{
     config::DispatchMode,
     dispatch::Dispatch,
@@ -54,12 +56,8 @@ pub enum ResumeError {
 pub unsafe fn resume(state_fd: RawFd) -> Result<Started, ResumeError> {
     // SAFETY: guaranteed by the caller.
     let record = unsafe { Record::read(state_fd) }?;
-    for fd in record.fds() {
-        // Ours again only: workers inherit only what each is given.
-        // SAFETY: the record's fds are open (checked here) for the length of this call.
-        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(|_| ResumeError::Fd(fd))?;
-    }
+    // Ours again only (workers inherit only what each is given), and each is checked open.
+    set_close_on_exec(&record.fds(), true).map_err(|(fd, _)| ResumeError::Fd(fd))?;
     // SAFETY: each fd below is named once in the record and owned by nothing else (above).
     let own = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
     let Record { launch, seed, groups, endpoints, supervisor, previous, reply, .. } = record;
