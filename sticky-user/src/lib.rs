@@ -17,6 +17,7 @@ mod endpoints;
 pub mod fd_store;
 pub mod identity;
 mod kernel;
+pub mod limits;
 mod listeners;
 pub mod path_error;
 mod privileges;

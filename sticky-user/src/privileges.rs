@@ -44,8 +44,8 @@ fn list(needs: &[Need]) -> String {
 /// What the loader needs to run `config` as a process with effective ids `uid` and `gid`:
 ///
 /// - CAP_BPF and CAP_NET_ADMIN to load and attach the SK_REUSEPORT program (kernel dispatch);
-/// - CAP_SETUID and CAP_SETGID to start workers as another user (and to drop supplementary
-///   groups), CAP_KILL to stop them and for their parent-death signal to reach them: the
+/// - CAP_SETUID and CAP_SETGID to start workers as another user (with that user's
+///   supplementary groups), CAP_KILL to stop them and for their parent-death signal to reach them: the
 ///   kernel checks both signals against the loader's credentials;
 /// - CAP_NET_BIND_SERVICE for a port below 1024.
 ///
@@ -56,13 +56,15 @@ pub fn required(config: &RunConfig, uid: Uid, gid: Gid) -> Vec<Need> {
         needs.extend([BPF, NET_ADMIN]);
     }
     if let Some(credentials) = &config.credentials {
-        if credentials.uid != uid.as_raw() {
+        let other_user = credentials.uid != uid.as_raw();
+        if other_user {
             needs.push(SETUID);
         }
-        if credentials.gid != gid.as_raw() || uid.is_root() {
+        // Setting the user's supplementary groups (initgroups) needs it whatever the group.
+        if other_user || credentials.gid != gid.as_raw() || uid.is_root() {
             needs.push(SETGID);
         }
-        if credentials.uid != uid.as_raw() {
+        if other_user {
             needs.push(KILL);
         }
     }
@@ -86,7 +88,7 @@ const SETUID: Need =
     Need { capability: Capability::CAP_SETUID, reason: "to start the workers as their user" };
 const SETGID: Need = Need {
     capability: Capability::CAP_SETGID,
-    reason: "to start the workers with their group only",
+    reason: "to start the workers with their user's groups",
 };
 const KILL: Need = Need {
     capability: Capability::CAP_KILL,

@@ -23,6 +23,7 @@ use crate::{
     },
     fd_store::{self, Inherited},
     kernel::{DispatchError, Dispatcher, table},
+    limits::{self, LimitError},
     listeners::{self, ListenError, ListenerGroup},
     privileges::{self, PrivilegeError},
     seed::{self, SeedError},
@@ -38,6 +39,9 @@ pub enum StartupError {
     /// A capability is missing.
     #[error(transparent)]
     Privileges(#[from] PrivilegeError),
+    /// The open-files limit does not fit the configuration.
+    #[error(transparent)]
+    Limits(#[from] LimitError),
     /// The workers could not be started as configured.
     #[error(transparent)]
     Spawn(#[from] SpawnError),
@@ -129,6 +133,7 @@ pub(crate) struct Accept {
 pub fn start(launch: Launch, inherited: Inherited) -> Result<Started, StartupError> {
     let mut config = launch.config.clone();
     privileges::check(&config)?;
+    limits::raise(&config)?;
     let userspace = config.dispatch == DispatchMode::Userspace;
     if userspace {
         config.environment.insert(handoff::STICKY_HANDOFF.into(), "1".into());

@@ -14,6 +14,7 @@ mod container;
 mod load;
 mod namespace;
 mod netns;
+pub mod privileges;
 mod redis;
 mod sticky;
 mod tls;

@@ -106,6 +106,23 @@ impl Sticky {
         sticky
     }
 
+    /// Starts `sticky run ARGS` as user `nobody` holding `capabilities` (setpriv's syntax, e.g.
+    /// `+bpf,+net_admin`) as ambient capabilities, as the README suggests for a loader that is
+    /// not root, with a fresh state directory.
+    pub fn start_unprivileged(capabilities: &str, args: &[&str]) -> Self {
+        let state = StateDir::new();
+        let mut command = Command::new("setpriv");
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+        command.arg(format!("--inh-caps={capabilities}"));
+        command.arg(format!("--ambient-caps={capabilities}"));
+        command.arg(sticky_bin()).arg("run").arg("--state-dir").arg(&state.0);
+        command.arg("--control").arg(state.control()).args(args);
+        let mut sticky = Self::spawn(command);
+        sticky.control = Some(state.control());
+        sticky._state = Some(state);
+        sticky
+    }
+
     /// Starts `sticky run --state-dir STATE ARGS` as deployed.
     pub fn start_with_state(state: &StateDir, args: &[&str]) -> Self {
         let mut sticky = Self::spawn(Self::command(&sticky_bin(), state, args));
@@ -128,7 +145,11 @@ impl Sticky {
     /// unless `args` choose their identity.
     fn command(binary: &std::path::Path, state: &StateDir, args: &[&str]) -> Command {
         let mut command = Command::new("setpriv");
-        command.arg(format!("--bounding-set={UNIT_BOUNDING_SET}")).arg(binary);
+        // The unit's CapabilityBoundingSet= and AmbientCapabilities= (which systemd also puts
+        // in the inheritable set).
+        command.arg(format!("--bounding-set={UNIT_BOUNDING_SET}"));
+        command.arg(format!("--inh-caps={UNIT_BOUNDING_SET}"));
+        command.arg(format!("--ambient-caps={UNIT_BOUNDING_SET}")).arg(binary);
         command.arg("run").arg("--state-dir").arg(&state.0);
         command.arg("--control").arg(state.control());
         if !args.iter().any(|a| a.starts_with("--user") || *a == "--allow-root-workers") {

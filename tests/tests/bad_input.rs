@@ -107,7 +107,30 @@ fn workers_as_root_need_a_user_or_explicit_permission() {
     in_netns(|| {
         let mut command = Command::new(sticky_bin());
         command.args(["run", "--listen", "127.0.0.1:3023"]);
-        assert_says(&refused_command(command), "refusing to run workers as root: give --user");
+        assert_says(
+            &refused_command(command),
+            "refusing to run workers as root, sticky's own user: give --user an unprivileged user",
+        );
+        for (user, group, how) in [
+            ("root", None, "as user root"),
+            ("0", None, "as user root"),
+            ("nobody", Some("0"), "with group 0"),
+            ("nobody", Some("root"), "with group 0"),
+        ] {
+            let mut command = Command::new(sticky_bin());
+            command.args(["run", "--listen", "127.0.0.1:3023", "--user", user]);
+            command.args(group.iter().flat_map(|group| ["--group", group]));
+            let error = refused_command(command);
+            assert_says(&error, &format!("refusing to run workers {how}: give --user"));
+        }
+        // A loader that is not root but holds capabilities (CAP_SETUID among them) could start
+        // root workers too.
+        let mut command = Command::new("setpriv");
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+        let caps = "+bpf,+net_admin,+setuid,+setgid,+kill";
+        command.args([format!("--inh-caps={caps}"), format!("--ambient-caps={caps}")]);
+        command.arg(sticky_bin()).args(["run", "--listen", "127.0.0.1:3023", "--user", "root"]);
+        assert_says(&refused_command(command), "refusing to run workers as user root");
         assert_says(
             &refused(&["--user", "no-such-user-sticky"]),
             "unknown user 'no-such-user-sticky'",

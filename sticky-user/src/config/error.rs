@@ -64,11 +64,12 @@ pub enum ConfigError {
     /// A group without a user.
     #[error("--group needs --user")]
     GroupWithoutUser,
-    /// Workers would run as root without being allowed to.
+    /// Workers would run as root (how, in words) without being allowed to.
     #[error(
-        "refusing to run workers as root: give --user (e.g. --user nobody), or --allow-root-workers"
+        "refusing to run workers {0}: give --user an unprivileged user (e.g. --user nobody), or \
+         --allow-root-workers"
     )]
-    RootWorkers,
+    RootWorkers(String),
     /// The working directory is not a directory.
     #[error("working directory {} is not a directory", .0.display())]
     WorkingDirectory(PathBuf),

@@ -3,9 +3,12 @@
 //! Behind a trait, so the rules (`resolve.rs`) are pure and their tests need no user
 //! database or file system.
 
-use std::path::{Path, PathBuf};
+use std::{
+    ffi::CString,
+    path::{Path, PathBuf},
+};
 
-use nix::unistd::{Gid, Group, Uid, User};
+use nix::unistd::{Gid, Group, Uid, User, getgrouplist};
 
 use super::error::CommandProblem;
 
@@ -31,8 +34,13 @@ pub trait Host {
     fn program(&self, program: &Path) -> Result<PathBuf, CommandProblem>;
     /// Whether `path` is a directory.
     fn is_dir(&self, path: &Path) -> bool;
+    /// The supplementary groups of `user` with primary group `gid`, as `initgroups` sets them.
+    fn groups(&self, user: &UserEntry, gid: u32) -> Vec<u32>;
     /// Whether this process runs as root.
     fn is_root(&self) -> bool;
+    /// Whether this process runs as root or holds any effective capability (so it could start
+    /// workers as root).
+    fn privileged(&self) -> bool;
     /// The number of CPUs this process may use.
     fn cpus(&self) -> u32;
 }
@@ -76,8 +84,23 @@ impl Host for System {
         path.is_dir()
     }
 
+    fn groups(&self, user: &UserEntry, gid: u32) -> Vec<u32> {
+        let Ok(name) = CString::new(user.name.as_str()) else { return vec![gid] };
+        let groups = getgrouplist(&name, Gid::from_raw(gid)).unwrap_or_default();
+        let mut groups: Vec<u32> = groups.into_iter().map(Gid::as_raw).collect();
+        if !groups.contains(&gid) {
+            groups.insert(0, gid);
+        }
+        groups
+    }
+
     fn is_root(&self) -> bool {
         Uid::effective().is_root()
+    }
+
+    fn privileged(&self) -> bool {
+        let effective = caps::read(None, caps::CapSet::Effective);
+        self.is_root() || effective.map_or(true, |set| !set.is_empty())
     }
 
     fn cpus(&self) -> u32 {

@@ -101,6 +101,9 @@ pub struct Credentials {
     pub uid: u32,
     /// The group id.
     pub gid: u32,
+    /// The user's supplementary groups (as `initgroups` sets them), `gid` among them.
+    #[serde(default)]
+    pub groups: Vec<u32>,
 }
 
 /// A worker program resolved to an executable file.

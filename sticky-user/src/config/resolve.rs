@@ -74,8 +74,10 @@ impl RunConfig {
             return Err(ConfigError::CrashLimit(crash_limit));
         }
         let credentials = credentials(host, options.user.as_deref(), options.group.as_deref())?;
-        if host.is_root() && credentials.is_none() && options.allow_root_workers != Some(true) {
-            return Err(ConfigError::RootWorkers);
+        if let Some(root) = root_workers(host, credentials.as_ref())
+            && options.allow_root_workers != Some(true)
+        {
+            return Err(ConfigError::RootWorkers(root));
         }
         if let Some(dir) = options.working_directory.as_ref().filter(|dir| !host.is_dir(dir)) {
             return Err(ConfigError::WorkingDirectory(dir.clone()));
@@ -139,7 +141,20 @@ fn credentials(
         None => user.gid,
         Some(group) => host.group(group).ok_or_else(|| ConfigError::Group(group.into()))?,
     };
-    Ok(Some(Credentials { user: user.name, uid: user.uid, gid }))
+    let groups = host.groups(&user, gid);
+    Ok(Some(Credentials { user: user.name, uid: user.uid, gid, groups }))
+}
+
+/// How the workers would run as root, if they would and this loader could start them so (it
+/// is root or holds a capability): uid 0 (sticky's own, or `--user`) or group 0.
+fn root_workers(host: &impl Host, credentials: Option<&Credentials>) -> Option<String> {
+    let root = match credentials {
+        None => host.is_root().then(|| "as root, sticky's own user".to_owned()),
+        Some(c) if c.uid == 0 => Some(format!("as user {}", c.user)),
+        Some(c) if c.gid == 0 => Some("with group 0".to_owned()),
+        Some(_) => None,
+    };
+    root.filter(|_| host.privileged())
 }
 
 /// `PORT` (on 127.0.0.1) or `ADDR:PORT`.
@@ -212,6 +227,8 @@ mod tests {
     /// A machine with a few users and programs, as the tests say.
     struct FakeHost {
         root: bool,
+        /// Holds an effective capability.
+        capable: bool,
         users: Vec<UserEntry>,
         groups: HashMap<&'static str, u32>,
         programs: HashMap<&'static str, Result<&'static str, CommandProblem>>,
@@ -222,6 +239,7 @@ mod tests {
             let user = |name: &str, uid, gid| UserEntry { name: name.into(), uid, gid };
             Self {
                 root: true,
+                capable: false,
                 users: vec![user("root", 0, 0), user("web", 1000, 1000)],
                 groups: HashMap::from([("root", 0), ("web", 1000), ("www", 33)]),
                 programs: HashMap::from([
@@ -253,8 +271,14 @@ mod tests {
         fn is_dir(&self, path: &Path) -> bool {
             path == Path::new("/srv")
         }
+        fn groups(&self, _user: &UserEntry, gid: u32) -> Vec<u32> {
+            vec![gid, 100]
+        }
         fn is_root(&self) -> bool {
             self.root
+        }
+        fn privileged(&self) -> bool {
+            self.root || self.capable
         }
         fn cpus(&self) -> u32 {
             4
@@ -354,12 +378,45 @@ mod tests {
         );
         assert_eq!(with("web", Some("www")).unwrap().credentials.unwrap().gid, 33);
         assert_eq!(with("0", Some("0")).unwrap().credentials.unwrap().gid, 0);
+        assert_eq!(with("web", None).unwrap().credentials.unwrap().groups, [1000, 100]);
         let group_alone = RunOptions { group: Some("www".into()), ..Default::default() };
         assert_eq!(config(group_alone).unwrap_err(), ConfigError::GroupWithoutUser);
-        let refused = RunConfig::resolve(RunOptions::default(), &FakeHost::default());
-        assert_eq!(refused.unwrap_err(), ConfigError::RootWorkers);
-        let not_root = FakeHost { root: false, ..Default::default() };
-        assert!(RunConfig::resolve(RunOptions::default(), &not_root).is_ok());
+    }
+
+    #[test]
+    fn root_workers_need_allowing_whenever_sticky_is_privileged() {
+        let resolve = |host: &FakeHost, user: Option<&str>, group: Option<&str>| {
+            let options = RunOptions {
+                user: user.map(Into::into),
+                group: group.map(Into::into),
+                ..Default::default()
+            };
+            RunConfig::resolve(options, host).map(|_| ()).map_err(|err| err.to_string())
+        };
+        let root = FakeHost::default();
+        let capable = FakeHost { root: false, capable: true, ..Default::default() };
+        let plain = FakeHost { root: false, ..Default::default() };
+        for (user, group) in
+            [(None, None), (Some("root"), None), (Some("0"), None), (Some("web"), Some("0"))]
+        {
+            let refused = resolve(&root, user, group).unwrap_err();
+            assert!(refused.starts_with("refusing to run workers"), "{refused}");
+        }
+        assert!(resolve(&root, Some("web"), Some("root")).is_err());
+        for user in ["root", "0"] {
+            assert!(resolve(&capable, Some(user), None).is_err(), "{user}");
+        }
+        assert!(resolve(&capable, Some("web"), Some("root")).is_err());
+        // A capable non-root loader's workers without --user run as its own user, not root.
+        assert_eq!(resolve(&capable, None, None), Ok(()));
+        assert_eq!(resolve(&plain, None, None), Ok(()));
+        assert_eq!(resolve(&root, Some("web"), None), Ok(()));
+        let allowed = RunOptions {
+            user: Some("root".into()),
+            allow_root_workers: Some(true),
+            ..Default::default()
+        };
+        assert!(RunConfig::resolve(allowed, &root).is_ok());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use sticky_common::MAX_SLOTS;
 use thiserror::Error;
 
-use crate::{kernel::DispatchError, listeners::ListenError};
+use crate::{kernel::DispatchError, limits::LimitError, listeners::ListenError};
 
 /// Why the supervisor could not change the slots.
 #[derive(Debug, Error)]
@@ -14,6 +14,9 @@ pub enum SupervisorError {
     /// A listening socket for a new slot could not be opened.
     #[error(transparent)]
     Listen(#[from] ListenError),
+    /// The open-files limit cannot hold this many workers.
+    #[error(transparent)]
+    Limits(#[from] LimitError),
     /// A worker count out of range.
     #[error("workers must be between 1 and {MAX_SLOTS}, got {0}")]
     Workers(u32),

@@ -301,6 +301,7 @@ impl Supervisor {
         if matches!(self.state().dispatch, Dispatch::Userspace(_)) {
             return Err(SupervisorError::Unsupported("scaling"));
         }
+        crate::limits::fits(&self.launch.config, workers)?;
         let retiring = {
             let mut state = self.state();
             if state.stopping {

@@ -1,0 +1,113 @@
+//! What a process holds, read from /proc: its ids, groups and capability sets, its
+//! environment, and the checks that a sticky worker holds nothing.
+
+use std::collections::BTreeMap;
+
+/// The fields of /proc/PID/status that say what a process may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcStatus {
+    /// Real, effective, saved and filesystem uid.
+    pub uid: Vec<u32>,
+    /// Real, effective, saved and filesystem gid.
+    pub gid: Vec<u32>,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    /// CapInh, CapPrm, CapEff, CapAmb, as hex masks.
+    pub capabilities: BTreeMap<String, u64>,
+    /// NoNewPrivs.
+    pub no_new_privs: bool,
+}
+
+impl ProcStatus {
+    /// Reads /proc/PID/status of a process on this host.
+    pub fn of(pid: u32) -> Self {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|err| panic!("cannot read /proc/{pid}/status: {err}"));
+        Self::parse(&text)
+    }
+
+    /// Parses the text of a /proc/PID/status.
+    pub fn parse(text: &str) -> Self {
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+                .trim()
+                .to_owned()
+        };
+        let ids = |name: &str| -> Vec<u32> {
+            field(name).split_whitespace().map(|id| id.parse().expect("an id")).collect()
+        };
+        let capabilities = ["CapInh", "CapPrm", "CapEff", "CapAmb"]
+            .into_iter()
+            .map(|name| {
+                let mask = u64::from_str_radix(&field(name), 16).expect("a hex mask");
+                (name.to_owned(), mask)
+            })
+            .collect();
+        Self {
+            uid: ids("Uid"),
+            gid: ids("Gid"),
+            groups: ids("Groups"),
+            capabilities,
+            no_new_privs: field("NoNewPrivs") == "1",
+        }
+    }
+}
+
+/// Reads /proc/PID/environ of a process on this host, as `KEY=VALUE\0…`.
+pub fn environ_of(pid: u32) -> String {
+    let bytes = std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_else(|err| panic!("cannot read /proc/{pid}/environ: {err}"));
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Variables addressed to sticky itself, which a worker must never see (README: "Running your
+/// server").
+pub const LOADER_ONLY: [&str; 8] = [
+    "FDSTORE",
+    "STATE_DIRECTORY",
+    "RUNTIME_DIRECTORY",
+    "MAINPID",
+    "SYSTEMD_EXEC_PID",
+    "MEMORY_PRESSURE_WATCH",
+    "STICKY_LOG",
+    "WATCHDOG_USEC",
+];
+
+/// The `STICKY_*` variables sticky sets for a worker (README: "Running your server").
+pub const WORKER_STICKY_VARIABLES: [&str; 3] =
+    ["STICKY_WORKER", "STICKY_WORKERS", "STICKY_HANDOFF"];
+
+/// Asserts that a worker runs as `uid` with exactly `groups` as its supplementary groups,
+/// with every capability set empty and no_new_privs, and that `environ` (its
+/// /proc/PID/environ) holds the variables sticky gives workers and none addressed to sticky.
+pub fn assert_unprivileged_worker(status: &ProcStatus, uid: u32, groups: &[u32], environ: &str) {
+    assert_eq!(status.uid, [uid; 4], "{status:?}");
+    for (set, mask) in &status.capabilities {
+        assert_eq!(*mask, 0, "the worker's {set} is {mask:016x}: {status:?}");
+    }
+    assert!(status.no_new_privs, "the worker may gain privileges: {status:?}");
+    let mut expected = groups.to_vec();
+    expected.sort_unstable();
+    let mut actual = status.groups.clone();
+    actual.sort_unstable();
+    assert_eq!(actual, expected, "the worker's supplementary groups");
+    let variables: BTreeMap<&str, &str> = environ
+        .split('\0')
+        .filter(|entry| !entry.is_empty())
+        .filter_map(|entry| entry.split_once('='))
+        .collect();
+    for name in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "STICKY_WORKER", "STICKY_WORKERS"] {
+        assert!(variables.contains_key(name), "the worker has no {name}: {variables:?}");
+    }
+    for name in variables.keys() {
+        assert!(!LOADER_ONLY.contains(name), "the worker inherited {name}: {variables:?}");
+        if name.starts_with("STICKY_") {
+            assert!(
+                WORKER_STICKY_VARIABLES.contains(name),
+                "the worker inherited sticky's {name}: {variables:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! No capability, group or variable of the loader's ever reaches a worker, whoever starts
+//! sticky: root with the unit's capabilities, a user given ambient capabilities, with or
+//! without `--user`. Read from each worker's /proc.
+
+use std::process::Command;
+
+use nix::sys::resource::{Resource, getrlimit};
+use sticky_tests::{
+    Sticky, in_netns,
+    privileges::{ProcStatus, assert_unprivileged_worker, environ_of},
+};
+
+/// The supplementary groups `id -G USER` lists.
+fn groups_of(user: &str) -> Vec<u32> {
+    let output = Command::new("id").args(["-G", user]).output().expect("id");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.split_whitespace().map(|gid| gid.parse().expect("a gid")).collect()
+}
+
+/// The soft and hard open-files limits of `pid`.
+fn open_files(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("open files");
+    let mut numbers = line["Max open files".len()..].split_whitespace().map(|n| n.parse().ok());
+    (numbers.next().flatten().expect("soft"), numbers.next().flatten().expect("hard"))
+}
+
+/// Checks every worker of `sticky` with [`assert_unprivileged_worker`], and that each has the
+/// open-files soft limit this test started sticky with, which sticky itself has raised.
+fn check_workers(sticky: &Sticky, uid: u32, groups: &[u32]) {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    assert_eq!(open_files(sticky.pid()), (hard, hard), "sticky did not raise its limit");
+    for slot in sticky.status().slots {
+        let pid = slot.pid.expect("a worker in every slot");
+        let environ = environ_of(pid);
+        assert_unprivileged_worker(&ProcStatus::of(pid), uid, groups, &environ);
+        assert!(environ.split('\0').any(|v| v == "KEEP_ME=kept"), "{environ:?}");
+        assert_eq!(open_files(pid), (soft, hard), "worker {pid}");
+    }
+}
+
+/// What sticky's own environment may hold under systemd or a developer's shell, and one
+/// variable of the application's (`KEEP_ME`), which workers keep.
+const LOADER_ENVIRONMENT: [(&str, &str); 7] = [
+    ("FDSTORE", "0"),
+    ("STATE_DIRECTORY", "/var/lib/sticky/x"),
+    ("RUNTIME_DIRECTORY", "/run/sticky/x"),
+    ("STICKY_LOG", "info"),
+    ("STICKY_HANDOFF", "1"),
+    ("SYSTEMD_EXEC_PID", "1"),
+    ("KEEP_ME", "kept"),
+];
+
+#[test]
+fn a_root_loader_with_the_units_capabilities_gives_its_workers_nothing() {
+    in_netns(|| {
+        let args = ["--listen", "127.0.0.1:3040", "--workers", "2"];
+        let mut sticky = Sticky::start_with_env(&args, &LOADER_ENVIRONMENT);
+        sticky.wait_until_serving(2);
+        check_workers(&sticky, 65534, &groups_of("nobody"));
+        sticky.stop_cleanly();
+    });
+}
+
+#[test]
+fn root_workers_when_allowed_still_hold_no_capability() {
+    in_netns(|| {
+        let args = ["--listen", "127.0.0.1:3041", "--workers", "2", "--allow-root-workers"];
+        let mut sticky = Sticky::start_with_env(&args, &LOADER_ENVIRONMENT);
+        sticky.wait_until_serving(2);
+        // No --user: the workers keep the loader's own user and groups, nothing else.
+        let loader = ProcStatus::of(sticky.pid());
+        check_workers(&sticky, 0, &loader.groups);
+        sticky.stop_cleanly();
+    });
+}
+
+#[test]
+fn a_loader_with_ambient_capabilities_passes_none_on() {
+    in_netns(|| {
+        // Without --user: the workers are the loader's own user, which holds capabilities.
+        let args = ["--listen", "127.0.0.1:3042", "--workers", "2"];
+        let mut sticky = Sticky::start_unprivileged("+bpf,+net_admin", &args);
+        sticky.wait_until_serving(2);
+        check_ambient(&sticky);
+        check_workers_without_environment(&sticky, 65534, &[]);
+        sticky.stop_cleanly();
+
+        // With --user: another user, with that user's groups.
+        let args = ["--listen", "127.0.0.1:3043", "--workers", "2", "--user", "daemon"];
+        let caps = "+bpf,+net_admin,+setuid,+setgid,+kill";
+        let mut sticky = Sticky::start_unprivileged(caps, &args);
+        sticky.wait_until_serving(2);
+        check_ambient(&sticky);
+        check_workers_without_environment(&sticky, 1, &groups_of("daemon"));
+        sticky.stop_cleanly();
+    });
+}
+
+/// The loader itself holds the ambient capabilities it was given (so the workers' empty sets
+/// are sticky's doing).
+fn check_ambient(sticky: &Sticky) {
+    let loader = ProcStatus::of(sticky.pid());
+    assert_ne!(loader.capabilities["CapAmb"], 0, "{loader:?}");
+}
+
+/// [`check_workers`] for a loader started without [`LOADER_ENVIRONMENT`].
+fn check_workers_without_environment(sticky: &Sticky, uid: u32, groups: &[u32]) {
+    for slot in sticky.status().slots {
+        let pid = slot.pid.expect("a worker in every slot");
+        assert_unprivileged_worker(&ProcStatus::of(pid), uid, groups, &environ_of(pid));
+    }
+}
