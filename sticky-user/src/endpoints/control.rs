@@ -5,18 +5,25 @@ use std::{
     fs,
     io::{self, BufRead as _, BufReader, Write as _},
     os::unix::{
-        fs::{FileTypeExt as _, PermissionsExt as _},
+        fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
         net::{UnixListener, UnixStream},
     },
     path::{Path, PathBuf},
     sync::Arc,
 };
 
+use nix::sys::stat::Mode;
 use thiserror::Error;
 
-use super::loader::Loader;
 pub use super::protocol::{LoaderInfo, ReloadOutcome, Request, Response, SlotStatus, Status};
-use crate::accept::AcceptBackoff;
+use super::{
+    connections::{Connections, REQUEST_TIMEOUT, WhenFull},
+    loader::Loader,
+};
+use crate::{accept::AcceptBackoff, limits::CONTROL_CONNECTIONS};
+
+/// The longest request line the control socket reads.
+const MAX_REQUEST: u64 = 64 * 1024;
 
 /// Why the control socket could not be used.
 #[derive(Debug, Error)]
@@ -47,6 +54,14 @@ pub enum ControlError {
         #[source]
         source: io::Error,
     },
+    /// The control socket's directory could be written by someone else than its owner.
+    #[error("control socket directory {} {problem}: choose another --control path", dir.display())]
+    UnsafeDirectory {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// The peer sent something that is not a valid message.
     #[error("control socket {}: invalid message", path.display())]
     Invalid {
@@ -58,13 +73,19 @@ pub enum ControlError {
     },
 }
 
-/// Binds the control socket at `path` with mode 0600, replacing a stale socket file but
-/// refusing to take over one a running loader answers on. The listener is non-blocking, ready
-/// for `tokio::net::UnixListener::from_std`.
+/// Binds the control socket at `path` with mode 0600 (under a umask, so it is never reachable
+/// by others, even briefly), replacing a stale socket file but refusing to take over one a
+/// running loader answers on, and refusing a directory that another user could write to. The
+/// listener is non-blocking, ready for `tokio::net::UnixListener::from_std`.
 pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     let io_error = |action| move |source| ControlError::Io { action, path: path.into(), source };
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(io_error("create its directory"))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(io_error("create its directory"))?;
+        check_directory(dir)?;
     }
     if let Ok(metadata) = fs::symlink_metadata(path) {
         if UnixStream::connect(path).is_ok() {
@@ -76,18 +97,56 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
         }
         fs::remove_file(path).map_err(io_error("remove the stale socket"))?;
     }
-    let listener = UnixListener::bind(path).map_err(io_error("bind"))?;
+    let umask = nix::sys::stat::umask(Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(umask);
+    let listener = bound.map_err(io_error("bind"))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io_error("chmod"))?;
     listener.set_nonblocking(true).map_err(io_error("configure"))?;
     Ok(listener)
 }
 
-/// Reads one request from a connection of the control socket.
+/// Refuses a control socket directory that is not owned by root or this loader's user, or
+/// that its group or others may write to (they could replace the socket).
+fn check_directory(dir: &Path) -> Result<(), ControlError> {
+    let metadata = fs::metadata(dir).map_err(|source| ControlError::Io {
+        action: "inspect its directory",
+        path: dir.into(),
+        source,
+    })?;
+    let owner = metadata.uid();
+    let problem = if owner != 0 && owner != nix::unistd::geteuid().as_raw() {
+        Some(format!("is owned by uid {owner}, not root"))
+    } else if metadata.mode() & 0o022 != 0 {
+        Some(format!("is writable by its group or others (mode {:o})", metadata.mode() & 0o7777))
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(ControlError::UnsafeDirectory { dir: dir.into(), problem }),
+        None => Ok(()),
+    }
+}
+
+/// Reads one request from a connection of the control socket: one line of at most
+/// [`MAX_REQUEST`] bytes, within [`REQUEST_TIMEOUT`].
 async fn read_request(stream: &mut tokio::net::UnixStream) -> io::Result<Request> {
-    use tokio::io::AsyncBufReadExt as _;
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
     let mut line = String::new();
-    tokio::io::BufReader::new(stream).read_line(&mut line).await?;
+    let mut reader = tokio::io::BufReader::new(stream.take(MAX_REQUEST));
+    tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request in time"))??;
+    if !line.ends_with('\n') {
+        return Err(io::Error::other("the request is incomplete or too long"));
+    }
     serde_json::from_str(&line).map_err(io::Error::other)
+}
+
+/// Whether the peer may use the control socket: root, or the loader's own user.
+fn allowed(stream: &tokio::net::UnixStream) -> bool {
+    let uid = stream.peer_cred().map(|credentials| credentials.uid());
+    uid.is_ok_and(|uid| uid == 0 || uid == nix::unistd::geteuid().as_raw())
 }
 
 /// Writes the response to a connection of the control socket.
@@ -111,16 +170,21 @@ fn encode(response: &Response) -> Vec<u8> {
     bytes
 }
 
-/// Answers control requests on `listener` until the loader stops, one task per connection.
+/// Answers control requests on `listener` until the loader stops, one task per connection, at
+/// most [`CONTROL_CONNECTIONS`] at once; only root and the loader's own user are answered.
 pub(crate) async fn serve(listener: tokio::net::UnixListener, loader: Arc<impl Loader>) {
     let mut backoff = AcceptBackoff::new();
+    let connections = Connections::new(CONTROL_CONNECTIONS, WhenFull::Refuse);
     loop {
         let Some((mut stream, _)) = backoff.accepted("control", listener.accept().await).await
         else {
             continue;
         };
+        if !allowed(&stream) {
+            continue;
+        }
         let loader = loader.clone();
-        tokio::spawn(async move {
+        connections.serve(async move {
             let response = match read_request(&mut stream).await {
                 Ok(Request::Upgrade) => return loader.upgrade(stream).await,
                 Ok(request) => loader.handle(request).await,

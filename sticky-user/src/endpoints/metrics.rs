@@ -9,10 +9,11 @@ use tokio::{
 };
 
 use super::{
+    connections::{Connections, REQUEST_TIMEOUT, WhenFull},
     loader::Loader,
     protocol::{SlotStatus, Status},
 };
-use crate::accept::AcceptBackoff;
+use crate::{accept::AcceptBackoff, limits::METRICS_CONNECTIONS};
 
 /// Renders `status` in the Prometheus text format.
 fn render(status: &Status) -> String {
@@ -73,25 +74,23 @@ fn render(status: &Status) -> String {
     out
 }
 
-/// Serves `GET /metrics` on `listener` until the loader stops.
+/// Serves `GET /metrics` on `listener` until the loader stops: at most
+/// [`METRICS_CONNECTIONS`] at once (a new one closes the oldest), each request read within
+/// [`REQUEST_TIMEOUT`].
 pub(crate) async fn serve(listener: TcpListener, loader: Arc<impl Loader>) {
     let mut backoff = AcceptBackoff::new();
+    let connections = Connections::new(METRICS_CONNECTIONS, WhenFull::CloseOldest);
     loop {
         if let Some((stream, _)) = backoff.accepted("metrics", listener.accept().await).await {
-            tokio::spawn(answer(stream, loader.clone()));
+            connections.serve(answer(stream, loader.clone()));
         }
     }
 }
 
 async fn answer(mut stream: TcpStream, loader: Arc<impl Loader>) {
-    let mut head = Vec::new();
-    let mut buffer = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-        match stream.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buffer[..n]),
-        }
-    }
+    let Ok(Some(head)) = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await else {
+        return;
+    };
     let (status, body) = match (head.starts_with(b"GET /metrics "), loader.status()) {
         (true, Ok(status)) => ("200 OK", render(&status)),
         (true, Err(err)) => ("500 Internal Server Error", format!("{err}\n")),
@@ -103,6 +102,19 @@ async fn answer(mut stream: TcpStream, loader: Arc<impl Loader>) {
         body.len()
     );
     let _ = stream.write_all(response.as_bytes()).await;
+}
+
+/// The request's head, up to its blank line or 8 KiB; `None` if the client closes first.
+async fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buffer[..n]),
+        }
+    }
+    Some(head)
 }
 
 #[cfg(test)]

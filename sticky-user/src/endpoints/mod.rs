@@ -5,6 +5,7 @@
 //! The endpoints know the loader only as a [`Loader`]: they depend on nothing of the
 //! supervisor, which implements it.
 
+mod connections;
 pub mod control;
 mod loader;
 pub(crate) mod metrics;

@@ -7,7 +7,10 @@ use std::{
 };
 
 use nix::{
-    sys::wait::{WaitStatus, waitpid},
+    sys::{
+        signal::{Signal, kill, killpg},
+        wait::{WaitStatus, waitpid},
+    },
     unistd::Pid,
 };
 use tokio::io::{Interest, unix::AsyncFd};
@@ -47,6 +50,15 @@ impl Exiting {
             Err(err) => Exit::unwaitable(err.into()),
         }
     }
+}
+
+/// Kills child `pid` (its process group, which it leads) and reaps it: a worker whose exit could
+/// not be watched must not run untracked.
+pub(super) fn kill_and_reap(pid: u32) {
+    let pid = Pid::from_raw(pid as i32);
+    let _ = killpg(pid, Signal::SIGKILL);
+    let _ = kill(pid, Signal::SIGKILL);
+    let _ = waitpid(pid, None);
 }
 
 impl Exit {

@@ -18,7 +18,7 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use super::{
-    reaper::Exiting,
+    reaper::{Exiting, kill_and_reap},
     state::{FIRST_BACKOFF, HEALTHY_RUN, State, Worker, lock},
     worker::Exit,
 };
@@ -62,8 +62,11 @@ pub(super) fn spawn_worker(
     let slots = state.slots.len() as u32;
     let pid = state.spawner.spawn(index as u32, slots, fds)?;
     let worker = Worker::new(pid);
+    if let Err(err) = track(shared, state, &worker, Some(index)) {
+        kill_and_reap(pid);
+        return Err(err);
+    }
     info!(slot = index, pid, "worker started");
-    track(shared, state, &worker, Some(index))?;
     Ok(worker)
 }
 

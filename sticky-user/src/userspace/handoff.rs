@@ -24,10 +24,10 @@ use nix::sys::socket::{
 };
 use sticky_common::{DispatchConfig, TABLE_SIZE, Table, hash::client_hash};
 pub use sticky_worker::STICKY_HANDOFF;
-use tokio::{io::unix::AsyncFd, net::TcpListener};
+use tokio::{io::unix::AsyncFd, net::TcpListener, sync::Semaphore};
 use tracing::warn;
 
-use crate::accept::AcceptBackoff;
+use crate::{accept::AcceptBackoff, limits::HANDOFF_PENDING};
 
 /// One Unix socket pair per slot: the loader's ends (to send on) and the workers' (inherited).
 pub fn pairs(slots: u32) -> io::Result<(Vec<OwnedFd>, Vec<OwnedFd>)> {
@@ -84,9 +84,10 @@ pub async fn master(
     let ends: Arc<Vec<AsyncFd<OwnedFd>>> =
         Arc::new(loader_ends.into_iter().map(register).collect::<io::Result<_>>()?);
     let table = Arc::new(table);
+    let pending = Arc::new(Semaphore::new(HANDOFF_PENDING));
     let mut accept_loops = tokio::task::JoinSet::new();
     for (index, listener) in listeners.into_iter().enumerate() {
-        let (ends, table) = (ends.clone(), table.clone());
+        let (ends, table, pending) = (ends.clone(), table.clone(), pending.clone());
         accept_loops.spawn(async move {
             let mut backoff = AcceptBackoff::new();
             loop {
@@ -96,10 +97,16 @@ pub async fn master(
                 match send_raw(ends[slot].as_raw_fd(), stream.as_raw_fd(), index as u8) {
                     Ok(()) => {}
                     // The worker's queue is full (it is restarting, or slow): wait for room on
-                    // the side, so one slot never holds up the others' clients.
+                    // the side, so one slot never holds up the others' clients; at most
+                    // HANDOFF_PENDING connections wait, past that one is closed.
                     Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                        let Ok(permit) = pending.clone().try_acquire_owned() else {
+                            warn!(slot, "too many connections wait for their worker: closed one");
+                            continue;
+                        };
                         let ends = ends.clone();
                         tokio::spawn(async move {
+                            let _permit = permit;
                             if let Err(err) =
                                 pass(&ends[slot], stream.as_raw_fd(), index as u8).await
                             {
