@@ -4,6 +4,7 @@
 use std::{
     fs,
     io::{self, Write as _},
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -37,22 +38,40 @@ pub fn load_or_create(state_dir: &Path) -> Result<u64, SeedError> {
     }
 }
 
-/// Writes a new random seed to a temporary file and renames it into place, so a crash never
-/// leaves a half-written seed.
+/// Writes a new random seed to a temporary file (mode 0600, created new, never through a
+/// symlink), syncs it, renames it into place and syncs the directory, so a crash never leaves a
+/// half-written or lost seed.
 fn create(state_dir: &Path, path: &Path) -> Result<u64, SeedError> {
-    fs::create_dir_all(state_dir).map_err(PathError::at("create", state_dir))?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
+        .map_err(PathError::at("create", state_dir))?;
     let seed: u64 = rand::random();
     let temporary = state_dir.join(format!(".{SEED_FILE}.{}", std::process::id()));
-    let mut file = fs::File::create(&temporary).map_err(PathError::at("write", &temporary))?;
+    // A temporary file an earlier crash left behind.
+    let _ = fs::remove_file(&temporary);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&temporary)
+        .map_err(PathError::at("write", &temporary))?;
     writeln!(file, "{seed:016x}")
         .and_then(|()| file.sync_all())
         .map_err(PathError::at("write", &temporary))?;
     fs::rename(&temporary, path).map_err(PathError::at("write", path))?;
+    fs::File::open(state_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(PathError::at("sync", state_dir))?;
     Ok(seed)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     #[test]
@@ -61,6 +80,8 @@ mod tests {
         let state = dir.join("state");
         let first = load_or_create(&state).unwrap();
         assert_eq!(load_or_create(&state).unwrap(), first);
+        let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(&state.join(SEED_FILE)), mode(&state)), (0o600, 0o700));
         fs::write(state.join(SEED_FILE), "garbage").unwrap();
         assert!(matches!(load_or_create(&state), Err(SeedError::Corrupt { .. })));
         fs::remove_dir_all(dir).unwrap();

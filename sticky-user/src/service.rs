@@ -2,7 +2,9 @@
 //! only the configuration file when the packaged template unit `sticky@.service` serves it.
 
 use std::{
-    fs, io,
+    fs,
+    io::{self, Write as _},
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -21,6 +23,10 @@ use crate::{
 pub const TEMPLATE_UNIT: &str = "/usr/lib/systemd/system/sticky@.service";
 /// Where the Debian package puts the binary.
 pub const PACKAGED_BIN: &str = "/usr/bin/sticky";
+
+/// The unit's hard open-files limit: room for the largest configuration (every slot on every
+/// listen address, see [`crate::limits::fds_needed`]) many times over.
+pub const UNIT_NOFILE: u64 = 65536;
 
 /// Why a service cannot be installed or removed.
 #[derive(Debug, Error)]
@@ -209,17 +215,30 @@ KillMode=mixed
 FileDescriptorStoreMax={fd_store}
 Environment=FDSTORE={fd_store}
 StateDirectory=sticky/{name}
+StateDirectoryMode=0700
 RuntimeDirectory=sticky/{name}
-# The loader keeps only what it needs; the workers keep no capability. CAP_PERFMON is not
-# needed: the program passes the verifier's rules for loaders without it.
+RuntimeDirectoryMode=0750
+# Files sticky creates (the seed, its sockets) are its own; workers get the same umask.
+UMask=0077
+# sticky raises its soft limit to the hard one at start; workers get the soft one back.
+LimitNOFILE=1024:{nofile}
+# The loader keeps only what it needs; the workers keep no capability (sticky empties every
+# set before it executes one). CAP_PERFMON is not needed: the program passes the verifier's
+# rules for loaders without it.
 {reasons}CapabilityBoundingSet={capabilities}
 AmbientCapabilities={capabilities}
-# eBPF maps are charged to memlock before Linux 5.11.
-LimitMEMLOCK=infinity
+NoNewPrivileges=yes
+# The workers inherit the filter. bpf() loads the program; it is in @privileged, which the
+# loader otherwise needs only for setuid/setgid and capset (in @setuid, @system-service).
+SystemCallFilter=@system-service bpf
+SystemCallErrorNumber=EPERM
+SystemCallArchitectures=native
 ProtectSystem=strict
 ProtectHome=read-only
 PrivateTmp=yes
 PrivateDevices=yes
+PrivateIPC=yes
+ProtectKernelTunables=yes
 ProtectKernelModules=yes
 ProtectKernelLogs=yes
 ProtectControlGroups=yes
@@ -230,7 +249,6 @@ RestrictNamespaces=yes
 RestrictRealtime=yes
 RestrictSUIDSGID=yes
 LockPersonality=yes
-SystemCallArchitectures=native
 
 [Install]
 WantedBy=multi-user.target
@@ -239,6 +257,7 @@ WantedBy=multi-user.target
         control = control_socket(name),
         // A socket per slot and address, and a socket array per address.
         fd_store = (MAX_SLOTS as usize + 1) * MAX_LISTEN_ADDRESSES,
+        nofile = UNIT_NOFILE,
         stop_timeout = spec.stop_timeout,
         start_timeout = spec.start_timeout,
     )
@@ -252,15 +271,32 @@ fn start_timeout(config: &RunConfig) -> u64 {
     (per_slot * config.workers).as_secs().saturating_add(30).max(90)
 }
 
-/// Writes `contents` to `path`, creating its directory; refuses to replace a file.
-pub fn write_new(files: &ServiceFiles, path: &Path, contents: &str) -> Result<(), ServiceError> {
-    if path.exists() {
+/// Writes `contents` to a new file at `path` with `mode`, creating its directory; refuses to
+/// replace a file (or follow a symlink).
+pub fn write_new(
+    files: &ServiceFiles,
+    path: &Path,
+    contents: &str,
+    mode: u32,
+) -> Result<(), ServiceError> {
+    if path.symlink_metadata().is_ok() {
         return Err(ServiceError::Exists { name: files.name.clone(), path: path.into() });
     }
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(PathError::at("create the directory of", path))?;
     }
-    Ok(fs::write(path, contents).map_err(PathError::at("write", path))?)
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(PathError::at("write", path))?;
+    // The mode is narrowed by the umask at creation; say it exactly.
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .and_then(|()| file.write_all(contents.as_bytes()))
+        .and_then(|()| file.sync_all())
+        .map_err(PathError::at("write", path))?;
+    Ok(())
 }
 
 /// Removes the service's files; fails if none exists.

@@ -69,10 +69,11 @@ pub fn install(args: InstallArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    service::write_new(&files, &files.config, &config_text)?;
+    // The configuration may name users, paths and environment: readable by root only.
+    service::write_new(&files, &files.config, &config_text, 0o600)?;
     match &unit {
         Some((path, text)) => {
-            if let Err(err) = service::write_new(&files, path, text) {
+            if let Err(err) = service::write_new(&files, path, text, 0o644) {
                 let _ = std::fs::remove_file(&files.config);
                 return Err(err.into());
             }

@@ -1,0 +1,118 @@
+//! Least privilege where sticky is deployed: the unit `sticky install` writes, under a real
+//! systemd booted in a container, workers as `nobody`. What the workers hold is read from
+//! /proc; the unit's exposure is scored by `systemd-analyze security`.
+//!
+//! One test in its own binary: it is the only thing loading sk_reuseport programs while it runs.
+
+use sticky_tests::{
+    Container, eventually,
+    privileges::{ProcStatus, assert_unprivileged_worker},
+};
+
+const UNIT: &str = "sticky-web.service";
+const CONTROL: &str = "/run/sticky/web/control.sock";
+/// The highest `systemd-analyze security` exposure the unit may have.
+const MAX_EXPOSURE: f64 = 3.0;
+
+#[test]
+fn the_unit_is_hardened_and_its_workers_hold_nothing() {
+    let container = Container::boot();
+    container.in_netns(|| {
+        container.ok(&[
+            "sticky",
+            "install",
+            "web",
+            "--user",
+            "nobody",
+            "--listen",
+            "[::]:80",
+            "--workers",
+            "2",
+        ]);
+        container.ok(&["systemctl", "start", UNIT]);
+        eventually("the service serves with both workers", || {
+            container.property(UNIT, "ActiveState") == "active"
+                && container
+                    .run(&["sticky", "status", "--json", "--control", CONTROL])
+                    .status
+                    .success()
+                && container.sticky_status("sticky", CONTROL).slots.iter().all(|s| s.ready)
+        });
+        let journal = || container.journal(UNIT);
+
+        // The score, with every check that still fails shown for the record.
+        let security = container.ok(&["systemd-analyze", "security", "--no-pager", UNIT]);
+        let exposure = overall_exposure(&security);
+        eprintln!("{security}");
+        assert!(exposure <= MAX_EXPOSURE, "exposure {exposure} > {MAX_EXPOSURE}:\n{security}");
+
+        // The loader: its soft open-files limit raised to the unit's hard one.
+        let loader: u32 = container.property(UNIT, "MainPID").parse().expect("MainPID");
+        let limits = container.ok(&["cat", &format!("/proc/{loader}/limits")]);
+        let loader_files = open_files(&limits);
+        assert_eq!(loader_files, (65536, 65536), "{limits}");
+
+        // Every worker: no capability, nobody's groups, sticky's environment for workers only,
+        // the limits of an ordinary process.
+        let status = container.sticky_status("sticky", CONTROL);
+        for slot in &status.slots {
+            let pid = slot.pid.expect("a worker");
+            let proc_status =
+                ProcStatus::parse(&container.ok(&["cat", &format!("/proc/{pid}/status")]));
+            let environ = container.ok(&["cat", &format!("/proc/{pid}/environ")]);
+            let nobody_groups = container.ok(&["id", "-G", "nobody"]);
+            let groups: Vec<u32> =
+                nobody_groups.split_whitespace().map(|g| g.parse().expect("gid")).collect();
+            assert_unprivileged_worker(&proc_status, 65534, &groups, &environ);
+            let limits = container.ok(&["cat", &format!("/proc/{pid}/limits")]);
+            assert_eq!(open_files(&limits), (1024, 65536), "worker {pid}:\n{limits}");
+            assert!(!locked_memory_unlimited(&limits), "worker {pid}:\n{limits}");
+        }
+
+        // Files: the configuration and the seed are readable by root alone.
+        let modes = container.ok(&[
+            "stat",
+            "-c",
+            "%n %a %U",
+            "/etc/sticky/web.toml",
+            "/var/lib/sticky/web/seed",
+            "/var/lib/sticky/web",
+            CONTROL,
+        ]);
+        assert_eq!(
+            modes.lines().collect::<Vec<_>>(),
+            [
+                "/etc/sticky/web.toml 600 root",
+                "/var/lib/sticky/web/seed 600 root",
+                "/var/lib/sticky/web 700 root",
+                &format!("{CONTROL} 600 root"),
+            ],
+            "{}",
+            journal()
+        );
+        container.ok(&["systemctl", "stop", UNIT]);
+    });
+}
+
+/// The overall exposure in `systemd-analyze security UNIT`'s last line
+/// (`→ Overall exposure level for UNIT: 4.6 MEDIUM 😐`).
+fn overall_exposure(report: &str) -> f64 {
+    let line = report
+        .lines()
+        .find(|line| line.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no overall exposure in:\n{report}"));
+    let value = line.rsplit_once(':').expect("a colon").1.split_whitespace().next();
+    value.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no number in {line:?}"))
+}
+
+/// The soft and hard "Max open files" of a /proc/PID/limits.
+fn open_files(limits: &str) -> (u64, u64) {
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("Max open files");
+    let mut numbers = line["Max open files".len()..].split_whitespace().map(|n| n.parse().ok());
+    (numbers.next().flatten().expect("soft"), numbers.next().flatten().expect("hard"))
+}
+
+/// Whether "Max locked memory" is unlimited in a /proc/PID/limits.
+fn locked_memory_unlimited(limits: &str) -> bool {
+    limits.lines().any(|l| l.starts_with("Max locked memory") && l.contains("unlimited"))
+}
