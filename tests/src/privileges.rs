@@ -111,3 +111,23 @@ pub fn assert_unprivileged_worker(status: &ProcStatus, uid: u32, groups: &[u32],
         }
     }
 }
+
+/// Asserts that `systemd-analyze security UNIT` in `container` rates the unit's exposure at
+/// most 3.0 (and prints the report, with each check that still fails, for the record).
+pub fn assert_exposure_at_most_3(container: &crate::Container, unit: &str) {
+    let report = container.ok(&["systemd-analyze", "security", "--no-pager", unit]);
+    eprintln!("{report}");
+    let exposure = overall_exposure(&report);
+    assert!(exposure <= 3.0, "{unit}: exposure {exposure} > 3.0:\n{report}");
+}
+
+/// The overall exposure in `systemd-analyze security UNIT`'s last line
+/// (`→ Overall exposure level for UNIT: 4.6 MEDIUM 😐`).
+fn overall_exposure(report: &str) -> f64 {
+    let line = report
+        .lines()
+        .find(|line| line.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no overall exposure in:\n{report}"));
+    let value = line.rsplit_once(':').expect("a colon").1.split_whitespace().next();
+    value.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no number in {line:?}"))
+}

@@ -94,6 +94,7 @@ fn the_package_installs_serves_under_systemd_and_is_removed_with_its_instances()
     assert!(!container.exists("/etc/systemd/system/sticky-web.service"));
     assert_eq!(container.ok(&["systemctl", "is-enabled", UNIT]).trim(), "enabled");
     container.ok(&["systemd-analyze", "verify", UNIT]);
+    sticky_tests::privileges::assert_exposure_at_most_3(&container, UNIT);
     container.ok(&["systemctl", "start", UNIT]);
     assert_eq!(container.property(UNIT, "ActiveState"), "active");
     let programs = status(&container).program_ids;

@@ -6,13 +6,11 @@
 
 use sticky_tests::{
     Container, eventually,
-    privileges::{ProcStatus, assert_unprivileged_worker},
+    privileges::{ProcStatus, assert_exposure_at_most_3, assert_unprivileged_worker},
 };
 
 const UNIT: &str = "sticky-web.service";
 const CONTROL: &str = "/run/sticky/web/control.sock";
-/// The highest `systemd-analyze security` exposure the unit may have.
-const MAX_EXPOSURE: f64 = 3.0;
 
 #[test]
 fn the_unit_is_hardened_and_its_workers_hold_nothing() {
@@ -40,11 +38,7 @@ fn the_unit_is_hardened_and_its_workers_hold_nothing() {
         });
         let journal = || container.journal(UNIT);
 
-        // The score, with every check that still fails shown for the record.
-        let security = container.ok(&["systemd-analyze", "security", "--no-pager", UNIT]);
-        let exposure = overall_exposure(&security);
-        eprintln!("{security}");
-        assert!(exposure <= MAX_EXPOSURE, "exposure {exposure} > {MAX_EXPOSURE}:\n{security}");
+        assert_exposure_at_most_3(&container, UNIT);
 
         // The loader: its soft open-files limit raised to the unit's hard one.
         let loader: u32 = container.property(UNIT, "MainPID").parse().expect("MainPID");
@@ -94,17 +88,6 @@ fn the_unit_is_hardened_and_its_workers_hold_nothing() {
         );
         container.ok(&["systemctl", "stop", UNIT]);
     });
-}
-
-/// The overall exposure in `systemd-analyze security UNIT`'s last line
-/// (`→ Overall exposure level for UNIT: 4.6 MEDIUM 😐`).
-fn overall_exposure(report: &str) -> f64 {
-    let line = report
-        .lines()
-        .find(|line| line.contains("Overall exposure level"))
-        .unwrap_or_else(|| panic!("no overall exposure in:\n{report}"));
-    let value = line.rsplit_once(':').expect("a colon").1.split_whitespace().next();
-    value.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no number in {line:?}"))
 }
 
 /// The soft and hard "Max open files" of a /proc/PID/limits.
