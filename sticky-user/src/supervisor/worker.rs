@@ -122,9 +122,10 @@ impl Worker {
         outcome.await.unwrap_or(Err(NotReady::TimedOut(limit)))
     }
 
-    /// Records a `STATUS=` message.
+    /// Records a `STATUS=` message, without its control characters (a worker must not drive
+    /// the terminal of whoever reads `sticky status`) and at most [`MAX_STATUS`] characters.
     pub(super) fn set_status(&self, status: String) {
-        self.notes().status = Some(status);
+        self.notes().status = Some(printable(&status));
     }
 
     /// Its last `STATUS=` message.
