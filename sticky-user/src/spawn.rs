@@ -5,6 +5,9 @@
 //! loader, and the child gets its own process group (a terminal's Ctrl-C then reaches only the
 //! loader). The `exec-worker` shim sets `LISTEN_PID` to its own pid and execs CMD, which keeps
 //! that pid: the loader cannot set it, as the pid is only known after fork.
+//!
+//! The shim (and the demo worker) is the loader's own image, `/proc/self/exe`, named by
+//! sticky's path: a new file at that path changes nothing until the next upgrade.
 
 use std::{
     collections::BTreeMap,
@@ -29,7 +32,10 @@ use sticky_worker::{
 };
 use thiserror::Error;
 
-use crate::config::{Credentials, MAX_LISTEN_ADDRESSES, RunConfig, WorkerCommand};
+use crate::{
+    config::{Credentials, MAX_LISTEN_ADDRESSES, RunConfig, WorkerCommand},
+    identity::RUNNING_IMAGE,
+};
 
 /// The hidden `sticky` subcommand that sets `LISTEN_PID` and execs the worker.
 pub const EXEC_WORKER: &str = "exec-worker";
@@ -38,7 +44,7 @@ pub const EXEC_WORKER: &str = "exec-worker";
 /// listen addresses.
 #[derive(Debug)]
 pub struct Spawner {
-    /// The `sticky` executable, for the `exec-worker` shim.
+    /// The `sticky` executable's path: the shim's argv[0] (it runs [`RUNNING_IMAGE`]).
     sticky: PathBuf,
     /// The worker program and its arguments.
     command: Vec<OsString>,
@@ -62,7 +68,7 @@ impl Spawner {
             Some(WorkerCommand { program, args }) => {
                 std::iter::once(program.into()).chain(args.iter().cloned()).collect()
             }
-            None => vec![sticky.clone().into(), "demo".into()],
+            None => vec![RUNNING_IMAGE.into(), "demo".into()],
         };
         Ok(Self {
             sticky,
@@ -142,10 +148,11 @@ impl Spawner {
         command.spawn().map(|child| child.id())
     }
 
-    /// `sticky exec-worker` as the workers' user, in their working directory.
+    /// `sticky exec-worker` as the workers' user, in their working directory: the loader's own
+    /// image, whatever is at its path now, named by the path.
     fn shim(&self) -> std::process::Command {
-        let mut command = std::process::Command::new(&self.sticky);
-        command.arg(EXEC_WORKER);
+        let mut command = std::process::Command::new(RUNNING_IMAGE);
+        command.arg0(&self.sticky).arg(EXEC_WORKER);
         if let Some(dir) = &self.working_directory {
             command.current_dir(dir);
         }
@@ -250,6 +257,10 @@ pub fn exec_worker(command: &[OsString]) -> io::Error {
     let pid = std::process::id().to_string();
     let mut worker = std::process::Command::new(program);
     worker.args(args).env(LISTEN_PID, &pid);
+    if program == RUNNING_IMAGE {
+        // The demo: this image again, named as the shim is.
+        worker.arg0(std::env::args_os().next().unwrap_or_else(|| program.clone()));
+    }
     if std::env::var_os(WATCHDOG_USEC).is_some() {
         worker.env(WATCHDOG_PID, &pid);
     }

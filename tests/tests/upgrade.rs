@@ -1,5 +1,6 @@
 //! `sticky upgrade`: the loader re-executes its binary in place under load, keeping workers,
-//! sockets, program and counters; a binary that cannot take the state is refused.
+//! sockets, program and counters; a binary that cannot take the state is refused. Workers
+//! start from the loader's own image, whatever is at its path.
 
 use std::{
     fs,
@@ -60,6 +61,11 @@ fn pids(status: &Status) -> Vec<Option<u32>> {
 
 fn connections(status: &Status) -> Vec<u64> {
     status.slots.iter().map(|slot| slot.connections).collect()
+}
+
+/// The process name `ps` and `pgrep` show for `pid`.
+fn comm(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm")).unwrap().trim().to_owned()
 }
 
 #[test]
@@ -150,6 +156,39 @@ fn a_binary_that_cannot_take_the_state_is_refused_and_changes_nothing() {
         binary.install(&sticky_bin());
         assert!(matches!(sticky.control(Request::Upgrade), Response::Done { .. }));
         assert_eq!(sticky.status().loader.upgrades, 1);
+        sticky.stop_cleanly();
+    });
+}
+
+#[test]
+fn workers_start_from_the_loaders_own_image_whatever_is_at_its_path() {
+    in_netns(|| {
+        let binary = BinaryDir::new("upgrade-own-image");
+        let path = binary.sticky();
+        let mut sticky = Sticky::start_binary(&path, &["--listen", "127.0.0.1:3094", "-w", "2"]);
+        sticky.wait_until_serving(2);
+        let before = sticky.status();
+        // Something else at the path, as a half-done package upgrade could leave it.
+        binary.install_script("#!/bin/sh\nexit 1\n");
+        assert!(
+            matches!(sticky.control(Request::Reload), Response::Done { .. }),
+            "{}",
+            sticky.log()
+        );
+        let after = sticky.status();
+        for (old, new) in pids(&before).iter().zip(pids(&after)) {
+            assert!(new.is_some() && new != *old, "{before:?} -> {after:?}");
+        }
+        assert!(after.slots.iter().all(|slot| slot.ready && slot.in_table));
+        for pid in pids(&after).into_iter().flatten() {
+            // The demo worker: the loader's image, named by the path it was started from.
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).take(2).collect();
+            assert_eq!(args, [path.to_str().unwrap().as_bytes(), b"demo"]);
+            let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+            assert_eq!(exe, PathBuf::from(format!("{} (deleted)", path.display())));
+            assert_eq!(comm(pid), "sticky");
+        }
         sticky.stop_cleanly();
     });
 }

@@ -9,7 +9,7 @@ mod run;
 use std::{ffi::OsString, io::IsTerminal as _, path::Path, process::ExitCode};
 
 use clap::{CommandFactory as _, Parser, Subcommand};
-use sticky_user::{config::RunOptions, control::Request, service, spawn, upgrade};
+use sticky_user::{config::RunOptions, control::Request, identity, service, spawn, upgrade};
 use tracing_subscriber::EnvFilter;
 
 /// Sticky sessions for multi-process servers: the kernel sends every connection from one client
@@ -105,6 +105,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    identity::name_after_argv0();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
