@@ -87,6 +87,12 @@ impl Spawner {
         &self.sticky
     }
 
+    /// Sets the path [`Spawner::executable`] returns (after an upgrade: the path the loader was
+    /// started from, which the state record carries).
+    pub fn set_executable(&mut self, path: PathBuf) {
+        self.sticky = path;
+    }
+
     /// Gives the workers `NOTIFY_SOCKET=socket` (the loader's readiness socket).
     pub fn set_notify_socket(&mut self, socket: String) {
         self.notify_socket = Some(socket);

@@ -1,10 +1,11 @@
 //! `sticky upgrade`: the loader re-executes its binary in place under load, keeping workers,
-//! sockets, program and counters; a binary that cannot take the state is refused. Workers
-//! start from the loader's own image, whatever is at its path.
+//! sockets, program and counters. A binary someone else could have written, or one that cannot
+//! take the state, is refused. Workers start from the loader's own image, whatever is at its
+//! path.
 
 use std::{
     fs,
-    os::unix::fs::PermissionsExt as _,
+    os::unix::fs::{PermissionsExt as _, chown},
     path::{Path, PathBuf},
     process::Command,
     thread,
@@ -13,6 +14,9 @@ use std::{
 
 use sticky_tests::{Load, Sticky, in_netns, load_clients, sticky_bin};
 use sticky_user::control::{Request, Response, Status};
+
+/// The test double of a new sticky build (tests/src/bin/sticky-double.rs).
+const DOUBLE: &str = env!("CARGO_BIN_EXE_sticky-double");
 
 /// A directory the workers' user can read, holding a copy of the sticky binary that the test
 /// may replace; removed on drop.
@@ -47,6 +51,17 @@ impl BinaryDir {
         fs::write(&source, script).unwrap();
         self.install(&source);
     }
+
+    /// Puts the test double at the binary's path, doing `behaviour` (see the double).
+    fn install_double(&self, behaviour: &str) {
+        fs::write(self.0.join("double"), behaviour).unwrap();
+        self.install(Path::new(DOUBLE));
+    }
+
+    fn chmod(&self, path: &Path, mode: u32) {
+        assert!(path.starts_with(&self.0));
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
 }
 
 impl Drop for BinaryDir {
@@ -66,6 +81,27 @@ fn connections(status: &Status) -> Vec<u64> {
 /// The process name `ps` and `pgrep` show for `pid`.
 fn comm(pid: u32) -> String {
     fs::read_to_string(format!("/proc/{pid}/comm")).unwrap().trim().to_owned()
+}
+
+/// Runs `sticky upgrade` against `sticky`, expecting a one-line refusal that contains `reason`,
+/// and checks that nothing changed and the refusal is kept.
+fn assert_refused(sticky: &Sticky, before: &Status, reason: &str) {
+    let upgrade = Command::new(sticky_bin())
+        .args(["upgrade", "--control"])
+        .arg(sticky.control_path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&upgrade.stderr);
+    assert!(!upgrade.status.success(), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("sticky: error: upgrade refused: "), "{stderr}");
+    assert!(stderr.contains(reason), "{stderr} does not say {reason:?}");
+    let after = sticky.status();
+    assert_eq!(after.loader, before.loader, "a refused upgrade changed the loader");
+    assert_eq!(pids(&after), pids(before));
+    assert_eq!(after.program_ids, before.program_ids);
+    let last = after.last_upgrade.expect("the refusal is kept");
+    assert!(!last.ok && last.message.contains(reason), "{last:?}");
 }
 
 #[test]
@@ -98,6 +134,7 @@ fn three_upgrades_under_load_fail_no_connection_and_keep_every_worker() {
                 assert!(new >= *old, "counters went back: {before:?} -> {after:?}");
             }
             assert!(after.slots.iter().all(|slot| slot.ready && slot.in_table));
+            assert_eq!(comm(after.pid), "sticky", "executed by fd, still named sticky");
             before = after;
         }
         thread::sleep(Duration::from_millis(500));
@@ -117,6 +154,38 @@ fn three_upgrades_under_load_fail_no_connection_and_keep_every_worker() {
 }
 
 #[test]
+fn a_binary_someone_else_could_have_written_is_refused_and_changes_nothing() {
+    in_netns(|| {
+        let binary = BinaryDir::new("upgrade-unsafe");
+        let mut sticky =
+            Sticky::start_binary(&binary.sticky(), &["--listen", "127.0.0.1:3093", "-w", "2"]);
+        sticky.wait_until_serving(2);
+        let before = sticky.status();
+        let (path, dir) = (binary.sticky(), binary.0.clone());
+        let path_text = path.display().to_string();
+        binary.install(&sticky_bin());
+        binary.chmod(&path, 0o775);
+        assert_refused(&sticky, &before, &format!("{path_text} is writable by its group"));
+        binary.chmod(&path, 0o757);
+        assert_refused(&sticky, &before, &format!("{path_text} is writable by others"));
+        binary.chmod(&path, 0o755);
+        binary.chmod(&dir, 0o775);
+        let in_dir = format!("{path_text} is in {}, which is writable by its group", dir.display());
+        assert_refused(&sticky, &before, &in_dir);
+        binary.chmod(&dir, 0o755);
+        chown(&path, Some(65534), Some(65534)).unwrap();
+        assert_refused(&sticky, &before, &format!("{path_text} is owned by uid 65534, not root"));
+        binary.install_script("#!/bin/sh\nexec /bin/true\n");
+        assert_refused(&sticky, &before, &format!("{path_text} is not an ELF executable"));
+        // A real sticky, root's and only root's to write: the upgrade goes through.
+        binary.install(&sticky_bin());
+        assert!(matches!(sticky.control(Request::Upgrade), Response::Done { .. }));
+        assert_eq!(sticky.status().loader.upgrades, 1);
+        sticky.stop_cleanly();
+    });
+}
+
+#[test]
 fn a_binary_that_cannot_take_the_state_is_refused_and_changes_nothing() {
     in_netns(|| {
         let binary = BinaryDir::new("upgrade-refused");
@@ -125,32 +194,13 @@ fn a_binary_that_cannot_take_the_state_is_refused_and_changes_nothing() {
         sticky.wait_until_serving(2);
         let before = sticky.status();
         let refusals = [
-            (
-                // A sticky of another state version.
-                "#!/bin/sh\necho '{\"version\":\"9.0.0\",\"build_id\":\"x\",\"state_versions\":[99]}'\n",
-                "reads state versions [99], this loader writes 1",
-            ),
-            ("#!/bin/sh\necho 'not sticky'\n", "it does not answer `resume --probe`"),
-            ("#!/bin/sh\nexit 3\n", "`resume --probe` failed (exit status: 3)"),
+            ("other-version", "reads state versions [99], this loader writes 1"),
+            ("not-sticky", "it does not answer `resume --probe`"),
+            ("exit-3", "`resume --probe` failed (exit status: 3)"),
         ];
-        for (script, reason) in refusals {
-            binary.install_script(script);
-            let upgrade = Command::new(sticky_bin())
-                .args(["upgrade", "--control"])
-                .arg(sticky.control_path())
-                .output()
-                .unwrap();
-            let stderr = String::from_utf8_lossy(&upgrade.stderr);
-            assert!(!upgrade.status.success(), "{stderr}");
-            assert_eq!(stderr.lines().count(), 1, "{stderr}");
-            assert!(stderr.starts_with("sticky: error: upgrade refused: "), "{stderr}");
-            assert!(stderr.contains(reason), "{stderr}");
-            let after = sticky.status();
-            assert_eq!(after.loader, before.loader, "a refused upgrade changed the loader");
-            assert_eq!(pids(&after), pids(&before));
-            assert_eq!(after.program_ids, before.program_ids);
-            let last = after.last_upgrade.expect("the refusal is kept");
-            assert!(!last.ok && last.message.contains(reason), "{last:?}");
+        for (behaviour, reason) in refusals {
+            binary.install_double(behaviour);
+            assert_refused(&sticky, &before, reason);
         }
         // A real sticky at the path again: the upgrade goes through.
         binary.install(&sticky_bin());

@@ -1,7 +1,10 @@
 //! The supervisor's side of an upgrade in place: refuse what cannot be handed over, ask the new
 //! binary, write the record and exec; in the new image, answer the one who asked.
 
-use std::os::{fd::AsRawFd as _, unix::net::UnixStream};
+use std::os::{
+    fd::{AsRawFd as _, RawFd},
+    unix::net::UnixStream,
+};
 
 use tracing::{error, info};
 
@@ -12,7 +15,7 @@ use crate::{
         control::{self, ReloadOutcome, Response},
         notify,
     },
-    upgrade::{self, GroupRecord, Record, UpgradeError},
+    upgrade::{self, GroupRecord, Image, Record, UpgradeError},
 };
 
 impl Supervisor {
@@ -40,7 +43,12 @@ impl Supervisor {
                 return UpgradeError::Userspace;
             }
         }
-        let answer = match upgrade::probe(&self.executable).await {
+        let image = match Image::open(&self.executable) {
+            Ok(image) => image,
+            Err(err) => return err,
+        };
+        let reply = reply.map(|stream| stream.as_raw_fd());
+        let answer = match upgrade::probe(&image, &self.record(reply)).await {
             Ok(answer) => answer,
             Err(err) => return err,
         };
@@ -51,14 +59,14 @@ impl Supervisor {
             "upgrading in place"
         );
         notify::reloading();
-        let record = self.record(reply.map(|stream| stream.as_raw_fd()));
-        let err = upgrade::exec(&self.executable, &record);
+        // Written again: workers may have changed while the probe ran.
+        let err = upgrade::exec(&image, &self.record(reply));
         notify::ready(&self.summary());
         err
     }
 
     /// The state record: everything the next image takes over.
-    fn record(&self, reply: Option<std::os::fd::RawFd>) -> Record {
+    fn record(&self, reply: Option<RawFd>) -> Record {
         let state = self.state();
         let dispatchers = state.dispatch.dispatchers();
         let groups = state
@@ -80,6 +88,7 @@ impl Supervisor {
             supervisor: state.handover(),
             previous: self.loader_info(),
             reply,
+            executable: Some(self.executable.clone()),
         }
     }
 

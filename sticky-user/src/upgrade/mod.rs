@@ -5,10 +5,14 @@
 //! program and its maps (counters included), the control, metrics and notify sockets are all
 //! inherited, and a versioned [`record`] says what each fd is and what the supervisor knew
 //! (slots, restart counters, in-table flags, workers' pids). The kernel keeps dispatching
-//! throughout. Before anything is handed over, the new binary is asked whether it reads this
-//! record's version ([`probe`]); if not, the upgrade is refused and nothing changes.
+//! throughout.
+//!
+//! The new binary is opened once and checked on that open file ([`image`]: owner, mode, its
+//! directories); it is asked whether it can take a record like this one ([`probe`]) and then
+//! executed, both through that same open file. Any refusal leaves the loader unchanged.
 
 mod exec;
+mod image;
 mod probe;
 mod record;
 mod resume;
@@ -19,13 +23,14 @@ use thiserror::Error;
 
 pub(crate) use self::{
     exec::{exec, handled_signals},
+    image::Image,
     probe::probe,
     record::{EndpointFds, GroupRecord, Record, SlotRecord, SupervisorRecord, WorkerRecord},
 };
 pub use self::{
-    probe::ProbeAnswer,
+    probe::{ProbeAnswer, check_record},
     record::{RecordError, STATE_VERSION},
-    resume::resume,
+    resume::{ResumeError, resume},
 };
 
 /// The hidden `sticky` subcommand the new image runs as (`--state-fd N`, or `--probe`).
@@ -34,6 +39,14 @@ pub const RESUME: &str = "resume";
 /// Why an upgrade did not happen (the running loader goes on unchanged).
 #[derive(Debug, Error)]
 pub enum UpgradeError {
+    /// The binary at sticky's path could have been written by someone else.
+    #[error("upgrade refused: {} {reason}", path.display())]
+    Unsafe {
+        /// The binary's path.
+        path: PathBuf,
+        /// Why (e.g. "is writable by its group").
+        reason: String,
+    },
     /// The binary at sticky's path does not answer as sticky.
     #[error("upgrade refused: {} is not a sticky that can take over: {reason}", path.display())]
     NotSticky {

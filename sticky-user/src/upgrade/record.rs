@@ -3,13 +3,16 @@
 
 use std::{
     fs::File,
-    io::{self, Read as _, Seek as _, SeekFrom, Write as _},
+    io::{self, Seek as _, SeekFrom, Write as _},
     net::SocketAddr,
-    os::fd::{FromRawFd as _, OwnedFd, RawFd},
+    os::fd::{BorrowedFd, OwnedFd, RawFd},
     path::PathBuf,
 };
 
-use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::sys::{
+    memfd::{MFdFlags, memfd_create},
+    uio::pread,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -40,6 +43,9 @@ pub(crate) struct Record {
     pub(crate) previous: LoaderInfo,
     /// The `sticky upgrade` connection that waits for the new image's answer.
     pub(crate) reply: Option<RawFd>,
+    /// The path upgrades take the binary from: the one the loader was started from.
+    #[serde(default)]
+    pub(crate) executable: Option<PathBuf>,
 }
 
 /// One listen address: its sockets (index = slot) and its program, if kernel dispatch.
@@ -128,26 +134,40 @@ impl Record {
         Ok(file.into())
     }
 
-    /// Reads the record from fd `fd` (taking it), checking its version first.
-    ///
-    /// # Safety
-    ///
-    /// `fd` must be an open fd that nothing else in this process owns.
-    pub(crate) unsafe fn read(fd: RawFd) -> Result<Self, RecordError> {
-        // SAFETY: guaranteed by the caller.
-        let mut file = unsafe { File::from_raw_fd(fd) };
-        let mut text = String::new();
-        file.read_to_string(&mut text).map_err(RecordError::Read)?;
+    /// Reads the record in `fd` from its start (leaving the fd open).
+    pub(crate) fn read(fd: BorrowedFd<'_>) -> Result<Self, RecordError> {
+        Self::parse(&read_text(fd)?)
+    }
+
+    /// Parses a whole record, checking its version first.
+    pub(crate) fn parse(text: &str) -> Result<Self, RecordError> {
         #[derive(Deserialize)]
         struct Versioned {
             version: u32,
         }
-        let Versioned { version } = serde_json::from_str(&text).map_err(RecordError::Parse)?;
+        let Versioned { version } = serde_json::from_str(text).map_err(RecordError::Parse)?;
         if version != STATE_VERSION {
             return Err(RecordError::Version(version));
         }
-        serde_json::from_str(&text).map_err(RecordError::Parse)
+        serde_json::from_str(text).map_err(RecordError::Parse)
     }
+}
+
+/// The text of the record in `fd`, from its start. Reads with pread(2): no fd is opened and the
+/// fd's offset stays where it is.
+fn read_text(fd: BorrowedFd<'_>) -> Result<String, RecordError> {
+    let mut bytes = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let offset = bytes.len() as libc::off_t;
+        let read = pread(fd, &mut chunk, offset).map_err(|err| RecordError::Read(err.into()))?;
+        if read == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&chunk[..read]);
+    }
+    String::from_utf8(bytes)
+        .map_err(|err| RecordError::Read(io::Error::new(io::ErrorKind::InvalidData, err)))
 }
 
 /// Why the state record could not be read.

@@ -4,7 +4,7 @@
 use std::{
     net::TcpListener,
     os::{
-        fd::{FromRawFd as _, OwnedFd, RawFd},
+        fd::{BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
         unix::net::{UnixListener, UnixStream},
     },
     sync::Arc,
@@ -54,15 +54,20 @@ pub enum ResumeError {
 /// `state_fd` must be the record an upgrade passed to this process, and the fds it names must
 /// be open and owned by nothing else in this process (as they are right after the exec).
 pub unsafe fn resume(state_fd: RawFd) -> Result<Started, ResumeError> {
-    // SAFETY: guaranteed by the caller.
-    let record = unsafe { Record::read(state_fd) }?;
+    // SAFETY: guaranteed by the caller; read, then closed.
+    let record = Record::read(unsafe { BorrowedFd::borrow_raw(state_fd) })?;
+    drop(unsafe { OwnedFd::from_raw_fd(state_fd) });
     // Ours again only (workers inherit only what each is given), and each is checked open.
     set_close_on_exec(&record.fds(), true).map_err(|(fd, _)| ResumeError::Fd(fd))?;
     // SAFETY: each fd below is named once in the record and owned by nothing else (above).
     let own = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
-    let Record { launch, seed, groups, endpoints, supervisor, previous, reply, .. } = record;
+    let Record { launch, seed, groups, endpoints, supervisor, previous, reply, executable, .. } =
+        record;
     let config = &launch.config;
     let mut spawner = Spawner::new(config, &socket_names(config))?;
+    if let Some(path) = executable {
+        spawner.set_executable(path);
+    }
     spawner.set_notify_socket(endpoints.notify_name.clone());
     let notify = readiness::adopt(endpoints.notify_name.clone(), own(endpoints.notify))
         .map_err(ResumeError::Notify)?;

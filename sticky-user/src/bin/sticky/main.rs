@@ -85,7 +85,8 @@ enum Command {
     /// Take over from a loader that is upgrading (what `sticky upgrade` executes).
     #[command(name = upgrade::RESUME, hide = true)]
     Resume {
-        /// Print the state versions this binary reads (JSON), and exit.
+        /// Read the state record offered on stdin (if any) as a takeover would, print the
+        /// state versions this binary reads (JSON), and exit.
         #[arg(long, conflicts_with = "state_fd")]
         probe: bool,
         /// The fd of the state record.

@@ -37,10 +37,11 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     serve(startup::start(Launch::new(config, options), inherited)?)
 }
 
-/// `sticky resume --probe`: what an upgrading loader asks before it hands over.
+/// `sticky resume --probe`: what an upgrading loader asks before it hands over. The answer is
+/// printed even when the offered record cannot be taken (then the exit status says so).
 pub fn probe() -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(&upgrade::ProbeAnswer::of_this_binary())?);
-    Ok(())
+    upgrade::check_record(std::io::stdin().lock()).context("cannot take this loader's state")
 }
 
 /// `sticky resume --state-fd FD`: the new image of an upgrading loader takes over.
