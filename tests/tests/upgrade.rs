@@ -1,6 +1,7 @@
 //! `sticky upgrade`: the loader re-executes its binary in place under load, keeping workers,
 //! sockets, program and counters. A binary someone else could have written, or one that cannot
-//! take the state, is refused. Workers start from the loader's own image, whatever is at its
+//! take the state, is refused; one that fails to take over hands the loader back to the old
+//! image, which goes on serving. Workers start from the loader's own image, whatever is at its
 //! path.
 
 use std::{
@@ -12,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use sticky_tests::{Load, Sticky, in_netns, load_clients, sticky_bin};
+use sticky_tests::{Failure, Load, Sticky, in_netns, load_clients, sticky_bin};
 use sticky_user::control::{Request, Response, Status};
 
 /// The test double of a new sticky build (tests/src/bin/sticky-double.rs).
@@ -206,6 +207,68 @@ fn a_binary_that_cannot_take_the_state_is_refused_and_changes_nothing() {
         binary.install(&sticky_bin());
         assert!(matches!(sticky.control(Request::Upgrade), Response::Done { .. }));
         assert_eq!(sticky.status().loader.upgrades, 1);
+        sticky.stop_cleanly();
+    });
+}
+
+#[test]
+fn a_binary_that_fails_to_take_over_hands_back_to_the_old_one_under_load() {
+    in_netns(|| {
+        let binary = BinaryDir::new("upgrade-rollback");
+        let mut sticky =
+            Sticky::start_binary(&binary.sticky(), &["--listen", "127.0.0.1:3092", "-w", "4"]);
+        sticky.wait_until_serving(4);
+        let server = "127.0.0.1:3092".parse().unwrap();
+        let before = sticky.status();
+        let load = Load::start(server, &load_clients(), 4);
+        thread::sleep(Duration::from_millis(500));
+        // It answers the probe as sticky does, then cannot take over: no fd is free.
+        binary.install_double("no-fds");
+        let message = match sticky.control(Request::Upgrade) {
+            Response::Error { message } => message,
+            other => panic!("the failed upgrade answered {other:?}:\n{}", sticky.log()),
+        };
+        let (version, build) = (&before.loader.version, &before.loader.build_id[..12]);
+        let path = binary.sticky().display().to_string();
+        let start = format!("upgrade failed: {path}: sticky {version} (build ");
+        let reason = "cannot take over: cannot copy inherited fd ";
+        let errno = ": Too many open files (os error 24); ";
+        let end = format!(
+            "rolled back to sticky {version} (build {build}), pid {}, 4 workers kept",
+            sticky.pid()
+        );
+        println!("{message}");
+        assert!(message.starts_with(&start) && message.ends_with(&end), "{message}");
+        assert!(message.contains(reason) && message.contains(errno), "{message}");
+        let after = sticky.status();
+        assert_eq!(after.pid, sticky.pid(), "the loader keeps its pid");
+        assert_eq!(after.loader, before.loader, "the old image goes on as it was");
+        assert_eq!(pids(&after), pids(&before), "the rollback changed a worker");
+        assert_eq!(after.program_ids, before.program_ids);
+        assert!(after.slots.iter().all(|slot| slot.ready && slot.in_table));
+        let last = after.last_upgrade.expect("the failure is kept");
+        assert!(!last.ok && last.message == message, "{last:?}");
+        assert_eq!(comm(after.pid), "sticky");
+        thread::sleep(Duration::from_millis(500));
+        // The old image upgrades again as usual.
+        binary.install(&sticky_bin());
+        assert!(matches!(sticky.control(Request::Upgrade), Response::Done { .. }));
+        assert_eq!(sticky.status().loader.upgrades, 1);
+        assert_eq!(pids(&sticky.status()), pids(&before));
+        thread::sleep(Duration::from_millis(500));
+        let report = load.stop();
+        let refused = (report.failures().iter())
+            .filter(|(_, failure)| matches!(failure, Failure::Connect(_)))
+            .count();
+        println!("{}; refused: {refused}", report.summary());
+        assert!(report.failures().is_empty(), "{}", report.summary());
+        assert!(report.succeeded() > 1000, "{}", report.summary());
+        for (client, seen) in report.workers_by_client() {
+            assert!(seen.iter().all(|&w| w == seen[0]), "{client} moved: {seen:?}");
+        }
+        let log = sticky.log();
+        assert!(log.contains(&message), "{log}");
+        assert_eq!(log.matches("worker started").count(), 4, "{log}");
         sticky.stop_cleanly();
     });
 }

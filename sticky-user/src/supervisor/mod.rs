@@ -37,6 +37,7 @@ use tracing::{error, info};
 pub use self::error::SupervisorError;
 use self::{
     state::{State, lock},
+    upgrade::Resumed,
     workers::{apply_notifications, start_worker, terminate, track},
 };
 use crate::{
@@ -96,9 +97,9 @@ pub struct Supervisor {
     started_at_unix_secs: u64,
     /// The endpoints' fds, known once running, for an upgrade to hand on.
     endpoint_fds: OnceLock<EndpointFds>,
-    /// After an upgrade: the image before this one, and the `sticky upgrade` connection that
-    /// waits for this image's answer.
-    upgraded_from: Mutex<Option<(LoaderInfo, Option<UnixStream>)>>,
+    /// After an upgrade or a rollback: the image before this one, the `sticky upgrade`
+    /// connection that waits for this image's answer, and why a rollback happened.
+    resumed: Mutex<Option<Resumed>>,
 }
 
 /// Returns the worker count the configuration asks for now if it changed since the last call, or
@@ -121,19 +122,26 @@ impl Supervisor {
     }
 
     /// A supervisor that goes on where an earlier image of this loader stopped: its slots and
-    /// workers from `record`, and the `sticky upgrade` connection to answer.
+    /// workers from `record`, and the `sticky upgrade` connection to answer. After a rollback
+    /// (`rollback` says why), this image is the one that ran before: same start, same count.
     pub(crate) fn resume(
         setup: Setup,
         launch: Launch,
         record: SupervisorRecord,
         previous: LoaderInfo,
         reply: Option<UnixStream>,
+        rollback: Option<String>,
     ) -> Self {
         let mut state = State::new(setup, launch.config.policy);
+        let upgrades = record.upgrades;
         state.adopt(record);
-        let supervisor = Self::with_state(state, launch);
-        *supervisor.upgraded_from.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((previous, reply));
+        let mut supervisor = Self::with_state(state, launch);
+        if rollback.is_some() {
+            supervisor.state().upgrades = upgrades;
+            supervisor.started_at_unix_secs = previous.started_at_unix_secs;
+        }
+        *supervisor.resumed.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Resumed { previous, reply, rollback });
         supervisor
     }
 
@@ -148,7 +156,7 @@ impl Supervisor {
             executable,
             started_at_unix_secs: unix_now(),
             endpoint_fds: OnceLock::new(),
-            upgraded_from: Mutex::new(None),
+            resumed: Mutex::new(None),
         }
     }
 

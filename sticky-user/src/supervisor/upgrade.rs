@@ -12,11 +12,21 @@ use super::{Supervisor, unix_now};
 use crate::{
     dispatch::Dispatch,
     endpoints::{
-        control::{self, ReloadOutcome, Response},
+        control::{self, LoaderInfo, ReloadOutcome, Response},
         notify,
     },
     upgrade::{self, GroupRecord, Image, Record, UpgradeError},
 };
+
+/// How this image came to run, after an upgrade or a rollback.
+pub(crate) struct Resumed {
+    /// The image that handed over.
+    pub(crate) previous: LoaderInfo,
+    /// The `sticky upgrade` connection that waits for the answer.
+    pub(crate) reply: Option<UnixStream>,
+    /// After a rollback: why the new image could not take over.
+    pub(crate) rollback: Option<String>,
+}
 
 impl Supervisor {
     /// Upgrades the loader in place (`sticky upgrade`, SIGUSR2). Returns only if the upgrade
@@ -47,8 +57,14 @@ impl Supervisor {
             Ok(image) => image,
             Err(err) => return err,
         };
+        // Kept open (and open across the exec) for the way back.
+        let running = match upgrade::open_running() {
+            Ok(running) => running,
+            Err(err) => return UpgradeError::Running(err),
+        };
         let reply = reply.map(|stream| stream.as_raw_fd());
-        let answer = match upgrade::probe(&image, &self.record(reply)).await {
+        let offered = self.record(reply, running.as_raw_fd());
+        let answer = match upgrade::probe(&image, &offered).await {
             Ok(answer) => answer,
             Err(err) => return err,
         };
@@ -60,13 +76,13 @@ impl Supervisor {
         );
         notify::reloading();
         // Written again: workers may have changed while the probe ran.
-        let err = upgrade::exec(&image, &self.record(reply));
+        let err = upgrade::exec(&image, &self.record(reply, running.as_raw_fd()));
         notify::ready(&self.summary());
         err
     }
 
     /// The state record: everything the next image takes over.
-    fn record(&self, reply: Option<RawFd>) -> Record {
+    fn record(&self, reply: Option<RawFd>, running: RawFd) -> Record {
         let state = self.state();
         let dispatchers = state.dispatch.dispatchers();
         let groups = state
@@ -89,29 +105,52 @@ impl Supervisor {
             previous: self.loader_info(),
             reply,
             executable: Some(self.executable.clone()),
+            previous_image: Some(running),
         }
     }
 
-    /// In the image an upgrade started, once every slot is ready: tells the one who asked.
+    /// In the image an upgrade (or a rollback) started, once every slot is ready: tells the
+    /// one who asked.
     pub(super) fn answer_upgrade(&self) {
-        let upgraded = self.upgraded_from.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let Some((previous, reply)) = upgraded else { return };
+        let resumed = self.resumed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(Resumed { previous, reply, rollback }) = resumed else { return };
         let now = self.loader_info();
         let workers = self.state().slots.len();
-        let message = format!(
-            "upgraded in place: sticky {} (build {}) -> sticky {} (build {}), pid {}, {workers} \
-             workers kept",
-            previous.version,
-            short(&previous.build_id),
-            now.version,
-            short(&now.build_id),
-            std::process::id(),
-        );
-        info!("{message}");
+        let pid = std::process::id();
+        let (ok, message) = match rollback {
+            None => (
+                true,
+                format!(
+                    "upgraded in place: sticky {} (build {}) -> sticky {} (build {}), pid {pid}, \
+                     {workers} workers kept",
+                    previous.version,
+                    short(&previous.build_id),
+                    now.version,
+                    short(&now.build_id),
+                ),
+            ),
+            Some(reason) => (
+                false,
+                format!(
+                    "upgrade failed: {}: {reason}; rolled back to sticky {} (build {}), pid \
+                     {pid}, {workers} workers kept",
+                    self.executable.display(),
+                    now.version,
+                    short(&now.build_id),
+                ),
+            ),
+        };
+        if ok {
+            info!("{message}");
+        } else {
+            error!("{message}");
+        }
         self.state().last_upgrade =
-            Some(ReloadOutcome { at_unix_secs: unix_now(), ok: true, message: message.clone() });
+            Some(ReloadOutcome { at_unix_secs: unix_now(), ok, message: message.clone() });
         if let Some(reply) = reply {
-            let _ = control::reply(reply, &Response::Done { message });
+            let response =
+                if ok { Response::Done { message } } else { Response::Error { message } };
+            let _ = control::reply(reply, &response);
         }
     }
 }

@@ -23,6 +23,7 @@ use nix::{
 };
 
 use super::UpgradeError;
+use crate::identity::RUNNING_IMAGE;
 
 /// A binary opened for an upgrade and found safe to run.
 #[derive(Debug)]
@@ -89,6 +90,11 @@ impl Image {
     pub(crate) fn fd_path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
     }
+}
+
+/// Opens the running image, to keep for a hand-back.
+pub(crate) fn open_running() -> nix::Result<OwnedFd> {
+    open(RUNNING_IMAGE, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
 }
 
 /// Checks directory `at` on its open fd: `innermost` is the binary's own directory, which must

@@ -9,13 +9,16 @@
 //!
 //! The new binary is opened once and checked on that open file ([`image`]: owner, mode, its
 //! directories); it is asked whether it can take a record like this one ([`probe`]) and then
-//! executed, both through that same open file. Any refusal leaves the loader unchanged.
+//! executed, both through that same open file. Any refusal leaves the loader unchanged. The
+//! old image stays open across the exec: a new image that cannot take over executes it again
+//! ([`rollback`]), and the loader goes on as it was.
 
 mod exec;
 mod image;
 mod probe;
 mod record;
 mod resume;
+mod rollback;
 
 use std::path::PathBuf;
 
@@ -23,7 +26,7 @@ use thiserror::Error;
 
 pub(crate) use self::{
     exec::{exec, handled_signals},
-    image::Image,
+    image::{Image, open_running},
     probe::probe,
     record::{EndpointFds, GroupRecord, Record, SlotRecord, SupervisorRecord, WorkerRecord},
 };
@@ -31,6 +34,7 @@ pub use self::{
     probe::{ProbeAnswer, check_record},
     record::{RecordError, STATE_VERSION},
     resume::{ResumeError, resume},
+    rollback::HandBackError,
 };
 
 /// The hidden `sticky` subcommand the new image runs as (`--state-fd N`, or `--probe`).
@@ -71,6 +75,9 @@ pub enum UpgradeError {
     /// Userspace dispatch's loader holds connections in flight.
     #[error("upgrade refused: not supported with --dispatch userspace (use systemctl restart)")]
     Userspace,
+    /// The running image cannot be kept open for a way back.
+    #[error("upgrade refused: cannot keep the running image open for a way back: {0}")]
+    Running(nix::Error),
     /// Another upgrade, reload or scale is under way, or the loader is stopping.
     #[error("upgrade refused: sticky is stopping")]
     Stopping,

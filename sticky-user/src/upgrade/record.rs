@@ -46,6 +46,20 @@ pub(crate) struct Record {
     /// The path upgrades take the binary from: the one the loader was started from.
     #[serde(default)]
     pub(crate) executable: Option<PathBuf>,
+    /// The old image, open: what the new image executes again if it cannot take over.
+    #[serde(default)]
+    pub(crate) previous_image: Option<RawFd>,
+}
+
+/// What a hand-back needs of a record, read whatever else the record holds.
+#[derive(Debug, Deserialize)]
+pub(crate) struct HandBack {
+    /// [`Record::executable`].
+    #[serde(default)]
+    pub(crate) executable: Option<PathBuf>,
+    /// [`Record::previous_image`].
+    #[serde(default)]
+    pub(crate) previous_image: Option<RawFd>,
 }
 
 /// One listen address: its sockets (index = slot) and its program, if kernel dispatch.
@@ -109,6 +123,7 @@ impl Record {
         let mut fds = vec![control, notify];
         fds.extend(metrics);
         fds.extend(self.reply);
+        fds.extend(self.previous_image);
         for group in &self.groups {
             fds.extend(&group.sockets);
             if let Some(handover) = &group.dispatcher {
@@ -134,7 +149,7 @@ impl Record {
         Ok(file.into())
     }
 
-    /// Reads the record in `fd` from its start (leaving the fd open).
+    /// Reads the record in `fd` from its start (leaving the fd open, for a hand-back).
     pub(crate) fn read(fd: BorrowedFd<'_>) -> Result<Self, RecordError> {
         Self::parse(&read_text(fd)?)
     }
@@ -153,8 +168,15 @@ impl Record {
     }
 }
 
-/// The text of the record in `fd`, from its start. Reads with pread(2): no fd is opened and the
-/// fd's offset stays where it is.
+impl HandBack {
+    /// Reads what a hand-back needs from the record in `fd`.
+    pub(crate) fn read(fd: BorrowedFd<'_>) -> Result<Self, RecordError> {
+        serde_json::from_str(&read_text(fd)?).map_err(RecordError::Parse)
+    }
+}
+
+/// The text of the record in `fd`, from its start. Reads with pread(2): no fd is opened (a
+/// hand-back must work when none is free) and the fd's offset stays where it is.
 fn read_text(fd: BorrowedFd<'_>) -> Result<String, RecordError> {
     let mut bytes = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];

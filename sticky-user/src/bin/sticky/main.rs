@@ -92,6 +92,9 @@ enum Command {
         /// The fd of the state record.
         #[arg(long, value_name = "FD", required_unless_present = "probe")]
         state_fd: Option<i32>,
+        /// Take over again after a newer image could not, for this reason.
+        #[arg(long, value_name = "REASON", requires = "state_fd")]
+        rollback: Option<String>,
     },
     /// Set LISTEN_PID to this process and exec CMD (used by `run` to start workers).
     #[command(name = spawn::EXEC_WORKER, hide = true)]
@@ -137,7 +140,9 @@ fn main() -> ExitCode {
         Command::Stop(control) => ctl::run(&control, Request::Stop, false),
         Command::Upgrade(control) => ctl::run(&control, Request::Upgrade, false),
         Command::Resume { probe: true, .. } => run::probe(),
-        Command::Resume { state_fd, .. } => run::resume(state_fd.expect("required by clap")),
+        Command::Resume { state_fd, rollback, .. } => {
+            run::resume(state_fd.expect("required by clap"), rollback)
+        }
         Command::Demo => demo::run(),
         Command::InspectTable { slots, seed, without, entries } => {
             inspect::run(slots, seed, &without, entries)

@@ -44,11 +44,13 @@ pub fn probe() -> anyhow::Result<()> {
     upgrade::check_record(std::io::stdin().lock()).context("cannot take this loader's state")
 }
 
-/// `sticky resume --state-fd FD`: the new image of an upgrading loader takes over.
-pub fn resume(state_fd: i32) -> anyhow::Result<()> {
-    // SAFETY: `sticky upgrade` executes this with the record it wrote at `state_fd` and the fds
-    // it names, which nothing in this fresh image owns yet.
-    let started = unsafe { upgrade::resume(state_fd) }.context("cannot take over the loader")?;
+/// `sticky resume --state-fd FD [--rollback REASON]`: the new image of an upgrading loader
+/// takes over (or hands the loader back); after a rollback, the old image takes over again.
+pub fn resume(state_fd: i32, rollback: Option<String>) -> anyhow::Result<()> {
+    // SAFETY: `sticky upgrade` (or a rollback) executes this with the record it wrote at
+    // `state_fd` and the fds it names, which nothing in this fresh image owns yet.
+    let started =
+        unsafe { upgrade::resume(state_fd, rollback) }.context("cannot take over the loader")?;
     serve(started)
 }
 
