@@ -20,7 +20,7 @@ mod worker;
 mod workers;
 
 use std::{
-    os::{fd::AsRawFd as _, unix::net::UnixStream},
+    os::fd::AsRawFd as _,
     path::PathBuf,
     sync::{Arc, Mutex, MutexGuard, OnceLock},
     time::{Duration, SystemTime},
@@ -53,7 +53,7 @@ use crate::{
     listeners::ListenerGroup,
     spawn::Spawner,
     startup::Launch,
-    upgrade::{EndpointFds, SupervisorRecord, handled_signals},
+    upgrade::{EndpointFds, handled_signals},
 };
 
 /// What `sticky run` set up for the supervisor.
@@ -119,30 +119,6 @@ impl Supervisor {
             state.slots.push(slot);
         }
         Self::with_state(state, launch)
-    }
-
-    /// A supervisor that goes on where an earlier image of this loader stopped: its slots and
-    /// workers from `record`, and the `sticky upgrade` connection to answer. After a rollback
-    /// (`rollback` says why), this image is the one that ran before: same start, same count.
-    pub(crate) fn resume(
-        setup: Setup,
-        launch: Launch,
-        record: SupervisorRecord,
-        previous: LoaderInfo,
-        reply: Option<UnixStream>,
-        rollback: Option<String>,
-    ) -> Self {
-        let mut state = State::new(setup, launch.config.policy);
-        let upgrades = record.upgrades;
-        state.adopt(record);
-        let mut supervisor = Self::with_state(state, launch);
-        if rollback.is_some() {
-            supervisor.state().upgrades = upgrades;
-            supervisor.started_at_unix_secs = previous.started_at_unix_secs;
-        }
-        *supervisor.resumed.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(Resumed { previous, reply, rollback });
-        supervisor
     }
 
     fn with_state(state: State, launch: Launch) -> Self {

@@ -1,5 +1,6 @@
 //! The supervisor's side of an upgrade in place: refuse what cannot be handed over, ask the new
-//! binary, write the record and exec; in the new image, answer the one who asked.
+//! binary, write the record and exec; in the new image (or the old one again, after a
+//! rollback), go on from the record and answer the one who asked.
 
 use std::os::{
     fd::{AsRawFd as _, RawFd},
@@ -8,14 +9,15 @@ use std::os::{
 
 use tracing::{error, info};
 
-use super::{Supervisor, unix_now};
+use super::{Setup, Supervisor, state::State, unix_now};
 use crate::{
     dispatch::Dispatch,
     endpoints::{
         control::{self, LoaderInfo, ReloadOutcome, Response},
         notify,
     },
-    upgrade::{self, GroupRecord, Image, Record, UpgradeError},
+    startup::Launch,
+    upgrade::{self, GroupRecord, Image, Record, SupervisorRecord, UpgradeError},
 };
 
 /// How this image came to run, after an upgrade or a rollback.
@@ -29,6 +31,30 @@ pub(crate) struct Resumed {
 }
 
 impl Supervisor {
+    /// A supervisor that goes on where an earlier image of this loader stopped: its slots and
+    /// workers from `record`, and the `sticky upgrade` connection to answer. After a rollback
+    /// (`rollback` says why), this image is the one that ran before: same start, same count.
+    pub(crate) fn resume(
+        setup: Setup,
+        launch: Launch,
+        record: SupervisorRecord,
+        previous: LoaderInfo,
+        reply: Option<UnixStream>,
+        rollback: Option<String>,
+    ) -> Self {
+        let mut state = State::new(setup, launch.config.policy);
+        let upgrades = record.upgrades;
+        state.adopt(record);
+        let mut supervisor = Self::with_state(state, launch);
+        if rollback.is_some() {
+            supervisor.state().upgrades = upgrades;
+            supervisor.started_at_unix_secs = previous.started_at_unix_secs;
+        }
+        *supervisor.resumed.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Resumed { previous, reply, rollback });
+        supervisor
+    }
+
     /// Upgrades the loader in place (`sticky upgrade`, SIGUSR2). Returns only if the upgrade
     /// did not happen: then the reason is logged, kept for `sticky status`, and sent on `reply`.
     pub(crate) async fn upgrade_in_place(self: std::sync::Arc<Self>, reply: Option<UnixStream>) {
