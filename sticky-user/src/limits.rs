@@ -9,6 +9,7 @@ use nix::sys::{
     resource::{Resource, getrlimit, setrlimit},
     stat::{Mode, umask},
 };
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::{DispatchMode, RunConfig};
@@ -46,13 +47,14 @@ pub enum LimitError {
     Raise(#[source] io::Error),
 }
 
-/// What this process started with, given back to what it executes.
-#[derive(Debug, Clone, Copy)]
-struct StartedWith {
+/// What this process started with, given back to what it executes (and handed on by an
+/// upgrade, whose new image starts with the raised limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartedWith {
     /// The soft open-files limit.
     nofile: u64,
-    /// The umask.
-    umask: Mode,
+    /// The umask's bits.
+    umask: u32,
 }
 
 static STARTED_WITH: OnceLock<StartedWith> = OnceLock::new();
@@ -73,12 +75,13 @@ pub fn fds_needed(config: &RunConfig, workers: u32) -> u64 {
 }
 
 /// Raises the soft open-files limit to the hard one, checks it fits `config`, and sets the
-/// umask to 0077; remembers what the process started with for [`restore`].
-pub fn raise(config: &RunConfig) -> Result<(), LimitError> {
+/// umask to 0077; remembers what the process started with for [`restore`]: `started`, handed
+/// on by an upgrade, or what it has now.
+pub fn raise(config: &RunConfig, started: Option<StartedWith>) -> Result<(), LimitError> {
     let (soft, hard) =
         getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| LimitError::Raise(e.into()))?;
-    let old_umask = umask(Mode::from_bits_truncate(0o077));
-    let _ = STARTED_WITH.set(StartedWith { nofile: soft, umask: old_umask });
+    let old_umask = umask(Mode::from_bits_truncate(0o077)).bits();
+    let _ = STARTED_WITH.set(started.unwrap_or(StartedWith { nofile: soft, umask: old_umask }));
     fits(config, config.workers)?;
     if soft < hard {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(|e| LimitError::Raise(e.into()))?;
@@ -101,12 +104,17 @@ pub fn fits(config: &RunConfig, workers: u32) -> Result<(), LimitError> {
     Ok(())
 }
 
+/// What this process started with, once [`raise`] ran.
+pub fn started_with() -> Option<StartedWith> {
+    STARTED_WITH.get().copied()
+}
+
 /// Gives this process back the soft open-files limit and the umask it started with, before it
 /// executes something else. Between fork and exec: system calls only, no allocation.
 pub fn restore() -> io::Result<()> {
     let Some(started) = STARTED_WITH.get() else { return Ok(()) };
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     setrlimit(Resource::RLIMIT_NOFILE, started.nofile.min(hard), hard)?;
-    umask(started.umask);
+    umask(Mode::from_bits_truncate(started.umask));
     Ok(())
 }

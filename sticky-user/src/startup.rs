@@ -133,7 +133,7 @@ pub(crate) struct Accept {
 pub fn start(launch: Launch, inherited: Inherited) -> Result<Started, StartupError> {
     let mut config = launch.config.clone();
     privileges::check(&config)?;
-    limits::raise(&config)?;
+    limits::raise(&config, None)?;
     let userspace = config.dispatch == DispatchMode::Userspace;
     if userspace {
         config.environment.insert(handoff::STICKY_HANDOFF.into(), "1".into());

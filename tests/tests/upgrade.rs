@@ -1,17 +1,23 @@
 //! `sticky upgrade`: the loader re-executes its binary in place under load, keeping workers,
-//! sockets, program and counters; a binary that cannot take the state is refused.
+//! sockets, program and counters. A binary someone else could have written, or one that cannot
+//! take the state, is refused; one that fails to take over hands the loader back to the old
+//! image, which goes on serving. Workers start from the loader's own image, whatever is at its
+//! path.
 
 use std::{
     fs,
-    os::unix::fs::PermissionsExt as _,
+    os::unix::fs::{PermissionsExt as _, chown},
     path::{Path, PathBuf},
     process::Command,
     thread,
     time::Duration,
 };
 
-use sticky_tests::{Load, Sticky, in_netns, load_clients, sticky_bin};
+use sticky_tests::{Failure, Load, Sticky, in_netns, load_clients, sticky_bin};
 use sticky_user::control::{Request, Response, Status};
+
+/// The test double of a new sticky build (tests/src/bin/sticky-double.rs).
+const DOUBLE: &str = env!("CARGO_BIN_EXE_sticky-double");
 
 /// A directory the workers' user can read, holding a copy of the sticky binary that the test
 /// may replace; removed on drop.
@@ -46,6 +52,17 @@ impl BinaryDir {
         fs::write(&source, script).unwrap();
         self.install(&source);
     }
+
+    /// Puts the test double at the binary's path, doing `behaviour` (see the double).
+    fn install_double(&self, behaviour: &str) {
+        fs::write(self.0.join("double"), behaviour).unwrap();
+        self.install(Path::new(DOUBLE));
+    }
+
+    fn chmod(&self, path: &Path, mode: u32) {
+        assert!(path.starts_with(&self.0));
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
 }
 
 impl Drop for BinaryDir {
@@ -60,6 +77,32 @@ fn pids(status: &Status) -> Vec<Option<u32>> {
 
 fn connections(status: &Status) -> Vec<u64> {
     status.slots.iter().map(|slot| slot.connections).collect()
+}
+
+/// The process name `ps` and `pgrep` show for `pid`.
+fn comm(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm")).unwrap().trim().to_owned()
+}
+
+/// Runs `sticky upgrade` against `sticky`, expecting a one-line refusal that contains `reason`,
+/// and checks that nothing changed and the refusal is kept.
+fn assert_refused(sticky: &Sticky, before: &Status, reason: &str) {
+    let upgrade = Command::new(sticky_bin())
+        .args(["upgrade", "--control"])
+        .arg(sticky.control_path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&upgrade.stderr);
+    assert!(!upgrade.status.success(), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("sticky: error: upgrade refused: "), "{stderr}");
+    assert!(stderr.contains(reason), "{stderr} does not say {reason:?}");
+    let after = sticky.status();
+    assert_eq!(after.loader, before.loader, "a refused upgrade changed the loader");
+    assert_eq!(pids(&after), pids(before));
+    assert_eq!(after.program_ids, before.program_ids);
+    let last = after.last_upgrade.expect("the refusal is kept");
+    assert!(!last.ok && last.message.contains(reason), "{last:?}");
 }
 
 #[test]
@@ -92,6 +135,7 @@ fn three_upgrades_under_load_fail_no_connection_and_keep_every_worker() {
                 assert!(new >= *old, "counters went back: {before:?} -> {after:?}");
             }
             assert!(after.slots.iter().all(|slot| slot.ready && slot.in_table));
+            assert_eq!(comm(after.pid), "sticky", "executed by fd, still named sticky");
             before = after;
         }
         thread::sleep(Duration::from_millis(500));
@@ -111,6 +155,38 @@ fn three_upgrades_under_load_fail_no_connection_and_keep_every_worker() {
 }
 
 #[test]
+fn a_binary_someone_else_could_have_written_is_refused_and_changes_nothing() {
+    in_netns(|| {
+        let binary = BinaryDir::new("upgrade-unsafe");
+        let mut sticky =
+            Sticky::start_binary(&binary.sticky(), &["--listen", "127.0.0.1:3093", "-w", "2"]);
+        sticky.wait_until_serving(2);
+        let before = sticky.status();
+        let (path, dir) = (binary.sticky(), binary.0.clone());
+        let path_text = path.display().to_string();
+        binary.install(&sticky_bin());
+        binary.chmod(&path, 0o775);
+        assert_refused(&sticky, &before, &format!("{path_text} is writable by its group"));
+        binary.chmod(&path, 0o757);
+        assert_refused(&sticky, &before, &format!("{path_text} is writable by others"));
+        binary.chmod(&path, 0o755);
+        binary.chmod(&dir, 0o775);
+        let in_dir = format!("{path_text} is in {}, which is writable by its group", dir.display());
+        assert_refused(&sticky, &before, &in_dir);
+        binary.chmod(&dir, 0o755);
+        chown(&path, Some(65534), Some(65534)).unwrap();
+        assert_refused(&sticky, &before, &format!("{path_text} is owned by uid 65534, not root"));
+        binary.install_script("#!/bin/sh\nexec /bin/true\n");
+        assert_refused(&sticky, &before, &format!("{path_text} is not an ELF executable"));
+        // A real sticky, root's and only root's to write: the upgrade goes through.
+        binary.install(&sticky_bin());
+        assert!(matches!(sticky.control(Request::Upgrade), Response::Done { .. }));
+        assert_eq!(sticky.status().loader.upgrades, 1);
+        sticky.stop_cleanly();
+    });
+}
+
+#[test]
 fn a_binary_that_cannot_take_the_state_is_refused_and_changes_nothing() {
     in_netns(|| {
         let binary = BinaryDir::new("upgrade-refused");
@@ -119,37 +195,113 @@ fn a_binary_that_cannot_take_the_state_is_refused_and_changes_nothing() {
         sticky.wait_until_serving(2);
         let before = sticky.status();
         let refusals = [
-            (
-                // A sticky of another state version.
-                "#!/bin/sh\necho '{\"version\":\"9.0.0\",\"build_id\":\"x\",\"state_versions\":[99]}'\n",
-                "reads state versions [99], this loader writes 1",
-            ),
-            ("#!/bin/sh\necho 'not sticky'\n", "it does not answer `resume --probe`"),
-            ("#!/bin/sh\nexit 3\n", "`resume --probe` failed (exit status: 3)"),
+            ("other-version", "reads state versions [99], this loader writes 1"),
+            ("not-sticky", "it does not answer `resume --probe`"),
+            ("exit-3", "`resume --probe` failed (exit status: 3)"),
         ];
-        for (script, reason) in refusals {
-            binary.install_script(script);
-            let upgrade = Command::new(sticky_bin())
-                .args(["upgrade", "--control"])
-                .arg(sticky.control_path())
-                .output()
-                .unwrap();
-            let stderr = String::from_utf8_lossy(&upgrade.stderr);
-            assert!(!upgrade.status.success(), "{stderr}");
-            assert_eq!(stderr.lines().count(), 1, "{stderr}");
-            assert!(stderr.starts_with("sticky: error: upgrade refused: "), "{stderr}");
-            assert!(stderr.contains(reason), "{stderr}");
-            let after = sticky.status();
-            assert_eq!(after.loader, before.loader, "a refused upgrade changed the loader");
-            assert_eq!(pids(&after), pids(&before));
-            assert_eq!(after.program_ids, before.program_ids);
-            let last = after.last_upgrade.expect("the refusal is kept");
-            assert!(!last.ok && last.message.contains(reason), "{last:?}");
+        for (behaviour, reason) in refusals {
+            binary.install_double(behaviour);
+            assert_refused(&sticky, &before, reason);
         }
         // A real sticky at the path again: the upgrade goes through.
         binary.install(&sticky_bin());
         assert!(matches!(sticky.control(Request::Upgrade), Response::Done { .. }));
         assert_eq!(sticky.status().loader.upgrades, 1);
+        sticky.stop_cleanly();
+    });
+}
+
+#[test]
+fn a_binary_that_fails_to_take_over_hands_back_to_the_old_one_under_load() {
+    in_netns(|| {
+        let binary = BinaryDir::new("upgrade-rollback");
+        let mut sticky =
+            Sticky::start_binary(&binary.sticky(), &["--listen", "127.0.0.1:3092", "-w", "4"]);
+        sticky.wait_until_serving(4);
+        let server = "127.0.0.1:3092".parse().unwrap();
+        let before = sticky.status();
+        let load = Load::start(server, &load_clients(), 4);
+        thread::sleep(Duration::from_millis(500));
+        // It answers the probe as sticky does, then cannot take over: no fd is free.
+        binary.install_double("no-fds");
+        let message = match sticky.control(Request::Upgrade) {
+            Response::Error { message } => message,
+            other => panic!("the failed upgrade answered {other:?}:\n{}", sticky.log()),
+        };
+        let (version, build) = (&before.loader.version, &before.loader.build_id[..12]);
+        let path = binary.sticky().display().to_string();
+        let start = format!("upgrade failed: {path}: sticky {version} (build ");
+        let reason = "cannot take over: cannot copy inherited fd ";
+        let errno = ": Too many open files (os error 24); ";
+        let end = format!(
+            "rolled back to sticky {version} (build {build}), pid {}, 4 workers kept",
+            sticky.pid()
+        );
+        println!("{message}");
+        assert!(message.starts_with(&start) && message.ends_with(&end), "{message}");
+        assert!(message.contains(reason) && message.contains(errno), "{message}");
+        let after = sticky.status();
+        assert_eq!(after.pid, sticky.pid(), "the loader keeps its pid");
+        assert_eq!(after.loader, before.loader, "the old image goes on as it was");
+        assert_eq!(pids(&after), pids(&before), "the rollback changed a worker");
+        assert_eq!(after.program_ids, before.program_ids);
+        assert!(after.slots.iter().all(|slot| slot.ready && slot.in_table));
+        let last = after.last_upgrade.expect("the failure is kept");
+        assert!(!last.ok && last.message == message, "{last:?}");
+        assert_eq!(comm(after.pid), "sticky");
+        thread::sleep(Duration::from_millis(500));
+        // The old image upgrades again as usual.
+        binary.install(&sticky_bin());
+        assert!(matches!(sticky.control(Request::Upgrade), Response::Done { .. }));
+        assert_eq!(sticky.status().loader.upgrades, 1);
+        assert_eq!(pids(&sticky.status()), pids(&before));
+        thread::sleep(Duration::from_millis(500));
+        let report = load.stop();
+        let refused = (report.failures().iter())
+            .filter(|(_, failure)| matches!(failure, Failure::Connect(_)))
+            .count();
+        println!("{}; refused: {refused}", report.summary());
+        assert!(report.failures().is_empty(), "{}", report.summary());
+        assert!(report.succeeded() > 1000, "{}", report.summary());
+        for (client, seen) in report.workers_by_client() {
+            assert!(seen.iter().all(|&w| w == seen[0]), "{client} moved: {seen:?}");
+        }
+        let log = sticky.log();
+        assert!(log.contains(&message), "{log}");
+        assert_eq!(log.matches("worker started").count(), 4, "{log}");
+        sticky.stop_cleanly();
+    });
+}
+
+#[test]
+fn workers_start_from_the_loaders_own_image_whatever_is_at_its_path() {
+    in_netns(|| {
+        let binary = BinaryDir::new("upgrade-own-image");
+        let path = binary.sticky();
+        let mut sticky = Sticky::start_binary(&path, &["--listen", "127.0.0.1:3094", "-w", "2"]);
+        sticky.wait_until_serving(2);
+        let before = sticky.status();
+        // Something else at the path, as a half-done package upgrade could leave it.
+        binary.install_script("#!/bin/sh\nexit 1\n");
+        assert!(
+            matches!(sticky.control(Request::Reload), Response::Done { .. }),
+            "{}",
+            sticky.log()
+        );
+        let after = sticky.status();
+        for (old, new) in pids(&before).iter().zip(pids(&after)) {
+            assert!(new.is_some() && new != *old, "{before:?} -> {after:?}");
+        }
+        assert!(after.slots.iter().all(|slot| slot.ready && slot.in_table));
+        for pid in pids(&after).into_iter().flatten() {
+            // The demo worker: the loader's image, named by the path it was started from.
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).take(2).collect();
+            assert_eq!(args, [path.to_str().unwrap().as_bytes(), b"demo"]);
+            let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+            assert_eq!(exe, PathBuf::from(format!("{} (deleted)", path.display())));
+            assert_eq!(comm(pid), "sticky");
+        }
         sticky.stop_cleanly();
     });
 }

@@ -2,13 +2,14 @@
 //! sticky: root with the unit's capabilities, a user given ambient capabilities, with or
 //! without `--user`. Read from each worker's /proc.
 
-use std::process::Command;
+use std::{os::unix::process::CommandExt as _, process::Command};
 
-use nix::sys::resource::{Resource, getrlimit};
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use sticky_tests::{
     Sticky, in_netns,
     privileges::{ProcStatus, assert_unprivileged_worker, environ_of},
 };
+use sticky_user::control::{Request, Response};
 
 /// The supplementary groups `id -G USER` lists.
 fn groups_of(user: &str) -> Vec<u32> {
@@ -25,10 +26,30 @@ fn open_files(pid: u32) -> (u64, u64) {
     (numbers.next().flatten().expect("soft"), numbers.next().flatten().expect("hard"))
 }
 
+/// The open-files soft limit sticky is started with: below the hard one, which it raises to.
+const SOFT_NOFILE: u64 = 1024;
+
+/// Starts `sticky run ARGS` as deployed, with [`LOADER_ENVIRONMENT`] and a soft open-files
+/// limit of [`SOFT_NOFILE`].
+fn start(args: &[&str]) -> Sticky {
+    Sticky::start_with(args, |command| {
+        command.envs(LOADER_ENVIRONMENT);
+        // SAFETY: getrlimit and setrlimit are async-signal-safe and allocate nothing.
+        unsafe {
+            command.pre_exec(|| {
+                let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+                Ok(setrlimit(Resource::RLIMIT_NOFILE, SOFT_NOFILE, hard)?)
+            })
+        };
+    })
+}
+
 /// Checks every worker of `sticky` with [`assert_unprivileged_worker`], and that each has the
-/// open-files soft limit this test started sticky with, which sticky itself has raised.
+/// open-files soft limit sticky was started with, which sticky itself has raised.
 fn check_workers(sticky: &Sticky, uid: u32, groups: &[u32]) {
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    assert!(hard > SOFT_NOFILE, "this test needs a hard open-files limit above {SOFT_NOFILE}");
+    let soft = SOFT_NOFILE;
     assert_eq!(open_files(sticky.pid()), (hard, hard), "sticky did not raise its limit");
     for slot in sticky.status().slots {
         let pid = slot.pid.expect("a worker in every slot");
@@ -55,8 +76,19 @@ const LOADER_ENVIRONMENT: [(&str, &str); 7] = [
 fn a_root_loader_with_the_units_capabilities_gives_its_workers_nothing() {
     in_netns(|| {
         let args = ["--listen", "127.0.0.1:3040", "--workers", "2"];
-        let mut sticky = Sticky::start_with_env(&args, &LOADER_ENVIRONMENT);
+        let mut sticky = start(&args);
         sticky.wait_until_serving(2);
+        check_workers(&sticky, 65534, &groups_of("nobody"));
+        // After an upgrade (whose new image starts with the raised limit), new workers still
+        // get the limits the first image started with.
+        match sticky.control(Request::Upgrade) {
+            Response::Done { message } => assert!(message.starts_with("upgraded"), "{message}"),
+            other => panic!("upgrade: {other:?}\n{}", sticky.log()),
+        }
+        match sticky.control(Request::Reload) {
+            Response::Done { message } => assert_eq!(message, "restarted 2 workers"),
+            other => panic!("reload: {other:?}\n{}", sticky.log()),
+        }
         check_workers(&sticky, 65534, &groups_of("nobody"));
         sticky.stop_cleanly();
     });
@@ -66,7 +98,7 @@ fn a_root_loader_with_the_units_capabilities_gives_its_workers_nothing() {
 fn root_workers_when_allowed_still_hold_no_capability() {
     in_netns(|| {
         let args = ["--listen", "127.0.0.1:3041", "--workers", "2", "--allow-root-workers"];
-        let mut sticky = Sticky::start_with_env(&args, &LOADER_ENVIRONMENT);
+        let mut sticky = start(&args);
         sticky.wait_until_serving(2);
         // No --user: the workers keep the loader's own user and groups, nothing else.
         let loader = ProcStatus::of(sticky.pid());

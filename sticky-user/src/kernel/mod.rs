@@ -4,4 +4,4 @@
 mod dispatcher;
 pub mod table;
 
-pub use dispatcher::{Counters, DispatchError, Dispatcher, Handover};
+pub use dispatcher::{Counters, DispatchError, Dispatcher, Handover, MapFds};

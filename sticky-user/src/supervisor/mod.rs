@@ -20,7 +20,7 @@ mod worker;
 mod workers;
 
 use std::{
-    os::{fd::AsRawFd as _, unix::net::UnixStream},
+    os::fd::AsRawFd as _,
     path::PathBuf,
     sync::{Arc, Mutex, MutexGuard, OnceLock},
     time::{Duration, SystemTime},
@@ -37,6 +37,7 @@ use tracing::{error, info};
 pub use self::error::SupervisorError;
 use self::{
     state::{State, lock},
+    upgrade::Resumed,
     workers::{apply_notifications, start_worker, terminate, track},
 };
 use crate::{
@@ -52,7 +53,7 @@ use crate::{
     listeners::ListenerGroup,
     spawn::Spawner,
     startup::Launch,
-    upgrade::{EndpointFds, SupervisorRecord, handled_signals},
+    upgrade::{EndpointFds, handled_signals},
 };
 
 /// What `sticky run` set up for the supervisor.
@@ -96,9 +97,9 @@ pub struct Supervisor {
     started_at_unix_secs: u64,
     /// The endpoints' fds, known once running, for an upgrade to hand on.
     endpoint_fds: OnceLock<EndpointFds>,
-    /// After an upgrade: the image before this one, and the `sticky upgrade` connection that
-    /// waits for this image's answer.
-    upgraded_from: Mutex<Option<(LoaderInfo, Option<UnixStream>)>>,
+    /// After an upgrade or a rollback: the image before this one, the `sticky upgrade`
+    /// connection that waits for this image's answer, and why a rollback happened.
+    resumed: Mutex<Option<Resumed>>,
 }
 
 /// Returns the worker count the configuration asks for now if it changed since the last call, or
@@ -120,23 +121,6 @@ impl Supervisor {
         Self::with_state(state, launch)
     }
 
-    /// A supervisor that goes on where an earlier image of this loader stopped: its slots and
-    /// workers from `record`, and the `sticky upgrade` connection to answer.
-    pub(crate) fn resume(
-        setup: Setup,
-        launch: Launch,
-        record: SupervisorRecord,
-        previous: LoaderInfo,
-        reply: Option<UnixStream>,
-    ) -> Self {
-        let mut state = State::new(setup, launch.config.policy);
-        state.adopt(record);
-        let supervisor = Self::with_state(state, launch);
-        *supervisor.upgraded_from.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((previous, reply));
-        supervisor
-    }
-
     fn with_state(state: State, launch: Launch) -> Self {
         let executable = state.spawner.executable().to_owned();
         Self {
@@ -148,7 +132,7 @@ impl Supervisor {
             executable,
             started_at_unix_secs: unix_now(),
             endpoint_fds: OnceLock::new(),
-            upgraded_from: Mutex::new(None),
+            resumed: Mutex::new(None),
         }
     }
 

@@ -1,21 +1,60 @@
 //! The supervisor's side of an upgrade in place: refuse what cannot be handed over, ask the new
-//! binary, write the record and exec; in the new image, answer the one who asked.
+//! binary, write the record and exec; in the new image (or the old one again, after a
+//! rollback), go on from the record and answer the one who asked.
 
-use std::os::{fd::AsRawFd as _, unix::net::UnixStream};
+use std::os::{
+    fd::{AsRawFd as _, RawFd},
+    unix::net::UnixStream,
+};
 
 use tracing::{error, info};
 
-use super::{Supervisor, unix_now};
+use super::{Setup, Supervisor, state::State, unix_now};
 use crate::{
     dispatch::Dispatch,
     endpoints::{
-        control::{self, ReloadOutcome, Response},
+        control::{self, LoaderInfo, ReloadOutcome, Response},
         notify,
     },
-    upgrade::{self, GroupRecord, Record, UpgradeError},
+    startup::Launch,
+    upgrade::{self, GroupRecord, Image, Record, SupervisorRecord, UpgradeError},
 };
 
+/// How this image came to run, after an upgrade or a rollback.
+pub(crate) struct Resumed {
+    /// The image that handed over.
+    pub(crate) previous: LoaderInfo,
+    /// The `sticky upgrade` connection that waits for the answer.
+    pub(crate) reply: Option<UnixStream>,
+    /// After a rollback: why the new image could not take over.
+    pub(crate) rollback: Option<String>,
+}
+
 impl Supervisor {
+    /// A supervisor that goes on where an earlier image of this loader stopped: its slots and
+    /// workers from `record`, and the `sticky upgrade` connection to answer. After a rollback
+    /// (`rollback` says why), this image is the one that ran before: same start, same count.
+    pub(crate) fn resume(
+        setup: Setup,
+        launch: Launch,
+        record: SupervisorRecord,
+        previous: LoaderInfo,
+        reply: Option<UnixStream>,
+        rollback: Option<String>,
+    ) -> Self {
+        let mut state = State::new(setup, launch.config.policy);
+        let upgrades = record.upgrades;
+        state.adopt(record);
+        let mut supervisor = Self::with_state(state, launch);
+        if rollback.is_some() {
+            supervisor.state().upgrades = upgrades;
+            supervisor.started_at_unix_secs = previous.started_at_unix_secs;
+        }
+        *supervisor.resumed.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Resumed { previous, reply, rollback });
+        supervisor
+    }
+
     /// Upgrades the loader in place (`sticky upgrade`, SIGUSR2). Returns only if the upgrade
     /// did not happen: then the reason is logged, kept for `sticky status`, and sent on `reply`.
     pub(crate) async fn upgrade_in_place(self: std::sync::Arc<Self>, reply: Option<UnixStream>) {
@@ -40,7 +79,18 @@ impl Supervisor {
                 return UpgradeError::Userspace;
             }
         }
-        let answer = match upgrade::probe(&self.executable).await {
+        let image = match Image::open(&self.executable) {
+            Ok(image) => image,
+            Err(err) => return err,
+        };
+        // Kept open (and open across the exec) for the way back.
+        let running = match upgrade::open_running() {
+            Ok(running) => running,
+            Err(err) => return UpgradeError::Running(err),
+        };
+        let reply = reply.map(|stream| stream.as_raw_fd());
+        let offered = self.record(reply, running.as_raw_fd());
+        let answer = match upgrade::probe(&image, &offered).await {
             Ok(answer) => answer,
             Err(err) => return err,
         };
@@ -51,14 +101,14 @@ impl Supervisor {
             "upgrading in place"
         );
         notify::reloading();
-        let record = self.record(reply.map(|stream| stream.as_raw_fd()));
-        let err = upgrade::exec(&self.executable, &record);
+        // Written again: workers may have changed while the probe ran.
+        let err = upgrade::exec(&image, &self.record(reply, running.as_raw_fd()));
         notify::ready(&self.summary());
         err
     }
 
     /// The state record: everything the next image takes over.
-    fn record(&self, reply: Option<std::os::fd::RawFd>) -> Record {
+    fn record(&self, reply: Option<RawFd>, running: RawFd) -> Record {
         let state = self.state();
         let dispatchers = state.dispatch.dispatchers();
         let groups = state
@@ -80,29 +130,54 @@ impl Supervisor {
             supervisor: state.handover(),
             previous: self.loader_info(),
             reply,
+            executable: Some(self.executable.clone()),
+            previous_image: Some(running),
+            started_with: crate::limits::started_with(),
         }
     }
 
-    /// In the image an upgrade started, once every slot is ready: tells the one who asked.
+    /// In the image an upgrade (or a rollback) started, once every slot is ready: tells the
+    /// one who asked.
     pub(super) fn answer_upgrade(&self) {
-        let upgraded = self.upgraded_from.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let Some((previous, reply)) = upgraded else { return };
+        let resumed = self.resumed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(Resumed { previous, reply, rollback }) = resumed else { return };
         let now = self.loader_info();
         let workers = self.state().slots.len();
-        let message = format!(
-            "upgraded in place: sticky {} (build {}) -> sticky {} (build {}), pid {}, {workers} \
-             workers kept",
-            previous.version,
-            short(&previous.build_id),
-            now.version,
-            short(&now.build_id),
-            std::process::id(),
-        );
-        info!("{message}");
+        let pid = std::process::id();
+        let (ok, message) = match rollback {
+            None => (
+                true,
+                format!(
+                    "upgraded in place: sticky {} (build {}) -> sticky {} (build {}), pid {pid}, \
+                     {workers} workers kept",
+                    previous.version,
+                    short(&previous.build_id),
+                    now.version,
+                    short(&now.build_id),
+                ),
+            ),
+            Some(reason) => (
+                false,
+                format!(
+                    "upgrade failed: {}: {reason}; rolled back to sticky {} (build {}), pid \
+                     {pid}, {workers} workers kept",
+                    self.executable.display(),
+                    now.version,
+                    short(&now.build_id),
+                ),
+            ),
+        };
+        if ok {
+            info!("{message}");
+        } else {
+            error!("{message}");
+        }
         self.state().last_upgrade =
-            Some(ReloadOutcome { at_unix_secs: unix_now(), ok: true, message: message.clone() });
+            Some(ReloadOutcome { at_unix_secs: unix_now(), ok, message: message.clone() });
         if let Some(reply) = reply {
-            let _ = control::reply(reply, &Response::Done { message });
+            let response =
+                if ok { Response::Done { message } } else { Response::Error { message } };
+            let _ = control::reply(reply, &response);
         }
     }
 }

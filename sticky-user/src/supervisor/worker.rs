@@ -147,3 +147,11 @@ impl Worker {
         self.shared.notes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
+
+/// The longest `STATUS=` text kept, in characters.
+const MAX_STATUS: usize = 256;
+
+/// `text` without control characters, cut to [`MAX_STATUS`] characters.
+fn printable(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(MAX_STATUS).collect()
+}

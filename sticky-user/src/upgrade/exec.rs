@@ -1,22 +1,21 @@
 //! The handover itself: the record in a memfd, every fd it names kept open across exec, and
-//! execve of the sticky binary at its path, in this process.
+//! execveat of the binary the upgrade opened and checked, by its fd, in this process.
 
 use std::{
     ffi::CString,
     os::{
-        fd::{AsRawFd as _, RawFd},
-        unix::ffi::OsStrExt as _,
+        fd::{AsRawFd as _, BorrowedFd, RawFd},
+        unix::ffi::{OsStrExt as _, OsStringExt as _},
     },
-    path::Path,
 };
 
 use nix::{
-    fcntl::{FcntlArg, FdFlag, fcntl},
+    fcntl::{AtFlags, FcntlArg, FdFlag, fcntl},
     sys::signal::{SigSet, Signal},
-    unistd::execv,
+    unistd::execveat,
 };
 
-use super::{RESUME, UpgradeError, record::Record};
+use super::{RESUME, UpgradeError, image::Image, record::Record};
 use crate::endpoints::notify;
 
 /// The signals that would stop or confuse the loader between the exec and the moment the new
@@ -29,23 +28,23 @@ pub(crate) fn handled_signals() -> SigSet {
     set
 }
 
-/// Re-executes `executable` as `sticky resume --state-fd N` with `record`. Returns only if that
+/// Executes `image` as `sticky resume --state-fd N` with `record`. Returns only if that
 /// failed, with every fd as it was.
-pub(crate) fn exec(executable: &Path, record: &Record) -> UpgradeError {
-    let failed = |reason: String| UpgradeError::Exec { path: executable.into(), reason };
+pub(crate) fn exec(image: &Image, record: &Record) -> UpgradeError {
+    let failed = |reason: String| UpgradeError::Exec { path: image.path().into(), reason };
     let memfd = match record.to_memfd() {
         Ok(memfd) => memfd,
         Err(err) => return failed(format!("cannot write the state record: {err}")),
     };
     let mut fds = record.fds();
     fds.push(memfd.as_raw_fd());
+    let state_fd = memfd.as_raw_fd().to_string();
     let argv = [
-        executable.as_os_str().as_bytes(),
+        image.path().as_os_str().as_bytes(),
         RESUME.as_bytes(),
         b"--state-fd",
-        memfd.as_raw_fd().to_string().as_bytes(),
-    ]
-    .map(|arg| CString::new(arg).expect("paths and numbers hold no NUL"));
+        state_fd.as_bytes(),
+    ];
     if let Err((fd, err)) = set_close_on_exec(&fds, false) {
         let _ = set_close_on_exec(&fds, true);
         return failed(format!("cannot keep fd {fd} open across exec: {err}"));
@@ -54,10 +53,32 @@ pub(crate) fn exec(executable: &Path, record: &Record) -> UpgradeError {
     let _ = signals.thread_block();
     // RELOADING=1 must reach systemd before this image is gone.
     notify::flush(std::time::Duration::from_secs(1));
-    let Err(err) = execv(&argv[0], &argv);
+    let err = execute(image.fd(), &argv);
     let _ = signals.thread_unblock();
     let _ = set_close_on_exec(&fds, true);
     failed(err.to_string())
+}
+
+/// execveat(2) of the open file `image` (`AT_EMPTY_PATH`) with `argv` and this process's
+/// environment. The fd may be close-on-exec, as long as the file is an ELF binary (a script's
+/// interpreter could not open it). Returns only on failure.
+pub(super) fn execute(image: BorrowedFd<'_>, argv: &[&[u8]]) -> nix::Error {
+    let cstring = |bytes: Vec<u8>| CString::new(bytes).map_err(|_| nix::Error::EINVAL);
+    let argv: Result<Vec<CString>, _> = argv.iter().map(|arg| cstring(arg.to_vec())).collect();
+    let environment: Result<Vec<CString>, _> = std::env::vars_os()
+        .map(|(key, value)| {
+            let mut pair = key;
+            pair.push("=");
+            pair.push(value);
+            cstring(pair.into_vec())
+        })
+        .collect();
+    let (argv, environment) = match (argv, environment) {
+        (Ok(argv), Ok(environment)) => (argv, environment),
+        (Err(err), _) | (_, Err(err)) => return err,
+    };
+    let Err(err) = execveat(image, c"", &argv, &environment, AtFlags::AT_EMPTY_PATH);
+    err
 }
 
 /// Sets or clears close-on-exec on every fd of `fds`; on failure, says which fd.

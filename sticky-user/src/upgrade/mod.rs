@@ -5,13 +5,20 @@
 //! program and its maps (counters included), the control, metrics and notify sockets are all
 //! inherited, and a versioned [`record`] says what each fd is and what the supervisor knew
 //! (slots, restart counters, in-table flags, workers' pids). The kernel keeps dispatching
-//! throughout. Before anything is handed over, the new binary is asked whether it reads this
-//! record's version ([`probe`]); if not, the upgrade is refused and nothing changes.
+//! throughout.
+//!
+//! The new binary is opened once and checked on that open file ([`image`]: owner, mode, its
+//! directories); it is asked whether it can take a record like this one ([`probe`]) and then
+//! executed, both through that same open file. Any refusal leaves the loader unchanged. The
+//! old image stays open across the exec: a new image that cannot take over executes it again
+//! ([`rollback`]), and the loader goes on as it was.
 
 mod exec;
+mod image;
 mod probe;
 mod record;
 mod resume;
+mod rollback;
 
 use std::path::PathBuf;
 
@@ -19,13 +26,15 @@ use thiserror::Error;
 
 pub(crate) use self::{
     exec::{exec, handled_signals},
+    image::{Image, open_running},
     probe::probe,
     record::{EndpointFds, GroupRecord, Record, SlotRecord, SupervisorRecord, WorkerRecord},
 };
 pub use self::{
-    probe::ProbeAnswer,
+    probe::{ProbeAnswer, check_record},
     record::{RecordError, STATE_VERSION},
-    resume::resume,
+    resume::{ResumeError, resume},
+    rollback::HandBackError,
 };
 
 /// The hidden `sticky` subcommand the new image runs as (`--state-fd N`, or `--probe`).
@@ -34,6 +43,14 @@ pub const RESUME: &str = "resume";
 /// Why an upgrade did not happen (the running loader goes on unchanged).
 #[derive(Debug, Error)]
 pub enum UpgradeError {
+    /// The binary at sticky's path could have been written by someone else.
+    #[error("upgrade refused: {} {reason}", path.display())]
+    Unsafe {
+        /// The binary's path.
+        path: PathBuf,
+        /// Why (e.g. "is writable by its group").
+        reason: String,
+    },
     /// The binary at sticky's path does not answer as sticky.
     #[error("upgrade refused: {} is not a sticky that can take over: {reason}", path.display())]
     NotSticky {
@@ -58,6 +75,9 @@ pub enum UpgradeError {
     /// Userspace dispatch's loader holds connections in flight.
     #[error("upgrade refused: not supported with --dispatch userspace (use systemctl restart)")]
     Userspace,
+    /// The running image cannot be kept open for a way back.
+    #[error("upgrade refused: cannot keep the running image open for a way back: {0}")]
+    Running(nix::Error),
     /// Another upgrade, reload or scale is under way, or the loader is stopping.
     #[error("upgrade refused: sticky is stopping")]
     Stopping,

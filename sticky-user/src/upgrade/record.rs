@@ -3,18 +3,22 @@
 
 use std::{
     fs::File,
-    io::{self, Read as _, Seek as _, SeekFrom, Write as _},
+    io::{self, Seek as _, SeekFrom, Write as _},
     net::SocketAddr,
-    os::fd::{FromRawFd as _, OwnedFd, RawFd},
+    os::fd::{BorrowedFd, OwnedFd, RawFd},
     path::PathBuf,
 };
 
-use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::sys::{
+    memfd::{MFdFlags, memfd_create},
+    uio::pread,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     endpoints::control::{LoaderInfo, ReloadOutcome},
     kernel::Handover,
+    limits::StartedWith,
     startup::Launch,
 };
 
@@ -40,6 +44,26 @@ pub(crate) struct Record {
     pub(crate) previous: LoaderInfo,
     /// The `sticky upgrade` connection that waits for the new image's answer.
     pub(crate) reply: Option<RawFd>,
+    /// The path upgrades take the binary from: the one the loader was started from.
+    #[serde(default)]
+    pub(crate) executable: Option<PathBuf>,
+    /// The old image, open: what the new image executes again if it cannot take over.
+    #[serde(default)]
+    pub(crate) previous_image: Option<RawFd>,
+    /// The open-files limit and umask the first image started with, which workers get back.
+    #[serde(default)]
+    pub(crate) started_with: Option<StartedWith>,
+}
+
+/// What a hand-back needs of a record, read whatever else the record holds.
+#[derive(Debug, Deserialize)]
+pub(crate) struct HandBack {
+    /// [`Record::executable`].
+    #[serde(default)]
+    pub(crate) executable: Option<PathBuf>,
+    /// [`Record::previous_image`].
+    #[serde(default)]
+    pub(crate) previous_image: Option<RawFd>,
 }
 
 /// One listen address: its sockets (index = slot) and its program, if kernel dispatch.
@@ -103,6 +127,7 @@ impl Record {
         let mut fds = vec![control, notify];
         fds.extend(metrics);
         fds.extend(self.reply);
+        fds.extend(self.previous_image);
         for group in &self.groups {
             fds.extend(&group.sockets);
             if let Some(handover) = &group.dispatcher {
@@ -128,26 +153,47 @@ impl Record {
         Ok(file.into())
     }
 
-    /// Reads the record from fd `fd` (taking it), checking its version first.
-    ///
-    /// # Safety
-    ///
-    /// `fd` must be an open fd that nothing else in this process owns.
-    pub(crate) unsafe fn read(fd: RawFd) -> Result<Self, RecordError> {
-        // SAFETY: guaranteed by the caller.
-        let mut file = unsafe { File::from_raw_fd(fd) };
-        let mut text = String::new();
-        file.read_to_string(&mut text).map_err(RecordError::Read)?;
+    /// Reads the record in `fd` from its start (leaving the fd open, for a hand-back).
+    pub(crate) fn read(fd: BorrowedFd<'_>) -> Result<Self, RecordError> {
+        Self::parse(&read_text(fd)?)
+    }
+
+    /// Parses a whole record, checking its version first.
+    pub(crate) fn parse(text: &str) -> Result<Self, RecordError> {
         #[derive(Deserialize)]
         struct Versioned {
             version: u32,
         }
-        let Versioned { version } = serde_json::from_str(&text).map_err(RecordError::Parse)?;
+        let Versioned { version } = serde_json::from_str(text).map_err(RecordError::Parse)?;
         if version != STATE_VERSION {
             return Err(RecordError::Version(version));
         }
-        serde_json::from_str(&text).map_err(RecordError::Parse)
+        serde_json::from_str(text).map_err(RecordError::Parse)
     }
+}
+
+impl HandBack {
+    /// Reads what a hand-back needs from the record in `fd`.
+    pub(crate) fn read(fd: BorrowedFd<'_>) -> Result<Self, RecordError> {
+        serde_json::from_str(&read_text(fd)?).map_err(RecordError::Parse)
+    }
+}
+
+/// The text of the record in `fd`, from its start. Reads with pread(2): no fd is opened (a
+/// hand-back must work when none is free) and the fd's offset stays where it is.
+fn read_text(fd: BorrowedFd<'_>) -> Result<String, RecordError> {
+    let mut bytes = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let offset = bytes.len() as libc::off_t;
+        let read = pread(fd, &mut chunk, offset).map_err(|err| RecordError::Read(err.into()))?;
+        if read == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&chunk[..read]);
+    }
+    String::from_utf8(bytes)
+        .map_err(|err| RecordError::Read(io::Error::new(io::ErrorKind::InvalidData, err)))
 }
 
 /// Why the state record could not be read.

@@ -1,26 +1,37 @@
 //! The new image's side: `sticky resume --state-fd N` reads the record and takes over every fd
 //! it names, then runs as `sticky run` would, with the workers adopted rather than started.
+//!
+//! Whatever can fail works on copies of the fds (the program and its maps, the notify socket)
+//! or on none; only then are the fds themselves taken, which cannot fail. So until the takeover
+//! is certain, every fd stays as the old image passed it, and a failure hands the loader back
+//! to the old image ([`super::rollback`]).
 
 use std::{
     net::TcpListener,
     os::{
-        fd::{FromRawFd as _, OwnedFd, RawFd},
+        fd::{BorrowedFd, FromRawFd as _, IntoRawFd as _, OwnedFd, RawFd},
         unix::net::{UnixListener, UnixStream},
     },
+    panic::{AssertUnwindSafe, catch_unwind},
     sync::Arc,
 };
 
+use nix::fcntl::{FcntlArg, fcntl};
 use thiserror::Error;
+use tracing::error;
 
 use super::{
     exec::set_close_on_exec,
     record::{Record, RecordError},
+    rollback::{HandBackError, hand_back},
 };
 use crate::{
     config::DispatchMode,
     dispatch::Dispatch,
     endpoints::readiness,
-    kernel::{DispatchError, Dispatcher, table},
+    identity,
+    kernel::{DispatchError, Dispatcher, Handover, MapFds, table},
+    limits::{self, LimitError},
     listeners::ListenerGroup,
     spawn::{SpawnError, Spawner},
     startup::{Started, socket_names},
@@ -36,6 +47,12 @@ pub enum ResumeError {
     /// An inherited fd is not open.
     #[error("inherited fd {0} is not open")]
     Fd(RawFd),
+    /// An inherited fd could not be copied.
+    #[error("cannot copy inherited fd {0}")]
+    Copy(RawFd, #[source] std::io::Error),
+    /// The open-files limit does not fit the configuration.
+    #[error(transparent)]
+    Limits(#[from] LimitError),
     /// The workers could not be set up.
     #[error(transparent)]
     Spawn(#[from] SpawnError),
@@ -45,37 +62,118 @@ pub enum ResumeError {
     /// A dispatcher could not be taken over.
     #[error(transparent)]
     Dispatch(#[from] DispatchError),
+    /// The takeover panicked.
+    #[error("the takeover panicked")]
+    Panicked,
+    /// The takeover failed, and the old image could not be given the loader back.
+    #[error("{failure}; the previous image cannot take over again: {back}")]
+    NoWayBack {
+        /// Why the takeover failed.
+        failure: String,
+        /// Why the hand-back failed.
+        back: HandBackError,
+    },
 }
 
-/// Takes over from the image that handed over the record at `state_fd`.
+/// Takes over from the image that handed over the record at `state_fd`. `rollback` is the
+/// reason a newer image gave when it handed the loader back to this one.
+///
+/// If the takeover fails in an upgrade (not a rollback), the old image is executed again and
+/// this does not return; it returns the error only when that is impossible.
 ///
 /// # Safety
 ///
 /// `state_fd` must be the record an upgrade passed to this process, and the fds it names must
 /// be open and owned by nothing else in this process (as they are right after the exec).
-pub unsafe fn resume(state_fd: RawFd) -> Result<Started, ResumeError> {
+pub unsafe fn resume(state_fd: RawFd, rollback: Option<String>) -> Result<Started, ResumeError> {
+    let rolled_back = rollback.is_some();
+    // Read now: the way back must not need a free fd.
+    let build = identity::build_id();
     // SAFETY: guaranteed by the caller.
-    let record = unsafe { Record::read(state_fd) }?;
-    // Ours again only (workers inherit only what each is given), and each is checked open.
-    set_close_on_exec(&record.fds(), true).map_err(|(fd, _)| ResumeError::Fd(fd))?;
+    let taken = catch_unwind(AssertUnwindSafe(|| unsafe { take_over(state_fd, rollback) }));
+    let failure = match taken {
+        Ok(Ok(started)) => return Ok(started),
+        Ok(Err(err)) => err,
+        Err(_) => ResumeError::Panicked,
+    };
+    if rolled_back {
+        return Err(failure);
+    }
+    let failure = chain(&failure);
+    let reason = format!(
+        "sticky {} (build {}) cannot take over: {failure}",
+        identity::VERSION,
+        &build[..build.len().min(12)]
+    );
+    error!("{reason}; handing the loader back to the previous image");
+    // SAFETY: guaranteed by the caller; the failed takeover left every fd as it was.
+    let back = unsafe { hand_back(state_fd, &reason) };
+    Err(ResumeError::NoWayBack { failure, back })
+}
+
+/// `err` and its sources, as one line.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(err) = source {
+        text.push_str(&format!(": {err}"));
+        source = err.source();
+    }
+    text
+}
+
+/// The takeover.
+///
+/// # Safety
+///
+/// As [`resume`].
+unsafe fn take_over(state_fd: RawFd, rollback: Option<String>) -> Result<Started, ResumeError> {
+    // SAFETY: the caller guarantees it is open for the duration of this call.
+    let record = Record::read(unsafe { BorrowedFd::borrow_raw(state_fd) })?;
+    for fd in record.fds() {
+        // SAFETY: a borrow for one fcntl; an fd that is not open fails with EBADF.
+        fcntl(unsafe { BorrowedFd::borrow_raw(fd) }, FcntlArg::F_GETFD)
+            .map_err(|_| ResumeError::Fd(fd))?;
+    }
+    let config = &record.launch.config;
+    limits::raise(config, record.started_with)?;
+    let mut spawner = Spawner::new(config, &socket_names(config))?;
+    if let Some(path) = &record.executable {
+        spawner.set_executable(path.clone());
+    }
+    let endpoints = &record.endpoints;
+    spawner.set_notify_socket(endpoints.notify_name.clone());
+    let mut dispatchers = Vec::new();
+    for handover in record.groups.iter().filter_map(|group| group.dispatcher.as_ref()) {
+        let copy = copy_handover(handover)?;
+        // SAFETY: the copies are this process's own, used nowhere else.
+        dispatchers.push(unsafe { Dispatcher::resume(&copy) }?);
+    }
+    let notify = readiness::adopt(endpoints.notify_name.clone(), copy(endpoints.notify)?)
+        .map_err(ResumeError::Notify)?;
+
+    // Nothing fails from here on: the copied fds, the record and the old image close, the
+    // others are taken.
     // SAFETY: each fd below is named once in the record and owned by nothing else (above).
     let own = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut closing = vec![endpoints.notify, state_fd];
+    closing.extend(record.previous_image);
+    for handover in record.groups.iter().filter_map(|group| group.dispatcher.as_ref()) {
+        closing.extend(handover_fds(handover));
+    }
+    closing.iter().map(|&fd| own(fd)).for_each(drop);
+    let taken: Vec<RawFd> = record.fds().into_iter().filter(|fd| !closing.contains(fd)).collect();
+    // Ours again only: workers inherit only what each is given. (All open, checked above.)
+    let _ = set_close_on_exec(&taken, true);
     let Record { launch, seed, groups, endpoints, supervisor, previous, reply, .. } = record;
     let config = &launch.config;
-    let mut spawner = Spawner::new(config, &socket_names(config))?;
-    spawner.set_notify_socket(endpoints.notify_name.clone());
-    let notify = readiness::adopt(endpoints.notify_name.clone(), own(endpoints.notify))
-        .map_err(ResumeError::Notify)?;
-    let mut dispatchers = Vec::new();
-    let mut listener_groups = Vec::new();
-    for group in groups {
-        if let Some(handover) = &group.dispatcher {
-            // SAFETY: as above.
-            dispatchers.push(unsafe { Dispatcher::resume(handover) }?);
-        }
-        let sockets = group.sockets.into_iter().map(|fd| TcpListener::from(own(fd))).collect();
-        listener_groups.push(ListenerGroup { address: group.address, sockets });
-    }
+    let listener_groups = groups
+        .into_iter()
+        .map(|group| ListenerGroup {
+            address: group.address,
+            sockets: group.sockets.into_iter().map(|fd| TcpListener::from(own(fd))).collect(),
+        })
+        .collect();
     let dispatch = match config.dispatch {
         DispatchMode::None => Dispatch::Plain,
         _ => Dispatch::Kernel(dispatchers),
@@ -89,7 +187,7 @@ pub unsafe fn resume(state_fd: RawFd) -> Result<Started, ResumeError> {
     let metrics = endpoints.metrics.map(|fd| TcpListener::from(own(fd)));
     let reply = reply.map(|fd| UnixStream::from(own(fd)));
     let listen = config.listen.clone();
-    let supervisor = Supervisor::resume(setup, launch, supervisor, previous, reply);
+    let supervisor = Supervisor::resume(setup, launch, supervisor, previous, reply, rollback);
     Ok(Started {
         supervisor: Arc::new(supervisor),
         control: (endpoints.control_path, control),
@@ -98,4 +196,26 @@ pub unsafe fn resume(state_fd: RawFd) -> Result<Started, ResumeError> {
         accept: None,
         listen,
     })
+}
+
+/// A close-on-exec copy of inherited fd `fd`.
+fn copy(fd: RawFd) -> Result<OwnedFd, ResumeError> {
+    // SAFETY: a borrow for one fcntl of an fd the record names (checked open).
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    borrowed.try_clone_to_owned().map_err(|err| ResumeError::Copy(fd, err))
+}
+
+/// The program's and the maps' fds of `handover`.
+fn handover_fds(handover: &Handover) -> [RawFd; 5] {
+    let MapFds { sockets, table, config, counters } = handover.maps;
+    [handover.program, sockets, table, config, counters]
+}
+
+/// `handover` with copies of its fds, which the caller owns (as raw fds).
+fn copy_handover(handover: &Handover) -> Result<Handover, ResumeError> {
+    let [program, sockets, table, config, counters] = handover_fds(handover).map(copy);
+    // All copied before any is let go, so a failure closes those made.
+    let [program, sockets, table, config, counters] =
+        [program?, sockets?, table?, config?, counters?].map(OwnedFd::into_raw_fd);
+    Ok(Handover { program, maps: MapFds { sockets, table, config, counters }, ..handover.clone() })
 }

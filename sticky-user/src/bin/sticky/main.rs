@@ -9,7 +9,7 @@ mod run;
 use std::{ffi::OsString, io::IsTerminal as _, path::Path, process::ExitCode};
 
 use clap::{CommandFactory as _, Parser, Subcommand};
-use sticky_user::{config::RunOptions, control::Request, service, spawn, upgrade};
+use sticky_user::{config::RunOptions, control::Request, identity, service, spawn, upgrade};
 use tracing_subscriber::EnvFilter;
 
 /// Sticky sessions for multi-process servers: the kernel sends every connection from one client
@@ -85,12 +85,16 @@ enum Command {
     /// Take over from a loader that is upgrading (what `sticky upgrade` executes).
     #[command(name = upgrade::RESUME, hide = true)]
     Resume {
-        /// Print the state versions this binary reads (JSON), and exit.
+        /// Read the state record offered on stdin (if any) as a takeover would, print the
+        /// state versions this binary reads (JSON), and exit.
         #[arg(long, conflicts_with = "state_fd")]
         probe: bool,
         /// The fd of the state record.
         #[arg(long, value_name = "FD", required_unless_present = "probe")]
         state_fd: Option<i32>,
+        /// Take over again after a newer image could not, for this reason.
+        #[arg(long, value_name = "REASON", requires = "state_fd")]
+        rollback: Option<String>,
     },
     /// Set LISTEN_PID to this process and exec CMD (used by `run` to start workers).
     #[command(name = spawn::EXEC_WORKER, hide = true)]
@@ -105,6 +109,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    identity::name_after_argv0();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -135,7 +140,9 @@ fn main() -> ExitCode {
         Command::Stop(control) => ctl::run(&control, Request::Stop, false),
         Command::Upgrade(control) => ctl::run(&control, Request::Upgrade, false),
         Command::Resume { probe: true, .. } => run::probe(),
-        Command::Resume { state_fd, .. } => run::resume(state_fd.expect("required by clap")),
+        Command::Resume { state_fd, rollback, .. } => {
+            run::resume(state_fd.expect("required by clap"), rollback)
+        }
         Command::Demo => demo::run(),
         Command::InspectTable { slots, seed, without, entries } => {
             inspect::run(slots, seed, &without, entries)

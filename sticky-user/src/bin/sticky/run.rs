@@ -37,17 +37,20 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     serve(startup::start(Launch::new(config, options), inherited)?)
 }
 
-/// `sticky resume --probe`: what an upgrading loader asks before it hands over.
+/// `sticky resume --probe`: what an upgrading loader asks before it hands over. The answer is
+/// printed even when the offered record cannot be taken (then the exit status says so).
 pub fn probe() -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(&upgrade::ProbeAnswer::of_this_binary())?);
-    Ok(())
+    upgrade::check_record(std::io::stdin().lock()).context("cannot take this loader's state")
 }
 
-/// `sticky resume --state-fd FD`: the new image of an upgrading loader takes over.
-pub fn resume(state_fd: i32) -> anyhow::Result<()> {
-    // SAFETY: `sticky upgrade` executes this with the record it wrote at `state_fd` and the fds
-    // it names, which nothing in this fresh image owns yet.
-    let started = unsafe { upgrade::resume(state_fd) }.context("cannot take over the loader")?;
+/// `sticky resume --state-fd FD [--rollback REASON]`: the new image of an upgrading loader
+/// takes over (or hands the loader back); after a rollback, the old image takes over again.
+pub fn resume(state_fd: i32, rollback: Option<String>) -> anyhow::Result<()> {
+    // SAFETY: `sticky upgrade` (or a rollback) executes this with the record it wrote at
+    // `state_fd` and the fds it names, which nothing in this fresh image owns yet.
+    let started =
+        unsafe { upgrade::resume(state_fd, rollback) }.context("cannot take over the loader")?;
     serve(started)
 }
 

@@ -8,6 +8,9 @@
 //! environment is the loader's without what is addressed to the loader alone. The
 //! `exec-worker` shim sets `LISTEN_PID` to its own pid and execs CMD, which keeps that pid: the
 //! loader cannot set it, as the pid is only known after fork.
+//!
+//! The shim (and the demo worker) is the loader's own image, `/proc/self/exe`, named by
+//! sticky's path: a new file at that path changes nothing until the next upgrade.
 
 use std::{
     collections::BTreeMap,
@@ -21,24 +24,20 @@ use std::{
     process::Stdio,
 };
 
-use nix::{
-    sys::{
-        prctl,
-        resource::{Resource, getrlimit},
-        signal::Signal,
-    },
-    unistd::{AccessFlags, Gid, Uid, User, access, getppid, getuid},
-};
+use nix::unistd::{AccessFlags, Uid, User, access, getuid};
 use sticky_worker::{
-    LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_START, LISTEN_PID, NOTIFY_SOCKET, STICKY_WORKER,
-    STICKY_WORKERS, WATCHDOG_PID, WATCHDOG_USEC,
+    LISTEN_FDNAMES, LISTEN_FDS, LISTEN_PID, NOTIFY_SOCKET, STICKY_WORKER, STICKY_WORKERS,
+    WATCHDOG_PID, WATCHDOG_USEC,
 };
 use thiserror::Error;
 
+use self::child::{Identity, become_worker, prepare_child};
 use crate::{
-    config::{Credentials, MAX_LISTEN_ADDRESSES, RunConfig, WorkerCommand},
-    limits,
+    config::{Credentials, RunConfig, WorkerCommand},
+    identity::RUNNING_IMAGE,
 };
+
+mod child;
 
 /// The hidden `sticky` subcommand that sets `LISTEN_PID` and execs the worker.
 pub const EXEC_WORKER: &str = "exec-worker";
@@ -47,7 +46,7 @@ pub const EXEC_WORKER: &str = "exec-worker";
 /// listen addresses.
 #[derive(Debug)]
 pub struct Spawner {
-    /// The `sticky` executable, for the `exec-worker` shim.
+    /// The `sticky` executable's path: the shim's argv[0] (it runs [`RUNNING_IMAGE`]).
     sticky: PathBuf,
     /// The worker program and its arguments.
     command: Vec<OsString>,
@@ -74,7 +73,7 @@ impl Spawner {
             Some(WorkerCommand { program, args }) => {
                 std::iter::once(program.into()).chain(args.iter().cloned()).collect()
             }
-            None => vec![sticky.clone().into(), "demo".into()],
+            None => vec![RUNNING_IMAGE.into(), "demo".into()],
         };
         Ok(Self {
             sticky,
@@ -97,6 +96,12 @@ impl Spawner {
     /// The sticky executable's path, as it was when this loader started.
     pub fn executable(&self) -> &Path {
         &self.sticky
+    }
+
+    /// Sets the path [`Spawner::executable`] returns (after an upgrade: the path the loader was
+    /// started from, which the state record carries).
+    pub fn set_executable(&mut self, path: PathBuf) {
+        self.sticky = path;
     }
 
     /// Gives the workers `NOTIFY_SOCKET=socket` (the loader's readiness socket).
@@ -167,11 +172,11 @@ impl Spawner {
         command.spawn().map(|child| child.id())
     }
 
-    /// `sticky exec-worker`; the pre_exec closure makes it the workers' user, in their working
-    /// directory.
+    /// `sticky exec-worker`: the loader's own image, whatever is at its path now, named by the
+    /// path; the pre_exec closure makes it the workers' user, in their working directory.
     fn shim(&self) -> std::process::Command {
-        let mut command = std::process::Command::new(&self.sticky);
-        command.arg(EXEC_WORKER);
+        let mut command = std::process::Command::new(RUNNING_IMAGE);
+        command.arg0(&self.sticky).arg(EXEC_WORKER);
         command
     }
 }
@@ -203,32 +208,6 @@ fn loader_only(name: &std::ffi::OsStr) -> bool {
     ];
     let name = name.as_bytes();
     name.starts_with(b"STICKY_") || SERVICE.iter().any(|s| s.as_bytes() == name)
-}
-
-/// The user, group and supplementary groups a child switches to before exec.
-#[derive(Debug, Clone)]
-struct Identity {
-    uid: libc::uid_t,
-    gid: libc::gid_t,
-    groups: Vec<libc::gid_t>,
-}
-
-impl Identity {
-    /// The identity for `credentials`, or `None` when they are the loader's own and it is not
-    /// root (nothing to switch, and no privilege to do it with).
-    fn switch_to(credentials: &Credentials) -> Option<Self> {
-        let (uid, gid) = (Uid::effective(), Gid::effective());
-        let own = credentials.uid == uid.as_raw() && credentials.gid == gid.as_raw();
-        if own && !uid.is_root() {
-            return None;
-        }
-        let groups = if credentials.groups.is_empty() {
-            vec![credentials.gid]
-        } else {
-            credentials.groups.clone()
-        };
-        Some(Self { uid: credentials.uid, gid: credentials.gid, groups })
-    }
 }
 
 /// Why workers cannot be started as configured.
@@ -263,127 +242,6 @@ pub enum SpawnError {
     },
 }
 
-/// In the forked child: become the workers' user without any privilege, die with the loader,
-/// and keep only fds 0–2 and the slot's sockets, moved to fd 3 onwards.
-///
-/// Runs between fork and exec: system calls only, no allocation.
-fn prepare_child(
-    loader: u32,
-    fds: &[RawFd],
-    identity: Option<&Identity>,
-    dir: Option<&std::ffi::CStr>,
-) -> io::Result<()> {
-    let check = |ret: libc::c_int| if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) };
-    // The death signal is cleared by a change of user or group: set it after become_worker's.
-    become_worker(identity, dir)?;
-    prctl::set_pdeathsig(Signal::SIGKILL)?;
-    if getppid().as_raw() as u32 != loader {
-        // The loader died before the line above took effect. (No allocation after fork.)
-        return Err(io::Error::from_raw_os_error(libc::ESRCH));
-    }
-    // First copy every socket above the target range, so no dup2 below overwrites a source.
-    if fds.len() > MAX_LISTEN_ADDRESSES {
-        return Err(io::Error::from_raw_os_error(libc::EMFILE));
-    }
-    let above = LISTEN_FDS_START + fds.len() as RawFd;
-    let mut copies = [0 as RawFd; MAX_LISTEN_ADDRESSES];
-    for (copy, &fd) in copies.iter_mut().zip(fds) {
-        // SAFETY: F_DUPFD_CLOEXEC on an fd this process owns; the copy closes at exec.
-        *copy = check(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above) })?;
-    }
-    for (target, &copy) in (LISTEN_FDS_START..).zip(&copies[..fds.len()]) {
-        // SAFETY: the target is in the range reserved for the listeners.
-        check(unsafe { libc::dup2(copy, target) })?;
-        // dup2 onto an fd equal to its source keeps FD_CLOEXEC: clear it in every case.
-        // SAFETY: F_SETFD on the fd just made.
-        check(unsafe { libc::fcntl(target, libc::F_SETFD, 0) })?;
-    }
-    close_at_exec_from(above)
-}
-
-/// In a forked child: takes `identity` (supplementary groups, group, user) when given, then
-/// gives up every capability and can never gain one (no_new_privs), gets back the limits and
-/// umask the loader started with, and enters `dir` as the new user.
-///
-/// Leaving root clears the permitted, effective and ambient sets but not the inheritable one,
-/// and a loader that is not root keeps its ambient set across exec: so both are emptied here,
-/// whoever the loader and the workers are. Runs between fork and exec: system calls only.
-fn become_worker(identity: Option<&Identity>, dir: Option<&std::ffi::CStr>) -> io::Result<()> {
-    let check = |ret: libc::c_int| if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) };
-    if let Some(identity) = identity {
-        // SAFETY: setgroups reads `groups.len()` gids from the vector's buffer.
-        check(unsafe { libc::setgroups(identity.groups.len(), identity.groups.as_ptr()) })?;
-        // SAFETY: plain system calls on ids.
-        check(unsafe { libc::setresgid(identity.gid, identity.gid, identity.gid) })?;
-        // SAFETY: as above.
-        check(unsafe { libc::setresuid(identity.uid, identity.uid, identity.uid) })?;
-    }
-    // A set-user-ID program the worker runs gains nothing.
-    prctl::set_no_new_privs()?;
-    drop_capabilities()?;
-    limits::restore()?;
-    if let Some(dir) = dir {
-        // SAFETY: chdir with a NUL-terminated path.
-        check(unsafe { libc::chdir(dir.as_ptr()) })?;
-    }
-    Ok(())
-}
-
-/// Empties the ambient, inheritable, permitted and effective capability sets (which needs no
-/// privilege). The bounding set stays: with no_new_privs and empty sets, nothing is regained
-/// from it.
-fn drop_capabilities() -> io::Result<()> {
-    /// `struct __user_cap_header_struct`.
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: libc::c_int,
-    }
-    /// `struct __user_cap_data_struct`.
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    /// `_LINUX_CAPABILITY_VERSION_3`: two data structs, 64 capabilities.
-    const VERSION_3: u32 = 0x2008_0522;
-    // SAFETY: prctl with integer arguments.
-    let cleared = unsafe {
-        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0)
-    };
-    // EINVAL: a kernel older than 4.3 has no ambient set.
-    if cleared < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
-        return Err(io::Error::last_os_error());
-    }
-    let header = Header { version: VERSION_3, pid: 0 };
-    let none = [Data { effective: 0, permitted: 0, inheritable: 0 }; 2];
-    // SAFETY: capset(2) reads one header and two data structs.
-    let ret = unsafe { libc::syscall(libc::SYS_capset, &header, none.as_ptr()) };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
-}
-
-/// Marks every fd from `first` up close-on-exec: whatever sticky's own parent leaked to it
-/// stays out of the worker. (Marked rather than closed: std reports a failed exec through
-/// one of them.)
-fn close_at_exec_from(first: RawFd) -> io::Result<()> {
-    // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC only sets flags (Linux 5.11+).
-    let ret = unsafe {
-        libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC)
-    };
-    if ret == 0 {
-        return Ok(());
-    }
-    // Older kernels: one fcntl per possible fd, up to the fd limit.
-    let limit = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft.min(1 << 20));
-    for fd in first..limit as RawFd {
-        // SAFETY: F_SETFD on a number that may or may not be an open fd (EBADF is ignored).
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-    }
-    Ok(())
-}
-
 /// The body of `sticky exec-worker -- CMD...`: sets `LISTEN_PID` to this process and execs
 /// `command`. Returns only if the exec failed, with an error naming the command, the user and
 /// the slot.
@@ -394,6 +252,10 @@ pub fn exec_worker(command: &[OsString]) -> io::Error {
     let pid = std::process::id().to_string();
     let mut worker = std::process::Command::new(program);
     worker.args(args).env(LISTEN_PID, &pid);
+    if program == RUNNING_IMAGE {
+        // The demo: this image again, named as the shim is.
+        worker.arg0(std::env::args_os().next().unwrap_or_else(|| program.clone()));
+    }
     if std::env::var_os(WATCHDOG_USEC).is_some() {
         worker.env(WATCHDOG_PID, &pid);
     }
