@@ -70,8 +70,9 @@ const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 
 /// What the container root holds besides the base system: systemd as init, and the tools the
 /// service test calls inside it.
-const CONTAINER_PACKAGES: &str = "systemd,systemd-sysv,dbus,iproute2,curl,procps";
-/// The file that marks a finished container root.
+/// nodejs and python3 run the example workers under the unit (its system call filter).
+const CONTAINER_PACKAGES: &str = "systemd,systemd-sysv,dbus,iproute2,curl,procps,nodejs,python3";
+/// The file that marks a finished container root, holding its package list.
 const CONTAINER_DONE: &str = ".sticky-complete";
 
 /// Where the service test's container root is kept (built once, reused).
@@ -87,13 +88,15 @@ fn container_root() -> anyhow::Result<()> {
     ensure_tool("systemd-nspawn", "systemd-container")?;
     ensure_tool("nsenter", "util-linux")?;
     let root = container_root_dir();
-    if root.join(CONTAINER_DONE).exists() {
+    // The marker holds the package list the root was built with: a new list rebuilds it.
+    let built_with = fs::read_to_string(root.join(CONTAINER_DONE)).unwrap_or_default();
+    if built_with.trim() == CONTAINER_PACKAGES {
         say("systemd container root: present");
         return Ok(());
     }
     let suite = host_release().unwrap_or_else(|| "bookworm".into());
     say(&format!(
-        "building a Debian {suite} root with systemd for the service test (mmdebstrap, about 30 s)"
+        "building a Debian {suite} root with systemd for the service tests (mmdebstrap, about a minute)"
     ));
     // mmdebstrap runs as root, so its files are root's: handle them as root too.
     let partial = root.with_extension("partial");
@@ -101,7 +104,11 @@ fn container_root() -> anyhow::Result<()> {
     run(as_root("mmdebstrap")
         .args(["--variant=apt", "--quiet", &format!("--include={CONTAINER_PACKAGES}"), &suite])
         .arg(&partial))?;
-    run(as_root("touch").arg(partial.join(CONTAINER_DONE)))?;
+    run(as_root("sh")
+        .arg("-c")
+        .arg(format!("echo {CONTAINER_PACKAGES} > \"$1\""))
+        .arg("sh")
+        .arg(partial.join(CONTAINER_DONE)))?;
     run(as_root("mv").arg(&partial).arg(&root))
 }
 
