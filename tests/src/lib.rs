@@ -23,15 +23,22 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use client::{Failure, Response, connect, get, read_response, request, send_request, try_get};
 pub use container::{Container, systemd_root};
-pub use load::{Load, Outcome, Report};
+pub use load::{Load, MIN_SUCCEEDED, Outcome, Report};
 pub use namespace::{Netns, veth};
 pub use netns::{in_netns, processes_in_netns};
 pub use redis::Redis;
 pub use sticky::{
-    Counters, Exit, StateDir, Sticky, UNIT_BOUNDING_SET, WORKER_USER, program_is_loaded,
-    sticky_bin, target_bin,
+    Counters, Exit, StateDir, Sticky, UNIT_BOUNDING_SET, WORKER_USER, loaded_programs,
+    program_is_loaded, reuseport_programs, sticky_bin, target_bin,
 };
 pub use tls::{Certificate, TLS_NAME, https_gets};
+
+/// Whether process `pid` exists and is not a zombie.
+pub fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
+}
 
 /// The IPv4 client address number `i` (distinct for `i < 2^20`), inside 127.0.0.0/8.
 pub fn client_v4(i: u32) -> IpAddr {

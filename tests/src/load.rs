@@ -31,7 +31,13 @@ pub struct Outcome {
     pub client: IpAddr,
     /// The response, or how it failed.
     pub result: Result<Response, Failure>,
+    /// When it started (before connect) and ended (response read, or failure).
+    pub span: (Instant, Instant),
 }
+
+/// The fewest successful requests a load under an event must make: a load that barely ran
+/// proves nothing.
+pub const MIN_SUCCEEDED: usize = 1000;
 
 impl Load {
     /// Starts `threads` threads sending requests to `server` from `clients`.
@@ -49,7 +55,9 @@ impl Load {
                         if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
                             break;
                         }
-                        outcomes.push(Outcome { client, result: request(client, server) });
+                        let started = Instant::now();
+                        let result = request(client, server);
+                        outcomes.push(Outcome { client, result, span: (started, Instant::now()) });
                     }
                     outcomes
                 })
@@ -93,6 +101,23 @@ impl Report {
             }
         }
         workers
+    }
+
+    /// Requests that got a response and ran entirely within `event` (its start and end).
+    pub fn succeeded_within(&self, event: (Instant, Instant)) -> usize {
+        let within = |o: &&Outcome| event.0 <= o.span.0 && o.span.1 <= event.1;
+        self.outcomes.iter().filter(|o| o.result.is_ok()).filter(within).count()
+    }
+
+    /// Panics unless no request failed, more than [`MIN_SUCCEEDED`] succeeded, and some ran
+    /// entirely during `event` (so the load really went on through it).
+    pub fn assert_no_failure_during(&self, what: &str, event: (Instant, Instant)) {
+        let summary = self.summary();
+        assert!(self.failures().is_empty(), "{what}: {summary}");
+        assert!(self.succeeded() > MIN_SUCCEEDED, "{what}: too little load: {summary}");
+        let during = self.succeeded_within(event);
+        assert!(during > 0, "{what}: no request completed during it: {summary}");
+        println!("{what}: {summary}; {during} completed during it");
     }
 
     /// A one-line summary.

@@ -2,7 +2,9 @@
 
 use std::{fs, net::TcpListener, os::unix::fs::PermissionsExt as _, process::Command};
 
-use sticky_tests::{Exit, StateDir, Sticky, in_netns, processes_in_netns, sticky_bin};
+use sticky_tests::{
+    Exit, StateDir, Sticky, in_netns, processes_in_netns, reuseport_programs, sticky_bin,
+};
 
 /// Runs `sticky run ARGS` to its exit and checks the common promises; returns the error line.
 fn refused(args: &[&str]) -> String {
@@ -12,12 +14,15 @@ fn refused(args: &[&str]) -> String {
 }
 
 fn refused_command(command: Command) -> String {
+    let programs_before = reuseport_programs();
     let exit: Exit = Sticky::spawn(command).wait();
     assert!(!exit.status.success(), "sticky accepted bad input:\n{}", exit.log);
     let errors = exit.errors();
     assert_eq!(errors.len(), 1, "expected one error line:\n{}", exit.log);
     assert!(!exit.log.contains("worker started"), "workers were started:\n{}", exit.log);
     assert!(!exit.log.contains("program attached"), "the program was attached:\n{}", exit.log);
+    // What the log does not say, the kernel does: no dispatch program came (or stayed).
+    assert_eq!(reuseport_programs(), programs_before, "a program was loaded:\n{}", exit.log);
     assert_eq!(processes_in_netns(), Vec::<u32>::new(), "something is left running");
     errors[0].to_owned()
 }

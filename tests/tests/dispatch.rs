@@ -7,8 +7,8 @@ use std::{
 };
 
 use sticky_tests::{
-    Response, Sticky, client_v4, client_v6, get, imbalance, in_netns, processes_in_netns,
-    program_is_loaded,
+    Response, Sticky, client_v4, client_v6, get, imbalance, in_netns, loaded_programs,
+    processes_in_netns, program_is_loaded,
 };
 
 const WORKERS: u32 = 4;
@@ -70,6 +70,7 @@ fn ipv4_and_ipv6_clients_each_stay_on_one_worker_of_a_dual_stack_listener() {
         let v4_responses = connect_all(&v4, "127.0.0.1:3000".parse().unwrap());
         let v6_responses = connect_all(&v6, "[::1]:3000".parse().unwrap());
         let status = sticky.status();
+        let programs = loaded_programs(status.program_ids.clone());
         sticky.stop_cleanly();
 
         for (family, responses) in [("IPv4", &v4_responses), ("IPv6", &v6_responses)] {
@@ -87,7 +88,7 @@ fn ipv4_and_ipv6_clients_each_stay_on_one_worker_of_a_dual_stack_listener() {
         assert_eq!(served.iter().sum::<u64>(), u64::from(2 * CLIENTS) * 3);
         // Nothing is left running or attached.
         assert_eq!(processes_in_netns(), Vec::<u32>::new());
-        assert!(status.program_ids.iter().all(|&id| !program_is_loaded(id)), "program left loaded");
+        assert!(programs.iter().all(|&id| !program_is_loaded(id)), "program left loaded");
     });
 }
 

@@ -16,7 +16,8 @@ use object::{
     read::elf::{ElfFile64, ProgramHeader as _},
 };
 use sticky_tests::{
-    Container, StateDir, Sticky, client_v4, eventually, get, in_netns, program_is_loaded,
+    Container, StateDir, Sticky, client_v4, eventually, get, in_netns, loaded_programs,
+    program_is_loaded,
 };
 use sticky_user::{control::Status, service::TEMPLATE_UNIT};
 
@@ -97,7 +98,7 @@ fn the_package_installs_serves_under_systemd_and_is_removed_with_its_instances()
     sticky_tests::privileges::assert_exposure_at_most_3(&container, UNIT);
     container.ok(&["systemctl", "start", UNIT]);
     assert_eq!(container.property(UNIT, "ActiveState"), "active");
-    let programs = status(&container).program_ids;
+    let programs = loaded_programs(status(&container).program_ids);
     container.in_netns(|| {
         assert_sticky(SocketAddr::from(([127, 0, 0, 1], 80)), 60, WORKERS);
     });

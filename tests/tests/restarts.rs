@@ -150,7 +150,7 @@ fn the_loader_upgrades_crashes_and_restarts_under_load_without_refusing_a_connec
         assert_eq!(container.property(UNIT, "NFileDescriptorStore"), "4");
 
         // Stop: systemd lets go of the sockets, and the program goes with them.
-        let programs = status(&container).program_ids;
+        let programs = sticky_tests::loaded_programs(status(&container).program_ids);
         container.ok(&["systemctl", "stop", UNIT]);
         eventually("the program is unloaded", || {
             programs.iter().all(|&id| !sticky_tests::program_is_loaded(id))

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sticky_tests::{Container, Load, client_v4, eventually, program_is_loaded};
+use sticky_tests::{Container, Load, client_v4, eventually, loaded_programs, program_is_loaded};
 use sticky_user::control::Status;
 
 const UNIT: &str = "sticky-web.service";
@@ -158,8 +158,7 @@ fn the_installed_service_starts_reloads_restarts_and_stops_under_a_real_systemd(
         sticky_tests::get(clients[1], server);
 
         // Stop under load: inactive without a timeout, nothing left running or attached.
-        let programs = status(&container).program_ids;
-        assert!(programs.iter().all(|&id| program_is_loaded(id)));
+        let programs = loaded_programs(status(&container).program_ids);
         let load = Load::start(server, &clients, 4);
         thread::sleep(Duration::from_millis(500));
         let stop_started = Instant::now();

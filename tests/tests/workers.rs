@@ -11,16 +11,9 @@ use nix::{
     unistd::Pid,
 };
 use sticky_tests::{
-    Sticky, client_v4, connect, eventually, get, in_netns, processes_in_netns, program_is_loaded,
-    read_response, sticky_bin, try_get,
+    Sticky, client_v4, connect, eventually, get, in_netns, is_running, loaded_programs,
+    processes_in_netns, program_is_loaded, read_response, sticky_bin, try_get,
 };
-
-/// Whether `pid` exists and is not a zombie.
-fn is_running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z'))
-    })
-}
 
 #[test]
 fn a_killed_worker_comes_back_in_its_slot_and_serves_what_queued() {
@@ -67,7 +60,7 @@ fn workers_die_with_a_killed_loader_and_nothing_stays_attached() {
         let sticky = Sticky::serving(&["--listen", "127.0.0.1:3012", "--workers", "3"], 3);
         let server: SocketAddr = "127.0.0.1:3012".parse().unwrap();
         get(client_v4(1), server);
-        let programs = sticky.status().program_ids;
+        let programs = loaded_programs(sticky.status().program_ids);
         assert_eq!(processes_in_netns().len(), 4, "sticky and 3 workers");
         sticky.signal(Signal::SIGKILL);
         let exit = sticky.wait();
@@ -82,7 +75,7 @@ fn workers_die_with_a_killed_loader_and_nothing_stays_attached() {
 fn ctrl_c_stops_workers_and_exits_zero() {
     in_netns(|| {
         let sticky = Sticky::serving(&["--listen", "127.0.0.1:3013", "--workers", "2"], 2);
-        let programs = sticky.status().program_ids;
+        let programs = loaded_programs(sticky.status().program_ids);
         sticky.signal(Signal::SIGINT);
         let exit = sticky.wait();
         assert!(exit.status.success(), "{}", exit.log);
