@@ -47,8 +47,6 @@ pub struct Spawner {
     environment: BTreeMap<String, String>,
     working_directory: Option<PathBuf>,
     credentials: Option<Credentials>,
-    /// The workers' `NOTIFY_SOCKET`, once the loader has bound it.
-    notify_socket: Option<String>,
     /// The workers' watchdog interval, if any.
     watchdog: Option<std::time::Duration>,
 }
@@ -71,7 +69,6 @@ impl Spawner {
             environment: config.environment.clone(),
             working_directory: config.working_directory.clone(),
             credentials: config.credentials.clone(),
-            notify_socket: None,
             watchdog: config.policy.worker_watchdog,
         })
     }
@@ -79,11 +76,6 @@ impl Spawner {
     /// The sticky executable's path, as it was when this loader started.
     pub fn executable(&self) -> &Path {
         &self.sticky
-    }
-
-    /// Gives the workers `NOTIFY_SOCKET=socket` (the loader's readiness socket).
-    pub fn set_notify_socket(&mut self, socket: String) {
-        self.notify_socket = Some(socket);
     }
 
     /// Checks that a worker can be started: the `exec-worker` shim runs as the workers' user in
@@ -109,9 +101,15 @@ impl Spawner {
     }
 
     /// Starts the worker for `slot` of `slots`, with `fds` (one listening socket per listen
-    /// address) at fd 3 onwards. Returns its pid: the caller waits for it (it is not reaped
-    /// otherwise).
-    pub fn spawn(&self, slot: u32, slots: u32, fds: Vec<RawFd>) -> io::Result<u32> {
+    /// address) at fd 3 onwards and its own readiness socket at `notify_socket`. Returns its
+    /// pid: the caller waits for it (it is not reaped otherwise).
+    pub fn spawn(
+        &self,
+        slot: u32,
+        slots: u32,
+        fds: Vec<RawFd>,
+        notify_socket: &Path,
+    ) -> io::Result<u32> {
         let loader = std::process::id();
         let mut command = self.shim();
         command
@@ -128,9 +126,7 @@ impl Spawner {
             .envs(&self.environment)
             .stdin(Stdio::null())
             .process_group(0);
-        if let Some(socket) = &self.notify_socket {
-            command.env(NOTIFY_SOCKET, socket);
-        }
+        command.env(NOTIFY_SOCKET, notify_socket);
         if let Some(watchdog) = self.watchdog {
             // The shim adds WATCHDOG_PID, as it does LISTEN_PID.
             command.env(WATCHDOG_USEC, watchdog.as_micros().to_string());

@@ -20,6 +20,7 @@ mod worker;
 mod workers;
 
 use std::{
+    collections::HashMap,
     os::{fd::AsRawFd as _, unix::net::UnixStream},
     path::PathBuf,
     sync::{Arc, Mutex, MutexGuard, OnceLock},
@@ -37,7 +38,7 @@ use tracing::{error, info};
 pub use self::error::SupervisorError;
 use self::{
     state::{State, lock},
-    workers::{apply_notifications, start_worker, terminate, track},
+    workers::{start_worker, terminate, track},
 };
 use crate::{
     dispatch::Dispatch,
@@ -45,7 +46,7 @@ use crate::{
         Loader,
         control::{self, LoaderInfo, Request, Response, Status},
         metrics, notify,
-        readiness::NotifySocket,
+        readiness::{Inbox, NotifyDir},
     },
     identity,
     kernel::{Counters, Dispatcher},
@@ -67,14 +68,14 @@ pub struct Setup {
     pub table: Option<Box<Table>>,
     /// The hash seed, from which the lookup table is rebuilt when slots change.
     pub seed: u64,
+    /// Where the workers' notify sockets are bound.
+    pub(crate) notify: NotifyDir,
 }
 
 /// What the supervisor serves besides the workers.
 pub struct Endpoints {
     /// The control socket and its path (removed at exit).
     pub control: (PathBuf, UnixListener),
-    /// The workers' notify socket and what they send to it.
-    pub(crate) notify: NotifySocket,
     /// The metrics listener.
     pub metrics: Option<TcpListener>,
 }
@@ -121,16 +122,18 @@ impl Supervisor {
     }
 
     /// A supervisor that goes on where an earlier image of this loader stopped: its slots and
-    /// workers from `record`, and the `sticky upgrade` connection to answer.
+    /// workers from `record` (their notify sockets in `inboxes`, by pid), and the
+    /// `sticky upgrade` connection to answer.
     pub(crate) fn resume(
         setup: Setup,
         launch: Launch,
         record: SupervisorRecord,
+        inboxes: HashMap<u32, Inbox>,
         previous: LoaderInfo,
         reply: Option<UnixStream>,
     ) -> Self {
         let mut state = State::new(setup, launch.config.policy);
-        state.adopt(record);
+        state.adopt(record, inboxes);
         let supervisor = Self::with_state(state, launch);
         *supervisor.upgraded_from.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((previous, reply));
@@ -177,10 +180,8 @@ impl Supervisor {
             control: control_listener.as_raw_fd(),
             control_path: control_path.clone(),
             metrics: endpoints.metrics.as_ref().map(|listener| listener.as_raw_fd()),
-            notify: endpoints.notify.fd,
-            notify_name: endpoints.notify.name.clone(),
+            notify_dir: self.state().notify.path().to_owned(),
         });
-        tokio::spawn(apply_notifications(self.shared.clone(), endpoints.notify.notifications));
         self.start_workers();
         tokio::spawn(control::serve(control_listener, self.clone()));
         if let Some(listener) = endpoints.metrics {
@@ -243,8 +244,8 @@ impl Supervisor {
         }
     }
 
-    /// Stops the workers, detaches the programs and removes the control socket; returns the
-    /// final counters.
+    /// Stops the workers, detaches the programs and removes the control socket and the notify
+    /// directory; returns the final counters.
     async fn shut_down(&self, control_path: PathBuf) -> Result<Vec<Counters>, SupervisorError> {
         notify::stopping();
         self.stop_workers().await;
@@ -270,6 +271,7 @@ impl Supervisor {
             }
         }
         let _ = std::fs::remove_file(control_path);
+        state.notify.remove();
         notify::flush(Duration::from_secs(1));
         Ok(counters)
     }

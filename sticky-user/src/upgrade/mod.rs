@@ -20,7 +20,9 @@ use thiserror::Error;
 pub(crate) use self::{
     exec::{exec, handled_signals},
     probe::probe,
-    record::{EndpointFds, GroupRecord, Record, SlotRecord, SupervisorRecord, WorkerRecord},
+    record::{
+        EndpointFds, GroupRecord, NotifyRecord, Record, SlotRecord, SupervisorRecord, WorkerRecord,
+    },
 };
 pub use self::{
     probe::ProbeAnswer,

@@ -19,7 +19,7 @@ use super::{
 use crate::{
     config::DispatchMode,
     dispatch::Dispatch,
-    endpoints::readiness,
+    endpoints::readiness::{Identity, Inbox, NotifyDir},
     kernel::{DispatchError, Dispatcher, table},
     listeners::ListenerGroup,
     spawn::{SpawnError, Spawner},
@@ -39,8 +39,8 @@ pub enum ResumeError {
     /// The workers could not be set up.
     #[error(transparent)]
     Spawn(#[from] SpawnError),
-    /// The workers' notify socket could not be served.
-    #[error("cannot serve the workers' notify socket")]
+    /// A worker's notify socket could not be taken over.
+    #[error("cannot take over a worker's notify socket")]
     Notify(#[source] std::io::Error),
     /// A dispatcher could not be taken over.
     #[error(transparent)]
@@ -62,9 +62,15 @@ pub unsafe fn resume(state_fd: RawFd) -> Result<Started, ResumeError> {
     let own = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
     let Record { launch, seed, groups, endpoints, supervisor, previous, reply, .. } = record;
     let config = &launch.config;
-    let mut spawner = Spawner::new(config, &socket_names(config))?;
-    spawner.set_notify_socket(endpoints.notify_name.clone());
-    let notify = readiness::adopt(endpoints.notify_name.clone(), own(endpoints.notify))
+    let spawner = Spawner::new(config, &socket_names(config))?;
+    let notify = NotifyDir::adopt(endpoints.notify_dir.clone(), Identity::of(config));
+    let inboxes = supervisor
+        .workers()
+        .filter_map(|worker| Some((worker.pid, worker.notify.as_ref()?)))
+        .map(|(pid, socket)| {
+            Inbox::adopt(own(socket.fd), socket.path.clone(), notify.sender()).map(|i| (pid, i))
+        })
+        .collect::<Result<_, _>>()
         .map_err(ResumeError::Notify)?;
     let mut dispatchers = Vec::new();
     let mut listener_groups = Vec::new();
@@ -84,16 +90,15 @@ pub unsafe fn resume(state_fd: RawFd) -> Result<Started, ResumeError> {
         (0..).zip(&supervisor.slots).filter(|(_, slot)| slot.in_table).map(|(i, _)| i).collect();
     let table = (config.dispatch != DispatchMode::None && !in_table.is_empty())
         .then(|| table::build(seed, &in_table));
-    let setup = Setup { spawner, groups: listener_groups, dispatch, seed, table };
+    let setup = Setup { spawner, groups: listener_groups, dispatch, seed, table, notify };
     let control = UnixListener::from(own(endpoints.control));
     let metrics = endpoints.metrics.map(|fd| TcpListener::from(own(fd)));
     let reply = reply.map(|fd| UnixStream::from(own(fd)));
     let listen = config.listen.clone();
-    let supervisor = Supervisor::resume(setup, launch, supervisor, previous, reply);
+    let supervisor = Supervisor::resume(setup, launch, supervisor, inboxes, previous, reply);
     Ok(Started {
         supervisor: Arc::new(supervisor),
         control: (endpoints.control_path, control),
-        notify,
         metrics,
         accept: None,
         listen,
