@@ -4,7 +4,7 @@ use std::{
     fmt, fs,
     io::{self, IoSliceMut},
     os::{
-        fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd},
+        fd::{AsRawFd, OwnedFd, RawFd},
         unix::net::UnixDatagram,
     },
     path::{Path, PathBuf},
@@ -132,12 +132,18 @@ struct Datagram {
     length: usize,
     /// Longer than the buffer: cut.
     truncated: bool,
+    /// It carried file descriptors, which the kernel dropped: the control buffer has room for
+    /// the credentials only, so no descriptor of a worker ever enters the loader.
+    descriptors: bool,
 }
 
 /// Why a datagram does not count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Rejection {
     Oversized,
+    /// With descriptors, as `systemd-notify`'s `BARRIER=1`: dropping them on receipt is what
+    /// releases the barrier.
+    Descriptors,
     Anonymous,
     Foreign(u32),
 }
@@ -146,6 +152,7 @@ impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Oversized => write!(f, "longer than {MAX_DATAGRAM} bytes"),
+            Self::Descriptors => f.write_str("with file descriptors"),
             Self::Anonymous => f.write_str("without sender credentials"),
             Self::Foreign(uid) => write!(f, "from uid {uid}, neither the workers' nor root"),
         }
@@ -154,10 +161,11 @@ impl fmt::Display for Rejection {
 
 impl Datagram {
     /// Why it does not count, if it does not: for workers of uid `sender`, a datagram counts
-    /// if it is whole and comes from that uid or root.
+    /// if it is whole, carries no descriptors and comes from that uid or root.
     fn rejection(&self, sender: u32) -> Option<Rejection> {
         match self.uid {
             _ if self.truncated => Some(Rejection::Oversized),
+            _ if self.descriptors => Some(Rejection::Descriptors),
             None => Some(Rejection::Anonymous),
             Some(uid) if uid != sender && uid != 0 => Some(Rejection::Foreign(uid)),
             Some(_) => None,
@@ -171,23 +179,16 @@ fn receive_one(fd: RawFd, buffer: &mut [u8]) -> io::Result<Datagram> {
     let mut iov = [IoSliceMut::new(buffer)];
     let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC;
     let message = recvmsg::<()>(fd, &mut iov, Some(&mut cmsg), flags)?;
-    let mut uid = None;
-    for cmsg in message.cmsgs().into_iter().flatten() {
-        match cmsg {
-            ControlMessageOwned::ScmCredentials(credentials) => uid = Some(credentials.uid()),
-            ControlMessageOwned::ScmRights(fds) => {
-                // The buffer has no room for descriptors, but should any arrive: close them.
-                for fd in fds {
-                    // SAFETY: the kernel has just installed `fd` for this message; nothing
-                    // else in this process knows it.
-                    drop(unsafe { OwnedFd::from_raw_fd(fd) });
-                }
-            }
-            _ => {}
-        }
-    }
-    let truncated = message.flags.contains(MsgFlags::MSG_TRUNC);
-    Ok(Datagram { uid, length: message.bytes, truncated })
+    let uid = message.cmsgs().into_iter().flatten().find_map(|cmsg| match cmsg {
+        ControlMessageOwned::ScmCredentials(credentials) => Some(credentials.uid()),
+        _ => None,
+    });
+    Ok(Datagram {
+        uid,
+        length: message.bytes,
+        truncated: message.flags.contains(MsgFlags::MSG_TRUNC),
+        descriptors: message.flags.contains(MsgFlags::MSG_CTRUNC),
+    })
 }
 
 /// What one socket received in the current second.
@@ -213,8 +214,12 @@ impl Window {
         self.received += 1;
     }
 
-    /// Counts an ignored datagram; logs the first of each second.
+    /// Counts an ignored datagram; logs the first of each second (a barrier only at debug).
     fn ignore(&mut self, pid: u32, rejection: &Rejection) {
+        if *rejection == Rejection::Descriptors {
+            debug!(pid, "notify datagram with file descriptors (a barrier): dropped with them");
+            return;
+        }
         self.ignored += 1;
         if self.ignored == 1 {
             warn!(pid, %rejection, "notify datagram ignored");
@@ -224,7 +229,12 @@ impl Window {
 
 #[cfg(test)]
 mod tests {
-    use nix::unistd::{getegid, geteuid};
+    use std::io::IoSlice;
+
+    use nix::{
+        sys::socket::{ControlMessage, UnixAddr, sendmsg},
+        unistd::{getegid, geteuid},
+    };
     use tokio::sync::mpsc;
 
     use super::*;
@@ -232,16 +242,18 @@ mod tests {
 
     #[test]
     fn only_whole_datagrams_of_the_workers_user_or_root_count() {
-        let datagram = |uid, truncated| Datagram { uid, length: 7, truncated };
+        let datagram = |uid, truncated| Datagram { uid, length: 7, truncated, descriptors: false };
         assert_eq!(datagram(Some(65534), false).rejection(65534), None);
         assert_eq!(datagram(Some(0), false).rejection(65534), None);
         assert_eq!(datagram(Some(65533), false).rejection(65534), Some(Rejection::Foreign(65533)));
         assert_eq!(datagram(None, false).rejection(65534), Some(Rejection::Anonymous));
         assert_eq!(datagram(Some(65534), true).rejection(65534), Some(Rejection::Oversized));
+        let barrier = Datagram { descriptors: true, ..datagram(Some(65534), false) };
+        assert_eq!(barrier.rejection(65534), Some(Rejection::Descriptors));
     }
 
     #[tokio::test]
-    async fn a_worker_message_arrives_and_an_oversized_one_is_ignored() {
+    async fn a_message_arrives_an_oversized_one_is_ignored_and_a_barrier_released() {
         let path = std::env::temp_dir().join(format!("sticky-inbox-{}", std::process::id()));
         let me = Identity { user: "me".into(), uid: geteuid().as_raw(), gid: getegid().as_raw() };
         let mut dir = NotifyDir::create(path, me).unwrap();
@@ -251,12 +263,22 @@ mod tests {
         oversized.resize(MAX_DATAGRAM + 1, b'x');
         sender.send_to(&oversized, inbox.path()).unwrap();
         sender.send_to(b"READY=1\nSTATUS=up", inbox.path()).unwrap();
+        // A barrier, as systemd-notify sends: released once its descriptor is dropped.
+        let (barrier, write_end) = nix::unistd::pipe().unwrap();
+        let address = UnixAddr::new(inbox.path()).unwrap();
+        let fds = [write_end.as_raw_fd()];
+        let (message, rights) = ([IoSlice::new(b"BARRIER=1")], [ControlMessage::ScmRights(&fds)]);
+        sendmsg(sender.as_raw_fd(), &message, &rights, MsgFlags::empty(), Some(&address)).unwrap();
+        drop(write_end);
         let (notices, mut received) = mpsc::unbounded_channel();
         let reading = tokio::spawn(receive(inbox, 1, move |notice| {
             let _ = notices.send(notice);
         }));
         assert_eq!(received.recv().await, Some(Notice::Ready));
         assert_eq!(received.recv().await, Some(Notice::Status("up".into())));
+        let eof = tokio::task::spawn_blocking(move || nix::unistd::read(&barrier, &mut [0; 1]));
+        let eof = tokio::time::timeout(Duration::from_secs(10), eof).await;
+        assert_eq!(eof.expect("the barrier is released").unwrap(), Ok(0));
         reading.abort();
         dir.remove();
     }
