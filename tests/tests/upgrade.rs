@@ -11,7 +11,10 @@ use std::{
 };
 
 use sticky_tests::{Load, Sticky, in_netns, load_clients, sticky_bin};
-use sticky_user::control::{Request, Response, Status};
+use sticky_user::{
+    control::{Request, Response, Status},
+    upgrade::STATE_VERSION,
+};
 
 /// A directory the workers' user can read, holding a copy of the sticky binary that the test
 /// may replace; removed on drop.
@@ -118,11 +121,13 @@ fn a_binary_that_cannot_take_the_state_is_refused_and_changes_nothing() {
             Sticky::start_binary(&binary.sticky(), &["--listen", "127.0.0.1:3091", "-w", "2"]);
         sticky.wait_until_serving(2);
         let before = sticky.status();
+        let other_version =
+            format!("reads state versions [99], this loader writes {STATE_VERSION}");
         let refusals = [
             (
                 // A sticky of another state version.
                 "#!/bin/sh\necho '{\"version\":\"9.0.0\",\"build_id\":\"x\",\"state_versions\":[99]}'\n",
-                "reads state versions [99], this loader writes 1",
+                other_version.as_str(),
             ),
             ("#!/bin/sh\necho 'not sticky'\n", "it does not answer `resume --probe`"),
             ("#!/bin/sh\nexit 3\n", "`resume --probe` failed (exit status: 3)"),
