@@ -6,7 +6,7 @@
 //! connect to a socket before its permissions are set, and no name can be taken in advance.
 
 use std::{
-    ffi::{CString, OsStr},
+    ffi::OsStr,
     fs::{self, DirBuilder, Permissions},
     io,
     os::unix::{
@@ -15,50 +15,25 @@ use std::{
         net::UnixDatagram,
     },
     path::{Path, PathBuf},
-    thread,
 };
 
 use nix::{
     sys::socket::{setsockopt, sockopt::PassCred},
-    unistd::{User, getegid, geteuid},
+    unistd::geteuid,
 };
 use thiserror::Error;
 
-use super::inbox::Inbox;
-use crate::{config::RunConfig, path_error::PathError};
+use super::{
+    access::{Identity, grant_write, reachable},
+    inbox::Inbox,
+};
+use crate::path_error::PathError;
 
 /// Where sockets are bound before they get their permissions and their name.
 const STAGING: &str = ".new";
 
 /// The directory's mode: the workers' user may pass through it to its socket, not list it.
 const MODE: u32 = 0o711;
-
-/// The workers' user, the one the notify sockets let in.
-#[derive(Debug, Clone)]
-pub(crate) struct Identity {
-    /// Its name, for messages.
-    pub(crate) user: String,
-    /// Its uid.
-    pub(crate) uid: u32,
-    /// The workers' gid.
-    pub(crate) gid: u32,
-}
-
-impl Identity {
-    /// The workers' user and group in `config` (`--user`, `--group`), or the loader's own.
-    pub(crate) fn of(config: &RunConfig) -> Self {
-        match &config.credentials {
-            Some(credentials) => {
-                Self { user: credentials.user.clone(), uid: credentials.uid, gid: credentials.gid }
-            }
-            None => {
-                let uid = geteuid();
-                let user = User::from_uid(uid).ok().flatten().map_or(uid.to_string(), |u| u.name);
-                Self { user, uid: uid.as_raw(), gid: getegid().as_raw() }
-            }
-        }
-    }
-}
 
 /// Why the notify directory cannot be used.
 #[derive(Debug, Error)]
@@ -283,66 +258,9 @@ fn empty(path: &Path) -> Result<(), PathError> {
     Ok(())
 }
 
-/// Gives `uid` write permission (what connecting to a socket needs) on `path`, which this
-/// process owns: the POSIX ACL `user::rw-, user:UID:-w-, group::---, mask::-w-, other::---`.
-/// The file's owner may set it without CAP_FOWNER; tmpfs, ext4, xfs and btrfs support it.
-fn grant_write(path: &Path, uid: u32) -> io::Result<()> {
-    // The kernel's xattr form of an ACL (linux/posix_acl_xattr.h): a version, then entries
-    // (tag, permissions, id), little-endian, sorted by tag.
-    const VERSION: u32 = 2;
-    const UNDEFINED: u32 = u32::MAX;
-    let entries: [(u16, u16, u32); 5] = [
-        (0x01, 0o6, UNDEFINED), // ACL_USER_OBJ: the owner (the loader), rw
-        (0x02, 0o2, uid),       // ACL_USER: the workers' user, w
-        (0x04, 0, UNDEFINED),   // ACL_GROUP_OBJ: nothing
-        (0x10, 0o2, UNDEFINED), // ACL_MASK: at most w for named entries
-        (0x20, 0, UNDEFINED),   // ACL_OTHER: nothing
-    ];
-    let mut value = VERSION.to_le_bytes().to_vec();
-    for (tag, permissions, id) in entries {
-        value.extend(tag.to_le_bytes());
-        value.extend(permissions.to_le_bytes());
-        value.extend(id.to_le_bytes());
-    }
-    let path = CString::new(path.as_os_str().as_bytes())?;
-    // SAFETY: both names are NUL-terminated strings and `value` is valid for its length.
-    let ret = unsafe {
-        libc::lsetxattr(
-            path.as_ptr(),
-            c"system.posix_acl_access".as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if ret == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
-}
-
-/// Whether `workers` may send to the socket at `path`: a thread whose file-system ids are
-/// theirs (setfsuid, setfsgid: CAP_SETUID, CAP_SETGID, which starting them as that user needs
-/// anyway) connects to it. The kernel checks every directory on the way and the ACL.
-fn reachable(path: &Path, workers: &Identity) -> io::Result<()> {
-    let connect = || {
-        // SAFETY: setfsgid(2) and setfsuid(2) change this thread's file-system ids only (the C
-        // library does not apply them to other threads), and the thread ends right after.
-        unsafe {
-            libc::setfsgid(workers.gid);
-            libc::setfsuid(workers.uid);
-        }
-        // setfsuid returns the previous id even when it fails: an invalid id asks which it is.
-        // SAFETY: as above; an invalid id changes nothing.
-        if unsafe { libc::setfsuid(u32::MAX) } as u32 != workers.uid {
-            return Err(io::Error::from(io::ErrorKind::PermissionDenied));
-        }
-        UnixDatagram::unbound()?.connect(path)
-    };
-    thread::scope(|scope| scope.spawn(connect).join())
-        .unwrap_or_else(|_| Err(io::Error::other("the check panicked")))
-}
-
 #[cfg(test)]
 mod tests {
-    use nix::unistd::Uid;
+    use nix::unistd::{Uid, getegid};
 
     use super::*;
 
@@ -421,22 +339,5 @@ mod tests {
         let err = NotifyDir::create(path.clone(), me()).unwrap_err();
         assert!(matches!(err, NotifyDirError::Foreign { owner: 65533, .. }), "{err}");
         fs::remove_dir(&path).unwrap();
-    }
-
-    #[test]
-    fn as_root_a_socket_reaches_the_workers_user_and_nobody_else() {
-        if !root() {
-            eprintln!("skipped: needs root to take another user's file-system ids");
-            return;
-        }
-        let path = scratch("acl");
-        let nobody = Identity { user: "nobody".into(), uid: 65534, gid: 65534 };
-        let mut dir = NotifyDir::create(path.clone(), nobody.clone()).unwrap();
-        let inbox = dir.bind(0).unwrap();
-        reachable(inbox.path(), &nobody).unwrap();
-        let other = Identity { user: "other".into(), uid: 65533, gid: 65533 };
-        let err = reachable(inbox.path(), &other).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
-        dir.remove();
     }
 }

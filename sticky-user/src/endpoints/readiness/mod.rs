@@ -19,11 +19,13 @@
 //! kernel's queue of that socket (`net.unix.max_dgram_qlen` datagrams, charged to their sender),
 //! so a flood on one socket costs the loader little and delays no other worker.
 
+mod access;
 mod dir;
 mod inbox;
 
 pub(crate) use self::{
-    dir::{Identity, NotifyDir, NotifyDirError, location},
+    access::Identity,
+    dir::{NotifyDir, NotifyDirError, location},
     inbox::{Inbox, receive},
 };
 
