@@ -175,6 +175,27 @@ fn a_notify_directory_others_could_write_to_is_refused_and_a_stale_one_emptied()
     });
 }
 
+#[test]
+fn a_notify_directory_the_workers_user_cannot_reach_is_refused_at_start() {
+    in_netns(|| {
+        // The control socket (and so the notify directory) in a directory only root may enter.
+        let state = StateDir::new();
+        fs::create_dir_all(&state.0).unwrap();
+        fs::set_permissions(&state.0, fs::Permissions::from_mode(0o700)).unwrap();
+        let exit =
+            Sticky::start_with_state(&state, &["--listen", "127.0.0.1:3106", "-w", "2"]).wait();
+        assert!(!exit.status.success(), "{}", exit.log);
+        let notify_dir = state.0.join("control.sock.notify");
+        let expected = format!(
+            "sticky: error: the workers' user nobody cannot reach their notify socket in {}: \
+             Permission denied (os error 13)",
+            notify_dir.display()
+        );
+        assert_eq!(exit.errors(), [expected], "{}", exit.log);
+        assert!(!notify_dir.exists(), "the unusable notify directory is left behind");
+    });
+}
+
 /// A python worker that says READY=1 once listening; in slot 0, it then starts a child that
 /// floods its notify socket as fast as it can (status lines, watchdog pings, READY=1, 8 KiB
 /// datagrams), counting what the socket took and refused into a file in `argv[1]`.

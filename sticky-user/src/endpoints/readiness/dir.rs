@@ -138,7 +138,8 @@ impl NotifyDir {
         fs::set_permissions(&path, Permissions::from_mode(MODE))
             .map_err(PathError::at("chmod", &path))?;
         let mut dir = Self { path, workers, owner, next: 0 };
-        dir.trial()?;
+        // A directory no worker could use is not left behind.
+        dir.trial().inspect_err(|_| dir.remove())?;
         Ok(dir)
     }
 
