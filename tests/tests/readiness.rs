@@ -282,7 +282,8 @@ const http = require('node:http');
 const path = require('node:path');
 const { execFile } = require('node:child_process');
 const dir = process.argv[2];
-const flags = () => fs.existsSync(path.join(dir, 'no-block')) ? ['--ready', '--no-block'] : ['--ready'];
+const blocks = () => !fs.existsSync(path.join(dir, 'no-block'));
+const flags = () => blocks() ? ['--ready'] : ['--ready', '--no-block'];
 const notify = () => execFile('systemd-notify', flags(), (err) => {
   if (err) { console.error(`systemd-notify: ${err.message}`); process.exit(1); }
   fs.writeFileSync(path.join(dir, `${process.pid}`), '');

@@ -14,10 +14,12 @@
 //! is dropped. Workers of all slots share one user, so one worker can reach another's socket,
 //! as it can signal or trace it.
 //!
-//! Bounds. A datagram longer than [`inbox::MAX_DATAGRAM`] bytes is ignored. Each socket is read by a
-//! task of its own, at most [`inbox::MAX_PER_SECOND`] datagrams a second; the rest wait in the
-//! kernel's queue of that socket (`net.unix.max_dgram_qlen` datagrams, charged to their sender),
-//! so a flood on one socket costs the loader little and delays no other worker.
+//! Bounds. A datagram longer than [`inbox::MAX_DATAGRAM`] bytes is ignored, and so is one with
+//! file descriptors, which the kernel drops (that releases `systemd-notify`'s `BARRIER=1`).
+//! Each socket is read by a task of its own, at most [`inbox::MAX_PER_SECOND`] datagrams a
+//! second; the rest wait in the kernel's queue of that socket (`net.unix.max_dgram_qlen`
+//! datagrams, charged to their sender), so a flood on one socket costs the loader little and
+//! delays no other worker.
 
 mod access;
 mod dir;
