@@ -19,7 +19,7 @@ use crate::{
     dispatch::Dispatch,
     endpoints::{
         control::{self, ControlError},
-        readiness::{self, NotifySocket},
+        readiness::{self, Identity, NotifyDir, NotifyDirError},
     },
     fd_store::{self, Inherited},
     kernel::{DispatchError, Dispatcher, table},
@@ -66,9 +66,9 @@ pub enum StartupError {
         #[source]
         source: io::Error,
     },
-    /// The workers' notify socket could not be bound.
-    #[error("cannot bind the workers' notify socket")]
-    Notify(#[source] io::Error),
+    /// The workers' notify directory cannot be used.
+    #[error(transparent)]
+    Notify(#[from] NotifyDirError),
     /// Userspace dispatch's sockets could not be made.
     #[error("cannot set up userspace dispatch")]
     Handoff(#[source] io::Error),
@@ -111,7 +111,6 @@ impl Launch {
 pub struct Started {
     pub(crate) supervisor: Arc<Supervisor>,
     pub(crate) control: (PathBuf, std::os::unix::net::UnixListener),
-    pub(crate) notify: NotifySocket,
     pub(crate) metrics: Option<TcpListener>,
     /// Userspace dispatch: what the loader's accept loop needs.
     pub(crate) accept: Option<Accept>,
@@ -138,10 +137,8 @@ pub fn start(launch: Launch, inherited: Inherited) -> Result<Started, StartupErr
     if userspace {
         config.environment.insert(handoff::STICKY_HANDOFF.into(), "1".into());
     }
-    let mut spawner = Spawner::new(&config, &socket_names(&config))?;
+    let spawner = Spawner::new(&config, &socket_names(&config))?;
     spawner.check()?;
-    let notify = readiness::bind().map_err(StartupError::Notify)?;
-    spawner.set_notify_socket(notify.name.clone());
     // Userspace dispatch: one socket per address, accepted on by the loader.
     let sockets_per_address = if userspace { 1 } else { config.workers };
     let adopted = inherited.adopt(&config.listen, sockets_per_address);
@@ -191,12 +188,13 @@ pub fn start(launch: Launch, inherited: Inherited) -> Result<Started, StartupErr
                 .map_err(|source| StartupError::Metrics { address, source })
         })
         .transpose()?;
+    // Last: once the control socket is this loader's, no other loader uses the directory.
+    let notify = NotifyDir::create(readiness::location(&config.control), Identity::of(&config))?;
 
-    let setup = Setup { spawner, groups, dispatch, seed, table: in_use };
+    let setup = Setup { spawner, groups, dispatch, seed, table: in_use, notify };
     Ok(Started {
         supervisor: Arc::new(Supervisor::new(setup, launch)),
         control: (config.control, control),
-        notify,
         metrics,
         accept,
         listen: config.listen,
@@ -218,7 +216,6 @@ impl Started {
                 .map(tokio::net::TcpListener::from_std)
                 .transpose()
                 .map_err(io_error)?,
-            notify: self.notify,
         };
         if let Some(accept) = self.accept {
             let listeners = accept

@@ -176,7 +176,14 @@ impl Sticky {
 
     /// Starts `sticky run --state-dir STATE ARGS` as deployed.
     pub fn start_with_state(state: &StateDir, args: &[&str]) -> Self {
-        let mut sticky = Self::spawn(Self::command(&sticky_bin(), state, args));
+        Self::start_with_state_env(state, args, &[])
+    }
+
+    /// Like [`Sticky::start_with_state`], with extra environment.
+    pub fn start_with_state_env(state: &StateDir, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Self::command(&sticky_bin(), state, args);
+        command.envs(env.iter().copied());
+        let mut sticky = Self::spawn(command);
         sticky.control = Some(state.control());
         sticky
     }

@@ -72,6 +72,30 @@ fn the_installed_service_starts_reloads_restarts_and_stops_under_a_real_systemd(
         assert!(status_text.contains("3 workers on [::]:80"), "StatusText={status_text}");
         wait_until_serving(&container);
 
+        // Each worker has a notify socket of its own in the unit's runtime directory, which the
+        // workers' user reaches and another user does not.
+        assert_eq!(container.ok(&["stat", "-c", "%a %U", "/run/sticky/web/notify"]).trim(), "711 root");
+        let notify = |pid: u32, uid: &str, message: &str| {
+            let environ = container.ok(&["cat", &format!("/proc/{pid}/environ")]);
+            let socket = environ.split('\0').find_map(|var| var.strip_prefix("NOTIFY_SOCKET="));
+            let socket = socket.expect("NOTIFY_SOCKET").to_owned();
+            assert!(socket.starts_with("/run/sticky/web/notify/"), "{socket}");
+            let ids = [format!("--reuid={uid}"), format!("--regid={uid}")];
+            let env = format!("NOTIFY_SOCKET={socket}");
+            let sender = ["env", &env, "setpriv", &ids[0], &ids[1], "--clear-groups"];
+            container.run(&[&sender[..], &["systemd-notify", "--no-block", message]].concat())
+        };
+        for pid in worker_pids(&container) {
+            let refused = notify(pid, "65533", "STATUS=from another user");
+            let stderr = String::from_utf8_lossy(&refused.stderr);
+            assert!(!refused.status.success() && stderr.contains("Permission denied"), "{stderr}");
+            let sent = notify(pid, "65534", "STATUS=from nobody");
+            assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+        }
+        eventually("each worker's STATUS= arrives", || {
+            status(&container).slots.iter().all(|s| s.status.as_deref() == Some("from nobody"))
+        });
+
         // Each client address always reaches the same worker.
         for client in clients.iter().take(8) {
             let workers: HashSet<u32> = (0..4)

@@ -14,7 +14,10 @@ use std::{
 };
 
 use sticky_tests::{Failure, Load, Sticky, in_netns, load_clients, sticky_bin};
-use sticky_user::control::{Request, Response, Status};
+use sticky_user::{
+    control::{Request, Response, Status},
+    upgrade::STATE_VERSION,
+};
 
 /// The test double of a new sticky build (tests/src/bin/sticky-double.rs).
 const DOUBLE: &str = env!("CARGO_BIN_EXE_sticky-double");
@@ -194,8 +197,10 @@ fn a_binary_that_cannot_take_the_state_is_refused_and_changes_nothing() {
             Sticky::start_binary(&binary.sticky(), &["--listen", "127.0.0.1:3091", "-w", "2"]);
         sticky.wait_until_serving(2);
         let before = sticky.status();
+        let other_version =
+            format!("reads state versions [99], this loader writes {STATE_VERSION}");
         let refusals = [
-            ("other-version", "reads state versions [99], this loader writes 1"),
+            ("other-version", other_version.as_str()),
             ("not-sticky", "it does not answer `resume --probe`"),
             ("exit-3", "`resume --probe` failed (exit status: 3)"),
         ];

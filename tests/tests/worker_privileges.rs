@@ -62,10 +62,10 @@ fn check_workers(sticky: &Sticky, uid: u32, groups: &[u32]) {
 
 /// What sticky's own environment may hold under systemd or a developer's shell, and one
 /// variable of the application's (`KEEP_ME`), which workers keep.
-const LOADER_ENVIRONMENT: [(&str, &str); 7] = [
+/// (`RUNTIME_DIRECTORY` would place the notify sockets; the container test has it from systemd.)
+const LOADER_ENVIRONMENT: [(&str, &str); 6] = [
     ("FDSTORE", "0"),
     ("STATE_DIRECTORY", "/var/lib/sticky/x"),
-    ("RUNTIME_DIRECTORY", "/run/sticky/x"),
     ("STICKY_LOG", "info"),
     ("STICKY_HANDOFF", "1"),
     ("SYSTEMD_EXEC_PID", "1"),

@@ -58,8 +58,6 @@ pub struct Spawner {
     credentials: Option<Credentials>,
     /// The identity a child takes before exec, when it is not the loader's own.
     identity: Option<Identity>,
-    /// The workers' `NOTIFY_SOCKET`, once the loader has bound it.
-    notify_socket: Option<String>,
     /// The workers' watchdog interval, if any.
     watchdog: Option<std::time::Duration>,
 }
@@ -88,7 +86,6 @@ impl Spawner {
                 .map_err(|_| SpawnError::NulByte)?,
             credentials: config.credentials.clone(),
             identity: config.credentials.as_ref().and_then(Identity::switch_to),
-            notify_socket: None,
             watchdog: config.policy.worker_watchdog,
         })
     }
@@ -102,11 +99,6 @@ impl Spawner {
     /// started from, which the state record carries).
     pub fn set_executable(&mut self, path: PathBuf) {
         self.sticky = path;
-    }
-
-    /// Gives the workers `NOTIFY_SOCKET=socket` (the loader's readiness socket).
-    pub fn set_notify_socket(&mut self, socket: String) {
-        self.notify_socket = Some(socket);
     }
 
     /// Checks that a worker can be started: the `exec-worker` shim runs as the workers' user in
@@ -135,9 +127,15 @@ impl Spawner {
     }
 
     /// Starts the worker for `slot` of `slots`, with `fds` (one listening socket per listen
-    /// address) at fd 3 onwards. Returns its pid: the caller waits for it (it is not reaped
-    /// otherwise).
-    pub fn spawn(&self, slot: u32, slots: u32, fds: Vec<RawFd>) -> io::Result<u32> {
+    /// address) at fd 3 onwards and its own readiness socket at `notify_socket`. Returns its
+    /// pid: the caller waits for it (it is not reaped otherwise).
+    pub fn spawn(
+        &self,
+        slot: u32,
+        slots: u32,
+        fds: Vec<RawFd>,
+        notify_socket: &Path,
+    ) -> io::Result<u32> {
         let loader = std::process::id();
         let mut command = self.shim();
         for (name, _) in std::env::vars_os() {
@@ -155,9 +153,7 @@ impl Spawner {
             .envs(&self.environment)
             .stdin(Stdio::null())
             .process_group(0);
-        if let Some(socket) = &self.notify_socket {
-            command.env(NOTIFY_SOCKET, socket);
-        }
+        command.env(NOTIFY_SOCKET, notify_socket);
         if let Some(watchdog) = self.watchdog {
             // The shim adds WATCHDOG_PID, as it does LISTEN_PID.
             command.env(WATCHDOG_USEC, watchdog.as_micros().to_string());

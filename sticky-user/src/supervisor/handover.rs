@@ -1,13 +1,17 @@
 //! The supervisor's state as the upgrade record carries it, and back: slots, restart counters,
-//! in-table flags, and the workers, adopted by pid in the new image.
+//! in-table flags, and the workers, adopted by pid in the new image with their notify sockets.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
+    os::fd::AsRawFd as _,
     time::{Duration, Instant},
 };
 
 use super::state::{Progress, Slot, State, Worker};
-use crate::upgrade::{SlotRecord, SupervisorRecord, WorkerRecord};
+use crate::{
+    endpoints::readiness::Inbox,
+    upgrade::{NotifyRecord, SlotRecord, SupervisorRecord, WorkerRecord},
+};
 
 impl State {
     /// The slots and workers, for the next image.
@@ -19,8 +23,8 @@ impl State {
             retiring: self
                 .live
                 .iter()
-                .map(|w| w.pid)
-                .filter(|pid| !current.contains(pid))
+                .filter(|worker| !current.contains(&worker.pid))
+                .map(Worker::handover)
                 .collect(),
             next_slot_id: self.next_slot_id,
             last_reload: self.last_reload.clone(),
@@ -29,14 +33,16 @@ impl State {
     }
 
     /// Takes over what an earlier image handed over: its slots, with their workers adopted,
-    /// and the workers still retiring (in `live` only, until they exit).
-    pub(super) fn adopt(&mut self, record: SupervisorRecord) {
+    /// and the workers still retiring (in `live` only, until they exit); each worker with its
+    /// notify socket from `inboxes`.
+    pub(super) fn adopt(&mut self, record: SupervisorRecord, mut inboxes: HashMap<u32, Inbox>) {
         let now = Instant::now();
-        self.slots = record.slots.into_iter().map(|slot| Slot::adopt(slot, now)).collect();
+        self.slots =
+            record.slots.into_iter().map(|slot| Slot::adopt(slot, now, &mut inboxes)).collect();
         self.live = record
             .retiring
             .into_iter()
-            .map(|pid| Worker::adopted(pid, Duration::ZERO, true, None))
+            .map(|worker| Worker::adopt(worker, &mut inboxes))
             .chain(self.slots.iter().flat_map(|slot| slot.worker.clone()))
             .collect();
         self.next_slot_id = record.next_slot_id;
@@ -49,12 +55,7 @@ impl Slot {
     fn handover(&self, now: Instant) -> SlotRecord {
         SlotRecord {
             id: self.id,
-            worker: self.worker.as_ref().map(|worker| WorkerRecord {
-                pid: worker.pid,
-                uptime_secs: worker.started.elapsed().as_secs_f64(),
-                ready: worker.is_ready(),
-                status: worker.status(),
-            }),
+            worker: self.worker.as_ref().map(Worker::handover),
             restarts: self.restarts,
             exit_ages_secs: self.exits.iter().map(|&exit| (now - exit).as_secs_f64()).collect(),
             in_table: self.in_table,
@@ -65,19 +66,12 @@ impl Slot {
         }
     }
 
-    fn adopt(record: SlotRecord, now: Instant) -> Self {
+    fn adopt(record: SlotRecord, now: Instant, inboxes: &mut HashMap<u32, Inbox>) -> Self {
         let ago =
             |secs: f64| now.checked_sub(Duration::from_secs_f64(secs.max(0.0))).unwrap_or(now);
         Slot {
             id: record.id,
-            worker: record.worker.map(|w| {
-                Worker::adopted(
-                    w.pid,
-                    Duration::from_secs_f64(w.uptime_secs.max(0.0)),
-                    w.ready,
-                    w.status,
-                )
-            }),
+            worker: record.worker.map(|worker| Worker::adopt(worker, inboxes)),
             restarts: record.restarts,
             exits: record.exit_ages_secs.into_iter().map(ago).collect::<VecDeque<_>>(),
             in_table: record.in_table,
@@ -88,5 +82,26 @@ impl Slot {
             was_ready: record.was_ready,
             progress: Progress { accepted: 0, at: now },
         }
+    }
+}
+
+impl Worker {
+    fn handover(&self) -> WorkerRecord {
+        WorkerRecord {
+            pid: self.pid,
+            uptime_secs: self.started.elapsed().as_secs_f64(),
+            ready: self.is_ready(),
+            status: self.status(),
+            notify: self
+                .inbox
+                .as_ref()
+                .map(|inbox| NotifyRecord { fd: inbox.as_raw_fd(), path: inbox.path().to_owned() }),
+        }
+    }
+
+    fn adopt(record: WorkerRecord, inboxes: &mut HashMap<u32, Inbox>) -> Self {
+        let uptime = Duration::from_secs_f64(record.uptime_secs.max(0.0));
+        let inbox = inboxes.remove(&record.pid);
+        Worker::adopted(record.pid, uptime, record.ready, record.status, inbox)
     }
 }

@@ -35,10 +35,10 @@ use tokio::{
 use tracing::{error, info};
 
 pub use self::error::SupervisorError;
+pub(crate) use self::upgrade::Resumed;
 use self::{
     state::{State, lock},
-    upgrade::Resumed,
-    workers::{apply_notifications, start_worker, terminate, track},
+    workers::{start_worker, terminate, track},
 };
 use crate::{
     dispatch::Dispatch,
@@ -46,7 +46,7 @@ use crate::{
         Loader,
         control::{self, LoaderInfo, Request, Response, Status},
         metrics, notify,
-        readiness::NotifySocket,
+        readiness::NotifyDir,
     },
     identity,
     kernel::{Counters, Dispatcher},
@@ -68,14 +68,14 @@ pub struct Setup {
     pub table: Option<Box<Table>>,
     /// The hash seed, from which the lookup table is rebuilt when slots change.
     pub seed: u64,
+    /// Where the workers' notify sockets are bound.
+    pub(crate) notify: NotifyDir,
 }
 
 /// What the supervisor serves besides the workers.
 pub struct Endpoints {
     /// The control socket and its path (removed at exit).
     pub control: (PathBuf, UnixListener),
-    /// The workers' notify socket and what they send to it.
-    pub(crate) notify: NotifySocket,
     /// The metrics listener.
     pub metrics: Option<TcpListener>,
 }
@@ -161,10 +161,8 @@ impl Supervisor {
             control: control_listener.as_raw_fd(),
             control_path: control_path.clone(),
             metrics: endpoints.metrics.as_ref().map(|listener| listener.as_raw_fd()),
-            notify: endpoints.notify.fd,
-            notify_name: endpoints.notify.name.clone(),
+            notify_dir: self.state().notify.path().to_owned(),
         });
-        tokio::spawn(apply_notifications(self.shared.clone(), endpoints.notify.notifications));
         self.start_workers();
         tokio::spawn(control::serve(control_listener, self.clone()));
         if let Some(listener) = endpoints.metrics {
@@ -227,8 +225,8 @@ impl Supervisor {
         }
     }
 
-    /// Stops the workers, detaches the programs and removes the control socket; returns the
-    /// final counters.
+    /// Stops the workers, detaches the programs and removes the control socket and the notify
+    /// directory; returns the final counters.
     async fn shut_down(&self, control_path: PathBuf) -> Result<Vec<Counters>, SupervisorError> {
         notify::stopping();
         self.stop_workers().await;
@@ -254,6 +252,7 @@ impl Supervisor {
             }
         }
         let _ = std::fs::remove_file(control_path);
+        state.notify.remove();
         notify::flush(Duration::from_secs(1));
         Ok(counters)
     }

@@ -17,7 +17,10 @@ use super::{Setup, error::SupervisorError, worker::Exit};
 use crate::{
     config::WorkerPolicy,
     dispatch::Dispatch,
-    endpoints::control::{LoaderInfo, ReloadOutcome, SlotStatus, Status},
+    endpoints::{
+        control::{LoaderInfo, ReloadOutcome, SlotStatus, Status},
+        readiness::NotifyDir,
+    },
     fd_store,
     kernel::{Counters, DispatchError, Dispatcher, table},
     listeners::ListenerGroup,
@@ -32,6 +35,8 @@ pub(super) const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
 pub(super) struct State {
     pub(super) spawner: Spawner,
+    /// Where each worker's notify socket is bound.
+    pub(super) notify: NotifyDir,
     pub(super) groups: Vec<ListenerGroup>,
     pub(super) dispatch: Dispatch,
     pub(super) seed: u64,
@@ -81,9 +86,10 @@ pub(super) struct Progress {
 impl State {
     /// The state of a loader that has set up `setup`, with no slots yet.
     pub(super) fn new(setup: Setup, policy: WorkerPolicy) -> Self {
-        let Setup { spawner, groups, dispatch, seed, table } = setup;
+        let Setup { spawner, groups, dispatch, seed, table, notify } = setup;
         Self {
             spawner,
+            notify,
             groups,
             dispatch,
             seed,

@@ -2,9 +2,12 @@
 //! binary, write the record and exec; in the new image (or the old one again, after a
 //! rollback), go on from the record and answer the one who asked.
 
-use std::os::{
-    fd::{AsRawFd as _, RawFd},
-    unix::net::UnixStream,
+use std::{
+    collections::HashMap,
+    os::{
+        fd::{AsRawFd as _, RawFd},
+        unix::net::UnixStream,
+    },
 };
 
 use tracing::{error, info};
@@ -15,6 +18,7 @@ use crate::{
     endpoints::{
         control::{self, LoaderInfo, ReloadOutcome, Response},
         notify,
+        readiness::Inbox,
     },
     startup::Launch,
     upgrade::{self, GroupRecord, Image, Record, SupervisorRecord, UpgradeError},
@@ -32,19 +36,20 @@ pub(crate) struct Resumed {
 
 impl Supervisor {
     /// A supervisor that goes on where an earlier image of this loader stopped: its slots and
-    /// workers from `record`, and the `sticky upgrade` connection to answer. After a rollback
-    /// (`rollback` says why), this image is the one that ran before: same start, same count.
+    /// workers from `record` (their notify sockets in `inboxes`, by pid), and the
+    /// `sticky upgrade` connection to answer. After a rollback (`rollback` says why), this image
+    /// is the one that ran before: same start, same count.
     pub(crate) fn resume(
         setup: Setup,
         launch: Launch,
         record: SupervisorRecord,
-        previous: LoaderInfo,
-        reply: Option<UnixStream>,
-        rollback: Option<String>,
+        inboxes: HashMap<u32, Inbox>,
+        resumed: Resumed,
     ) -> Self {
+        let Resumed { previous, reply, rollback } = resumed;
         let mut state = State::new(setup, launch.config.policy);
         let upgrades = record.upgrades;
-        state.adopt(record);
+        state.adopt(record, inboxes);
         let mut supervisor = Self::with_state(state, launch);
         if rollback.is_some() {
             supervisor.state().upgrades = upgrades;

@@ -9,11 +9,15 @@ use std::{
 
 use tokio::{sync::watch, time::timeout};
 
+use crate::endpoints::readiness::Inbox;
+
 /// A worker process the supervisor started; clones share its state.
 #[derive(Clone)]
 pub(super) struct Worker {
     pub(super) pid: u32,
     pub(super) started: Instant,
+    /// Its notify socket (`NOTIFY_SOCKET`), removed once no clone holds it.
+    pub(super) inbox: Option<Arc<Inbox>>,
     shared: Arc<Shared>,
 }
 
@@ -68,21 +72,28 @@ impl fmt::Display for NotReady {
 }
 
 impl Worker {
-    /// A worker just started as `pid`.
-    pub(super) fn new(pid: u32) -> Self {
-        Self::adopted(pid, Duration::ZERO, false, None)
+    /// A worker just started as `pid`, with notify socket `inbox`.
+    pub(super) fn new(pid: u32, inbox: Inbox) -> Self {
+        Self::adopted(pid, Duration::ZERO, false, None, Some(inbox))
     }
 
     /// A worker that has run for `uptime` already (started before an upgrade), ready or not,
-    /// with its last `STATUS=`.
-    pub(super) fn adopted(pid: u32, uptime: Duration, ready: bool, status: Option<String>) -> Self {
+    /// with its last `STATUS=` and its notify socket.
+    pub(super) fn adopted(
+        pid: u32,
+        uptime: Duration,
+        ready: bool,
+        status: Option<String>,
+        inbox: Option<Inbox>,
+    ) -> Self {
         let now = Instant::now();
         let shared = Shared {
             ready: watch::Sender::new(ready),
             exit: watch::Sender::new(None),
             notes: Mutex::new(Notes { status, fed: now }),
         };
-        Self { pid, started: now.checked_sub(uptime).unwrap_or(now), shared: Arc::new(shared) }
+        let started = now.checked_sub(uptime).unwrap_or(now);
+        Self { pid, started, inbox: inbox.map(Arc::new), shared: Arc::new(shared) }
     }
 
     /// Records how it ended (once reaped).

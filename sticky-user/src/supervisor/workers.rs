@@ -11,11 +11,8 @@ use nix::{
     sys::signal::{Signal, killpg},
     unistd::Pid,
 };
-use tokio::{
-    sync::mpsc::UnboundedReceiver,
-    time::{sleep, timeout},
-};
-use tracing::{debug, error, info, warn};
+use tokio::time::{sleep, timeout};
+use tracing::{error, info, warn};
 
 use super::{
     reaper::{Exiting, kill_and_reap},
@@ -24,7 +21,7 @@ use super::{
 };
 use crate::{
     config::{ReadyMode, WorkerPolicy},
-    endpoints::readiness::{Notice, Notification},
+    endpoints::readiness::{self, Notice},
 };
 
 /// The longest delay between restarts.
@@ -60,8 +57,9 @@ pub(super) fn spawn_worker(
 ) -> io::Result<Worker> {
     let fds = state.inherited_fds(index);
     let slots = state.slots.len() as u32;
-    let pid = state.spawner.spawn(index as u32, slots, fds)?;
-    let worker = Worker::new(pid);
+    let inbox = state.notify.bind(index)?;
+    let pid = state.spawner.spawn(index as u32, slots, fds, inbox.path())?;
+    let worker = Worker::new(pid, inbox);
     if let Err(err) = track(shared, state, &worker, Some(index)) {
         kill_and_reap(pid);
         return Err(err);
@@ -71,8 +69,9 @@ pub(super) fn spawn_worker(
 }
 
 /// Watches `worker`, just started or adopted from before an upgrade: its exit goes to
-/// [`on_exit`], its readiness (delay mode) and its health to slot `index` (none for a worker
-/// of a removed slot that is still finishing).
+/// [`on_exit`], what it sends to its notify socket to [`apply`] while it lives, its readiness
+/// (delay mode) and its health to slot `index` (none for a worker of a removed slot that is
+/// still finishing).
 pub(super) fn track(
     shared: &Arc<Mutex<State>>,
     state: &mut State,
@@ -87,6 +86,16 @@ pub(super) fn track(
         ended.exited(exit.clone());
         on_exit(&waiter, &ended, exit);
     });
+    if let Some(inbox) = worker.inbox.clone() {
+        let (shared, worker) = (shared.clone(), worker.clone());
+        tokio::spawn(async move {
+            let apply = |notice| apply(&shared, &worker, notice);
+            tokio::select! {
+                () = readiness::receive(inbox, worker.pid, apply) => {}
+                () = worker.wait() => {}
+            }
+        });
+    }
     if state.policy.ready == ReadyMode::Delay && !worker.is_ready() {
         let (shared, starting, delay) = (shared.clone(), worker.clone(), state.policy.ready_delay);
         tokio::spawn(async move {
@@ -130,28 +139,12 @@ pub(super) fn became_ready(shared: &Arc<Mutex<State>>, worker: &Worker) {
     }
 }
 
-/// Applies what workers (or their descendants) send to the notify socket, until the loader
-/// stops.
-pub(super) async fn apply_notifications(
-    shared: Arc<Mutex<State>>,
-    mut notifications: UnboundedReceiver<Notification>,
-) {
-    while let Some(Notification { lineage, notices }) = notifications.recv().await {
-        let worker = {
-            let state = lock(&shared);
-            lineage.iter().find_map(|&pid| state.live.iter().find(|w| w.pid == pid).cloned())
-        };
-        let Some(worker) = worker else {
-            debug!(?lineage, "notification from a process that is not a worker: ignored");
-            continue;
-        };
-        for notice in notices {
-            match notice {
-                Notice::Ready => became_ready(&shared, &worker),
-                Notice::Status(status) => worker.set_status(status),
-                Notice::Watchdog => worker.feed(),
-            }
-        }
+/// Applies what `worker` (or a process it started) sent to its notify socket.
+fn apply(shared: &Arc<Mutex<State>>, worker: &Worker, notice: Notice) {
+    match notice {
+        Notice::Ready => became_ready(shared, worker),
+        Notice::Status(status) => worker.set_status(status),
+        Notice::Watchdog => worker.feed(),
     }
 }
 

@@ -28,7 +28,9 @@ pub(crate) use self::{
     exec::{exec, handled_signals},
     image::{Image, open_running},
     probe::probe,
-    record::{EndpointFds, GroupRecord, Record, SlotRecord, SupervisorRecord, WorkerRecord},
+    record::{
+        EndpointFds, GroupRecord, NotifyRecord, Record, SlotRecord, SupervisorRecord, WorkerRecord,
+    },
 };
 pub use self::{
     probe::{ProbeAnswer, check_record},

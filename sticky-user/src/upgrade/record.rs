@@ -23,7 +23,10 @@ use crate::{
 };
 
 /// The shape of [`Record`] this binary writes and reads. A change of shape takes a new number.
-pub const STATE_VERSION: u32 = 1;
+///
+/// 2: a notify socket per worker (`WorkerRecord::notify`, retiring workers as `WorkerRecord`s,
+/// `EndpointFds::notify_dir`) instead of one for all.
+pub const STATE_VERSION: u32 = 2;
 
 /// Everything the new image needs to go on where the old one stopped.
 #[derive(Debug, Serialize, Deserialize)]
@@ -36,7 +39,7 @@ pub(crate) struct Record {
     pub(crate) seed: u64,
     /// The listening sockets and attached programs, per listen address.
     pub(crate) groups: Vec<GroupRecord>,
-    /// The control, metrics and worker notify sockets.
+    /// The control and metrics sockets, and the workers' notify directory.
     pub(crate) endpoints: EndpointFds,
     /// The supervisor's slots and workers.
     pub(crate) supervisor: SupervisorRecord,
@@ -80,9 +83,8 @@ pub(crate) struct EndpointFds {
     pub(crate) control: RawFd,
     pub(crate) control_path: PathBuf,
     pub(crate) metrics: Option<RawFd>,
-    pub(crate) notify: RawFd,
-    /// The workers' `NOTIFY_SOCKET`.
-    pub(crate) notify_name: String,
+    /// Where the workers' notify sockets are.
+    pub(crate) notify_dir: PathBuf,
 }
 
 /// The supervisor's state.
@@ -90,7 +92,7 @@ pub(crate) struct EndpointFds {
 pub(crate) struct SupervisorRecord {
     pub(crate) slots: Vec<SlotRecord>,
     /// Workers of removed slots that are still finishing.
-    pub(crate) retiring: Vec<u32>,
+    pub(crate) retiring: Vec<WorkerRecord>,
     pub(crate) next_slot_id: u64,
     pub(crate) last_reload: Option<ReloadOutcome>,
     pub(crate) upgrades: u32,
@@ -118,16 +120,33 @@ pub(crate) struct WorkerRecord {
     pub(crate) uptime_secs: f64,
     pub(crate) ready: bool,
     pub(crate) status: Option<String>,
+    /// Its notify socket.
+    pub(crate) notify: Option<NotifyRecord>,
+}
+
+/// A worker's notify socket: the fd and the path it is bound at (its `NOTIFY_SOCKET`).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct NotifyRecord {
+    pub(crate) fd: RawFd,
+    pub(crate) path: PathBuf,
+}
+
+impl SupervisorRecord {
+    /// Every worker: the slots' and the retiring ones.
+    pub(crate) fn workers(&self) -> impl Iterator<Item = &WorkerRecord> {
+        self.slots.iter().flat_map(|slot| &slot.worker).chain(&self.retiring)
+    }
 }
 
 impl Record {
     /// Every fd the record names: what must survive the exec.
     pub(crate) fn fds(&self) -> Vec<RawFd> {
-        let EndpointFds { control, metrics, notify, .. } = self.endpoints;
-        let mut fds = vec![control, notify];
+        let EndpointFds { control, metrics, .. } = self.endpoints;
+        let mut fds = vec![control];
         fds.extend(metrics);
         fds.extend(self.reply);
         fds.extend(self.previous_image);
+        fds.extend(self.supervisor.workers().flat_map(|worker| &worker.notify).map(|n| n.fd));
         for group in &self.groups {
             fds.extend(&group.sockets);
             if let Some(handover) = &group.dispatcher {

@@ -28,14 +28,14 @@ use super::{
 use crate::{
     config::DispatchMode,
     dispatch::Dispatch,
-    endpoints::readiness,
+    endpoints::readiness::{Identity, Inbox, NotifyDir},
     identity,
     kernel::{DispatchError, Dispatcher, Handover, MapFds, table},
     limits::{self, LimitError},
     listeners::ListenerGroup,
     spawn::{SpawnError, Spawner},
     startup::{Started, socket_names},
-    supervisor::{Setup, Supervisor},
+    supervisor::{Resumed, Setup, Supervisor},
 };
 
 /// Why the new image could not take over.
@@ -56,8 +56,8 @@ pub enum ResumeError {
     /// The workers could not be set up.
     #[error(transparent)]
     Spawn(#[from] SpawnError),
-    /// The workers' notify socket could not be served.
-    #[error("cannot serve the workers' notify socket")]
+    /// A worker's notify socket could not be taken over.
+    #[error("cannot take over a worker's notify socket")]
     Notify(#[source] std::io::Error),
     /// A dispatcher could not be taken over.
     #[error(transparent)]
@@ -141,22 +141,18 @@ unsafe fn take_over(state_fd: RawFd, rollback: Option<String>) -> Result<Started
     if let Some(path) = &record.executable {
         spawner.set_executable(path.clone());
     }
-    let endpoints = &record.endpoints;
-    spawner.set_notify_socket(endpoints.notify_name.clone());
     let mut dispatchers = Vec::new();
     for handover in record.groups.iter().filter_map(|group| group.dispatcher.as_ref()) {
         let copy = copy_handover(handover)?;
         // SAFETY: the copies are this process's own, used nowhere else.
         dispatchers.push(unsafe { Dispatcher::resume(&copy) }?);
     }
-    let notify = readiness::adopt(endpoints.notify_name.clone(), copy(endpoints.notify)?)
-        .map_err(ResumeError::Notify)?;
 
     // Nothing fails from here on: the copied fds, the record and the old image close, the
     // others are taken.
     // SAFETY: each fd below is named once in the record and owned by nothing else (above).
     let own = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut closing = vec![endpoints.notify, state_fd];
+    let mut closing = vec![state_fd];
     closing.extend(record.previous_image);
     for handover in record.groups.iter().filter_map(|group| group.dispatcher.as_ref()) {
         closing.extend(handover_fds(handover));
@@ -167,6 +163,14 @@ unsafe fn take_over(state_fd: RawFd, rollback: Option<String>) -> Result<Started
     let _ = set_close_on_exec(&taken, true);
     let Record { launch, seed, groups, endpoints, supervisor, previous, reply, .. } = record;
     let config = &launch.config;
+    let notify = NotifyDir::adopt(endpoints.notify_dir.clone(), Identity::of(config));
+    let inboxes = supervisor
+        .workers()
+        .filter_map(|worker| Some((worker.pid, worker.notify.as_ref()?)))
+        .map(|(pid, socket)| {
+            (pid, Inbox::adopt(own(socket.fd), socket.path.clone(), notify.sender()))
+        })
+        .collect();
     let listener_groups = groups
         .into_iter()
         .map(|group| ListenerGroup {
@@ -182,16 +186,16 @@ unsafe fn take_over(state_fd: RawFd, rollback: Option<String>) -> Result<Started
         (0..).zip(&supervisor.slots).filter(|(_, slot)| slot.in_table).map(|(i, _)| i).collect();
     let table = (config.dispatch != DispatchMode::None && !in_table.is_empty())
         .then(|| table::build(seed, &in_table));
-    let setup = Setup { spawner, groups: listener_groups, dispatch, seed, table };
+    let setup = Setup { spawner, groups: listener_groups, dispatch, seed, table, notify };
     let control = UnixListener::from(own(endpoints.control));
     let metrics = endpoints.metrics.map(|fd| TcpListener::from(own(fd)));
     let reply = reply.map(|fd| UnixStream::from(own(fd)));
     let listen = config.listen.clone();
-    let supervisor = Supervisor::resume(setup, launch, supervisor, previous, reply, rollback);
+    let resumed = Resumed { previous, reply, rollback };
+    let supervisor = Supervisor::resume(setup, launch, supervisor, inboxes, resumed);
     Ok(Started {
         supervisor: Arc::new(supervisor),
         control: (endpoints.control_path, control),
-        notify,
         metrics,
         accept: None,
         listen,
