@@ -130,6 +130,12 @@ fn another_user_can_neither_reach_a_workers_socket_nor_take_its_names() {
         sticky.wait_until_serving(2);
         assert_eq!(worker_pids(&sticky), pids);
         assert_eq!(statuses(&sticky), vec![Some("told by nobody".to_owned()); 2]);
+        // What `sticky status` shows carries no control character (escape sequences, bells)
+        // that would drive the reader's terminal.
+        send_as(WORKERS, &sockets[0], "STATUS=red \u{1b}[31malert\u{7}\u{9b}2J done").unwrap();
+        eventually("the status without its control characters", || {
+            statuses(&sticky)[0].as_deref() == Some("red [31malert2J done")
+        });
         sticky.stop_cleanly();
         assert!(!notify_dir.exists(), "the notify directory outlived sticky");
     });
