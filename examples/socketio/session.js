@@ -46,7 +46,9 @@ function connect(server, index, { polling = false } = {}) {
       clearTimeout(timer);
       resolve({ socket, worker, close });
     };
-    socket.on('connect_error', (err) => fail(`connect_error: ${err.message}`));
+    // An HTTP error says which status the server answered (400: a session it does not know).
+    const status = (err) => (typeof err.description === 'number' ? ` (HTTP ${err.description})` : '');
+    socket.on('connect_error', (err) => fail(`connect_error: ${err.message}${status(err)}`));
     socket.on('disconnect', (reason) => fail(`disconnect: ${reason}`));
     socket.on('welcome', (welcome) => {
       worker = welcome.worker;

@@ -87,6 +87,7 @@ fn install_writes_a_unit_systemd_accepts_and_uninstall_removes_everything() {
     assert!(uninstall.status.success(), "{}", text(&uninstall.stderr));
     assert_eq!(files_below(&root.0), Vec::<String>::new(), "uninstall left files");
     let twice = sticky(&["uninstall", "web", "--root", root_arg]);
+    assert_eq!(twice.status.code(), Some(1), "a second uninstall succeeded");
     assert!(text(&twice.stderr).contains("sticky-web is not installed"));
 }
 
@@ -94,12 +95,14 @@ fn install_writes_a_unit_systemd_accepts_and_uninstall_removes_everything() {
 fn configuration_errors_name_line_column_and_the_example_passes() {
     let dir = StateDir::new();
     fs::create_dir_all(&dir.0).unwrap();
-    let check = |name: &str, contents: &str| {
+    let check_with = |name: &str, contents: &str, flags: &[&str]| {
         let path = dir.0.join(name);
         fs::write(&path, contents).unwrap();
-        let output = sticky(&["check", "--allow-root-workers", "--config", path.to_str().unwrap()]);
+        let config = ["check", "--allow-root-workers", "--config", path.to_str().unwrap()];
+        let output = sticky(&[&config[..], flags].concat());
         (output.status.success(), text(&output.stdout), text(&output.stderr), path)
     };
+    let check = |name: &str, contents: &str| check_with(name, contents, &[]);
     let (ok, _, stderr, path) =
         check("syntax.toml", "workers = 4\nlisten = [\"[::]:80\"\nuser = 1\n");
     assert!(!ok);
@@ -117,9 +120,11 @@ fn configuration_errors_name_line_column_and_the_example_passes() {
     let (ok, _, stderr, _) = check("range.toml", "prefix-v4 = 40\n");
     assert!(!ok && stderr.contains("--prefix-v4 must be between 0 and 32, got 40"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    // Flags override the file.
+    // The file's value, and a flag that overrides it.
     let (ok, stdout, stderr, _) = check("override.toml", "workers = 3\n");
     assert!(ok && stdout.contains("3 workers"), "{stdout}{stderr}");
+    let (ok, stdout, stderr, _) = check_with("override.toml", "workers = 3\n", &["--workers", "5"]);
+    assert!(ok && stdout.contains("5 workers"), "{stdout}{stderr}");
 
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sticky.toml");
     let output = Command::new(sticky_bin())

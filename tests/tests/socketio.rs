@@ -131,8 +131,19 @@ fn all_succeed_with_sticky(port: u16, transports: &str) {
 /// session. This is the failure sticky exists to prevent.
 fn most_fail_without_stickiness(port: u16, transports: &str) {
     let summary = sessions("none", port, transports);
-    let (_, failed) = succeeded_failed(&summary);
-    assert!(failed >= 100, "only {failed} of 200 sessions failed without stickiness: {summary}");
+    // Failures of that cause only: the server answered 400 to a session it does not know, or
+    // the upgrade did not happen; not a server that is down or a client that broke.
+    let of_that_cause: u64 = summary["errors"]
+        .as_object()
+        .expect("errors")
+        .iter()
+        .filter(|(error, _)| error.contains("(HTTP 400)") || error.contains("upgrade"))
+        .map(|(_, count)| count.as_u64().expect("a count"))
+        .sum();
+    assert!(
+        of_that_cause >= 100,
+        "only {of_that_cause} of 200 sessions failed for want of stickiness: {summary}"
+    );
 }
 
 #[test]

@@ -104,17 +104,45 @@ fn run(args: Vec<OsString>) -> anyhow::Result<()> {
     shell::run(shell::cargo().args(["build", "--release", "--package", "sticky-user"]))?;
     let sticky = shell::workspace_root().join("target/release/sticky");
     let mut command = shell::as_root(&sticky);
-    command.arg("run");
-    let options = args.iter().take_while(|arg| *arg != "--");
-    let identity = ["--user", "--allow-root-workers", "--config"];
-    if !options.into_iter().any(|arg| identity.iter().any(|f| arg.to_string_lossy().starts_with(f)))
-    {
-        // sticky runs as root; its workers need not.
-        command.args(["--user", "nobody"]);
-    }
-    command.args(&args);
+    command.arg("run").args(run_arguments(&args));
     if args.is_empty() {
         shell::say("starting the demo: try `curl http://127.0.0.1:3000/` (Ctrl-C stops it)");
     }
     shell::run_in_foreground(&mut command)
+}
+
+/// `sticky run`'s arguments for `cargo xtask run ARGS`: ARGS, after `--user nobody` unless they
+/// choose the workers' identity themselves (sticky runs as root; its workers need not).
+fn run_arguments(args: &[OsString]) -> Vec<OsString> {
+    let options = args.iter().take_while(|arg| *arg != "--");
+    let identity = ["--user", "--allow-root-workers", "--config"];
+    let chosen = options
+        .into_iter()
+        .any(|arg| identity.iter().any(|flag| arg.to_string_lossy().starts_with(flag)));
+    let default = if chosen { &[][..] } else { &["--user", "nobody"][..] };
+    default.iter().map(OsString::from).chain(args.iter().cloned()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> Vec<String> {
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        run_arguments(&args).into_iter().map(|arg| arg.into_string().unwrap()).collect()
+    }
+
+    #[test]
+    fn the_demo_runs_its_workers_as_nobody_unless_told_otherwise() {
+        assert_eq!(run_args(&[]), ["--user", "nobody"]);
+        assert_eq!(run_args(&["--workers", "4"]), ["--user", "nobody", "--workers", "4"]);
+        assert_eq!(run_args(&["--user=www-data"]), ["--user=www-data"]);
+        assert_eq!(run_args(&["--allow-root-workers"]), ["--allow-root-workers"]);
+        assert_eq!(run_args(&["--config", "a.toml"]), ["--config", "a.toml"]);
+        // After `--`, the worker's own arguments choose nothing.
+        assert_eq!(
+            run_args(&["--", "node", "--user", "x"]),
+            ["--user", "nobody", "--", "node", "--user", "x"]
+        );
+    }
 }

@@ -65,7 +65,17 @@ fn integration_test_binaries() -> anyhow::Result<Vec<String>> {
     if !output.status.success() {
         bail!("building the integration tests failed");
     }
-    let binaries: Vec<String> = String::from_utf8_lossy(&output.stdout)
+    let binaries = test_executables(&String::from_utf8_lossy(&output.stdout));
+    if binaries.is_empty() {
+        bail!("no integration test executables were built");
+    }
+    Ok(binaries)
+}
+
+/// The integration test executables in cargo's JSON messages (one per line): test-profile
+/// artifacts of `test` targets, not the library's unit tests or other binaries.
+fn test_executables(messages: &str) -> Vec<String> {
+    messages
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter(|message| {
@@ -75,9 +85,33 @@ fn integration_test_binaries() -> anyhow::Result<Vec<String>> {
             message["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "test"))
         })
         .filter_map(|message| Some(message["executable"].as_str()?.to_owned()))
-        .collect();
-    if binaries.is_empty() {
-        bail!("no integration test executables were built");
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_integration_test_executables_are_run() {
+        let artifact = |kind: &str, test: bool, executable: &str| {
+            serde_json::json!({
+                "reason": "compiler-artifact",
+                "target": { "kind": [kind] },
+                "profile": { "test": test },
+                "executable": executable,
+            })
+            .to_string()
+        };
+        let messages = [
+            artifact("test", true, "/t/deps/workers-1"),
+            artifact("lib", true, "/t/deps/sticky_tests-2"),
+            artifact("bin", false, "/t/debug/sticky-double"),
+            r#"{"reason":"build-finished","success":true}"#.to_owned(),
+            "not json".to_owned(),
+            artifact("test", true, "/t/deps/upgrade-3"),
+        ]
+        .join("\n");
+        assert_eq!(test_executables(&messages), ["/t/deps/workers-1", "/t/deps/upgrade-3"]);
     }
-    Ok(binaries)
 }

@@ -203,6 +203,7 @@ mod tests {
                         assert!(old == new || u32::from(*old) == out, "a kept slot's entry moved");
                     }
                     let shares = shares(&ejected);
+                    assert_eq!(shares[out as usize], 0, "the ejected slot {out} keeps entries");
                     let (low, high) = (TABLE_SIZE / live.len(), TABLE_SIZE.div_ceil(live.len()));
                     assert!(live.iter().all(|&s| (low..=high).contains(&shares[s as usize])));
                     // And back: the rejoining slot takes back exactly its entries.

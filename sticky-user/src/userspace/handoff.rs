@@ -150,10 +150,22 @@ mod tests {
 
     #[test]
     fn v4_mapped_clients_hash_as_ipv4() {
-        let config = DispatchConfig::new(5, 24, 64, 4);
-        let table: Table = std::array::from_fn(|i| (i % 4) as u8);
-        let v4: IpAddr = "10.1.2.3".parse().unwrap();
-        let mapped: IpAddr = "::ffff:10.1.2.200".parse().unwrap();
-        assert_eq!(slot_for(&config, &table, v4), slot_for(&config, &table, mapped));
+        // 64 slots and 1000 addresses: a mapped path hashed any other way would agree with
+        // the IPv4 one by chance about once in 64, never 1000 times.
+        let slots: Vec<u32> = (0..64).collect();
+        let config = DispatchConfig::new(5, 24, 64, 64);
+        let table = crate::kernel::table::build(5, &slots);
+        let mut used = std::collections::HashSet::new();
+        for i in 0..1000u32 {
+            let [a, b, c, d] = (0x0a00_0000 + i * 257).to_be_bytes();
+            let v4 = IpAddr::from([a, b, c, d]);
+            let slot = slot_for(&config, &table, v4);
+            let mapped: IpAddr = format!("::ffff:{a}.{b}.{c}.{d}").parse().unwrap();
+            let same_prefix: IpAddr = format!("::ffff:{a}.{b}.{c}.{}", d ^ 0xff).parse().unwrap();
+            assert_eq!(slot_for(&config, &table, mapped), slot, "{v4}");
+            assert_eq!(slot_for(&config, &table, same_prefix), slot, "{v4}'s /24");
+            used.insert(slot);
+        }
+        assert!(used.len() > 32, "the clients hit only slots {used:?}");
     }
 }
