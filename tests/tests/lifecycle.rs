@@ -164,6 +164,43 @@ fn scaling_up_and_down_under_load_moves_only_the_clients_it_must() {
 }
 
 #[test]
+fn a_crashing_worker_is_restarted_after_a_backoff_doubling_from_100_ms_to_5_s() {
+    let marks = sticky_tests::StateDir::new();
+    std::fs::create_dir_all(&marks.0).unwrap();
+    std::fs::set_permissions(&marks.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let starts = marks.0.join("starts");
+    // Slot 1's worker notes when it starts (ns), and exits at once; slot 0 serves.
+    let script = format!(
+        "if [ \"$STICKY_WORKER\" = 1 ]; then date +%s%N >> {starts}; exit 1; fi; exec {sticky} demo",
+        starts = starts.display(),
+        sticky = sticky_bin().display(),
+    );
+    in_netns(|| {
+        // No ejection for crash looping here: only the backoff spaces the restarts.
+        let args = ["--listen", "127.0.0.1:3048", "-w", "2", "--crash-limit", "1000"];
+        let sticky = Sticky::start(&[&args[..], &["--", "sh", "-c", &script]].concat());
+        let read = || -> Vec<u128> {
+            let text = std::fs::read_to_string(&starts).unwrap_or_default();
+            text.lines().map(|line| line.trim().parse().expect("nanoseconds")).collect()
+        };
+        eventually("nine starts of the crashing worker", || read().len() >= 9);
+        sticky.stop_cleanly();
+        let gaps: Vec<Duration> = read()
+            .windows(2)
+            .take(8)
+            .map(|pair| Duration::from_nanos((pair[1] - pair[0]) as u64))
+            .collect();
+        println!("gaps between restarts: {gaps:?}");
+        let backoffs = [100, 200, 400, 800, 1600, 3200, 5000, 5000].map(Duration::from_millis);
+        for (gap, backoff) in gaps.iter().zip(backoffs) {
+            assert!(*gap >= backoff, "a restart came {gap:?} after the last, before {backoff:?}");
+        }
+        // Capped at 5 s: not 6.4 s, then 12.8 s.
+        assert!(gaps[6..].iter().all(|gap| *gap < Duration::from_secs(6)), "{gaps:?}");
+    });
+}
+
+#[test]
 fn a_crash_looping_slot_leaves_the_table_and_rejoins_once_its_worker_stays_up() {
     let state = sticky_tests::StateDir::new();
     std::fs::create_dir_all(&state.0).unwrap();
@@ -193,6 +230,7 @@ fn a_crash_looping_slot_leaves_the_table_and_rejoins_once_its_worker_stays_up() 
         let probes = probe_clients(400);
         let ejected = mapping(&probes, server);
         sticky.wait_for("the ejection", |log| log.contains("slot is crash-looping"));
+        let ejected_at = Instant::now();
         assert!(ejected.values().all(|&w| w != 2), "the crash-looping slot answered");
         let status = sticky.status();
         assert!(!status.slots[2].in_table, "{status:?}");
@@ -201,6 +239,9 @@ fn a_crash_looping_slot_leaves_the_table_and_rejoins_once_its_worker_stays_up() 
 
         sticky.wait_for("the rejoin", |log| log.contains("slot rejoins the table"));
         assert!(sticky.status().slots[2].in_table);
+        // Once its worker has stayed up 10 s, which started after the ejection.
+        let out = ejected_at.elapsed();
+        assert!(out >= Duration::from_secs(10), "slot 2 rejoined after {out:?}");
         let rejoined = mapping(&probes, server);
         let back: Vec<_> = probes.iter().filter(|c| rejoined[c] != ejected[c]).collect();
         assert!(back.iter().all(|c| rejoined[c] == 2), "a client moved between other slots");

@@ -310,3 +310,25 @@ fn workers_start_from_the_loaders_own_image_whatever_is_at_its_path() {
         sticky.stop_cleanly();
     });
 }
+
+#[test]
+fn sigusr2_upgrades_in_place_like_sticky_upgrade() {
+    in_netns(|| {
+        let binary = BinaryDir::new("upgrade-sigusr2");
+        let mut sticky =
+            Sticky::start_binary(&binary.sticky(), &["--listen", "127.0.0.1:3093", "-w", "2"]);
+        sticky.wait_until_serving(2);
+        let before = sticky.status();
+        binary.install(&sticky_bin());
+        sticky.signal(nix::sys::signal::Signal::SIGUSR2);
+        sticky_tests::eventually("the SIGUSR2 upgrade", || sticky.status().loader.upgrades == 1);
+        let after = sticky.status();
+        let last = after.last_upgrade.clone().expect("the upgrade's outcome");
+        assert!(last.ok && last.message.starts_with("upgraded in place"), "{last:?}");
+        assert_eq!(after.pid, before.pid, "the loader keeps its pid");
+        let pids = |status: &Status| status.slots.iter().map(|s| s.pid).collect::<Vec<_>>();
+        assert_eq!(pids(&after), pids(&before), "a worker was replaced");
+        assert_eq!(after.program_ids, before.program_ids);
+        sticky.stop_cleanly();
+    });
+}

@@ -103,7 +103,7 @@ fn a_worker_that_ignores_sigterm_is_killed_after_the_grace_period() {
             "-w",
             "2",
             "--grace-period",
-            "0.5",
+            "2",
             "--",
             "sh",
             "-c",
@@ -115,8 +115,13 @@ fn a_worker_that_ignores_sigterm_is_killed_after_the_grace_period() {
             let pid = slot.pid.expect("a worker");
             eventually("the worker ignores SIGTERM", || ignores_sigterm(pid));
         }
+        let stopping = std::time::Instant::now();
         let exit = sticky.stop_cleanly();
+        let took = stopping.elapsed();
         assert!(exit.log.contains("killing it"), "{}", exit.log);
+        // SIGKILL comes after the grace period, not before (and not long after).
+        let grace = std::time::Duration::from_secs(2);
+        assert!(took >= grace && took < grace * 2, "the stop took {took:?}");
         assert_eq!(processes_in_netns(), Vec::<u32>::new());
     });
 }
@@ -211,6 +216,18 @@ fn workers_start_with_only_their_sockets_and_cannot_gain_privileges() {
             }
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
             assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+            // The variables the README promises, with their values.
+            let environ = sticky_tests::privileges::environ_of(pid);
+            let variables: Vec<&str> = environ.split('\0').collect();
+            for expected in [
+                format!("LISTEN_PID={pid}"),
+                "LISTEN_FDS=2".to_owned(),
+                "LISTEN_FDNAMES=sticky-3016:sticky-3016".to_owned(),
+                format!("STICKY_WORKER={}", slot.slot),
+                "STICKY_WORKERS=2".to_owned(),
+            ] {
+                assert!(variables.contains(&expected.as_str()), "no {expected}: {variables:?}");
+            }
         }
         sticky.stop_cleanly();
     });
