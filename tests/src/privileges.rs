@@ -112,6 +112,13 @@ pub fn assert_unprivileged_worker(status: &ProcStatus, uid: u32, groups: &[u32],
     }
 }
 
+/// The soft and hard "Max open files" of the text of a /proc/PID/limits.
+pub fn open_files(limits: &str) -> (u64, u64) {
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("Max open files");
+    let mut numbers = line["Max open files".len()..].split_whitespace().map(|n| n.parse().ok());
+    (numbers.next().flatten().expect("soft"), numbers.next().flatten().expect("hard"))
+}
+
 /// Asserts that `systemd-analyze security UNIT` in `container` rates the unit's exposure at
 /// most 3.0 (and prints the report, with each check that still fails, for the record).
 pub fn assert_exposure_at_most_3(container: &crate::Container, unit: &str) {

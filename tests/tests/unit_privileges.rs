@@ -6,7 +6,7 @@
 
 use sticky_tests::{
     Container, eventually,
-    privileges::{ProcStatus, assert_exposure_at_most_3, assert_unprivileged_worker},
+    privileges::{ProcStatus, assert_exposure_at_most_3, assert_unprivileged_worker, open_files},
 };
 
 const UNIT: &str = "sticky-web.service";
@@ -88,13 +88,6 @@ fn the_unit_is_hardened_and_its_workers_hold_nothing() {
         );
         container.ok(&["systemctl", "stop", UNIT]);
     });
-}
-
-/// The soft and hard "Max open files" of a /proc/PID/limits.
-fn open_files(limits: &str) -> (u64, u64) {
-    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("Max open files");
-    let mut numbers = line["Max open files".len()..].split_whitespace().map(|n| n.parse().ok());
-    (numbers.next().flatten().expect("soft"), numbers.next().flatten().expect("hard"))
 }
 
 /// Whether "Max locked memory" is unlimited in a /proc/PID/limits.

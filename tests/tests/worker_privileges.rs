@@ -7,7 +7,7 @@ use std::{os::unix::process::CommandExt as _, process::Command};
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use sticky_tests::{
     Sticky, in_netns,
-    privileges::{ProcStatus, assert_unprivileged_worker, environ_of},
+    privileges::{ProcStatus, assert_unprivileged_worker, environ_of, open_files},
 };
 use sticky_user::control::{Request, Response};
 
@@ -19,11 +19,8 @@ fn groups_of(user: &str) -> Vec<u32> {
 }
 
 /// The soft and hard open-files limits of `pid`.
-fn open_files(pid: u32) -> (u64, u64) {
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
-    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("open files");
-    let mut numbers = line["Max open files".len()..].split_whitespace().map(|n| n.parse().ok());
-    (numbers.next().flatten().expect("soft"), numbers.next().flatten().expect("hard"))
+fn open_files_of(pid: u32) -> (u64, u64) {
+    open_files(&std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits"))
 }
 
 /// The open-files soft limit sticky is started with: below the hard one, which it raises to.
@@ -50,13 +47,13 @@ fn check_workers(sticky: &Sticky, uid: u32, groups: &[u32]) {
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
     assert!(hard > SOFT_NOFILE, "this test needs a hard open-files limit above {SOFT_NOFILE}");
     let soft = SOFT_NOFILE;
-    assert_eq!(open_files(sticky.pid()), (hard, hard), "sticky did not raise its limit");
+    assert_eq!(open_files_of(sticky.pid()), (hard, hard), "sticky did not raise its limit");
     for slot in sticky.status().slots {
         let pid = slot.pid.expect("a worker in every slot");
         let environ = environ_of(pid);
         assert_unprivileged_worker(&ProcStatus::of(pid), uid, groups, &environ);
         assert!(environ.split('\0').any(|v| v == "KEEP_ME=kept"), "{environ:?}");
-        assert_eq!(open_files(pid), (soft, hard), "worker {pid}");
+        assert_eq!(open_files_of(pid), (soft, hard), "worker {pid}");
     }
 }
 
