@@ -108,7 +108,10 @@ fn configuration_errors_name_line_column_and_the_example_passes() {
     let (ok, _, stderr, path) = check("unknown.toml", "workers = 4\nworker = 5\n");
     assert!(!ok);
     assert!(
-        stderr.contains(&format!("{}:2:1: unknown field `worker`", path.display())),
+        stderr.contains(&format!(
+            "{}:2:1: unknown key `worker`: did you mean `workers`?",
+            path.display()
+        )),
         "{stderr}"
     );
     let (ok, _, stderr, path) = check("type.toml", "# comment\nprefix-v4 = \"wide\"\n");
