@@ -49,7 +49,8 @@ enum Command {
     /// Replace the running loader by the sticky binary now at its path, in place (same pid),
     /// keeping every worker, socket and the attached program (also SIGUSR2).
     Upgrade(ctl::ControlArgs),
-    /// Write /etc/sticky/NAME.toml and a systemd unit sticky-NAME.service, and enable it.
+    /// Write /etc/sticky/NAME.toml and enable sticky@NAME (the packaged template), or without
+    /// the package write and enable sticky-NAME.service.
     Install(install::InstallArgs),
     /// Disable and remove a service written by `sticky install`.
     Uninstall(install::UninstallArgs),
