@@ -87,7 +87,7 @@ fn install_writes_a_unit_systemd_accepts_and_uninstall_removes_everything() {
     assert!(uninstall.status.success(), "{}", text(&uninstall.stderr));
     assert_eq!(files_below(&root.0), Vec::<String>::new(), "uninstall left files");
     let twice = sticky(&["uninstall", "web", "--root", root_arg]);
-    assert!(text(&twice.stderr).contains("sticky-web is not installed"));
+    assert!(text(&twice.stderr).contains("sticky-web.service is not installed"));
 }
 
 #[test]

@@ -31,7 +31,7 @@ enum Command {
     Status {
         #[command(flatten)]
         control: ctl::ControlArgs,
-        /// Print JSON.
+        /// Print the status as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -39,7 +39,7 @@ enum Command {
     Reload(ctl::ControlArgs),
     /// Change the number of workers of the running loader.
     Scale {
-        /// The new number of workers.
+        /// The new number of workers (1 to 128).
         workers: u32,
         #[command(flatten)]
         control: ctl::ControlArgs,
