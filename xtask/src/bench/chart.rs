@@ -246,6 +246,10 @@ mod tests {
             "scaling": [],
         }))
         .unwrap();
+        // As written to latest.json and read back: the missing latency stays missing.
+        let report: Report =
+            serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
+        assert!(report.median_of("seed", |s| s.p99_us).is_nan());
         let svg = svg(&report).unwrap();
         for text in [
             "connections per second",
