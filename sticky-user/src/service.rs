@@ -43,13 +43,8 @@ pub enum ServiceError {
         path: PathBuf,
     },
     /// The service is not installed.
-    #[error("{unit} is not installed: {} does not exist", config.display())]
-    NotInstalled {
-        /// The service's unit.
-        unit: String,
-        /// Its configuration file.
-        config: PathBuf,
-    },
+    #[error("{0} is not installed: {path} does not exist", path = .1.display())]
+    NotInstalled(String, PathBuf),
     /// The configuration could not be written as TOML.
     #[error("cannot write the configuration as TOML")]
     Toml(#[from] toml::ser::Error),
@@ -320,10 +315,7 @@ pub fn write_new(
 /// Removes the service's files; fails if none exists.
 pub fn remove(files: &ServiceFiles) -> Result<(), ServiceError> {
     if !files.installed() {
-        return Err(ServiceError::NotInstalled {
-            unit: files.unit_name(),
-            config: files.config.clone(),
-        });
+        return Err(ServiceError::NotInstalled(files.unit_name(), files.config.clone()));
     }
     for path in files.unit.iter().chain([&files.config]) {
         match fs::remove_file(path) {

@@ -30,10 +30,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 #[derive(Debug, Error)]
 pub enum DispatchError {
     /// The kernel's verifier refused the program.
-    #[error(
-        "the kernel refused the eBPF program ({io_error}; --dispatch userspace runs without \
-         it); verifier: {reason}"
-    )]
+    #[error("the kernel refused the eBPF program ({io_error}); verifier: {reason}")]
     Refused {
         /// The error of the BPF_PROG_LOAD call.
         io_error: std::io::Error,
