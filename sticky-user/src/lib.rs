@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 mod accept;
+mod chain;
 pub mod config;
 pub mod demo;
 mod dispatch;

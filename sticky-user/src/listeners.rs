@@ -28,7 +28,10 @@ pub struct ListenerGroup {
 #[derive(Debug, Error)]
 pub enum ListenError {
     /// Another socket holds the address.
-    #[error("listen address {0} is already in use by another socket")]
+    #[error(
+        "listen address {0} is already in use by another socket: stop what listens there \
+         (`sticky stop` if it is a sticky) or choose another --listen"
+    )]
     InUse(SocketAddr),
     /// Binding was refused.
     #[error("not allowed to listen on {0} (ports below 1024 need CAP_NET_BIND_SERVICE)")]

@@ -30,7 +30,7 @@ impl fmt::Display for Need {
 #[derive(Debug, Error)]
 pub enum PrivilegeError {
     /// Effective capabilities are missing.
-    #[error("missing capability {}: run sticky as root or grant it (e.g. AmbientCapabilities=)", list(.0))]
+    #[error("missing capability {}: {}", list(.0), remedy(.0))]
     Missing(Vec<Need>),
     /// The capability sets could not be read.
     #[error("cannot read this process's capabilities")]
@@ -39,6 +39,16 @@ pub enum PrivilegeError {
 
 fn list(needs: &[Need]) -> String {
     needs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// What to do about the missing `needs`.
+fn remedy(needs: &[Need]) -> String {
+    let them = if needs.len() == 1 { "it" } else { "them" };
+    let mut remedy = format!("run sticky as root or grant {them} (e.g. AmbientCapabilities=)");
+    if needs.contains(&BPF) || needs.contains(&NET_ADMIN) {
+        remedy.push_str(", or use --dispatch userspace, which loads no eBPF program");
+    }
+    remedy
 }
 
 /// What the loader needs to run `config` as a process with effective ids `uid` and `gid`:

@@ -43,8 +43,8 @@ pub enum ServiceError {
         path: PathBuf,
     },
     /// The service is not installed.
-    #[error("sticky-{0} is not installed")]
-    NotInstalled(String),
+    #[error("{0} is not installed: {path} does not exist", path = .1.display())]
+    NotInstalled(String, PathBuf),
     /// The configuration could not be written as TOML.
     #[error("cannot write the configuration as TOML")]
     Toml(#[from] toml::ser::Error),
@@ -315,7 +315,7 @@ pub fn write_new(
 /// Removes the service's files; fails if none exists.
 pub fn remove(files: &ServiceFiles) -> Result<(), ServiceError> {
     if !files.installed() {
-        return Err(ServiceError::NotInstalled(files.name.clone()));
+        return Err(ServiceError::NotInstalled(files.unit_name(), files.config.clone()));
     }
     for path in files.unit.iter().chain([&files.config]) {
         match fs::remove_file(path) {

@@ -171,3 +171,23 @@ fn missing_capabilities_are_named() {
         assert!(!error.contains("CAP_SETUID"), "{error}");
     });
 }
+
+#[test]
+fn control_commands_without_a_loader_say_so_once() {
+    let path = "/nonexistent/sticky.sock";
+    let expected = format!(
+        "sticky: error: no sticky is running with control socket {path} (start one with `sticky \
+         run`, or give the running one's --control path): No such file or directory (os error \
+         2)\n"
+    );
+    for args in [&["status"][..], &["reload"], &["scale", "2"], &["stop"], &["upgrade"]] {
+        let output = Command::new(sticky_bin())
+            .args(args)
+            .args(["--control", path])
+            .output()
+            .expect("run sticky");
+        assert!(!output.status.success(), "sticky {args:?} succeeded");
+        assert!(output.stdout.is_empty(), "sticky {args:?} printed to stdout");
+        assert_eq!(String::from_utf8_lossy(&output.stderr), expected, "sticky {args:?}");
+    }
+}

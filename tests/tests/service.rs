@@ -88,7 +88,7 @@ fn install_writes_a_unit_systemd_accepts_and_uninstall_removes_everything() {
     assert_eq!(files_below(&root.0), Vec::<String>::new(), "uninstall left files");
     let twice = sticky(&["uninstall", "web", "--root", root_arg]);
     assert_eq!(twice.status.code(), Some(1), "a second uninstall succeeded");
-    assert!(text(&twice.stderr).contains("sticky-web is not installed"));
+    assert!(text(&twice.stderr).contains("sticky-web.service is not installed"));
 }
 
 #[test]
@@ -111,7 +111,10 @@ fn configuration_errors_name_line_column_and_the_example_passes() {
     let (ok, _, stderr, path) = check("unknown.toml", "workers = 4\nworker = 5\n");
     assert!(!ok);
     assert!(
-        stderr.contains(&format!("{}:2:1: unknown field `worker`", path.display())),
+        stderr.contains(&format!(
+            "{}:2:1: unknown key `worker`: did you mean `workers`?",
+            path.display()
+        )),
         "{stderr}"
     );
     let (ok, _, stderr, path) = check("type.toml", "# comment\nprefix-v4 = \"wide\"\n");

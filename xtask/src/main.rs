@@ -45,6 +45,9 @@ enum Command {
         /// Only the balance figures: table shares, clients per worker, clients moved by scaling.
         #[arg(long)]
         balance: bool,
+        /// Measure nothing: draw bench/results/latest.svg again from latest.json.
+        #[arg(long, conflicts_with_all = ["quick", "balance"])]
+        render: bool,
     },
     /// Bootstrap, then run the unit tests and the privileged integration tests (as root).
     Test {
@@ -59,7 +62,8 @@ fn main() -> ExitCode {
         Command::Run { args } => run(args),
         Command::Install { args } => install(args),
         Command::Dist => dist::build(),
-        Command::Bench { quick, balance } => bench(quick, balance),
+        Command::Bench { render: true, .. } => bench::render(),
+        Command::Bench { quick, balance, .. } => bench(quick, balance),
         Command::Test { filter } => test::run_all(filter.as_deref()),
     };
     match result {

@@ -41,7 +41,8 @@ pub struct RunOptions {
     /// Who picks the worker. [default: kernel]
     #[arg(long, value_name = "MODE")]
     pub dispatch: Option<DispatchMode>,
-    /// Worker exits within the crash window that take a slot out of the table. [default: 5]
+    /// Worker exits within --crash-window that take the slot out of the table until its worker
+    /// stays up. [default: 5]
     #[arg(long, value_name = "N")]
     pub crash_limit: Option<u32>,
     /// Seconds the crash limit counts exits in. [default: 30]
@@ -65,7 +66,8 @@ pub struct RunOptions {
     /// counts as hung. [default: off]
     #[arg(long, value_name = "SECS")]
     pub worker_watchdog: Option<f64>,
-    /// Control socket for `sticky status|reload|scale|stop`. [default: /run/sticky/sticky.sock]
+    /// Control socket for `sticky status|reload|scale|stop|upgrade`. [default:
+    /// /run/sticky/sticky.sock]
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
     /// Extra environment variable for the workers, KEY=VALUE; repeat for several. (In the file:
@@ -82,7 +84,8 @@ pub struct RunOptions {
     /// Run the workers with this group (name or gid). [default: the user's primary group]
     #[arg(long, value_name = "GROUP")]
     pub group: Option<String>,
-    /// Let workers run as root when sticky runs as root and no --user is given.
+    /// Let workers run as root: without --user while sticky is root, or with --user root or
+    /// --group root.
     #[arg(long, num_args = 0, default_missing_value = "true")]
     pub allow_root_workers: Option<bool>,
     /// Serve Prometheus metrics on PORT (127.0.0.1) or ADDR:PORT. [default: off]
@@ -98,12 +101,12 @@ pub struct RunOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DispatchMode {
-    /// sticky's eBPF program: by client address (the product).
+    /// sticky's eBPF program picks the client's worker, in the kernel.
     #[default]
     Kernel,
-    /// sticky accepts and passes each connection to its client's worker (SCM_RIGHTS).
+    /// sticky accepts each connection and passes it to the client's worker (no eBPF needed).
     Userspace,
-    /// Plain SO_REUSEPORT: the kernel's hash of the 4-tuple, not sticky. For comparison.
+    /// plain SO_REUSEPORT, the kernel's hash of the 4-tuple: not sticky, for comparison.
     None,
 }
 

@@ -29,8 +29,21 @@ const MAX_REQUEST: u64 = 64 * 1024;
 #[derive(Debug, Error)]
 pub enum ControlError {
     /// Nothing listens on the control socket.
-    #[error("no sticky is running (cannot connect to {}): {source}", path.display())]
+    #[error(
+        "no sticky is running with control socket {} (start one with `sticky run`, or give \
+         the running one's --control path)",
+        path.display()
+    )]
     NotRunning {
+        /// The control socket path.
+        path: PathBuf,
+        /// The connect error.
+        #[source]
+        source: io::Error,
+    },
+    /// The control socket answers only root and the loader's own user.
+    #[error("not allowed to use control socket {} (run this as root or as the loader's user)", path.display())]
+    Denied {
         /// The control socket path.
         path: PathBuf,
         /// The connect error.
@@ -62,6 +75,9 @@ pub enum ControlError {
         /// What is wrong with it.
         problem: String,
     },
+    /// The loader closed the connection without answering (it refused the peer, or stopped).
+    #[error("control socket {}: the loader closed the connection without an answer", .0.display())]
+    NoAnswer(PathBuf),
     /// The peer sent something that is not a valid message.
     #[error("control socket {}: invalid message", path.display())]
     Invalid {
@@ -198,13 +214,20 @@ pub(crate) async fn serve(listener: tokio::net::UnixListener, loader: Arc<impl L
 /// Sends `request` to the loader listening on `path` and returns its response.
 pub fn request(path: &Path, request: &Request) -> Result<Response, ControlError> {
     let io_error = |action| move |source| ControlError::Io { action, path: path.into(), source };
-    let mut stream = UnixStream::connect(path)
-        .map_err(|source| ControlError::NotRunning { path: path.into(), source })?;
+    let mut stream = UnixStream::connect(path).map_err(|source| {
+        let path = path.into();
+        match source.kind() {
+            io::ErrorKind::PermissionDenied => ControlError::Denied { path, source },
+            _ => ControlError::NotRunning { path, source },
+        }
+    })?;
     let mut line = serde_json::to_string(request).expect("requests serialize");
     line.push('\n');
     stream.write_all(line.as_bytes()).map_err(io_error("send"))?;
     let mut answer = String::new();
-    BufReader::new(stream).read_line(&mut answer).map_err(io_error("receive"))?;
+    if BufReader::new(stream).read_line(&mut answer).map_err(io_error("receive"))? == 0 {
+        return Err(ControlError::NoAnswer(path.into()));
+    }
     serde_json::from_str(&answer)
         .map_err(|source| ControlError::Invalid { path: path.into(), source })
 }
@@ -225,6 +248,14 @@ mod tests {
     fn no_loader_is_a_clear_error() {
         let path = std::env::temp_dir().join("sticky-no-such-control.sock");
         let err = request(&path, &Request::Status).unwrap_err();
-        assert!(err.to_string().starts_with("no sticky is running"), "{err}");
+        // The cause once, after the message (which does not repeat it).
+        assert_eq!(
+            crate::chain::Chain(&err).to_string(),
+            format!(
+                "no sticky is running with control socket {} (start one with `sticky run`, or \
+                 give the running one's --control path): No such file or directory (os error 2)",
+                path.display()
+            )
+        );
     }
 }

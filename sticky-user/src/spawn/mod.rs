@@ -213,7 +213,10 @@ pub enum SpawnError {
     #[error("cannot locate the sticky executable")]
     Executable(#[source] io::Error),
     /// The shim that starts every worker cannot run as the workers' user.
-    #[error("cannot start workers as user {user}: running {} as that user failed", sticky.display())]
+    #[error(
+        "cannot start workers as user {user}, who must be able to run {} (it starts every worker)",
+        sticky.display()
+    )]
     Shim {
         /// The sticky executable.
         sticky: PathBuf,

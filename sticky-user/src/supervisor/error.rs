@@ -24,7 +24,10 @@ pub enum SupervisorError {
     #[error("sticky is stopping")]
     Stopping,
     /// Userspace dispatch keeps its slots fixed.
-    #[error("{0} is not supported with --dispatch userspace")]
+    #[error(
+        "{0} is not supported with --dispatch userspace, whose slots are fixed: restart sticky \
+         with the --workers you need"
+    )]
     Unsupported(&'static str),
     /// The configuration could not be read again on reload.
     #[error("the configuration cannot be reloaded: {0}")]

@@ -20,7 +20,7 @@ use super::{
     state::{Progress, State, lock},
     workers::kill,
 };
-use crate::{dispatch::Dispatch, kernel::Counters, listeners::accept_backlog};
+use crate::{chain::Chain, dispatch::Dispatch, kernel::Counters, listeners::accept_backlog};
 
 /// Checks every slot a few times per hang timeout (and watchdog interval), until the loader
 /// stops. Does nothing when both are off.
@@ -94,7 +94,7 @@ fn replace_hung(state: &mut State, index: usize, reason: &str) {
     if slot.in_table && matches!(state.dispatch, Dispatch::Kernel(_)) {
         state.slots[index].hung = true;
         if let Err(err) = state.eject(index) {
-            error!(slot = index, error = %err, "cannot take the hung slot out of the table");
+            error!(slot = index, error = %Chain(&err), "cannot take the hung slot out of the table");
         }
     }
     kill(&worker);

@@ -41,6 +41,7 @@ use self::{
     workers::{start_worker, terminate, track},
 };
 use crate::{
+    chain::Chain,
     dispatch::Dispatch,
     endpoints::{
         Loader,
@@ -235,7 +236,7 @@ impl Supervisor {
         // Whatever fails here, the rest of the clean-up still runs.
         let counters = dispatchers.map(Dispatcher::counters).collect::<Result<_, _>>();
         let counters = counters.unwrap_or_else(|err| {
-            error!(error = %err, "cannot read the final counters");
+            error!(error = %Chain(&err), "cannot read the final counters");
             Vec::new()
         });
         let State { dispatch, groups, .. } = &mut *state;
@@ -247,7 +248,7 @@ impl Supervisor {
         {
             for (dispatcher, group) in dispatchers.drain(..).zip(groups.iter()) {
                 if let Err(err) = dispatcher.detach(&group.sockets[0]) {
-                    error!(error = %err, "cannot detach the program");
+                    error!(error = %Chain(&err), "cannot detach the program");
                 }
             }
         }
@@ -349,18 +350,18 @@ impl Supervisor {
 
 impl Loader for Supervisor {
     fn status(&self) -> Result<Status, String> {
-        Supervisor::status(self).map_err(|err| err.to_string())
+        Supervisor::status(self).map_err(|err| Chain(&err).to_string())
     }
 
     async fn handle(self: Arc<Self>, request: Request) -> Response {
         let done = |result: Result<String, SupervisorError>| match result {
             Ok(message) => Response::Done { message },
-            Err(err) => Response::Error { message: err.to_string() },
+            Err(err) => Response::Error { message: Chain(&err).to_string() },
         };
         match request {
             Request::Status => match Supervisor::status(&self) {
                 Ok(status) => Response::Status(Box::new(status)),
-                Err(err) => Response::Error { message: err.to_string() },
+                Err(err) => Response::Error { message: Chain(&err).to_string() },
             },
             Request::Reload => done(self.reload().await),
             Request::Scale { workers } => done(self.scale(workers).await),
@@ -390,6 +391,6 @@ fn unix_now() -> u64 {
 fn log_outcome(what: &str, result: Result<String, SupervisorError>) {
     match result {
         Ok(message) => info!("{what}: {message}"),
-        Err(err) => error!("{what} failed: {err}"),
+        Err(err) => error!("{what} failed: {}", Chain(&err)),
     }
 }

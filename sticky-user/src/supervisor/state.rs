@@ -15,6 +15,7 @@ use tracing::{error, info, warn};
 pub(super) use super::worker::Worker;
 use super::{Setup, error::SupervisorError, worker::Exit};
 use crate::{
+    chain::Chain,
     config::WorkerPolicy,
     dispatch::Dispatch,
     endpoints::{
@@ -182,7 +183,7 @@ impl State {
             slot.in_table = true;
             info!(slot = index, "the hung slot's new worker is ready: it rejoins the table");
             if let Err(err) = self.update_table() {
-                error!(error = %err, "cannot update the table");
+                error!(error = %Chain(&err), "cannot update the table");
             }
         }
     }

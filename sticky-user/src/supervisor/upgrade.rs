@@ -14,6 +14,7 @@ use tracing::{error, info};
 
 use super::{Setup, Supervisor, state::State, unix_now};
 use crate::{
+    chain::Chain,
     dispatch::Dispatch,
     endpoints::{
         control::{self, LoaderInfo, ReloadOutcome, Response},
@@ -64,11 +65,12 @@ impl Supervisor {
     /// did not happen: then the reason is logged, kept for `sticky status`, and sent on `reply`.
     pub(crate) async fn upgrade_in_place(self: std::sync::Arc<Self>, reply: Option<UnixStream>) {
         let err = self.try_upgrade(reply.as_ref()).await;
-        error!("{err}");
+        let message = Chain(&err).to_string();
+        error!("{message}");
         self.state().last_upgrade =
-            Some(ReloadOutcome { at_unix_secs: unix_now(), ok: false, message: err.to_string() });
+            Some(ReloadOutcome { at_unix_secs: unix_now(), ok: false, message: message.clone() });
         if let Some(reply) = reply {
-            let _ = control::reply(reply, &Response::Error { message: err.to_string() });
+            let _ = control::reply(reply, &Response::Error { message });
         }
     }
 

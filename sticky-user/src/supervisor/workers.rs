@@ -118,7 +118,7 @@ pub(super) fn track(
                 slot.in_table = true;
                 info!(slot = index, pid, "worker stayed up: slot rejoins the table");
                 if let Err(err) = state.update_table() {
-                    error!(error = %err, "cannot update the table");
+                    error!(error = %crate::chain::Chain(&err), "cannot update the table");
                 }
             }
         }
@@ -180,7 +180,7 @@ fn on_exit(shared: &Arc<Mutex<State>>, worker: &Worker, exit: Exit) {
             "slot is crash-looping: its clients go to the other slots until its worker stays up"
         );
         if let Err(err) = state.eject(index) {
-            error!(slot = index, error = %err, "cannot eject the slot");
+            error!(slot = index, error = %crate::chain::Chain(&err), "cannot eject the slot");
         }
     }
     schedule_restart(shared, &mut state, index);

@@ -80,7 +80,7 @@ pub enum UpgradeError {
     /// The running image cannot be kept open for a way back.
     #[error("upgrade refused: cannot keep the running image open for a way back: {0}")]
     Running(nix::Error),
-    /// Another upgrade, reload or scale is under way, or the loader is stopping.
+    /// The loader is stopping.
     #[error("upgrade refused: sticky is stopping")]
     Stopping,
     /// The exec failed; the running loader goes on.

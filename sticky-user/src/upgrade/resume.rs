@@ -26,6 +26,7 @@ use super::{
     rollback::{HandBackError, hand_back},
 };
 use crate::{
+    chain::Chain,
     config::DispatchMode,
     dispatch::Dispatch,
     endpoints::readiness::{Identity, Inbox, NotifyDir},
@@ -66,11 +67,12 @@ pub enum ResumeError {
     #[error("the takeover panicked")]
     Panicked,
     /// The takeover failed, and the old image could not be given the loader back.
-    #[error("{failure}; the previous image cannot take over again: {back}")]
+    #[error("{failure}; the previous image cannot take over again")]
     NoWayBack {
         /// Why the takeover failed.
         failure: String,
         /// Why the hand-back failed.
+        #[source]
         back: HandBackError,
     },
 }
@@ -99,7 +101,7 @@ pub unsafe fn resume(state_fd: RawFd, rollback: Option<String>) -> Result<Starte
     if rolled_back {
         return Err(failure);
     }
-    let failure = chain(&failure);
+    let failure = Chain(&failure).to_string();
     let reason = format!(
         "sticky {} (build {}) cannot take over: {failure}",
         identity::VERSION,
@@ -109,17 +111,6 @@ pub unsafe fn resume(state_fd: RawFd, rollback: Option<String>) -> Result<Starte
     // SAFETY: guaranteed by the caller; the failed takeover left every fd as it was.
     let back = unsafe { hand_back(state_fd, &reason) };
     Err(ResumeError::NoWayBack { failure, back })
-}
-
-/// `err` and its sources, as one line.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(err) = source {
-        text.push_str(&format!(": {err}"));
-        source = err.source();
-    }
-    text
 }
 
 /// The takeover.

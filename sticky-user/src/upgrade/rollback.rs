@@ -29,7 +29,7 @@ pub enum HandBackError {
     #[error("the record names no previous image")]
     NoImage,
     /// The exec failed.
-    #[error("cannot execute it")]
+    #[error("cannot execute the previous image")]
     Exec(#[source] nix::Error),
 }
 

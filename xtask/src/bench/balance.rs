@@ -35,7 +35,7 @@ pub fn run(sticky: &Path, dir: &Path, clients: u32) -> anyhow::Result<Value> {
         let table: Value = serde_json::from_slice(&output.stdout)?;
         let entries: Vec<f64> = table["entries"]
             .as_array()
-            .context("entries")?
+            .context("sticky inspect-table printed no \"entries\" array")?
             .iter()
             .filter_map(Value::as_f64)
             .collect();

@@ -3,6 +3,7 @@
 //! `bench/results/`. Nothing here asserts anything: it measures and reports.
 
 mod balance;
+mod chart;
 mod load;
 mod report;
 mod servers;
@@ -109,9 +110,19 @@ pub fn run(quick: bool, balance_only: bool) -> anyhow::Result<()> {
     println!("{}", report.table());
     let balance = balance::run(&sticky, &work.join("balance"), plan.balance_clients)?;
     let _ = std::fs::remove_dir_all(&work);
-    report.write(&results).with_context(|| format!("cannot write {}", results.display()))?;
+    report.write(&results).with_context(|| format!("cannot write into {}", results.display()))?;
     shell::say(&format!("wrote {}/latest.json and latest.svg", results.display()));
     write_balance(&results, &balance)
+}
+
+/// Draws `bench/results/latest.svg` again from `latest.json`, without measuring anything.
+pub fn render() -> anyhow::Result<()> {
+    let results = shell::workspace_root().join("bench/results");
+    Report::read(&results)?
+        .draw(&results)
+        .with_context(|| format!("cannot write {}/latest.svg", results.display()))?;
+    shell::say(&format!("drew {}/latest.svg from latest.json", results.display()));
+    Ok(())
 }
 
 /// Writes the balance figures to `balance.json` in `results`.

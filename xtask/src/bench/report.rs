@@ -1,26 +1,46 @@
-//! Aggregating samples into the benchmark's table, JSON file and SVG chart.
+//! Aggregating samples into the benchmark's table and JSON file, and reading that file back
+//! to draw its picture again.
 
 use std::{fmt::Write as _, fs, path::Path};
 
-use serde_json::{Value, json};
+use anyhow::Context as _;
+use serde::{Deserialize, Deserializer, Serialize};
 
-use super::load::{CLIENTS, CONCURRENCY, LoadResult};
+use super::{
+    chart,
+    load::{CLIENTS, CONCURRENCY, LoadResult},
+};
 
-/// One measured run.
-#[derive(Debug, Clone)]
+/// One measured run, as `latest.json` holds it (a figure that is not a number is `null`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sample {
-    conn_per_s: f64,
+    #[serde(deserialize_with = "number")]
+    pub conn_per_s: f64,
+    #[serde(deserialize_with = "number")]
     p50_us: f64,
-    p99_us: f64,
+    #[serde(deserialize_with = "number")]
+    pub p99_us: f64,
+    #[serde(deserialize_with = "number")]
     p999_us: f64,
-    /// Server CPU (all its processes) per 1000 connections, in milliseconds.
-    cpu_ms_per_1000: f64,
+    /// Server CPU (all its processes) per 1000 connections, in milliseconds: CPU µs per
+    /// connection.
+    #[serde(rename = "cpu_ms_per_1000_conn", deserialize_with = "number")]
+    pub cpu_ms_per_1000: f64,
     /// The same for the server's first process alone (the userspace or seed master).
+    #[serde(rename = "first_process_cpu_ms_per_1000_conn", deserialize_with = "number")]
     main_cpu_ms_per_1000: f64,
+    #[serde(deserialize_with = "number")]
     sticky_share: f64,
+    #[serde(rename = "max_over_mean", deserialize_with = "number")]
     imbalance: f64,
     failed: u64,
+    #[serde(rename = "bpf_ns_per_dispatch")]
     bpf_ns: Option<f64>,
+}
+
+/// A figure JSON holds as `null` when it was not a number (NaN: no request answered).
+fn number<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 impl Sample {
@@ -41,15 +61,40 @@ impl Sample {
     }
 }
 
-/// Every sample, per mode, in the order measured.
+/// Every sample, per mode, in the order measured: `latest.json`.
+#[derive(Serialize, Deserialize)]
 pub struct Report {
-    quick: bool,
-    workers: u32,
-    modes: Vec<(String, Vec<Sample>)>,
-    scaling: Vec<(u32, Sample)>,
+    pub quick: bool,
+    pub workers: u32,
+    pub concurrency: usize,
+    pub clients: u32,
+    pub machine: Machine,
+    pub modes: Vec<ModeSamples>,
+    scaling: Vec<ScalingSample>,
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+/// The machine the benchmark ran on.
+#[derive(Serialize, Deserialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub kernel: String,
+}
+
+/// The samples of one mode.
+#[derive(Serialize, Deserialize)]
+pub struct ModeSamples {
+    pub mode: String,
+    pub samples: Vec<Sample>,
+}
+
+/// A kernel-dispatch sample with `workers` workers.
+#[derive(Serialize, Deserialize)]
+struct ScalingSample {
+    workers: u32,
+    sample: Sample,
+}
+
+pub fn median(mut values: Vec<f64>) -> f64 {
     values.retain(|v| v.is_finite());
     if values.is_empty() {
         return f64::NAN;
@@ -67,27 +112,42 @@ fn spread(values: &[f64]) -> f64 {
 impl Report {
     /// An empty report.
     pub fn new(quick: bool, workers: u32) -> Self {
-        Self { quick, workers, modes: Vec::new(), scaling: Vec::new() }
+        let machine = Machine {
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            kernel: kernel_release(),
+        };
+        let (concurrency, clients) = (CONCURRENCY, CLIENTS);
+        Self { quick, workers, concurrency, clients, machine, modes: vec![], scaling: vec![] }
+    }
+
+    /// The report in `dir`'s `latest.json`.
+    pub fn read(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join("latest.json");
+        let text = fs::read_to_string(&path).with_context(|| {
+            format!("cannot read {}: run `cargo xtask bench` first", path.display())
+        })?;
+        serde_json::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))
     }
 
     /// Adds a sample of `mode`.
     pub fn add(&mut self, mode: &str, sample: Sample) {
-        match self.modes.iter_mut().find(|(name, _)| name == mode) {
-            Some((_, samples)) => samples.push(sample),
-            None => self.modes.push((mode.to_owned(), vec![sample])),
+        match self.modes.iter_mut().find(|m| m.mode == mode) {
+            Some(m) => m.samples.push(sample),
+            None => self.modes.push(ModeSamples { mode: mode.to_owned(), samples: vec![sample] }),
         }
     }
 
     /// Adds a kernel-dispatch sample with `workers` workers.
     pub fn add_scaling(&mut self, workers: u32, sample: Sample) {
-        self.scaling.push((workers, sample));
+        self.scaling.push(ScalingSample { workers, sample });
     }
 
-    fn median_of(&self, mode: &str, field: fn(&Sample) -> f64) -> f64 {
+    /// The median of `field` over `mode`'s samples.
+    pub fn median_of(&self, mode: &str, field: fn(&Sample) -> f64) -> f64 {
         self.modes
             .iter()
-            .find(|(name, _)| name == mode)
-            .map_or(f64::NAN, |(_, samples)| median(samples.iter().map(field).collect()))
+            .find(|m| m.mode == mode)
+            .map_or(f64::NAN, |m| median(m.samples.iter().map(field).collect()))
     }
 
     /// The table printed on stdout.
@@ -115,7 +175,7 @@ impl Report {
             "×rate",
             "×cpu"
         );
-        for (mode, samples) in &self.modes {
+        for ModeSamples { mode, samples } in &self.modes {
             let m = |field: fn(&Sample) -> f64| self.median_of(mode, field);
             let base = baseline(mode);
             let kernel_rate = self.median_of(base, |s| s.conn_per_s);
@@ -163,7 +223,7 @@ impl Report {
             "\nkernel dispatch scaling:\n{:<8} {:>9} {:>8} {:>9}",
             "workers", "conn/s", "p99 µs", "cpu ms/k"
         );
-        for (workers, s) in &self.scaling {
+        for ScalingSample { workers, sample: s } in &self.scaling {
             let _ = writeln!(
                 out,
                 "{workers:<8} {:>9.0} {:>8.0} {:>9.1}",
@@ -173,76 +233,16 @@ impl Report {
         out
     }
 
-    fn json(&self) -> Value {
-        let sample = |s: &Sample| {
-            json!({
-                "conn_per_s": s.conn_per_s, "p50_us": s.p50_us, "p99_us": s.p99_us, "p999_us": s.p999_us,
-                "cpu_ms_per_1000_conn": s.cpu_ms_per_1000,
-                "first_process_cpu_ms_per_1000_conn": s.main_cpu_ms_per_1000,
-                "sticky_share": s.sticky_share,
-                "max_over_mean": s.imbalance, "failed": s.failed, "bpf_ns_per_dispatch": s.bpf_ns,
-            })
-        };
-        json!({
-            "quick": self.quick,
-            "workers": self.workers,
-            "concurrency": CONCURRENCY,
-            "clients": CLIENTS,
-            "machine": { "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()), "kernel": kernel_release() },
-            "modes": self.modes.iter().map(|(mode, samples)| json!({
-                "mode": mode, "samples": samples.iter().map(sample).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
-            "scaling": self.scaling.iter().map(|(w, s)| json!({ "workers": w, "sample": sample(s) })).collect::<Vec<_>>(),
-        })
-    }
-
-    /// A bar chart of conn/s and p99 per mode.
-    fn svg(&self) -> String {
-        let rows: Vec<(String, f64, f64)> = self
-            .modes
-            .iter()
-            .map(|(mode, _)| {
-                (
-                    mode.clone(),
-                    self.median_of(mode, |s| s.conn_per_s),
-                    self.median_of(mode, |s| s.p99_us),
-                )
-            })
-            .collect();
-        let max_rate = rows.iter().map(|r| r.1).fold(1.0, f64::max);
-        let max_p99 = rows.iter().map(|r| r.2).fold(1.0, f64::max);
-        let mut svg = format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"640\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-             <text x=\"10\" y=\"18\" font-weight=\"bold\">conn/s (blue) and p99 latency (orange) per mode</text>\n",
-            40 + rows.len() * 44
-        );
-        for (i, (mode, rate, p99)) in rows.iter().enumerate() {
-            let y = 34 + i * 44;
-            let _ = writeln!(svg, "<text x=\"10\" y=\"{}\">{mode}</text>", y + 16);
-            let _ = writeln!(
-                svg,
-                "<rect x=\"90\" y=\"{y}\" width=\"{:.0}\" height=\"16\" fill=\"#3b75af\"/><text x=\"{:.0}\" y=\"{}\">{rate:.0} conn/s</text>",
-                rate / max_rate * 400.0,
-                95.0 + rate / max_rate * 400.0,
-                y + 12
-            );
-            let _ = writeln!(
-                svg,
-                "<rect x=\"90\" y=\"{}\" width=\"{:.0}\" height=\"16\" fill=\"#ef8636\"/><text x=\"{:.0}\" y=\"{}\">p99 {p99:.0} µs</text>",
-                y + 18,
-                p99 / max_p99 * 400.0,
-                95.0 + p99 / max_p99 * 400.0,
-                y + 30
-            );
-        }
-        svg + "</svg>\n"
-    }
-
-    /// Writes `latest.json` and `latest.svg` into `dir`.
-    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+    /// Writes `latest.json` and its picture, `latest.svg`, into `dir`.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
         fs::create_dir_all(dir)?;
-        fs::write(dir.join("latest.json"), serde_json::to_string_pretty(&self.json())? + "\n")?;
-        fs::write(dir.join("latest.svg"), self.svg())
+        fs::write(dir.join("latest.json"), serde_json::to_string_pretty(self)? + "\n")?;
+        self.draw(dir)
+    }
+
+    /// Writes the picture of this report, `latest.svg`, into `dir`.
+    pub fn draw(&self, dir: &Path) -> anyhow::Result<()> {
+        Ok(fs::write(dir.join("latest.svg"), chart::svg(self)?)?)
     }
 }
 

@@ -12,7 +12,7 @@ use sticky_user::{
 
 #[derive(Debug, Args)]
 pub struct ControlArgs {
-    /// The running loader's control socket.
+    /// The running loader's control socket (its `sticky run --control`).
     #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL)]
     control: PathBuf,
 }

@@ -14,12 +14,11 @@ use sticky_user::{
 
 #[derive(Debug, Args)]
 pub struct InstallArgs {
-    /// Service name: the configuration is /etc/sticky/NAME.toml, the unit sticky@NAME.service
-    /// when the package's template unit is installed, else sticky-NAME.service (written too).
+    /// Service name: letters, digits, '-' and '_'.
     name: String,
     #[command(flatten)]
     target: Target,
-    /// The sticky binary the unit runs (not with the package's template unit: /usr/bin/sticky).
+    /// The sticky binary a written unit runs (the package's template unit runs /usr/bin/sticky).
     #[arg(long, value_name = "PATH", default_value = "/usr/local/bin/sticky")]
     bin: PathBuf,
     /// The options of `sticky run` for the service.
@@ -37,7 +36,7 @@ pub struct UninstallArgs {
 
 #[derive(Debug, Args)]
 struct Target {
-    /// Install into this root directory instead of / (systemctl is not called).
+    /// Work under this root directory instead of / (then systemctl is not called).
     #[arg(long, value_name = "DIR", default_value = "/")]
     root: PathBuf,
     /// Print what would be written or removed, and change nothing.

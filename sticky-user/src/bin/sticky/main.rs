@@ -31,7 +31,7 @@ enum Command {
     Status {
         #[command(flatten)]
         control: ctl::ControlArgs,
-        /// Print JSON.
+        /// Print the status as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -39,7 +39,7 @@ enum Command {
     Reload(ctl::ControlArgs),
     /// Change the number of workers of the running loader.
     Scale {
-        /// The new number of workers.
+        /// The new number of workers (1 to 128).
         workers: u32,
         #[command(flatten)]
         control: ctl::ControlArgs,
@@ -49,7 +49,8 @@ enum Command {
     /// Replace the running loader by the sticky binary now at its path, in place (same pid),
     /// keeping every worker, socket and the attached program (also SIGUSR2).
     Upgrade(ctl::ControlArgs),
-    /// Write /etc/sticky/NAME.toml and a systemd unit sticky-NAME.service, and enable it.
+    /// Write /etc/sticky/NAME.toml and enable sticky@NAME (the packaged template), or without
+    /// the package write and enable sticky-NAME.service.
     Install(install::InstallArgs),
     /// Disable and remove a service written by `sticky install`.
     Uninstall(install::UninstallArgs),
