@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfError,
+    Ebpf,
     maps::{Array, Map, MapData, MapError, PerCpuArray, ReusePortSockArray},
     programs::{ProgramError, SkReuseport},
 };
@@ -19,51 +19,12 @@ use sticky_common::{
     CONFIG_MAP, COUNTER_FALLBACK, COUNTER_PASSED, COUNTER_UNREADABLE, COUNTERS_MAP, DispatchConfig,
     MAX_SLOTS, PROGRAM_MIGRATE, PROGRAM_SELECT, SOCKETS_MAP, TABLE_MAP, Table,
 };
-use thiserror::Error;
 
+use super::error::{DispatchError, map_error, refused, refused_or_object, write_error};
 use crate::listeners::ListenerGroup;
 
 /// The eBPF object built from `sticky-ebpf` by this crate's build script.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sticky"));
-
-/// Why the program could not be loaded, configured or attached.
-#[derive(Debug, Error)]
-pub enum DispatchError {
-    /// The kernel's verifier refused the program.
-    #[error("the kernel refused the eBPF program ({io_error}); verifier: {reason}")]
-    Refused {
-        /// The error of the BPF_PROG_LOAD call.
-        io_error: std::io::Error,
-        /// The last lines of the verifier log.
-        reason: String,
-    },
-    /// The object file could not be parsed or its maps created.
-    #[error("cannot load the eBPF object")]
-    Object(#[source] EbpfError),
-    /// The object lacks a program or map this loader expects.
-    #[error("the eBPF object has no {0}")]
-    Missing(&'static str),
-    /// Any other program error (e.g. attaching).
-    #[error("cannot {action} the eBPF program")]
-    Program {
-        /// What was being done.
-        action: &'static str,
-        /// The underlying error.
-        #[source]
-        source: ProgramError,
-    },
-    /// A map could not be read or written.
-    #[error("cannot {action} map {map}")]
-    Map {
-        /// What was being done.
-        action: &'static str,
-        /// The map's name.
-        map: &'static str,
-        /// The underlying error.
-        #[source]
-        source: MapError,
-    },
-}
 
 /// Connection counts read from the program's per-CPU counters, summed over CPUs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -97,8 +58,8 @@ pub struct Dispatcher {
     table: Array<MapData, Table>,
     config_map: Array<MapData, DispatchConfig>,
     counters: PerCpuArray<MapData, u64>,
-    /// The maps' fds, in the order of [`MapFds`].
-    map_fds: [OwnedFd; 4],
+    /// The maps' fds (copies the typed handles do not expose).
+    map_fds: MapFds<OwnedFd>,
     config: DispatchConfig,
     program_id: u32,
     migrates: bool,
@@ -117,17 +78,48 @@ pub struct Handover {
     pub migrates: bool,
 }
 
-/// The fds of a dispatcher's maps.
+/// One thing per map of a dispatcher, by name: their fds in a handover (`RawFd`), or the maps'
+/// data, names or owned fds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MapFds {
-    /// The socket array.
-    pub sockets: RawFd,
-    /// The lookup table.
-    pub table: RawFd,
-    /// The dispatch configuration.
-    pub config: RawFd,
-    /// The counters.
-    pub counters: RawFd,
+pub struct MapFds<T = RawFd> {
+    /// The socket array's.
+    pub sockets: T,
+    /// The lookup table's.
+    pub table: T,
+    /// The dispatch configuration's.
+    pub config: T,
+    /// The counters'.
+    pub counters: T,
+}
+
+/// The maps' names, as the program declares them.
+const MAP_NAMES: MapFds<&str> =
+    MapFds { sockets: SOCKETS_MAP, table: TABLE_MAP, config: CONFIG_MAP, counters: COUNTERS_MAP };
+
+impl<T> MapFds<T> {
+    /// `f` of each, with its map's name; the first error stops it.
+    pub fn try_map<U, E>(
+        self,
+        mut f: impl FnMut(T, &'static str) -> Result<U, E>,
+    ) -> Result<MapFds<U>, E> {
+        let MapFds { sockets, table, config, counters } = self;
+        Ok(MapFds {
+            sockets: f(sockets, SOCKETS_MAP)?,
+            table: f(table, TABLE_MAP)?,
+            config: f(config, CONFIG_MAP)?,
+            counters: f(counters, COUNTERS_MAP)?,
+        })
+    }
+
+    /// References to each.
+    pub fn as_ref(&self) -> MapFds<&T> {
+        MapFds {
+            sockets: &self.sockets,
+            table: &self.table,
+            config: &self.config,
+            counters: &self.counters,
+        }
+    }
 }
 
 impl Dispatcher {
@@ -148,9 +140,7 @@ impl Dispatcher {
         previous: Option<OwnedFd>,
     ) -> Result<Self, DispatchError> {
         let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(refused_or_object)?;
-        let maps = [SOCKETS_MAP, TABLE_MAP, CONFIG_MAP, COUNTERS_MAP]
-            .map(|name| take_map(&mut ebpf, name));
-        let [sockets, table_map, config_map, counters] = maps;
+        let maps = MAP_NAMES.try_map(|name, _| take_map(&mut ebpf, name))?;
         let migrates = match program(&mut ebpf, PROGRAM_MIGRATE)?.load() {
             Ok(()) => true,
             Err(err) => {
@@ -169,7 +159,6 @@ impl Dispatcher {
         let program_id = loaded.info().map_err(inspect)?.id();
         let program_fd = loaded.fd().map_err(inspect)?.as_fd().try_clone_to_owned();
         let program_fd = program_fd.map_err(|err| inspect(ProgramError::IOError(err)))?;
-        let maps = [sockets?, table_map?, config_map?, counters?];
         let mut dispatcher =
             Self::from_parts(program_fd, maps, Some(*config), program_id, migrates)?;
         dispatcher.write_config()?;
@@ -223,50 +212,41 @@ impl Dispatcher {
         let Handover { program, maps, program_id, migrates } = handover;
         // SAFETY: the caller guarantees these fds are open and ours alone.
         let owned = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
-        let map = |fd, name| map_from_fd(owned(fd), name);
-        let maps = [
-            map(maps.sockets, SOCKETS_MAP)?,
-            map(maps.table, TABLE_MAP)?,
-            map(maps.config, CONFIG_MAP)?,
-            map(maps.counters, COUNTERS_MAP)?,
-        ];
+        let maps = maps.try_map(|fd, name| map_from_fd(owned(fd), name))?;
         // The configuration is the one in the map, as the program reads it.
         Self::from_parts(owned(*program), maps, None, *program_id, *migrates)
     }
 
     /// The socket array's fd (what a restart takes its sockets back from).
     pub fn sockets_map(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.map_fds[0].as_fd()
+        self.map_fds.sockets.as_fd()
     }
 
     /// What [`Dispatcher::resume`] needs in the next image (the fds stay owned by this one).
     pub fn handover(&self) -> Handover {
-        let [sockets, table, config, counters] = self.map_fds.each_ref().map(|fd| fd.as_raw_fd());
+        let raw = |fd: &OwnedFd, _| Ok::<_, std::convert::Infallible>(fd.as_raw_fd());
+        let Ok(maps) = self.map_fds.as_ref().try_map(raw);
         Handover {
             program: self.program.as_raw_fd(),
-            maps: MapFds { sockets, table, config, counters },
+            maps,
             program_id: self.program_id,
             migrates: self.migrates,
         }
     }
 
-    /// A dispatcher of `program` and its maps, in the order of [`MapFds`], with `config` (or
-    /// the one its config map holds).
+    /// A dispatcher of `program` and its maps, with `config` (or the one its config map holds).
     fn from_parts(
         program: OwnedFd,
-        maps: [MapData; 4],
+        maps: MapFds<MapData>,
         config: Option<DispatchConfig>,
         program_id: u32,
         migrates: bool,
     ) -> Result<Self, DispatchError> {
-        let duplicate = |data: &MapData, name| {
+        let map_fds = maps.as_ref().try_map(|data, name| {
             let fd = data.fd().as_fd().try_clone_to_owned();
             fd.map_err(|err| map_error("open", name)(MapError::IoError(err)))
-        };
-        let names = [SOCKETS_MAP, TABLE_MAP, CONFIG_MAP, COUNTERS_MAP];
-        let [fd0, fd1, fd2, fd3] = [0, 1, 2, 3].map(|i| duplicate(&maps[i], names[i]));
-        let map_fds = [fd0?, fd1?, fd2?, fd3?];
-        let [sockets, table, config_map, counters] = maps;
+        })?;
+        let MapFds { sockets, table, config: config_map, counters } = maps;
         let config_map: Array<MapData, DispatchConfig> = typed(config_map, CONFIG_MAP)?;
         let config = match config {
             Some(config) => config,
@@ -386,41 +366,4 @@ where
 /// Map `name` from an fd an earlier loader left (handed over, or kept in the fd store).
 fn map_from_fd(fd: OwnedFd, name: &'static str) -> Result<MapData, DispatchError> {
     MapData::from_fd(fd).map_err(map_error("open", name))
-}
-
-/// The error of a failed `action` on map `name`.
-fn map_error(action: &'static str, name: &'static str) -> impl Fn(MapError) -> DispatchError {
-    move |source| DispatchError::Map { action, map: name, source }
-}
-
-/// The error of a failed write to map `name`.
-fn write_error(name: &'static str) -> impl Fn(MapError) -> DispatchError {
-    map_error("write", name)
-}
-
-fn refused_or_object(err: EbpfError) -> DispatchError {
-    match err {
-        EbpfError::ProgramError(err) => refused(err),
-        err => DispatchError::Object(err),
-    }
-}
-
-/// Turns a verifier refusal into one line with the verifier's last findings (its closing
-/// statistics left out); the whole log goes to the debug log.
-fn refused(err: ProgramError) -> DispatchError {
-    const STATISTICS: [&str; 3] = ["verification time", "stack depth", "processed "];
-    match err {
-        ProgramError::LoadError { io_error, verifier_log } => {
-            let log = format!("{verifier_log:?}");
-            tracing::debug!("verifier log:\n{log}");
-            let findings: Vec<&str> = log
-                .lines()
-                .map(str::trim)
-                .filter(|line| !line.is_empty() && !STATISTICS.iter().any(|s| line.starts_with(s)))
-                .collect();
-            let reason = findings[findings.len().saturating_sub(2)..].join(" | ");
-            DispatchError::Refused { io_error, reason }
-        }
-        source => DispatchError::Program { action: "load", source },
-    }
 }

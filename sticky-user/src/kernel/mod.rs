@@ -2,6 +2,8 @@
 //! ([`Dispatcher`], which owns the typed map handles), and the lookup [`table`] it reads.
 
 mod dispatcher;
+mod error;
 pub mod table;
 
-pub use dispatcher::{Counters, DispatchError, Dispatcher, Handover, MapFds};
+pub use dispatcher::{Counters, Dispatcher, Handover, MapFds};
+pub use error::DispatchError;
