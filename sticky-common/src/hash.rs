@@ -15,8 +15,9 @@ pub fn client_hash(seed: u64, words: &[u32]) -> u64 {
     finalize(h)
 }
 
-/// The score of `slot` for table entry `entry`: the table gives each entry to its highest
-/// scoring slot (rendezvous hashing).
+/// The score of `slot` for table entry `entry`, pseudo-random per seed, slot and entry: the
+/// table builder ranks each slot's entries by it, to choose which entries a slot gives up or
+/// takes within its quota (the loader's `kernel/table.rs` says how).
 #[inline(always)]
 pub fn slot_score(seed: u64, entry: u32, slot: u32) -> u64 {
     finalize(seed ^ (u64::from(entry) << 32 | u64::from(slot)).wrapping_mul(MULTIPLIER))

@@ -2,10 +2,12 @@
 //!
 //! Both sides compile this crate: the eBPF program for `bpfel-unknown-none`, the loader for the
 //! host. Everything that crosses the kernel/user boundary is defined here once: map names and
-//! sizes, the layout of the configuration and counters, and the client hash.
+//! sizes, the layout of the configuration and counters, the client hash, and the way from a
+//! client address to its slot.
 #![no_std]
 #![deny(missing_docs)]
 
+pub mod client;
 pub mod hash;
 
 /// Name of the `REUSEPORT_SOCKARRAY` map: index = worker slot, value = that slot's listener.

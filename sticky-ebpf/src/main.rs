@@ -27,7 +27,8 @@ use aya_ebpf::{
 };
 use sticky_common::{
     COUNTER_FALLBACK, COUNTER_PASSED, COUNTER_UNREADABLE, COUNTERS, DispatchConfig, MAX_SLOTS,
-    TABLE_SIZE, Table, hash::client_hash,
+    Table,
+    client::{Client, Pick, pick_slot},
 };
 
 #[map]
@@ -80,12 +81,6 @@ fn finish(ctx: &SkReuseportContext, client: Result<Client, u32>) -> u32 {
     sk_action::SK_PASS
 }
 
-/// A client address as read from the packet or socket, in network byte order.
-enum Client {
-    V4(u32),
-    V6([u32; 4]),
-}
-
 /// The source address of the packet being dispatched.
 #[inline(always)]
 fn client_of_packet(ctx: &SkReuseportContext) -> Result<Client, u32> {
@@ -118,33 +113,18 @@ fn client_of_socket(sk: &SockContext) -> Result<Client, u32> {
 #[inline(always)]
 fn select(ctx: &SkReuseportContext, client: Client) -> Result<u32, u32> {
     let config = STICKY_CONFIG.get(0).ok_or(COUNTER_PASSED)?;
-    let hash = match client {
-        Client::V4(saddr) => client_hash(config.seed, &[saddr & config.v4_mask]),
-        Client::V6(saddr) => {
-            let mut masked = [0; 4];
-            for i in 0..4 {
-                masked[i] = saddr[i] & config.v6_mask[i];
-            }
-            client_hash(config.seed, &masked)
-        }
-    };
     let table = STICKY_TABLE.get(0).ok_or(COUNTER_PASSED)?;
-    let slot = u32::from(table[hash as usize & (TABLE_SIZE - 1)]);
-    if STICKY_SOCKETS.select_reuseport(ctx, slot).is_ok() {
-        return Ok(slot);
-    }
-    // The slot has no socket: take the next live one, so the connection is still served.
-    for step in 1..MAX_SLOTS {
-        if step >= config.slots {
-            break;
-        }
-        let other = (slot + step) % config.slots;
-        if STICKY_SOCKETS.select_reuseport(ctx, other).is_ok() {
+    // A slot is live when its socket can be selected; a slot with no socket falls back to
+    // the next live one, so the connection is still served.
+    let live = |slot| STICKY_SOCKETS.select_reuseport(ctx, slot).is_ok();
+    match pick_slot(&client, config, table, live) {
+        Pick::Hashed(slot) => Ok(slot),
+        Pick::Fallback(slot) => {
             count(COUNTER_FALLBACK);
-            return Ok(other);
+            Ok(slot)
         }
+        Pick::None => Err(COUNTER_PASSED),
     }
-    Err(COUNTER_PASSED)
 }
 
 /// Reads `N` address words at `offset` from the start of the network header.
@@ -187,4 +167,4 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

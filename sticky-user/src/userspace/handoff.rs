@@ -22,7 +22,10 @@ use std::{
 use nix::sys::socket::{
     AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socketpair,
 };
-use sticky_common::{DispatchConfig, TABLE_SIZE, Table, hash::client_hash};
+use sticky_common::{
+    DispatchConfig, Table,
+    client::{Client, Pick, pick_slot},
+};
 pub use sticky_worker::STICKY_HANDOFF;
 use tokio::{io::unix::AsyncFd, net::TcpListener, sync::Semaphore};
 use tracing::warn;
@@ -46,26 +49,12 @@ pub fn pairs(slots: u32) -> io::Result<(Vec<OwnedFd>, Vec<OwnedFd>)> {
     Ok((loader, workers))
 }
 
-/// The slot of client `ip`: the eBPF program's computation, in user space.
+/// The slot of client `ip`: the eBPF program's computation (every slot is live here).
 pub fn slot_for(config: &DispatchConfig, table: &Table, ip: IpAddr) -> u32 {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    };
-    let hash = match ip {
-        IpAddr::V4(v4) => {
-            client_hash(config.seed, &[u32::from_ne_bytes(v4.octets()) & config.v4_mask])
-        }
-        IpAddr::V6(v6) => {
-            let mut words = [0u32; 4];
-            for (i, word) in words.iter_mut().enumerate() {
-                let bytes = &v6.octets()[i * 4..i * 4 + 4];
-                *word = u32::from_ne_bytes(bytes.try_into().expect("4 bytes")) & config.v6_mask[i];
-            }
-            client_hash(config.seed, &words)
-        }
-    };
-    u32::from(table[hash as usize & (TABLE_SIZE - 1)])
+    match pick_slot(&Client::from(ip), config, table, |_| true) {
+        Pick::Hashed(slot) | Pick::Fallback(slot) => slot,
+        Pick::None => unreachable!("every slot is live"),
+    }
 }
 
 /// Registers `owned` (a socket this process owns) with the runtime's event loop.
