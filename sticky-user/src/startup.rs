@@ -126,9 +126,9 @@ pub(crate) struct Accept {
     table: Box<Table>,
 }
 
-/// Checks privileges and the worker command, opens the listeners (adopting those `inherited`
-/// from the service manager), loads the seed, builds the table, sets up the dispatch and binds
-/// the endpoints.
+/// Checks privileges, limits and the worker command, binds the endpoints, then opens the
+/// listeners (adopting those `inherited` from the service manager), loads the seed, builds the
+/// table and sets up the dispatch. A failure removes the endpoints' files again.
 pub fn start(launch: Launch, inherited: Inherited) -> Result<Started, StartupError> {
     let mut config = launch.config.clone();
     privileges::check(&config)?;
@@ -139,6 +139,56 @@ pub fn start(launch: Launch, inherited: Inherited) -> Result<Started, StartupErr
     }
     let spawner = Spawner::new(&config, &socket_names(&config))?;
     spawner.check()?;
+    // The endpoints before the kernel: a bad path is an error with nothing attached yet.
+    let control = control::bind(&config.control)?;
+    let endpoints = bind_endpoints(&config).inspect_err(|_| {
+        let _ = std::fs::remove_file(&config.control);
+    })?;
+    let (metrics, notify) = endpoints;
+    let dispatch = set_up_dispatch(&config, inherited).inspect_err(|_| {
+        notify.remove();
+        let _ = std::fs::remove_file(&config.control);
+    })?;
+    let Dispatching { groups, dispatch, seed, table, accept } = dispatch;
+    let setup = Setup { spawner, groups, dispatch, seed, table, notify };
+    Ok(Started {
+        supervisor: Arc::new(Supervisor::new(setup, launch)),
+        control: (config.control, control),
+        metrics,
+        accept,
+        listen: config.listen,
+    })
+}
+
+/// The metrics listener and the workers' notify directory (made once the control socket is
+/// this loader's, so no other loader uses that directory).
+fn bind_endpoints(config: &RunConfig) -> Result<(Option<TcpListener>, NotifyDir), StartupError> {
+    let metrics = config
+        .metrics
+        .map(|address| {
+            TcpListener::bind(address)
+                .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+                .map_err(|source| StartupError::Metrics { address, source })
+        })
+        .transpose()?;
+    let notify = NotifyDir::create(readiness::location(&config.control), Identity::of(config))?;
+    Ok((metrics, notify))
+}
+
+/// What [`set_up_dispatch`] makes.
+struct Dispatching {
+    groups: Vec<ListenerGroup>,
+    dispatch: Dispatch,
+    seed: u64,
+    /// The table in use (none with plain SO_REUSEPORT).
+    table: Option<Box<Table>>,
+    accept: Option<Accept>,
+}
+
+/// Opens the listeners (adopting those `inherited` from the service manager), loads the seed,
+/// builds the table and sets up the dispatch.
+fn set_up_dispatch(config: &RunConfig, inherited: Inherited) -> Result<Dispatching, StartupError> {
+    let userspace = config.dispatch == DispatchMode::Userspace;
     // Userspace dispatch: one socket per address, accepted on by the loader.
     let sockets_per_address = if userspace { 1 } else { config.workers };
     let adopted = inherited.adopt(&config.listen, sockets_per_address);
@@ -158,7 +208,7 @@ pub fn start(launch: Launch, inherited: Inherited) -> Result<Started, StartupErr
     let in_use = (config.dispatch != DispatchMode::None).then(|| table.clone());
     let (dispatch, accept) = match config.dispatch {
         DispatchMode::Kernel => {
-            let dispatchers = attach(&config, &dispatch_config, &table, &groups, adopted.old_maps)?;
+            let dispatchers = attach(config, &dispatch_config, &table, &groups, adopted.old_maps)?;
             (Dispatch::Kernel(dispatchers), None)
         }
         DispatchMode::None => {
@@ -179,26 +229,7 @@ pub fn start(launch: Launch, inherited: Inherited) -> Result<Started, StartupErr
             (Dispatch::Userspace(worker_ends), Some(accept))
         }
     };
-    let control = control::bind(&config.control)?;
-    let metrics = config
-        .metrics
-        .map(|address| {
-            TcpListener::bind(address)
-                .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
-                .map_err(|source| StartupError::Metrics { address, source })
-        })
-        .transpose()?;
-    // Last: once the control socket is this loader's, no other loader uses the directory.
-    let notify = NotifyDir::create(readiness::location(&config.control), Identity::of(&config))?;
-
-    let setup = Setup { spawner, groups, dispatch, seed, table: in_use, notify };
-    Ok(Started {
-        supervisor: Arc::new(Supervisor::new(setup, launch)),
-        control: (config.control, control),
-        metrics,
-        accept,
-        listen: config.listen,
-    })
+    Ok(Dispatching { groups, dispatch, seed, table: in_use, accept })
 }
 
 impl Started {

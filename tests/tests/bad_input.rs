@@ -191,3 +191,23 @@ fn control_commands_without_a_loader_say_so_once() {
         assert_eq!(String::from_utf8_lossy(&output.stderr), expected, "sticky {args:?}");
     }
 }
+
+#[test]
+fn a_control_socket_directory_others_could_write_to_is_refused() {
+    in_netns(|| {
+        let dir = StateDir::new();
+        fs::create_dir_all(&dir.0).unwrap();
+        fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o775)).unwrap();
+        let control = dir.0.join("control.sock");
+        let error =
+            refused(&["--listen", "127.0.0.1:3024", "--control", control.to_str().unwrap()]);
+        assert_says(
+            &error,
+            &format!(
+                "control socket directory {} is writable by its group or others (mode 775)",
+                dir.0.display()
+            ),
+        );
+        assert!(!control.exists(), "the control socket was made");
+    });
+}

@@ -301,6 +301,30 @@ fn the_control_socket_is_private_and_says_when_no_loader_runs() {
         let mode = std::fs::metadata(sticky.control_path()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let control = sticky.control_path().to_owned();
+        // Past its mode, the loader answers only root and its own user, checked by the peer's
+        // credentials: another user gets no answer even on a socket opened to all.
+        let open = |mode| {
+            std::fs::set_permissions(&control, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        open(0o666);
+        let denied = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(sticky_bin())
+            .args(["status", "--control"])
+            .arg(&control)
+            .output()
+            .unwrap();
+        open(0o600);
+        assert!(!denied.status.success(), "another user was answered");
+        assert!(!String::from_utf8_lossy(&denied.stdout).contains("in_table"));
+        // A request is one line of at most 64 KiB: 64 KiB without its end is refused at once,
+        // not waited on. (More would be left unread, and the close would reset the answer.)
+        let mut stream = std::os::unix::net::UnixStream::connect(&control).unwrap();
+        std::io::Write::write_all(&mut stream, &vec![b' '; 64 * 1024]).unwrap();
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+        assert!(answer.contains("the request is incomplete or too long"), "{answer}");
+        assert!(sticky.status().slots.iter().all(|slot| slot.ready), "the loader stopped serving");
         let run = |args: &[&str]| {
             let output = Command::new(sticky_bin())
                 .args(args)
