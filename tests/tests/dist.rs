@@ -83,7 +83,11 @@ fn the_package_installs_serves_under_systemd_and_is_removed_with_its_instances()
         assert!(container.exists(path), "the package did not install {path}");
     }
     let man = container.ok(&["zcat", "/usr/share/man/man1/sticky.1.gz"]);
-    assert!(man.contains(".TH sticky 1") && man.contains("install"), "{man}");
+    assert!(man.contains(".TH sticky 1"), "{man}");
+    // Every command's part, with its options, is in the one page.
+    for part in [".SS \"sticky run\"", ".SS \"sticky install\"", "\\-\\-prefix\\-v4"] {
+        assert!(man.contains(part), "the man page lacks {part}:\n{man}");
+    }
     let complete = "source /usr/share/bash-completion/completions/sticky && complete -p sticky";
     assert!(container.ok(&["bash", "-c", complete]).contains("sticky"));
 

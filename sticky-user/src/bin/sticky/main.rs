@@ -4,6 +4,7 @@ mod ctl;
 mod demo;
 mod inspect;
 mod install;
+mod man;
 mod run;
 
 use std::{ffi::OsString, io::IsTerminal as _, path::Path, process::ExitCode};
@@ -126,9 +127,7 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "sticky", &mut std::io::stdout());
             Ok(())
         }
-        Command::Man => {
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).map_err(Into::into)
-        }
+        Command::Man => man::render(Cli::command(), &mut std::io::stdout()).map_err(Into::into),
         Command::TemplateUnit => {
             print!("{}", service::template_unit(Path::new(service::PACKAGED_BIN)));
             Ok(())
