@@ -62,8 +62,8 @@ pub fn environ_of(pid: u32) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-/// Variables addressed to sticky itself, which a worker must never see (README: "Running your
-/// server").
+/// Variables addressed to sticky itself, which a worker must never see (docs/operations.md,
+/// "What a worker gets").
 pub const LOADER_ONLY: [&str; 8] = [
     "FDSTORE",
     "STATE_DIRECTORY",
@@ -75,7 +75,7 @@ pub const LOADER_ONLY: [&str; 8] = [
     "WATCHDOG_USEC",
 ];
 
-/// The `STICKY_*` variables sticky sets for a worker (README: "Running your server").
+/// The `STICKY_*` variables sticky sets for a worker (docs/operations.md, "What a worker gets").
 pub const WORKER_STICKY_VARIABLES: [&str; 3] =
     ["STICKY_WORKER", "STICKY_WORKERS", "STICKY_HANDOFF"];
 

@@ -158,7 +158,7 @@ impl Sticky {
     }
 
     /// Starts `sticky run ARGS` as user `nobody` holding `capabilities` (setpriv's syntax, e.g.
-    /// `+bpf,+net_admin`) as ambient capabilities, as the README suggests for a loader that is
+    /// `+bpf,+net_admin`) as ambient capabilities, as docs/security.md suggests for a loader that is
     /// not root, with a fresh state directory.
     pub fn start_unprivileged(capabilities: &str, args: &[&str]) -> Self {
         let state = StateDir::new();

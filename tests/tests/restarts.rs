@@ -129,7 +129,7 @@ fn the_loader_upgrades_crashes_and_restarts_under_load_without_refusing_a_connec
             let answer = container.ok(&[STICKY, "upgrade", "--control", CONTROL]);
             assert!(answer.starts_with("upgraded in place"), "{answer}");
         });
-        // The README's cost table: an upgrade loses nothing.
+        // docs/operations.md's cost table: an upgrade loses nothing.
         report.assert_no_failure_during("sticky upgrade", span);
         let after = status(&container);
         assert_eq!(container.property(UNIT, "MainPID"), main_pid);

@@ -216,7 +216,7 @@ fn workers_start_with_only_their_sockets_and_cannot_gain_privileges() {
             }
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
             assert!(status.contains("NoNewPrivs:\t1"), "{status}");
-            // The variables the README promises, with their values.
+            // The variables docs/operations.md promises, with their values.
             let environ = sticky_tests::privileges::environ_of(pid);
             let variables: Vec<&str> = environ.split('\0').collect();
             for expected in [

@@ -19,11 +19,12 @@ pub struct RunOptions {
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Address to listen on, ADDR:PORT; repeat for several. [default: [::]:3000, dual-stack]
+    /// Address to listen on, ADDR:PORT; repeat for several. On [::], IPv4 clients arrive
+    /// v4-mapped and are hashed by their IPv4 address. [default: [::]:3000, dual-stack]
     #[arg(long, value_name = "ADDR:PORT")]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub listen: Vec<String>,
-    /// Number of worker processes. [default: number of CPUs]
+    /// Number of worker processes, 1 to 128. [default: number of CPUs]
     #[arg(long, short = 'w', value_name = "N")]
     pub workers: Option<u32>,
     /// IPv4 prefix length that makes one client, e.g. 24 keeps a /24 on one worker. [default: 32]
@@ -52,7 +53,8 @@ pub struct RunOptions {
     /// (it sent READY=1 to NOTIFY_SOCKET). [default: delay]
     #[arg(long, value_name = "MODE")]
     pub ready: Option<ReadyMode>,
-    /// Seconds a worker must stay up to count as ready with `--ready delay`. [default: 1]
+    /// Seconds a worker must stay up to count as ready with `--ready delay` (a READY=1 before
+    /// that counts too); shorter than --ready-timeout. [default: 1]
     #[arg(long, value_name = "SECS")]
     pub ready_delay: Option<f64>,
     /// Seconds a new worker may take to become ready, at start and on reload. [default: 30]
@@ -70,22 +72,24 @@ pub struct RunOptions {
     /// /run/sticky/sticky.sock]
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
-    /// Extra environment variable for the workers, KEY=VALUE; repeat for several. (In the file:
-    /// an `[environment]` table.)
+    /// Extra environment variable for the workers, KEY=VALUE; repeat for several. Not one sticky
+    /// sets itself (LISTEN_*, STICKY_WORKER(S), STICKY_HANDOFF, NOTIFY_SOCKET, WATCHDOG_*). (In
+    /// the file: an `[environment]` table.)
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     #[serde(skip_serializing_if = "Vec::is_empty", with = "environment_table")]
     pub environment: Vec<(String, String)>,
     /// The workers' working directory.
     #[arg(long, value_name = "DIR")]
     pub working_directory: Option<PathBuf>,
-    /// Run the workers as this user (name or uid), without capabilities.
+    /// Run the workers as this user (name or uid), with its supplementary groups and without
+    /// capabilities; sticky checks at start that it can execute the worker command.
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
     /// Run the workers with this group (name or gid). [default: the user's primary group]
     #[arg(long, value_name = "GROUP")]
     pub group: Option<String>,
-    /// Let workers run as root: without --user while sticky is root, or with --user root or
-    /// --group root.
+    /// Let workers run as root: without --user while sticky is root, or with --user root/0 or
+    /// --group root/0. Needed whenever sticky is root or holds any capability.
     #[arg(long, num_args = 0, default_missing_value = "true")]
     pub allow_root_workers: Option<bool>,
     /// Serve Prometheus metrics on PORT (127.0.0.1) or ADDR:PORT. [default: off]
