@@ -25,12 +25,14 @@ const UNIT: &str = "sticky@web.service";
 const CONTROL: &str = "/run/sticky/web/control.sock";
 const WORKERS: usize = 3;
 /// Where the package puts what it ships besides the binary and the unit.
-const PACKAGED_FILES: [&str; 5] = [
+const PACKAGED_FILES: [&str; 7] = [
     "/usr/share/man/man1/sticky.1.gz",
     "/usr/share/bash-completion/completions/sticky",
     "/usr/share/zsh/vendor-completions/_sticky",
     "/usr/share/fish/vendor_completions.d/sticky.fish",
     "/usr/share/doc/sticky/examples/sticky.toml",
+    "/usr/share/doc/sticky/README.md",
+    "/usr/share/doc/sticky/docs/operations.md",
 ];
 
 /// The one file in `target/dist/` (or `$STICKY_DIST`) whose name ends with `suffix`.
