@@ -77,9 +77,11 @@ func main() {
 	}
 	slot := os.Getenv("STICKY_WORKER")
 	server := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("x-sticky-worker", slot)
-		w.Header().Set("x-sticky-pid", strconv.Itoa(os.Getpid()))
-		w.Header().Set("x-sticky-runtime", "go")
+		// Lower case as the other examples send them (Header().Set would canonicalize).
+		header := w.Header()
+		header["x-sticky-worker"] = []string{slot}
+		header["x-sticky-pid"] = []string{strconv.Itoa(os.Getpid())}
+		header["x-sticky-runtime"] = []string{"go"}
 		fmt.Fprintf(w, "worker: %s\n", slot)
 	})}
 	stopped := make(chan struct{})
