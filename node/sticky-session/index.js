@@ -15,7 +15,7 @@ const path = require('node:path');
 const SD_LISTEN_FDS_START = 3;
 /** Seconds a stopping worker waits for its connections: sticky's default `--grace-period`. */
 const DEFAULT_GRACE_PERIOD = 10;
-/** The variable that changes it (seconds), e.g. `sticky run --env STICKY_SESSION_GRACE_PERIOD=30`. */
+/** The variable that changes it, in seconds: `sticky run --env STICKY_SESSION_GRACE_PERIOD=30`. */
 const GRACE_PERIOD_VARIABLE = 'STICKY_SESSION_GRACE_PERIOD';
 /** The original `listen` of a server whose `listen` the 0.x API replaced. */
 const originalListen = Symbol('sticky-session original listen');
@@ -126,7 +126,8 @@ function gracePeriod(env = process.env) {
   if (value === undefined || value === '') return DEFAULT_GRACE_PERIOD;
   const seconds = Number(value);
   if (Number.isFinite(seconds) && seconds >= 0) return seconds;
-  note(`${GRACE_PERIOD_VARIABLE}=${JSON.stringify(value)} is not a number of seconds; using ${DEFAULT_GRACE_PERIOD}`);
+  const shown = `${GRACE_PERIOD_VARIABLE}=${JSON.stringify(value)}`;
+  note(`${shown} is not a number of seconds; using ${DEFAULT_GRACE_PERIOD}`);
   return DEFAULT_GRACE_PERIOD;
 }
 
@@ -241,8 +242,10 @@ function start(server, port, options, callback) {
   if (inherited) {
     serveInherited(server, inherited.fds, () => {
       const { port: actual } = server.address() || {};
-      if (inherited.slot === 0 && port !== undefined && actual !== undefined && Number(port) !== actual) {
-        note(`serving sticky's sockets (${inherited.names.join(', ')}), not port ${port}: \`sticky run --listen\` sets them`);
+      const other = port !== undefined && actual !== undefined && Number(port) !== actual;
+      if (inherited.slot === 0 && other) {
+        const names = inherited.names.join(', ');
+        note(`serving sticky's sockets (${names}), not port ${port}: \`sticky run --listen\` sets them`);
       }
       notify('READY=1');
     });
@@ -250,7 +253,8 @@ function start(server, port, options, callback) {
   }
   served.add(server);
   listenOf(server, port, options.host, () => notify('READY=1'));
-  note(`not under sticky: serving port ${port} in this one process; to run all workers: ${stickyCommand(port, options.workers)}`);
+  const command = stickyCommand(port, options.workers);
+  note(`not under sticky: serving port ${port} in this one process; to run all workers: ${command}`);
 }
 
 /**
@@ -269,12 +273,17 @@ function listen(server, port, options) {
  * a factory that returns nothing throws, as in 0.x; `num` 0 returns the server untouched.
  */
 function sticky(first, second) {
-  const options = second === undefined ? {} : typeof first === 'number' ? { num: first } : first || {};
-  const make = second === undefined ? first : second;
+  // As 0.x: a number first is the worker count, and anything else the server or its factory
+  // (or, on 0.x's last master, an options object before the server).
+  let [options, make] = [{}, first];
+  if (typeof first === 'number') [options, make] = [{ num: first }, second];
+  else if (second !== undefined && first && typeof first.listen !== 'function') {
+    [options, make] = [first, second];
+  }
   const server = typeof make === 'function' ? make() : make;
   if (!server) throw new Error("Worker hasn't created server!");
   if (options.num === 0) return server;
-  server[originalListen] = server.listen;
+  if (!server[originalListen]) server[originalListen] = server.listen;
   server.listen = function stickyListen(port, ...rest) {
     const callback = typeof rest[rest.length - 1] === 'function' ? rest.pop() : undefined;
     const host = typeof rest[0] === 'string' ? rest[0] : undefined;
