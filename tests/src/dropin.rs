@@ -26,7 +26,8 @@ pub fn example(path: &str) -> PathBuf {
 /// The npm package `cargo xtask dist` makes: `$STICKY_DIST/sticky-session-2.0.0.tgz` (default
 /// `target/dist`).
 pub fn sticky_session_tarball() -> PathBuf {
-    let dist = env::var_os("STICKY_DIST").map_or_else(|| workspace().join("target/dist"), PathBuf::from);
+    let dist =
+        env::var_os("STICKY_DIST").map_or_else(|| workspace().join("target/dist"), PathBuf::from);
     let tarball = dist.join("sticky-session-2.0.0.tgz");
     assert!(tarball.exists(), "{} is missing: run `cargo xtask dist`", tarball.display());
     tarball
@@ -57,7 +58,11 @@ impl SeedApp {
             .current_dir(&app.dir)
             .output()
             .expect("run npm: `cargo xtask test` installs it (apt-get install npm)");
-        assert!(output.status.success(), "npm install: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "npm install: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         for file in files {
             fs::copy(example("sticky-session").join(file), app.path(file)).expect("copy");
         }

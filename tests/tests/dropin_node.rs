@@ -172,7 +172,9 @@ fn serves_alone(file: &str, printed: Option<&str>) {
         let answer = loop {
             match http_text(client_v4(0), server, "/") {
                 Ok(answer) => break answer,
-                Err(err) if Instant::now() > deadline => panic!("node {file} does not serve: {err}"),
+                Err(err) if Instant::now() > deadline => {
+                    panic!("node {file} does not serve: {err}")
+                }
                 Err(_) => thread::sleep(Duration::from_millis(50)),
             }
         };

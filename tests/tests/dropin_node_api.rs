@@ -143,7 +143,8 @@ fn sigterm_finishes_open_requests_and_the_grace_period_bounds_the_exit() {
         // The held connection kept its worker for STICKY_SESSION_GRACE_PERIOD, not sticky's 10 s.
         assert!(took >= Duration::from_millis(2500) && took < Duration::from_secs(7), "{took:?}");
         assert!(
-            exit.log.contains("sticky-session: connections still open after the grace period (3 s)"),
+            exit.log
+                .contains("sticky-session: connections still open after the grace period (3 s)"),
             "{}",
             exit.log
         );

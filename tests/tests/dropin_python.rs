@@ -37,7 +37,16 @@ fn uvicorn(redis: &Redis, port: u16, dispatch: &str) -> Sticky {
     let (listen, redis_url) = (format!("127.0.0.1:{port}"), format!("REDIS_URL={}", redis.url()));
     let app_dir = example("python-servers");
     let args = [
-        "--listen", &listen, "-w", "4", "--dispatch", dispatch, "--ready", "notify", "--env", &redis_url,
+        "--listen",
+        &listen,
+        "-w",
+        "4",
+        "--dispatch",
+        dispatch,
+        "--ready",
+        "notify",
+        "--env",
+        &redis_url,
     ];
     let uvicorn = pyenv("uvicorn");
     let worker = [
@@ -107,8 +116,21 @@ fn gunicorn(port: u16) -> Sticky {
     let app_dir = example("python-servers");
     let gunicorn = pyenv("gunicorn");
     let args = [
-        "--listen", &listen, "-w", "4", "--ready", "notify", "--", &gunicorn, "--workers", "1",
-        "--graceful-timeout", "8", "--no-control-socket", "--chdir", app_dir.to_str().unwrap(),
+        "--listen",
+        &listen,
+        "-w",
+        "4",
+        "--ready",
+        "notify",
+        "--",
+        &gunicorn,
+        "--workers",
+        "1",
+        "--graceful-timeout",
+        "8",
+        "--no-control-socket",
+        "--chdir",
+        app_dir.to_str().unwrap(),
         "wsgi:app",
     ];
     Sticky::serving(&args, WORKERS)
@@ -139,7 +161,10 @@ fn reload_under_load(sticky: &Sticky, port: u16, what: &str) {
     let started = Instant::now();
     let done = sticky.control(Request::Reload);
     let reload = (started, Instant::now());
-    assert!(matches!(&done, Response::Done { message } if message == "restarted 4 workers"), "{done:?}");
+    assert!(
+        matches!(&done, Response::Done { message } if message == "restarted 4 workers"),
+        "{done:?}"
+    );
     thread::sleep(Duration::from_millis(500));
     let report = load.stop();
     report.assert_no_failure_during(what, reload);
