@@ -165,8 +165,12 @@ fn version(sticky: &Path) -> anyhow::Result<String> {
     Ok(version.to_owned())
 }
 
-/// The size of `path`, in MiB.
+/// The size of `path`, in MiB (in KiB below 1 MiB, as the npm package is).
 fn size(path: &Path) -> anyhow::Result<String> {
     let bytes = fs::metadata(path).with_context(|| format!("no {}", path.display()))?.len();
-    Ok(format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0)))
+    Ok(if bytes < 1024 * 1024 {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+    })
 }
