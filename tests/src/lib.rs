@@ -11,6 +11,7 @@
 
 mod client;
 mod container;
+pub mod dropin;
 mod load;
 mod namespace;
 mod netns;

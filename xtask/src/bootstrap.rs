@@ -3,8 +3,9 @@
 //! development packages matching nightly's LLVM, bpf-linker built against them, and the
 //! tools the integration tests call (iproute2, util-linux's setpriv, python3, node with npm and
 //! the socket.io example's packages, systemd-analyze, redis-server and chromium for the socket.io
-//! chat, and openssl, curl, nginx and nftables for the deployment recipes), and for the service
-//! test a real systemd:
+//! chat, and openssl, curl, nginx and nftables for the deployment recipes; for the drop-in
+//! tests socket.io and TypeScript, golang, and uvicorn, gunicorn and python-socketio in
+//! target/pyenv), and for the service test a real systemd:
 //! mmdebstrap, systemd-nspawn and a container root kept under target/.
 
 use std::{
@@ -62,6 +63,7 @@ pub fn test_tools() -> anyhow::Result<()> {
     }
     socketio_services()?;
     socketio_packages()?;
+    dropin_tools()?;
     container_root()
 }
 
@@ -135,15 +137,57 @@ fn socketio_services() -> anyhow::Result<()> {
 
 /// Installs the socket.io example's npm packages from its lock file, unless they are there.
 fn socketio_packages() -> anyhow::Result<()> {
-    let example = shell::workspace_root().join("examples/socketio");
+    npm_ci("socketio")
+}
+
+/// Installs the npm packages of `examples/DIR` from its lock file, unless they are there.
+fn npm_ci(dir: &str) -> anyhow::Result<()> {
+    let example = shell::workspace_root().join("examples").join(dir);
     let modified = |path: PathBuf| fs::metadata(path).and_then(|m| m.modified()).ok();
     let installed = modified(example.join("node_modules/.package-lock.json"));
     if installed.is_some() && installed >= modified(example.join("package-lock.json")) {
-        say("socket.io example packages: present");
+        say(&format!("examples/{dir} packages: present"));
         return Ok(());
     }
-    say("installing the socket.io example's packages (npm ci)");
+    say(&format!("installing the packages of examples/{dir} (npm ci)"));
     run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&example))
+}
+
+/// What the drop-in tests need besides node: socket.io and TypeScript for the sticky-session
+/// examples (npm), Debian's golang for the Go example, and the Python servers' pinned packages
+/// (PyPI) in a virtual environment of the system's python, `target/pyenv`, which the workers'
+/// user can read.
+fn dropin_tools() -> anyhow::Result<()> {
+    npm_ci("sticky-session")?;
+    ensure_tool("go", "golang")?;
+    let requirements = shell::workspace_root().join("examples/python-servers/requirements.txt");
+    let venv = python_env_dir();
+    // The copy of requirements.txt the environment was made from: a changed file remakes it.
+    let installed_from = venv.join("requirements.txt");
+    let wanted = fs::read_to_string(&requirements).context("cannot read requirements.txt")?;
+    if fs::read_to_string(&installed_from).is_ok_and(|had| had == wanted) {
+        say("Python servers' packages (target/pyenv): present");
+        return Ok(());
+    }
+    // Debian's python makes virtual environments (with pip) only with python3-venv.
+    let status = output(Command::new("dpkg-query").args(["-W", "-f=${Status}", "python3-venv"]));
+    if !status.is_some_and(|status| status.contains("install ok installed")) {
+        apt_install(&["python3-venv"])?;
+    }
+    say("installing the Python servers' packages into target/pyenv (pip)");
+    if venv.exists() {
+        fs::remove_dir_all(&venv).with_context(|| format!("cannot remove {}", venv.display()))?;
+    }
+    run(Command::new(SYSTEM_PYTHON).args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check", "--requirement"])
+        .arg(&requirements))?;
+    fs::write(&installed_from, wanted).context("cannot record the installed requirements")
+}
+
+/// The Python servers' virtual environment.
+fn python_env_dir() -> PathBuf {
+    shell::workspace_root().join("target/pyenv")
 }
 
 /// Ensures `tool` is on PATH, installing Debian package `package` if it is missing.

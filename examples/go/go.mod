@@ -1,0 +1,3 @@
+module sticky.example/worker
+
+go 1.19
