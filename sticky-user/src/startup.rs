@@ -2,20 +2,15 @@
 //! endpoints bound. Every check comes before the first worker starts; a failure here leaves
 //! nothing running, and nothing attached once the process exits (the sockets close with it).
 
-use std::{
-    io,
-    net::TcpListener,
-    path::PathBuf,
-    sync::{Arc, Mutex, PoisonError},
-};
+use std::{io, net::TcpListener, os::fd::RawFd, path::PathBuf, sync::Arc};
 
-use serde::{Deserialize, Serialize};
 use sticky_common::{DispatchConfig, Table};
 use thiserror::Error;
 use tracing::{info, warn};
 
+pub use crate::kernel::Counters;
 use crate::{
-    config::{DispatchMode, RunConfig, RunOptions},
+    config::{DispatchMode, Launch, RunConfig},
     dispatch::Dispatch,
     endpoints::{
         control::{self, ControlError},
@@ -27,11 +22,11 @@ use crate::{
     listeners::{self, ListenError, ListenerGroup},
     privileges::{self, PrivilegeError},
     seed::{self, SeedError},
-    spawn::{SpawnError, Spawner},
+    spawn::{SpawnError, Spawner, socket_names},
     supervisor::{Endpoints, Setup, Supervisor, SupervisorError},
+    upgrade::{self, Carried, ResumeError, Takeover},
     userspace::handoff,
 };
-pub use crate::{kernel::Counters, supervisor::Reconfigure};
 
 /// Why sticky could not start.
 #[derive(Debug, Error)]
@@ -72,39 +67,6 @@ pub enum StartupError {
     /// Userspace dispatch's sockets could not be made.
     #[error("cannot set up userspace dispatch")]
     Handoff(#[source] io::Error),
-}
-
-/// What `sticky run` was given: the validated configuration, and the options it came from (a
-/// reload reads their file again). An upgrade hands it on unchanged.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Launch {
-    /// The configuration.
-    pub config: RunConfig,
-    options: RunOptions,
-    /// `options.config`, which the options' serde form leaves out.
-    config_file: Option<PathBuf>,
-}
-
-impl Launch {
-    /// `config`, validated from `options`.
-    pub fn new(config: RunConfig, options: RunOptions) -> Self {
-        Self { config, config_file: options.config.clone(), options }
-    }
-
-    /// With a configuration file: reads the worker count again at each reload, and applies it
-    /// only if it changed there (so a reload does not undo a `sticky scale`).
-    pub(crate) fn reconfigure(&self) -> Option<Reconfigure> {
-        let file = self.config_file.clone()?;
-        let options = RunOptions { config: Some(file), ..self.options.clone() };
-        let configured = Mutex::new(self.config.workers);
-        Some(Box::new(move || {
-            let workers = options.clone().validate().map_err(|err| err.to_string())?.workers;
-            let mut configured = configured.lock().unwrap_or_else(PoisonError::into_inner);
-            let changed = *configured != workers;
-            *configured = workers;
-            Ok(changed.then_some(workers))
-        }))
-    }
 }
 
 /// A loader ready to run: call [`Started::run`] inside a current-thread tokio runtime.
@@ -192,13 +154,44 @@ pub fn start(launch: Launch, inherited: Inherited) -> Result<Started, StartupErr
     let notify = NotifyDir::create(readiness::location(&config.control), Identity::of(&config))?;
 
     let setup = Setup { spawner, groups, dispatch, seed, table: in_use, notify };
-    Ok(Started {
-        supervisor: Arc::new(Supervisor::new(setup, launch)),
-        control: (config.control, control),
-        metrics,
-        accept,
-        listen: config.listen,
-    })
+    let control = (config.control, control);
+    Ok(assemble(launch, setup, control, metrics, accept, None))
+}
+
+/// `sticky resume --state-fd N [--rollback REASON]`: takes over from the image that handed
+/// over the record at `state_fd` ([`upgrade::resume`]), with the table rebuilt from the slots
+/// that were in it, and the supervisor going on from its record.
+///
+/// # Safety
+///
+/// As [`upgrade::resume`].
+pub unsafe fn resume(state_fd: RawFd, rollback: Option<String>) -> Result<Started, ResumeError> {
+    // SAFETY: guaranteed by the caller.
+    let takeover = unsafe { upgrade::resume(state_fd, rollback) }?;
+    let Takeover { launch, spawner, groups, dispatch, seed, notify, control, metrics, carried } =
+        takeover;
+    let slots = &carried.supervisor.slots;
+    let in_table: Vec<u32> =
+        (0..).zip(slots).filter(|(_, slot)| slot.in_table).map(|(index, _)| index).collect();
+    let table = (launch.config.dispatch != DispatchMode::None && !in_table.is_empty())
+        .then(|| table::build(seed, &in_table));
+    let setup = Setup { spawner, groups, dispatch, seed, table, notify };
+    Ok(assemble(launch, setup, control, metrics, None, Some(carried)))
+}
+
+/// The running loader, from what a fresh start set up or an upgrade took over: the one place
+/// its supervisor is built.
+fn assemble(
+    launch: Launch,
+    setup: Setup,
+    control: (PathBuf, std::os::unix::net::UnixListener),
+    metrics: Option<TcpListener>,
+    accept: Option<Accept>,
+    carried: Option<Carried>,
+) -> Started {
+    let listen = launch.config.listen.clone();
+    let supervisor = Arc::new(Supervisor::new(setup, launch, carried));
+    Started { supervisor, control, metrics, accept, listen }
 }
 
 impl Started {
@@ -245,14 +238,6 @@ fn detach_previous(groups: &[ListenerGroup]) {
         if let Some(socket) = group.sockets.first() {
             let _ = Dispatcher::detach_any(socket);
         }
-    }
-}
-
-/// The workers' `LISTEN_FDNAMES`: `sticky-PORT` per listen address, or the handoff socket.
-pub(crate) fn socket_names(config: &RunConfig) -> Vec<String> {
-    match config.dispatch {
-        DispatchMode::Userspace => vec!["sticky-handoff".into()],
-        _ => config.listen.iter().map(|address| format!("sticky-{}", address.port())).collect(),
     }
 }
 

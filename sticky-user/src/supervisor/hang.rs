@@ -17,10 +17,12 @@ use tokio::time::sleep;
 use tracing::{error, warn};
 
 use super::{
-    state::{Progress, State, lock},
+    state::{Progress, State},
     workers::kill,
 };
-use crate::{chain::Chain, dispatch::Dispatch, kernel::Counters, listeners::accept_backlog};
+use crate::{
+    chain::Chain, dispatch::Dispatch, kernel::Counters, listeners::accept_backlog, sync::lock,
+};
 
 /// Checks every slot a few times per hang timeout (and watchdog interval), until the loader
 /// stops. Does nothing when both are off.

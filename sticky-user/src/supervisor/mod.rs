@@ -23,7 +23,7 @@ use std::{
     os::fd::AsRawFd as _,
     path::PathBuf,
     sync::{Arc, Mutex, MutexGuard, OnceLock},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use sticky_common::{MAX_SLOTS, Table};
@@ -35,13 +35,14 @@ use tokio::{
 use tracing::{error, info};
 
 pub use self::error::SupervisorError;
-pub(crate) use self::upgrade::Resumed;
 use self::{
-    state::{State, lock},
+    state::State,
+    upgrade::Resumed,
     workers::{start_worker, terminate, track},
 };
 use crate::{
     chain::Chain,
+    config::{Launch, Reconfigure},
     dispatch::Dispatch,
     endpoints::{
         Loader,
@@ -53,8 +54,8 @@ use crate::{
     kernel::{Counters, Dispatcher},
     listeners::ListenerGroup,
     spawn::Spawner,
-    startup::Launch,
-    upgrade::{EndpointFds, handled_signals},
+    sync::{lock, unix_now},
+    upgrade::{Carried, EndpointFds, handled_signals},
 };
 
 /// What `sticky run` set up for the supervisor.
@@ -103,26 +104,37 @@ pub struct Supervisor {
     resumed: Mutex<Option<Resumed>>,
 }
 
-/// Returns the worker count the configuration asks for now if it changed since the last call, or
-/// why the configuration cannot be read.
-pub type Reconfigure = Box<dyn Fn() -> Result<Option<u32>, String> + Send + Sync>;
-
 impl Supervisor {
-    /// A supervisor for what `sticky run` set up, as `launch` configures it.
-    pub(crate) fn new(setup: Setup, launch: Launch) -> Self {
+    /// A supervisor for what `sticky run` set up, as `launch` configures it: with a slot per
+    /// socket at a fresh start, or, after an upgrade or a rollback, going on from what the
+    /// earlier image `carried` over (its slots, its workers adopted, the requester to answer).
+    pub(crate) fn new(setup: Setup, launch: Launch, carried: Option<Carried>) -> Self {
         let count = match &setup.dispatch {
             Dispatch::Userspace(ends) => ends.len(),
             _ => setup.groups.first().map_or(0, |group| group.sockets.len()),
         };
         let mut state = State::new(setup, launch.config.policy);
-        for _ in 0..count {
-            let slot = state.new_slot();
-            state.slots.push(slot);
+        let mut started_at_unix_secs = unix_now();
+        let mut resumed = None;
+        match carried {
+            None => {
+                for _ in 0..count {
+                    let slot = state.new_slot();
+                    state.slots.push(slot);
+                }
+            }
+            Some(Carried { supervisor, inboxes, previous, reply, rollback }) => {
+                let upgrades = supervisor.upgrades;
+                state.adopt(supervisor, inboxes);
+                // After a rollback, this image is the one that ran before: same start, same
+                // count.
+                if rollback.is_some() {
+                    state.upgrades = upgrades;
+                    started_at_unix_secs = previous.started_at_unix_secs;
+                }
+                resumed = Some(Resumed { previous, reply, rollback });
+            }
         }
-        Self::with_state(state, launch)
-    }
-
-    fn with_state(state: State, launch: Launch) -> Self {
         let executable = state.spawner.executable().to_owned();
         Self {
             shared: Arc::new(Mutex::new(state)),
@@ -131,9 +143,9 @@ impl Supervisor {
             reconfigure: launch.reconfigure(),
             launch,
             executable,
-            started_at_unix_secs: unix_now(),
+            started_at_unix_secs,
             endpoint_fds: OnceLock::new(),
-            resumed: Mutex::new(None),
+            resumed: Mutex::new(resumed),
         }
     }
 
@@ -381,11 +393,6 @@ impl Loader for Supervisor {
             Err(err) => error!(error = %err, "upgrade: cannot keep the requester's connection"),
         }
     }
-}
-
-/// Now, in seconds since the Unix epoch.
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |since| since.as_secs())
 }
 
 fn log_outcome(what: &str, result: Result<String, SupervisorError>) {

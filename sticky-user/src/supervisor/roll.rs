@@ -5,7 +5,7 @@
 //! that exits first, or is not ready within the ready timeout, is killed; the old worker keeps
 //! its slot, the slots not yet rolled are left alone, and the restart stops with the reason.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
@@ -13,7 +13,10 @@ use super::{
     Supervisor, SupervisorError,
     workers::{kill, spawn_worker, terminate},
 };
-use crate::endpoints::{control::ReloadOutcome, notify};
+use crate::{
+    endpoints::{control::ReloadOutcome, notify},
+    sync::unix_now,
+};
 
 /// How often the start checks whether every slot is ready.
 const POLL: Duration = Duration::from_millis(20);
@@ -30,9 +33,7 @@ impl Supervisor {
             Ok(message) => (true, message.clone()),
             Err(err) => (false, err.to_string()),
         };
-        let at_unix_secs = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |since| since.as_secs());
+        let at_unix_secs = unix_now();
         self.state().last_reload =
             Some(ReloadOutcome { at_unix_secs, ok, message: message.clone() });
         notify::ready(&if ok { self.summary() } else { message });

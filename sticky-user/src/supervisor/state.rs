@@ -5,7 +5,6 @@
 use std::{
     collections::VecDeque,
     os::fd::{AsRawFd as _, RawFd},
-    sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
@@ -284,8 +283,4 @@ impl State {
         fd_store::keep(&self.groups, index as u32);
         Ok(())
     }
-}
-
-pub(super) fn lock(shared: &Arc<Mutex<State>>) -> MutexGuard<'_, State> {
-    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

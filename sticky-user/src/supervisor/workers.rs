@@ -16,12 +16,13 @@ use tracing::{error, info, warn};
 
 use super::{
     reaper::{Exiting, kill_and_reap},
-    state::{FIRST_BACKOFF, HEALTHY_RUN, State, Worker, lock},
+    state::{FIRST_BACKOFF, HEALTHY_RUN, State, Worker},
     worker::Exit,
 };
 use crate::{
     config::{ReadyMode, WorkerPolicy},
     endpoints::readiness::{self, Notice},
+    sync::lock,
 };
 
 /// The longest delay between restarts.

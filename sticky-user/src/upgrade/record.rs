@@ -16,10 +16,10 @@ use nix::sys::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    config::Launch,
     endpoints::control::{LoaderInfo, ReloadOutcome},
     kernel::Handover,
     limits::StartedWith,
-    startup::Launch,
 };
 
 /// The shape of [`Record`] this binary writes and reads. A change of shape takes a new number.

@@ -7,13 +7,14 @@
 //! to the old image ([`super::rollback`]).
 
 use std::{
+    collections::HashMap,
     net::TcpListener,
     os::{
         fd::{BorrowedFd, FromRawFd as _, IntoRawFd as _, OwnedFd, RawFd},
         unix::net::{UnixListener, UnixStream},
     },
     panic::{AssertUnwindSafe, catch_unwind},
-    sync::Arc,
+    path::PathBuf,
 };
 
 use nix::fcntl::{FcntlArg, fcntl};
@@ -22,22 +23,60 @@ use tracing::error;
 
 use super::{
     exec::set_close_on_exec,
-    record::{Record, RecordError},
+    record::{Record, RecordError, SupervisorRecord},
     rollback::{HandBackError, hand_back},
 };
 use crate::{
     chain::Chain,
-    config::DispatchMode,
+    config::{DispatchMode, Launch},
     dispatch::Dispatch,
-    endpoints::readiness::{Identity, Inbox, NotifyDir},
+    endpoints::{
+        control::LoaderInfo,
+        readiness::{Identity, Inbox, NotifyDir},
+    },
     identity,
-    kernel::{DispatchError, Dispatcher, Handover, MapFds, table},
+    kernel::{DispatchError, Dispatcher, Handover, MapFds},
     limits::{self, LimitError},
     listeners::ListenerGroup,
-    spawn::{SpawnError, Spawner},
-    startup::{Started, socket_names},
-    supervisor::{Resumed, Setup, Supervisor},
+    spawn::{SpawnError, Spawner, socket_names},
 };
+
+/// Everything the new image took over, its own now: what `sticky run` would have set up, and
+/// what the supervisor goes on from.
+pub struct Takeover {
+    /// The configuration, as it runs.
+    pub(crate) launch: Launch,
+    /// Starts the workers.
+    pub(crate) spawner: Spawner,
+    /// The listening sockets, per listen address.
+    pub(crate) groups: Vec<ListenerGroup>,
+    /// The dispatch, its programs taken over.
+    pub(crate) dispatch: Dispatch,
+    /// The hash seed.
+    pub(crate) seed: u64,
+    /// The workers' notify directory.
+    pub(crate) notify: NotifyDir,
+    /// The control socket and its path.
+    pub(crate) control: (PathBuf, UnixListener),
+    /// The metrics listener.
+    pub(crate) metrics: Option<TcpListener>,
+    /// The supervisor's state and how this image came to run.
+    pub(crate) carried: Carried,
+}
+
+/// What the supervisor goes on from after an upgrade or a rollback.
+pub(crate) struct Carried {
+    /// Its slots and workers.
+    pub(crate) supervisor: SupervisorRecord,
+    /// The workers' notify sockets, by pid.
+    pub(crate) inboxes: HashMap<u32, Inbox>,
+    /// The image that handed over.
+    pub(crate) previous: LoaderInfo,
+    /// The `sticky upgrade` connection that waits for the answer.
+    pub(crate) reply: Option<UnixStream>,
+    /// After a rollback: why the new image could not take over.
+    pub(crate) rollback: Option<String>,
+}
 
 /// Why the new image could not take over.
 #[derive(Debug, Error)]
@@ -87,14 +126,14 @@ pub enum ResumeError {
 ///
 /// `state_fd` must be the record an upgrade passed to this process, and the fds it names must
 /// be open and owned by nothing else in this process (as they are right after the exec).
-pub unsafe fn resume(state_fd: RawFd, rollback: Option<String>) -> Result<Started, ResumeError> {
+pub unsafe fn resume(state_fd: RawFd, rollback: Option<String>) -> Result<Takeover, ResumeError> {
     let rolled_back = rollback.is_some();
     // Read now: the way back must not need a free fd.
     let build = identity::build_id();
     // SAFETY: guaranteed by the caller.
     let taken = catch_unwind(AssertUnwindSafe(|| unsafe { take_over(state_fd, rollback) }));
     let failure = match taken {
-        Ok(Ok(started)) => return Ok(started),
+        Ok(Ok(takeover)) => return Ok(takeover),
         Ok(Err(err)) => err,
         Err(_) => ResumeError::Panicked,
     };
@@ -118,7 +157,7 @@ pub unsafe fn resume(state_fd: RawFd, rollback: Option<String>) -> Result<Starte
 /// # Safety
 ///
 /// As [`resume`].
-unsafe fn take_over(state_fd: RawFd, rollback: Option<String>) -> Result<Started, ResumeError> {
+unsafe fn take_over(state_fd: RawFd, rollback: Option<String>) -> Result<Takeover, ResumeError> {
     // SAFETY: the caller guarantees it is open for the duration of this call.
     let record = Record::read(unsafe { BorrowedFd::borrow_raw(state_fd) })?;
     for fd in record.fds() {
@@ -173,23 +212,19 @@ unsafe fn take_over(state_fd: RawFd, rollback: Option<String>) -> Result<Started
         DispatchMode::None => Dispatch::Plain,
         _ => Dispatch::Kernel(dispatchers),
     };
-    let in_table: Vec<u32> =
-        (0..).zip(&supervisor.slots).filter(|(_, slot)| slot.in_table).map(|(i, _)| i).collect();
-    let table = (config.dispatch != DispatchMode::None && !in_table.is_empty())
-        .then(|| table::build(seed, &in_table));
-    let setup = Setup { spawner, groups: listener_groups, dispatch, seed, table, notify };
     let control = UnixListener::from(own(endpoints.control));
     let metrics = endpoints.metrics.map(|fd| TcpListener::from(own(fd)));
     let reply = reply.map(|fd| UnixStream::from(own(fd)));
-    let listen = config.listen.clone();
-    let resumed = Resumed { previous, reply, rollback };
-    let supervisor = Supervisor::resume(setup, launch, supervisor, inboxes, resumed);
-    Ok(Started {
-        supervisor: Arc::new(supervisor),
+    Ok(Takeover {
+        launch,
+        spawner,
+        groups: listener_groups,
+        dispatch,
+        seed,
+        notify,
         control: (endpoints.control_path, control),
         metrics,
-        accept: None,
-        listen,
+        carried: Carried { supervisor, inboxes, previous, reply, rollback },
     })
 }
 
