@@ -14,6 +14,7 @@ mod handover;
 mod hang;
 mod reaper;
 mod roll;
+mod slot;
 mod state;
 mod upgrade;
 mod worker;
@@ -345,8 +346,9 @@ impl Supervisor {
         let live = {
             let mut state = self.state();
             state.stopping = true;
-            for slot in &mut state.slots {
-                slot.worker = None;
+            for index in 0..state.slots.len() {
+                state.slots[index].worker = None;
+                state.on(index, slot::Event::Leave);
             }
             state.live.clone()
         };

@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use super::{
     Supervisor, SupervisorError,
+    slot::FirstReady,
     workers::{kill, spawn_worker, terminate},
 };
 use crate::{
@@ -106,11 +107,12 @@ impl Supervisor {
                 let state = self.state();
                 let slots = &state.slots;
                 let failure = slots.iter().enumerate().find_map(|(index, slot)| {
-                    let exit = slot.failure.as_ref()?;
+                    let FirstReady::Failed(exit) = &slot.life.first_ready else { return None };
                     Some(format!("worker {index} {exit} before it was ready"))
                 });
-                let failed = slots.iter().filter(|slot| slot.failure.is_some()).count();
-                let ready = slots.iter().filter(|slot| slot.was_ready).count();
+                let failed = slots.iter().filter(|slot| slot.life.first_ready.failed()).count();
+                let ready =
+                    slots.iter().filter(|slot| slot.life.first_ready == FirstReady::Seen).count();
                 (ready, failed, slots.len(), failure)
             };
             if ready == total {
