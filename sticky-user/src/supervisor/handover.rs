@@ -113,3 +113,55 @@ impl Worker {
         Worker::adopted(record.pid, uptime, record.ready, record.status, inbox)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::supervisor::slot::Ejection::{CrashLooping, Hung};
+
+    #[test]
+    fn every_phase_survives_the_record_in_its_version_2_shape() {
+        let now = Instant::now();
+        for (phase, ready) in [
+            (Phase::Starting, false),
+            (Phase::Ready, true),
+            (Phase::Ejected(Hung), false),
+            (Phase::Ejected(CrashLooping), true),
+        ] {
+            let life = Life { phase, first_ready: FirstReady::Seen, hangs: 2, ..Life::default() };
+            let worker = Worker::adopted(7, Duration::from_secs(3), ready, None, None);
+            let slot = Slot {
+                id: 4,
+                worker: Some(worker),
+                life,
+                progress: Progress { accepted: 0, at: now },
+            };
+            let record = slot.handover(now);
+            let json = serde_json::to_value(&record).expect("JSON");
+            let keys: Vec<&str> =
+                json.as_object().expect("object").keys().map(|k| k.as_str()).collect();
+            assert_eq!(
+                keys,
+                [
+                    "backoff_ms",
+                    "exit_ages_secs",
+                    "hangs",
+                    "hung",
+                    "id",
+                    "in_table",
+                    "restarts",
+                    "was_ready",
+                    "worker"
+                ]
+            );
+            let back = Slot::adopt(
+                serde_json::from_value(json).expect("a SlotRecord"),
+                now,
+                &mut HashMap::new(),
+            );
+            assert_eq!(back.life, slot.life, "{phase:?}");
+        }
+    }
+}
