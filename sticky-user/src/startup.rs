@@ -75,13 +75,13 @@ pub struct Started {
     pub(crate) control: (PathBuf, std::os::unix::net::UnixListener),
     pub(crate) metrics: Option<TcpListener>,
     /// Userspace dispatch: what the loader's accept loop needs.
-    pub(crate) accept: Option<Accept>,
+    pub(crate) handoff_loop: Option<HandoffLoop>,
     pub(crate) listen: Vec<std::net::SocketAddr>,
 }
 
 /// Userspace dispatch's accept loop: the listeners, each slot's end of its handoff pair, and
 /// how a client maps to a slot.
-pub(crate) struct Accept {
+pub(crate) struct HandoffLoop {
     listeners: Vec<TcpListener>,
     ends: Vec<std::os::fd::OwnedFd>,
     config: DispatchConfig,
@@ -118,7 +118,7 @@ pub fn start(launch: Launch, inherited: Inherited) -> Result<Started, StartupErr
     let dispatch_config =
         DispatchConfig::new(seed, config.prefix_v4, config.prefix_v6, config.workers);
     let in_use = (config.dispatch != DispatchMode::None).then(|| table.clone());
-    let (dispatch, accept) = match config.dispatch {
+    let (dispatch, handoff_loop) = match config.dispatch {
         DispatchMode::Kernel => {
             let dispatchers = attach(&config, &dispatch_config, &table, &groups, adopted.old_maps)?;
             (Dispatch::Kernel(dispatchers), None)
@@ -126,7 +126,7 @@ pub fn start(launch: Launch, inherited: Inherited) -> Result<Started, StartupErr
         DispatchMode::None => {
             detach_previous(&groups);
             warn!("--dispatch none: plain SO_REUSEPORT, clients are NOT sticky");
-            (Dispatch::Plain, None)
+            (Dispatch::None, None)
         }
         DispatchMode::Userspace => {
             detach_previous(&groups);
@@ -137,8 +137,9 @@ pub fn start(launch: Launch, inherited: Inherited) -> Result<Started, StartupErr
                 .map(|group| group.sockets[0].try_clone())
                 .collect::<Result<_, _>>()
                 .map_err(StartupError::Handoff)?;
-            let accept = Accept { listeners, ends: loader_ends, config: dispatch_config, table };
-            (Dispatch::Userspace(worker_ends), Some(accept))
+            let handoff_loop =
+                HandoffLoop { listeners, ends: loader_ends, config: dispatch_config, table };
+            (Dispatch::Userspace(worker_ends), Some(handoff_loop))
         }
     };
     let control = control::bind(&config.control)?;
@@ -155,7 +156,7 @@ pub fn start(launch: Launch, inherited: Inherited) -> Result<Started, StartupErr
 
     let setup = Setup { spawner, groups, dispatch, seed, table: in_use, notify };
     let control = (config.control, control);
-    Ok(assemble(launch, setup, control, metrics, accept, None))
+    Ok(assemble(launch, setup, control, metrics, handoff_loop, None))
 }
 
 /// `sticky resume --state-fd N [--rollback REASON]`: takes over from the image that handed
@@ -186,12 +187,12 @@ fn assemble(
     setup: Setup,
     control: (PathBuf, std::os::unix::net::UnixListener),
     metrics: Option<TcpListener>,
-    accept: Option<Accept>,
+    handoff_loop: Option<HandoffLoop>,
     carried: Option<Carried>,
 ) -> Started {
     let listen = launch.config.listen.clone();
     let supervisor = Arc::new(Supervisor::new(setup, launch, carried));
-    Started { supervisor, control, metrics, accept, listen }
+    Started { supervisor, control, metrics, handoff_loop, listen }
 }
 
 impl Started {
@@ -210,8 +211,8 @@ impl Started {
                 .transpose()
                 .map_err(io_error)?,
         };
-        if let Some(accept) = self.accept {
-            let listeners = accept
+        if let Some(handoff_loop) = self.handoff_loop {
+            let listeners = handoff_loop
                 .listeners
                 .into_iter()
                 .map(|listener| {
@@ -221,10 +222,11 @@ impl Started {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(io_error)?;
             info!(
-                workers = accept.ends.len(),
+                workers = handoff_loop.ends.len(),
                 "userspace dispatch: the loader accepts every connection"
             );
-            tokio::spawn(handoff::master(listeners, accept.ends, accept.config, accept.table));
+            let HandoffLoop { ends, config, table, .. } = handoff_loop;
+            tokio::spawn(handoff::master(listeners, ends, config, table));
         }
         let counters = self.supervisor.run(endpoints).await?;
         Ok(self.listen.into_iter().zip(counters).collect())

@@ -17,9 +17,9 @@ use tokio::time::sleep;
 use tracing::warn;
 
 use super::{
+    processes::carry_out,
     slot::Event,
     state::{Progress, State},
-    workers::carry_out,
 };
 use crate::{
     config::WorkerPolicy, dispatch::Dispatch, kernel::Counters, listeners::accept_backlog,

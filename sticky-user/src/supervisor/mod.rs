@@ -10,15 +10,15 @@
 //! wait for worker exits, timers and control requests each take it briefly.
 
 mod error;
-mod handover;
 mod hang;
+mod processes;
 mod reaper;
 mod roll;
 mod slot;
 mod state;
+mod state_record;
 mod upgrade;
 mod worker;
-mod workers;
 
 use std::{
     os::fd::AsRawFd as _,
@@ -37,9 +37,9 @@ use tracing::{error, info};
 
 pub use self::error::SupervisorError;
 use self::{
+    processes::{start_worker, terminate, track},
     state::State,
     upgrade::Resumed,
-    workers::{start_worker, terminate, track},
 };
 use crate::{
     chain::Chain,
@@ -48,8 +48,9 @@ use crate::{
     endpoints::{
         Loader,
         control::{self, LoaderInfo, Request, Response, Status},
-        metrics, notify,
+        metrics,
         readiness::NotifyDir,
+        systemd,
     },
     identity,
     kernel::{Counters, Dispatcher},
@@ -182,7 +183,7 @@ impl Supervisor {
         if let Some(listener) = endpoints.metrics {
             tokio::spawn(metrics::serve(listener, self.clone()));
         }
-        tokio::spawn(notify::watchdog());
+        tokio::spawn(systemd::watchdog());
         // A stop while the workers get ready is obeyed at once.
         let stopped_early = tokio::select! {
             ready = self.wait_until_ready() => match ready {
@@ -200,7 +201,7 @@ impl Supervisor {
             Some(reason) => reason,
             None => {
                 tokio::spawn(hang::watch(self.shared.clone()));
-                notify::ready(&self.summary());
+                systemd::ready(&self.summary());
                 self.answer_upgrade();
                 loop {
                     tokio::select! {
@@ -242,7 +243,7 @@ impl Supervisor {
     /// Stops the workers, detaches the programs and removes the control socket and the notify
     /// directory; returns the final counters.
     async fn shut_down(&self, control_path: PathBuf) -> Result<Vec<Counters>, SupervisorError> {
-        notify::stopping();
+        systemd::stopping();
         self.stop_workers().await;
         let mut state = self.state();
         let dispatchers = state.dispatch.dispatchers().iter();
@@ -257,7 +258,7 @@ impl Supervisor {
         // program stays attached to keep queueing connections by client meanwhile. It goes
         // with the sockets when systemd lets go of them (a stop).
         if let Dispatch::Kernel(dispatchers) = dispatch
-            && !notify::fd_store()
+            && !systemd::fd_store()
         {
             for (dispatcher, group) in dispatchers.drain(..).zip(groups.iter()) {
                 if let Err(err) = dispatcher.detach(&group.sockets[0]) {
@@ -267,7 +268,7 @@ impl Supervisor {
         }
         let _ = std::fs::remove_file(control_path);
         state.notify.remove();
-        notify::flush(Duration::from_secs(1));
+        systemd::flush(Duration::from_secs(1));
         Ok(counters)
     }
 

@@ -11,12 +11,12 @@ use tracing::{info, warn};
 
 use super::{
     Supervisor, SupervisorError,
+    processes::{kill, spawn_worker, terminate},
     slot::FirstReady,
     worker::NotReady,
-    workers::{kill, spawn_worker, terminate},
 };
 use crate::{
-    endpoints::{control::ReloadOutcome, notify},
+    endpoints::{control::ReloadOutcome, systemd},
     sync::unix_now,
 };
 
@@ -29,7 +29,7 @@ impl Supervisor {
     /// The outcome is kept for `sticky status` and told to systemd.
     pub async fn reload(&self) -> Result<String, SupervisorError> {
         let _operation = self.operation.lock().await;
-        notify::reloading();
+        systemd::reloading();
         let result = self.roll().await;
         let (ok, message) = match &result {
             Ok(message) => (true, message.clone()),
@@ -38,7 +38,7 @@ impl Supervisor {
         let at_unix_secs = unix_now();
         self.state().last_reload =
             Some(ReloadOutcome { at_unix_secs, ok, message: message.clone() });
-        notify::ready(&if ok { self.summary() } else { message });
+        systemd::ready(&if ok { self.summary() } else { message });
         result
     }
 

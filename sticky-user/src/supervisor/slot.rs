@@ -1,6 +1,6 @@
 //! A slot's life, as a state machine without I/O: [`Life::on`] takes an event and the time and
 //! returns what the supervisor must do (update the table, eject the slot, kill or restart its
-//! worker); `workers.rs`, `hang.rs` and `state.rs` only carry that out.
+//! worker); `processes.rs`, `hang.rs` and `state.rs` only carry that out.
 //!
 //! | phase                   | event                          | next                    | actions           |
 //! |-------------------------|--------------------------------|-------------------------|-------------------|

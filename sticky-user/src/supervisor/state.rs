@@ -1,6 +1,6 @@
 //! The supervisor's state: slots, sockets, maps and workers, and the changes of slots (add,
 //! remove, eject) that keep sockets, maps and the table in step. A change returns the worker
-//! processes to start or stop; `workers.rs` does that.
+//! processes to start or stop; `processes.rs` does that.
 
 use std::{
     os::fd::{AsRawFd as _, RawFd},

@@ -15,7 +15,7 @@ use crate::{
     dispatch::Dispatch,
     endpoints::{
         control::{self, LoaderInfo, ReloadOutcome, Response},
-        notify,
+        systemd,
     },
     sync::{lock, unix_now},
     upgrade::{self, GroupRecord, Image, Record, UpgradeError},
@@ -78,10 +78,10 @@ impl Supervisor {
             build_id = answer.build_id,
             "upgrading in place"
         );
-        notify::reloading();
+        systemd::reloading();
         // Written again: workers may have changed while the probe ran.
         let err = upgrade::exec(&image, &self.record(reply, running.as_raw_fd()));
-        notify::ready(&self.summary());
+        systemd::ready(&self.summary());
         err
     }
 

@@ -209,7 +209,7 @@ unsafe fn take_over(state_fd: RawFd, rollback: Option<String>) -> Result<Takeove
         })
         .collect();
     let dispatch = match config.dispatch {
-        DispatchMode::None => Dispatch::Plain,
+        DispatchMode::None => Dispatch::None,
         _ => Dispatch::Kernel(dispatchers),
     };
     let control = UnixListener::from(own(endpoints.control));
