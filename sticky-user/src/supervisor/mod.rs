@@ -301,9 +301,8 @@ impl Supervisor {
         let live = {
             let mut state = self.state();
             state.stopping = true;
-            for index in 0..state.slots.len() {
-                state.slots[index].worker = None;
-                state.on(index, slot::Event::Leave);
+            for slot in &mut state.slots {
+                slot.worker = None;
             }
             state.live.clone()
         };

@@ -44,7 +44,8 @@ pub(super) enum Phase {
     Ready,
     /// Out of the table, its clients with the other slots, for a reason.
     Ejected(Ejection),
-    /// Leaving: removed by a scale down, or the loader stops.
+    /// Leaving: removed by a scale down (out of the table first, then its socket and its
+    /// worker go). A loader that stops keeps its slots as they are for `sticky status`.
     Stopping,
 }
 
@@ -96,7 +97,7 @@ pub(super) enum Event {
     },
     /// Its worker was found hung.
     Hung,
-    /// The slot leaves (scale down, stop).
+    /// The slot leaves (scale down).
     Leave,
 }
 

@@ -171,7 +171,13 @@ impl State {
                 }
                 Action::Eject => {
                     if let Err(err) = self.eject(index) {
-                        error!(slot = index, error = %Chain(&err), "cannot eject the slot");
+                        let what = if self.slots[index].life.phase == Phase::Ejected(Ejection::Hung)
+                        {
+                            "cannot take the hung slot out of the table"
+                        } else {
+                            "cannot eject the slot"
+                        };
+                        error!(slot = index, error = %Chain(&err), "{what}");
                     }
                 }
                 Action::Kill | Action::Restart(_) => rest.push(action),
