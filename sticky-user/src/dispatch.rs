@@ -11,8 +11,8 @@ pub enum Dispatch {
     /// The loader accepts and passes each connection on: each slot's end of its handoff socket
     /// pair, which that slot's worker inherits.
     Userspace(Vec<OwnedFd>),
-    /// Plain SO_REUSEPORT, not sticky.
-    Plain,
+    /// None: plain SO_REUSEPORT, not sticky (`--dispatch none`).
+    None,
 }
 
 impl Dispatch {
@@ -21,7 +21,7 @@ impl Dispatch {
         match self {
             Self::Kernel(_) => DispatchMode::Kernel,
             Self::Userspace(_) => DispatchMode::Userspace,
-            Self::Plain => DispatchMode::None,
+            Self::None => DispatchMode::None,
         }
     }
 

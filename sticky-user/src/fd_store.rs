@@ -26,7 +26,7 @@ use std::{
 use socket2::{Protocol, Socket, Type};
 use tracing::{info, warn};
 
-use crate::{endpoints::notify, listeners::ListenerGroup};
+use crate::{endpoints::systemd, listeners::ListenerGroup};
 
 /// The fd-store name of slot `slot`'s sockets (one per listen address).
 pub fn slot_name(slot: u32) -> String {
@@ -175,7 +175,7 @@ fn listening_tcp(fd: OwnedFd) -> Result<(TcpListener, SocketAddr), String> {
 
 /// Stores slot `slot`'s sockets (of every group) in systemd's fd store, if it keeps one.
 pub fn keep(groups: &[ListenerGroup], slot: u32) {
-    if !notify::fd_store() {
+    if !systemd::fd_store() {
         return;
     }
     let fds = groups
@@ -183,25 +183,25 @@ pub fn keep(groups: &[ListenerGroup], slot: u32) {
         .filter_map(|group| group.sockets.get(slot as usize))
         .filter_map(|socket| socket.as_fd().try_clone_to_owned().ok())
         .collect();
-    notify::store(slot_name(slot), fds);
+    systemd::store(slot_name(slot), fds);
 }
 
 /// Stores the socket array of the program serving `address`, replacing the one stored before.
 pub fn keep_map(address: SocketAddr, map: std::os::fd::BorrowedFd<'_>) {
-    if !notify::fd_store() {
+    if !systemd::fd_store() {
         return;
     }
-    notify::forget(map_name(address));
+    systemd::forget(map_name(address));
     if let Ok(map) = map.try_clone_to_owned() {
         // A map is not pollable as systemd expects of a stored fd.
-        notify::store_unpolled(map_name(address), vec![map]);
+        systemd::store_unpolled(map_name(address), vec![map]);
     }
 }
 
 /// Tells systemd to forget the sockets stored under `name`.
 pub fn forget(name: String) {
-    if notify::fd_store() {
-        notify::forget(name);
+    if systemd::fd_store() {
+        systemd::forget(name);
     }
 }
 

@@ -27,6 +27,7 @@ pub mod service;
 pub mod spawn;
 pub mod startup;
 mod supervisor;
+pub mod sync;
 pub mod upgrade;
 mod userspace;
 

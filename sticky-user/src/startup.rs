@@ -2,20 +2,15 @@
 //! endpoints bound. Every check comes before the first worker starts; a failure here leaves
 //! nothing running, and nothing attached once the process exits (the sockets close with it).
 
-use std::{
-    io,
-    net::TcpListener,
-    path::PathBuf,
-    sync::{Arc, Mutex, PoisonError},
-};
+use std::{io, net::TcpListener, os::fd::RawFd, path::PathBuf, sync::Arc};
 
-use serde::{Deserialize, Serialize};
 use sticky_common::{DispatchConfig, Table};
 use thiserror::Error;
 use tracing::{info, warn};
 
+pub use crate::kernel::Counters;
 use crate::{
-    config::{DispatchMode, RunConfig, RunOptions},
+    config::{DispatchMode, Launch, RunConfig},
     dispatch::Dispatch,
     endpoints::{
         control::{self, ControlError},
@@ -27,11 +22,11 @@ use crate::{
     listeners::{self, ListenError, ListenerGroup},
     privileges::{self, PrivilegeError},
     seed::{self, SeedError},
-    spawn::{SpawnError, Spawner},
+    spawn::{SpawnError, Spawner, socket_names},
     supervisor::{Endpoints, Setup, Supervisor, SupervisorError},
+    upgrade::{self, Carried, ResumeError, Takeover},
     userspace::handoff,
 };
-pub use crate::{kernel::Counters, supervisor::Reconfigure};
 
 /// Why sticky could not start.
 #[derive(Debug, Error)]
@@ -74,52 +69,19 @@ pub enum StartupError {
     Handoff(#[source] io::Error),
 }
 
-/// What `sticky run` was given: the validated configuration, and the options it came from (a
-/// reload reads their file again). An upgrade hands it on unchanged.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Launch {
-    /// The configuration.
-    pub config: RunConfig,
-    options: RunOptions,
-    /// `options.config`, which the options' serde form leaves out.
-    config_file: Option<PathBuf>,
-}
-
-impl Launch {
-    /// `config`, validated from `options`.
-    pub fn new(config: RunConfig, options: RunOptions) -> Self {
-        Self { config, config_file: options.config.clone(), options }
-    }
-
-    /// With a configuration file: reads the worker count again at each reload, and applies it
-    /// only if it changed there (so a reload does not undo a `sticky scale`).
-    pub(crate) fn reconfigure(&self) -> Option<Reconfigure> {
-        let file = self.config_file.clone()?;
-        let options = RunOptions { config: Some(file), ..self.options.clone() };
-        let configured = Mutex::new(self.config.workers);
-        Some(Box::new(move || {
-            let workers = options.clone().validate().map_err(|err| err.to_string())?.workers;
-            let mut configured = configured.lock().unwrap_or_else(PoisonError::into_inner);
-            let changed = *configured != workers;
-            *configured = workers;
-            Ok(changed.then_some(workers))
-        }))
-    }
-}
-
 /// A loader ready to run: call [`Started::run`] inside a current-thread tokio runtime.
 pub struct Started {
     pub(crate) supervisor: Arc<Supervisor>,
     pub(crate) control: (PathBuf, std::os::unix::net::UnixListener),
     pub(crate) metrics: Option<TcpListener>,
     /// Userspace dispatch: what the loader's accept loop needs.
-    pub(crate) accept: Option<Accept>,
+    pub(crate) handoff_loop: Option<HandoffLoop>,
     pub(crate) listen: Vec<std::net::SocketAddr>,
 }
 
 /// Userspace dispatch's accept loop: the listeners, each slot's end of its handoff pair, and
 /// how a client maps to a slot.
-pub(crate) struct Accept {
+pub(crate) struct HandoffLoop {
     listeners: Vec<TcpListener>,
     ends: Vec<std::os::fd::OwnedFd>,
     config: DispatchConfig,
@@ -149,15 +111,9 @@ pub fn start(launch: Launch, inherited: Inherited) -> Result<Started, StartupErr
         notify.remove();
         let _ = std::fs::remove_file(&config.control);
     })?;
-    let Dispatching { groups, dispatch, seed, table, accept } = dispatch;
+    let Dispatching { groups, dispatch, seed, table, handoff_loop } = dispatch;
     let setup = Setup { spawner, groups, dispatch, seed, table, notify };
-    Ok(Started {
-        supervisor: Arc::new(Supervisor::new(setup, launch)),
-        control: (config.control, control),
-        metrics,
-        accept,
-        listen: config.listen,
-    })
+    Ok(assemble(launch, setup, (config.control, control), metrics, handoff_loop, None))
 }
 
 /// The metrics listener and the workers' notify directory (made once the control socket is
@@ -182,7 +138,7 @@ struct Dispatching {
     seed: u64,
     /// The table in use (none with plain SO_REUSEPORT).
     table: Option<Box<Table>>,
-    accept: Option<Accept>,
+    handoff_loop: Option<HandoffLoop>,
 }
 
 /// Opens the listeners (adopting those `inherited` from the service manager), loads the seed,
@@ -206,7 +162,7 @@ fn set_up_dispatch(config: &RunConfig, inherited: Inherited) -> Result<Dispatchi
     let dispatch_config =
         DispatchConfig::new(seed, config.prefix_v4, config.prefix_v6, config.workers);
     let in_use = (config.dispatch != DispatchMode::None).then(|| table.clone());
-    let (dispatch, accept) = match config.dispatch {
+    let (dispatch, handoff_loop) = match config.dispatch {
         DispatchMode::Kernel => {
             let dispatchers = attach(config, &dispatch_config, &table, &groups, adopted.old_maps)?;
             (Dispatch::Kernel(dispatchers), None)
@@ -214,7 +170,7 @@ fn set_up_dispatch(config: &RunConfig, inherited: Inherited) -> Result<Dispatchi
         DispatchMode::None => {
             detach_previous(&groups);
             warn!("--dispatch none: plain SO_REUSEPORT, clients are NOT sticky");
-            (Dispatch::Plain, None)
+            (Dispatch::None, None)
         }
         DispatchMode::Userspace => {
             detach_previous(&groups);
@@ -225,11 +181,48 @@ fn set_up_dispatch(config: &RunConfig, inherited: Inherited) -> Result<Dispatchi
                 .map(|group| group.sockets[0].try_clone())
                 .collect::<Result<_, _>>()
                 .map_err(StartupError::Handoff)?;
-            let accept = Accept { listeners, ends: loader_ends, config: dispatch_config, table };
-            (Dispatch::Userspace(worker_ends), Some(accept))
+            let handoff_loop =
+                HandoffLoop { listeners, ends: loader_ends, config: dispatch_config, table };
+            (Dispatch::Userspace(worker_ends), Some(handoff_loop))
         }
     };
-    Ok(Dispatching { groups, dispatch, seed, table: in_use, accept })
+    Ok(Dispatching { groups, dispatch, seed, table: in_use, handoff_loop })
+}
+
+/// `sticky resume --state-fd N [--rollback REASON]`: takes over from the image that handed
+/// over the record at `state_fd` ([`upgrade::resume`]), with the table rebuilt from the slots
+/// that were in it, and the supervisor going on from its record.
+///
+/// # Safety
+///
+/// As [`upgrade::resume`].
+pub unsafe fn resume(state_fd: RawFd, rollback: Option<String>) -> Result<Started, ResumeError> {
+    // SAFETY: guaranteed by the caller.
+    let takeover = unsafe { upgrade::resume(state_fd, rollback) }?;
+    let Takeover { launch, spawner, groups, dispatch, seed, notify, control, metrics, carried } =
+        takeover;
+    let slots = &carried.supervisor.slots;
+    let in_table: Vec<u32> =
+        (0..).zip(slots).filter(|(_, slot)| slot.in_table).map(|(index, _)| index).collect();
+    let table = (launch.config.dispatch != DispatchMode::None && !in_table.is_empty())
+        .then(|| table::build(seed, &in_table));
+    let setup = Setup { spawner, groups, dispatch, seed, table, notify };
+    Ok(assemble(launch, setup, control, metrics, None, Some(carried)))
+}
+
+/// The running loader, from what a fresh start set up or an upgrade took over: the one place
+/// its supervisor is built.
+fn assemble(
+    launch: Launch,
+    setup: Setup,
+    control: (PathBuf, std::os::unix::net::UnixListener),
+    metrics: Option<TcpListener>,
+    handoff_loop: Option<HandoffLoop>,
+    carried: Option<Carried>,
+) -> Started {
+    let listen = launch.config.listen.clone();
+    let supervisor = Arc::new(Supervisor::new(setup, launch, carried));
+    Started { supervisor, control, metrics, handoff_loop, listen }
 }
 
 impl Started {
@@ -248,8 +241,8 @@ impl Started {
                 .transpose()
                 .map_err(io_error)?,
         };
-        if let Some(accept) = self.accept {
-            let listeners = accept
+        if let Some(handoff_loop) = self.handoff_loop {
+            let listeners = handoff_loop
                 .listeners
                 .into_iter()
                 .map(|listener| {
@@ -259,10 +252,11 @@ impl Started {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(io_error)?;
             info!(
-                workers = accept.ends.len(),
+                workers = handoff_loop.ends.len(),
                 "userspace dispatch: the loader accepts every connection"
             );
-            tokio::spawn(handoff::master(listeners, accept.ends, accept.config, accept.table));
+            let HandoffLoop { ends, config, table, .. } = handoff_loop;
+            tokio::spawn(handoff::master(listeners, ends, config, table));
         }
         let counters = self.supervisor.run(endpoints).await?;
         Ok(self.listen.into_iter().zip(counters).collect())
@@ -276,14 +270,6 @@ fn detach_previous(groups: &[ListenerGroup]) {
         if let Some(socket) = group.sockets.first() {
             let _ = Dispatcher::detach_any(socket);
         }
-    }
-}
-
-/// The workers' `LISTEN_FDNAMES`: `sticky-PORT` per listen address, or the handoff socket.
-pub(crate) fn socket_names(config: &RunConfig) -> Vec<String> {
-    match config.dispatch {
-        DispatchMode::Userspace => vec!["sticky-handoff".into()],
-        _ => config.listen.iter().map(|address| format!("sticky-{}", address.port())).collect(),
     }
 }
 

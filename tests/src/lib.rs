@@ -9,6 +9,7 @@
 //! containers, and reading the kernel's program list).
 #![deny(missing_docs)]
 
+pub mod another_user;
 mod client;
 mod container;
 pub mod dropin;
@@ -16,6 +17,7 @@ mod load;
 mod namespace;
 mod netns;
 pub mod privileges;
+mod programs;
 mod redis;
 mod sticky;
 mod tls;
@@ -27,10 +29,10 @@ pub use container::{Container, systemd_root};
 pub use load::{Load, MIN_SUCCEEDED, Outcome, Report};
 pub use namespace::{Netns, veth};
 pub use netns::{in_netns, processes_in_netns};
+pub use programs::{loaded_programs, program_is_loaded, reuseport_programs};
 pub use redis::Redis;
 pub use sticky::{
-    Counters, Exit, StateDir, Sticky, UNIT_BOUNDING_SET, WORKER_USER, loaded_programs,
-    program_is_loaded, reuseport_programs, sticky_bin, target_bin,
+    Counters, Exit, StateDir, Sticky, UNIT_BOUNDING_SET, WORKER_USER, sticky_bin, target_bin,
 };
 pub use tls::{Certificate, TLS_NAME, https_gets};
 

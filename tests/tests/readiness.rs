@@ -3,44 +3,22 @@
 //! their workers; READY=1 from a `systemd-notify` child counts every time.
 
 use std::{
-    ffi::OsStr,
     fs,
-    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::Command,
     time::Instant,
 };
 
 use nix::sys::signal::Signal;
-use sticky_tests::{StateDir, Sticky, eventually, in_netns, processes_in_netns, sticky_bin};
+use sticky_tests::{
+    StateDir, Sticky,
+    another_user::{BIND, LIST, MKDIR, OTHER, PYTHON, as_user, send_as},
+    eventually, in_netns, processes_in_netns, sticky_bin,
+};
 use sticky_user::control::{Request, Response};
 
 /// The workers' user (`nobody`).
 const WORKERS: u32 = 65534;
-/// Another local user.
-const OTHER: u32 = 65533;
-
-const PYTHON: &str = "/usr/bin/python3";
-const SEND: &str = "import socket, sys
-socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(sys.argv[2].encode(), sys.argv[1])";
-const BIND: &str = "import socket, sys
-socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).bind(sys.argv[1])";
-const MKDIR: &str = "import os, sys\nos.mkdir(sys.argv[1])";
-const LIST: &str = "import os, sys\nos.listdir(sys.argv[1])";
-
-/// Runs the python `script` with `args` as user and group `uid`; its stderr if it failed.
-fn as_user(uid: u32, script: &str, args: &[&OsStr]) -> Result<(), String> {
-    let output = Command::new(PYTHON).arg("-c").arg(script).args(args).uid(uid).gid(uid).output();
-    let output = output.expect("run python3");
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    if output.status.success() { Ok(()) } else { Err(stderr) }
-}
-
-/// Sends `message` to `socket` as user `uid`.
-fn send_as(uid: u32, socket: &Path, message: &str) -> Result<(), String> {
-    as_user(uid, SEND, &[socket.as_os_str(), OsStr::new(message)])
-}
-
 /// A directory as systemd makes `RuntimeDirectory=`: root's, mode 0755. Removed on drop.
 fn runtime_dir() -> StateDir {
     let dir = StateDir::new();

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bootstrap;
+mod cycles;
 mod dist;
 mod shell;
 mod test;
@@ -54,6 +55,8 @@ enum Command {
         /// Only run integration tests whose name contains this.
         filter: Option<String>,
     },
+    /// Print which of sticky-user's top-level modules imports which; fail on a cycle.
+    Modules,
 }
 
 fn main() -> ExitCode {
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Bench { render: true, .. } => bench::render(),
         Command::Bench { quick, balance, .. } => bench(quick, balance),
         Command::Test { filter } => test::run_all(filter.as_deref()),
+        Command::Modules => modules(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -72,6 +76,20 @@ fn main() -> ExitCode {
             eprintln!("xtask: error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Prints the import graph of sticky-user's top-level modules; fails if it has a cycle (the
+/// unit test `cycles::tests::sticky_user_has_no_import_cycle` checks the same in CI).
+fn modules() -> anyhow::Result<()> {
+    let graph = cycles::graph(&shell::workspace_root().join("sticky-user/src"))?;
+    for (module, imports) in &graph {
+        let imports: Vec<&str> = imports.iter().map(String::as_str).collect();
+        println!("{module} -> {}", imports.join(", "));
+    }
+    match cycles::cycle(&graph) {
+        Some(cycle) => anyhow::bail!("import cycle: {}", cycle.join(" -> ")),
+        None => Ok(()),
     }
 }
 

@@ -5,6 +5,7 @@
 //!   flags-over-file overlay;
 //! - [`file`]: reading the TOML file, errors with line and column;
 //! - [`resolve`]: the rules, with defaults from [`defaults`];
+//! - [`launch`]: what `sticky run` was given, as reload and upgrade keep it;
 //! - [`host`]: what the rules ask of the machine (users, groups, programs), behind a trait;
 //! - [`error`]: one variant per problem.
 
@@ -12,6 +13,7 @@ pub mod defaults;
 mod error;
 mod file;
 mod host;
+mod launch;
 mod options;
 mod resolve;
 
@@ -21,6 +23,7 @@ pub use defaults::MAX_LISTEN_ADDRESSES;
 pub use error::{CommandProblem, ConfigError};
 pub use file::load_file;
 pub use host::{Host, System, UserEntry};
+pub use launch::{Launch, Reconfigure};
 pub use options::{DispatchMode, ReadyMode, RunOptions};
 use serde::{Deserialize, Serialize};
 

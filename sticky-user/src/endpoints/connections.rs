@@ -5,13 +5,15 @@ use std::{
     collections::BTreeMap,
     future::Future,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
 
 use tokio::task::AbortHandle;
+
+use crate::sync::lock;
 
 /// How long a client may take to send its request.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,7 +50,7 @@ impl Connections {
     /// Serves one connection with `task`, within the bound. Returns false when the bound
     /// refused it (the caller's connection, owned by `task`, is dropped).
     pub(crate) fn serve(self: &Arc<Self>, task: impl Future<Output = ()> + Send + 'static) -> bool {
-        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut live = lock(&self.live);
         if live.len() >= self.limit && self.when_full == WhenFull::Refuse {
             return false;
         }
@@ -57,7 +59,7 @@ impl Connections {
         // The task removes itself once done; it cannot before `live` is unlocked below.
         let handle = tokio::spawn(async move {
             task.await;
-            this.live.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+            lock(&this.live).remove(&id);
         });
         live.insert(id, handle.abort_handle());
         while live.len() > self.limit {
@@ -71,7 +73,7 @@ impl Connections {
     /// How many connections are served now.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.live.lock().unwrap_or_else(PoisonError::into_inner).len()
+        lock(&self.live).len()
     }
 }
 

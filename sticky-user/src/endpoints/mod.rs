@@ -1,6 +1,6 @@
 //! What a running loader serves besides its workers: the [`control`] socket (`sticky status`,
 //! `reload`, `scale`, `stop`), the Prometheus [`metrics`] endpoint, and systemd's readiness
-//! protocol ([`notify`]).
+//! protocol ([`systemd`]).
 //!
 //! The endpoints know the loader only as a [`Loader`]: they depend on nothing of the
 //! supervisor, which implements it.
@@ -9,8 +9,8 @@ mod connections;
 pub mod control;
 mod loader;
 pub(crate) mod metrics;
-pub(crate) mod notify;
 mod protocol;
 pub(crate) mod readiness;
+pub(crate) mod systemd;
 
 pub(crate) use loader::Loader;

@@ -67,7 +67,7 @@ pub struct Dispatcher {
 
 /// An attached dispatcher as fd numbers and facts: what an upgrade hands to the next image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Handover {
+pub struct DispatcherFds {
     /// The program's fd.
     pub program: RawFd,
     /// The maps' fds.
@@ -207,9 +207,9 @@ impl Dispatcher {
     ///
     /// Every fd in `handover` must be open, owned by nobody else in this process, and be what
     /// it names.
-    pub unsafe fn resume(handover: &Handover) -> Result<Self, DispatchError> {
+    pub unsafe fn resume(handover: &DispatcherFds) -> Result<Self, DispatchError> {
         use std::os::fd::FromRawFd as _;
-        let Handover { program, maps, program_id, migrates } = handover;
+        let DispatcherFds { program, maps, program_id, migrates } = handover;
         // SAFETY: the caller guarantees these fds are open and ours alone.
         let owned = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
         let maps = maps.try_map(|fd, name| map_from_fd(owned(fd), name))?;
@@ -223,10 +223,10 @@ impl Dispatcher {
     }
 
     /// What [`Dispatcher::resume`] needs in the next image (the fds stay owned by this one).
-    pub fn handover(&self) -> Handover {
+    pub fn handover(&self) -> DispatcherFds {
         let raw = |fd: &OwnedFd, _| Ok::<_, std::convert::Infallible>(fd.as_raw_fd());
         let Ok(maps) = self.map_fds.as_ref().try_map(raw);
-        Handover {
+        DispatcherFds {
             program: self.program.as_raw_fd(),
             maps,
             program_id: self.program_id,

@@ -33,7 +33,7 @@ use thiserror::Error;
 
 use self::child::{Identity, become_worker, prepare_child};
 use crate::{
-    config::{Credentials, RunConfig, WorkerCommand},
+    config::{Credentials, DispatchMode, RunConfig, WorkerCommand},
     identity::RUNNING_IMAGE,
 };
 
@@ -239,6 +239,14 @@ pub enum SpawnError {
         /// Why not.
         reason: String,
     },
+}
+
+/// The workers' `LISTEN_FDNAMES`: `sticky-PORT` per listen address, or the handoff socket.
+pub(crate) fn socket_names(config: &RunConfig) -> Vec<String> {
+    match config.dispatch {
+        DispatchMode::Userspace => vec!["sticky-handoff".into()],
+        _ => config.listen.iter().map(|address| format!("sticky-{}", address.port())).collect(),
+    }
 }
 
 /// The body of `sticky exec-worker -- CMD...`: sets `LISTEN_PID` to this process and execs

@@ -14,13 +14,17 @@ use std::{
 };
 
 use tokio::time::sleep;
-use tracing::{error, warn};
+use tracing::warn;
 
 use super::{
-    state::{Progress, State, lock},
-    workers::kill,
+    processes::carry_out,
+    slot::Event,
+    state::{Progress, State},
 };
-use crate::{chain::Chain, dispatch::Dispatch, kernel::Counters, listeners::accept_backlog};
+use crate::{
+    config::WorkerPolicy, dispatch::Dispatch, kernel::Counters, listeners::accept_backlog,
+    sync::lock,
+};
 
 /// Checks every slot a few times per hang timeout (and watchdog interval), until the loader
 /// stops. Does nothing when both are off.
@@ -36,7 +40,7 @@ pub(super) async fn watch(shared: Arc<Mutex<State>>) {
             return;
         }
         for (index, reason) in hung_slots(&mut state) {
-            replace_hung(&mut state, index, &reason);
+            replace_hung(&shared, &mut state, index, &reason);
         }
     }
 }
@@ -45,57 +49,97 @@ pub(super) async fn watch(shared: Arc<Mutex<State>>) {
 fn hung_slots(state: &mut State) -> Vec<(usize, String)> {
     let now = Instant::now();
     let policy = state.policy;
+    let kernel = matches!(state.dispatch, Dispatch::Kernel(_));
     let counters: Vec<_> =
         state.dispatch.dispatchers().iter().filter_map(|d| d.counters().ok()).collect();
     let mut hung = Vec::new();
     for (index, slot) in state.slots.iter_mut().enumerate() {
-        let Some(worker) = slot.worker.as_ref().filter(|worker| worker.is_ready()) else {
-            slot.progress = Progress { accepted: 0, at: now };
-            continue;
+        let seen = slot
+            .worker
+            .as_ref()
+            .filter(|worker| worker.is_ready())
+            .map(|worker| Seen { unfed: worker.hungry_for(), in_table: slot.life.in_table() });
+        let groups = &state.groups;
+        let queue = || {
+            kernel.then(|| Queue {
+                waiting: groups
+                    .iter()
+                    .filter_map(|group| accept_backlog(&group.sockets[index]).ok())
+                    .sum(),
+                selected: Counters::selected_total(&counters, index),
+            })
         };
-        if let Some(interval) = policy.worker_watchdog
-            && worker.hungry_for() > interval
-        {
-            hung.push((index, format!("no WATCHDOG=1 for {} s", interval.as_secs_f64())));
-            continue;
-        }
-        let Some(limit) = policy.hang_timeout.filter(|_| slot.in_table) else { continue };
-        let Dispatch::Kernel(_) = state.dispatch else { continue };
-        let waiting: u32 = state
-            .groups
-            .iter()
-            .filter_map(|group| accept_backlog(&group.sockets[index]).ok())
-            .sum();
-        let accepted =
-            Counters::selected_total(&counters, index).saturating_sub(u64::from(waiting));
-        if waiting == 0 || accepted > slot.progress.accepted {
-            slot.progress = Progress { accepted, at: now };
-        } else if now - slot.progress.at > limit {
-            let idle = limit.as_secs_f64();
-            hung.push((
-                index,
-                format!("{waiting} connections waiting, none accepted for {idle} s"),
-            ));
+        if let Some(reason) = verdict(&mut slot.progress, seen, queue, &policy, now) {
+            hung.push((index, reason));
         }
     }
     hung
 }
 
+/// What the hang check sees of a slot's ready worker.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Seen {
+    /// How long since its last `WATCHDOG=1` (or since it became ready).
+    pub(super) unfed: Duration,
+    /// Whether the slot is in the table.
+    pub(super) in_table: bool,
+}
+
+/// A slot's accept queue, with kernel dispatch: how many connections wait in it, and how many
+/// the program gave the slot in all.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Queue {
+    pub(super) waiting: u32,
+    pub(super) selected: u64,
+}
+
+/// The hang decision for one slot at `now`: why its worker is hung, or `None`. `seen` is
+/// `None` unless the slot has a ready worker; `queue` is read only when the queue decides
+/// (a hang timeout, the slot in the table) and is `None` without kernel dispatch. `progress`
+/// is what the check last saw, updated here.
+pub(super) fn verdict(
+    progress: &mut Progress,
+    seen: Option<Seen>,
+    queue: impl FnOnce() -> Option<Queue>,
+    policy: &WorkerPolicy,
+    now: Instant,
+) -> Option<String> {
+    let Some(seen) = seen else {
+        *progress = Progress { accepted: 0, at: now };
+        return None;
+    };
+    if let Some(interval) = policy.worker_watchdog
+        && seen.unfed > interval
+    {
+        return Some(format!("no WATCHDOG=1 for {} s", interval.as_secs_f64()));
+    }
+    let limit = policy.hang_timeout.filter(|_| seen.in_table)?;
+    let Queue { waiting, selected } = queue()?;
+    let accepted = selected.saturating_sub(u64::from(waiting));
+    if waiting == 0 || accepted > progress.accepted {
+        *progress = Progress { accepted, at: now };
+        None
+    } else if now - progress.at > limit {
+        let idle = limit.as_secs_f64();
+        Some(format!("{waiting} connections waiting, none accepted for {idle} s"))
+    } else {
+        None
+    }
+}
+
 /// Takes hung slot `index` out of the table (its queue migrates to the others once its old
 /// socket closes) and kills its worker, which is then restarted as after any exit.
-fn replace_hung(state: &mut State, index: usize, reason: &str) {
+fn replace_hung(shared: &Arc<Mutex<State>>, state: &mut State, index: usize, reason: &str) {
     let slot = &mut state.slots[index];
-    slot.hangs += 1;
     slot.progress = Progress { accepted: 0, at: Instant::now() };
     let Some(worker) = slot.worker.clone() else { return };
     warn!(slot = index, pid = worker.pid, reason, "worker is hung: replacing it");
     // Not found hung again while it dies.
     worker.feed();
-    if slot.in_table && matches!(state.dispatch, Dispatch::Kernel(_)) {
-        state.slots[index].hung = true;
-        if let Err(err) = state.eject(index) {
-            error!(slot = index, error = %Chain(&err), "cannot take the hung slot out of the table");
-        }
-    }
-    kill(&worker);
+    let actions = state.on(index, Event::Hung);
+    carry_out(shared, state, index, actions);
 }
+
+#[cfg(test)]
+#[path = "hang_tests.rs"]
+mod tests;

@@ -10,23 +10,25 @@
 //! wait for worker exits, timers and control requests each take it briefly.
 
 mod error;
-mod handover;
 mod hang;
+mod processes;
 mod reaper;
 mod roll;
+mod scale;
+mod slot;
 mod state;
+mod state_record;
 mod upgrade;
 mod worker;
-mod workers;
 
 use std::{
     os::fd::AsRawFd as _,
     path::PathBuf,
     sync::{Arc, Mutex, MutexGuard, OnceLock},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
-use sticky_common::{MAX_SLOTS, Table};
+use sticky_common::Table;
 use tokio::{
     net::{TcpListener, UnixListener},
     signal::unix::{SignalKind, signal},
@@ -35,26 +37,28 @@ use tokio::{
 use tracing::{error, info};
 
 pub use self::error::SupervisorError;
-pub(crate) use self::upgrade::Resumed;
 use self::{
-    state::{State, lock},
-    workers::{start_worker, terminate, track},
+    processes::{start_worker, terminate, track},
+    state::State,
+    upgrade::Resumed,
 };
 use crate::{
     chain::Chain,
+    config::{Launch, Reconfigure},
     dispatch::Dispatch,
     endpoints::{
         Loader,
         control::{self, LoaderInfo, Request, Response, Status},
-        metrics, notify,
+        metrics,
         readiness::NotifyDir,
+        systemd,
     },
     identity,
     kernel::{Counters, Dispatcher},
     listeners::ListenerGroup,
     spawn::Spawner,
-    startup::Launch,
-    upgrade::{EndpointFds, handled_signals},
+    sync::{lock, unix_now},
+    upgrade::{Carried, EndpointFds, handled_signals},
 };
 
 /// What `sticky run` set up for the supervisor.
@@ -103,26 +107,37 @@ pub struct Supervisor {
     resumed: Mutex<Option<Resumed>>,
 }
 
-/// Returns the worker count the configuration asks for now if it changed since the last call, or
-/// why the configuration cannot be read.
-pub type Reconfigure = Box<dyn Fn() -> Result<Option<u32>, String> + Send + Sync>;
-
 impl Supervisor {
-    /// A supervisor for what `sticky run` set up, as `launch` configures it.
-    pub(crate) fn new(setup: Setup, launch: Launch) -> Self {
+    /// A supervisor for what `sticky run` set up, as `launch` configures it: with a slot per
+    /// socket at a fresh start, or, after an upgrade or a rollback, going on from what the
+    /// earlier image `carried` over (its slots, its workers adopted, the requester to answer).
+    pub(crate) fn new(setup: Setup, launch: Launch, carried: Option<Carried>) -> Self {
         let count = match &setup.dispatch {
             Dispatch::Userspace(ends) => ends.len(),
             _ => setup.groups.first().map_or(0, |group| group.sockets.len()),
         };
         let mut state = State::new(setup, launch.config.policy);
-        for _ in 0..count {
-            let slot = state.new_slot();
-            state.slots.push(slot);
+        let mut started_at_unix_secs = unix_now();
+        let mut resumed = None;
+        match carried {
+            None => {
+                for _ in 0..count {
+                    let slot = state.new_slot();
+                    state.slots.push(slot);
+                }
+            }
+            Some(Carried { supervisor, inboxes, previous, reply, rollback }) => {
+                let upgrades = supervisor.upgrades;
+                state.adopt(supervisor, inboxes);
+                // After a rollback, this image is the one that ran before: same start, same
+                // count.
+                if rollback.is_some() {
+                    state.upgrades = upgrades;
+                    started_at_unix_secs = previous.started_at_unix_secs;
+                }
+                resumed = Some(Resumed { previous, reply, rollback });
+            }
         }
-        Self::with_state(state, launch)
-    }
-
-    fn with_state(state: State, launch: Launch) -> Self {
         let executable = state.spawner.executable().to_owned();
         Self {
             shared: Arc::new(Mutex::new(state)),
@@ -131,9 +146,9 @@ impl Supervisor {
             reconfigure: launch.reconfigure(),
             launch,
             executable,
-            started_at_unix_secs: unix_now(),
+            started_at_unix_secs,
             endpoint_fds: OnceLock::new(),
-            resumed: Mutex::new(None),
+            resumed: Mutex::new(resumed),
         }
     }
 
@@ -169,7 +184,7 @@ impl Supervisor {
         if let Some(listener) = endpoints.metrics {
             tokio::spawn(metrics::serve(listener, self.clone()));
         }
-        tokio::spawn(notify::watchdog());
+        tokio::spawn(systemd::watchdog());
         // A stop while the workers get ready is obeyed at once.
         let stopped_early = tokio::select! {
             ready = self.wait_until_ready() => match ready {
@@ -187,7 +202,7 @@ impl Supervisor {
             Some(reason) => reason,
             None => {
                 tokio::spawn(hang::watch(self.shared.clone()));
-                notify::ready(&self.summary());
+                systemd::ready(&self.summary());
                 self.answer_upgrade();
                 loop {
                     tokio::select! {
@@ -229,7 +244,7 @@ impl Supervisor {
     /// Stops the workers, detaches the programs and removes the control socket and the notify
     /// directory; returns the final counters.
     async fn shut_down(&self, control_path: PathBuf) -> Result<Vec<Counters>, SupervisorError> {
-        notify::stopping();
+        systemd::stopping();
         self.stop_workers().await;
         let mut state = self.state();
         let dispatchers = state.dispatch.dispatchers().iter();
@@ -244,7 +259,7 @@ impl Supervisor {
         // program stays attached to keep queueing connections by client meanwhile. It goes
         // with the sockets when systemd lets go of them (a stop).
         if let Dispatch::Kernel(dispatchers) = dispatch
-            && !notify::fd_store()
+            && !systemd::fd_store()
         {
             for (dispatcher, group) in dispatchers.drain(..).zip(groups.iter()) {
                 if let Err(err) = dispatcher.detach(&group.sockets[0]) {
@@ -254,7 +269,7 @@ impl Supervisor {
         }
         let _ = std::fs::remove_file(control_path);
         state.notify.remove();
-        notify::flush(Duration::from_secs(1));
+        systemd::flush(Duration::from_secs(1));
         Ok(counters)
     }
 
@@ -264,53 +279,6 @@ impl Supervisor {
         let listen: Vec<String> = state.groups.iter().map(|g| g.address.to_string()).collect();
         let dispatch = state.dispatch.mode();
         format!("{} workers on {}, dispatch {dispatch}", state.slots.len(), listen.join(", "))
-    }
-
-    /// Sets the number of worker slots to `workers`. New slots get new sockets and workers and
-    /// take about 1/N of the clients; removed slots (the highest) leave the table first, so
-    /// only their clients move, then their workers stop and their queues migrate.
-    pub async fn scale(&self, workers: u32) -> Result<String, SupervisorError> {
-        if !(1..=MAX_SLOTS).contains(&workers) {
-            return Err(SupervisorError::Workers(workers));
-        }
-        let _operation = self.operation.lock().await;
-        self.resize(workers).await
-    }
-
-    /// The body of [`Supervisor::scale`], for a caller that holds the operation lock.
-    async fn resize(&self, workers: u32) -> Result<String, SupervisorError> {
-        if !(1..=MAX_SLOTS).contains(&workers) {
-            return Err(SupervisorError::Workers(workers));
-        }
-        if matches!(self.state().dispatch, Dispatch::Userspace(_)) {
-            return Err(SupervisorError::Unsupported("scaling"));
-        }
-        crate::limits::fits(&self.launch.config, workers)?;
-        let retiring = {
-            let mut state = self.state();
-            if state.stopping {
-                return Err(SupervisorError::Stopping);
-            }
-            if workers > state.slots.len() as u32 {
-                for slot in state.add_slots(workers)? {
-                    start_worker(&self.shared, &mut state, slot);
-                }
-                state.update_table()?;
-                info!(workers, "scaled up");
-                Vec::new()
-            } else {
-                let retiring = state.remove_slots(workers)?;
-                for worker in &retiring {
-                    terminate(worker, state.policy.grace_period);
-                }
-                info!(workers, "scaled down");
-                retiring
-            }
-        };
-        for worker in &retiring {
-            worker.wait().await;
-        }
-        Ok(format!("{workers} workers"))
     }
 
     /// The current state, for `sticky status`.
@@ -381,11 +349,6 @@ impl Loader for Supervisor {
             Err(err) => error!(error = %err, "upgrade: cannot keep the requester's connection"),
         }
     }
-}
-
-/// Now, in seconds since the Unix epoch.
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |since| since.as_secs())
 }
 
 fn log_outcome(what: &str, result: Result<String, SupervisorError>) {

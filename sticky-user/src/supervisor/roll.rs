@@ -5,37 +5,40 @@
 //! that exits first, or is not ready within the ready timeout, is killed; the old worker keeps
 //! its slot, the slots not yet rolled are left alone, and the restart stops with the reason.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
 use super::{
     Supervisor, SupervisorError,
-    workers::{kill, spawn_worker, terminate},
+    processes::{kill, spawn_worker, terminate},
+    slot::FirstReady,
+    worker::NotReady,
 };
-use crate::endpoints::{control::ReloadOutcome, notify};
+use crate::{
+    endpoints::{control::ReloadOutcome, systemd},
+    sync::unix_now,
+};
 
 /// How often the start checks whether every slot is ready.
 const POLL: Duration = Duration::from_millis(20);
 
 impl Supervisor {
     /// Replaces every worker, one slot at a time, each only once its successor is ready. With
-    /// a [`super::Reconfigure`], a changed worker count in the configuration is applied first.
+    /// a [`crate::config::Reconfigure`], a changed worker count in the configuration is applied first.
     /// The outcome is kept for `sticky status` and told to systemd.
     pub async fn reload(&self) -> Result<String, SupervisorError> {
         let _operation = self.operation.lock().await;
-        notify::reloading();
+        systemd::reloading();
         let result = self.roll().await;
         let (ok, message) = match &result {
             Ok(message) => (true, message.clone()),
             Err(err) => (false, err.to_string()),
         };
-        let at_unix_secs = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |since| since.as_secs());
+        let at_unix_secs = unix_now();
         self.state().last_reload =
             Some(ReloadOutcome { at_unix_secs, ok, message: message.clone() });
-        notify::ready(&if ok { self.summary() } else { message });
+        systemd::ready(&if ok { self.summary() } else { message });
         result
     }
 
@@ -52,28 +55,27 @@ impl Supervisor {
             let policy = self.state().policy;
             (policy.ready_timeout, policy.grace_period)
         };
-        for slot in 0..count {
-            let (old, new) = {
+        let mut roll = Roll::new(count);
+        loop {
+            let (slot, old, new) = {
                 let mut state = self.state();
-                if state.stopping {
-                    return Err(SupervisorError::Stopping);
-                }
-                if slot >= state.slots.len() {
-                    break;
-                }
+                let Some(slot) = roll.next(state.slots.len(), state.stopping)? else { break };
                 let new = spawn_worker(&self.shared, &mut state, slot).map_err(|err| {
                     SupervisorError::ReloadStopped {
                         slot,
                         reason: format!("the new worker cannot be started ({err})"),
                     }
                 })?;
-                (state.slots[slot].worker.clone(), new)
+                (slot, state.slots[slot].worker.clone(), new)
             };
-            if let Err(not_ready) = new.wait_ready(ready_timeout).await {
+            let ready = new.wait_ready(ready_timeout).await;
+            if let Err(stopped) = Roll::candidate(slot, ready.clone()) {
                 kill(&new);
                 new.wait().await;
-                warn!(slot, reason = %not_ready, "rolling restart stopped");
-                return Err(SupervisorError::ReloadStopped { slot, reason: not_ready.to_string() });
+                if let Err(not_ready) = ready {
+                    warn!(slot, reason = %not_ready, "rolling restart stopped");
+                }
+                return Err(stopped);
             }
             let current = {
                 let mut state = self.state();
@@ -105,11 +107,12 @@ impl Supervisor {
                 let state = self.state();
                 let slots = &state.slots;
                 let failure = slots.iter().enumerate().find_map(|(index, slot)| {
-                    let exit = slot.failure.as_ref()?;
+                    let FirstReady::Failed(exit) = &slot.life.first_ready else { return None };
                     Some(format!("worker {index} {exit} before it was ready"))
                 });
-                let failed = slots.iter().filter(|slot| slot.failure.is_some()).count();
-                let ready = slots.iter().filter(|slot| slot.was_ready).count();
+                let failed = slots.iter().filter(|slot| slot.life.first_ready.failed()).count();
+                let ready =
+                    slots.iter().filter(|slot| slot.life.first_ready == FirstReady::Seen).count();
                 (ready, failed, slots.len(), failure)
             };
             if ready == total {
@@ -135,3 +138,60 @@ impl Supervisor {
         }
     }
 }
+
+/// A rolling restart as data: which slot it replaces next, and when it ends or stops. The
+/// supervisor starts each candidate and waits for it; this decides. Reload, scale and upgrade
+/// take the supervisor's operation lock, so a scale or an upgrade asked for during a roll runs
+/// after it; should there be fewer slots all the same, the roll ends at the last one, and a
+/// loader that stops stops it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Roll {
+    /// The slots there were when it began: it replaces no more.
+    count: usize,
+    /// The slot it replaces next.
+    next: usize,
+}
+
+impl Roll {
+    /// A roll over the `count` slots there are now.
+    pub(super) fn new(count: usize) -> Self {
+        Self { count, next: 0 }
+    }
+
+    /// The slot to replace next, given the `slots` there are now and whether the loader is
+    /// `stopping`: `None` once it has replaced the slots it began with, or reached the end of
+    /// fewer slots; an error if the loader stops first.
+    pub(super) fn next(
+        &mut self,
+        slots: usize,
+        stopping: bool,
+    ) -> Result<Option<usize>, SupervisorError> {
+        if self.next >= self.count {
+            return Ok(None);
+        }
+        if stopping {
+            return Err(SupervisorError::Stopping);
+        }
+        if self.next >= slots {
+            return Ok(None);
+        }
+        self.next += 1;
+        Ok(Some(self.next - 1))
+    }
+
+    /// Whether slot `slot`'s candidate, which became `ready` or not, takes the slot; if not,
+    /// the roll stops here with why (the old worker keeps the slot, later slots are left).
+    pub(super) fn candidate(
+        slot: usize,
+        ready: Result<(), NotReady>,
+    ) -> Result<(), SupervisorError> {
+        ready.map_err(|not_ready| SupervisorError::ReloadStopped {
+            slot,
+            reason: not_ready.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "roll_tests.rs"]
+mod tests;

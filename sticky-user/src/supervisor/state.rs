@@ -1,19 +1,21 @@
 //! The supervisor's state: slots, sockets, maps and workers, and the changes of slots (add,
 //! remove, eject) that keep sockets, maps and the table in step. A change returns the worker
-//! processes to start or stop; `workers.rs` does that.
+//! processes to start or stop; `processes.rs` does that.
 
 use std::{
-    collections::VecDeque,
     os::fd::{AsRawFd as _, RawFd},
-    sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use sticky_common::{MAX_SLOTS, TABLE_SIZE, Table};
 use tracing::{error, info, warn};
 
 pub(super) use super::worker::Worker;
-use super::{Setup, error::SupervisorError, worker::Exit};
+use super::{
+    Setup,
+    error::SupervisorError,
+    slot::{Action, Ejection, Event, Life, Phase, Rules},
+};
 use crate::{
     chain::Chain,
     config::WorkerPolicy,
@@ -27,12 +29,6 @@ use crate::{
     listeners::ListenerGroup,
     spawn::Spawner,
 };
-
-/// A worker that ran this long is healthy: its backoff resets and an ejected slot rejoins.
-pub(super) const HEALTHY_RUN: Duration = Duration::from_secs(10);
-
-/// Delay before the first restart of a worker that exited.
-pub(super) const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
 pub(super) struct State {
     pub(super) spawner: Spawner,
@@ -61,18 +57,8 @@ pub(super) struct Slot {
     /// Tells a slot apart from a later one at the same index (after scaling down and up).
     pub(super) id: u64,
     pub(super) worker: Option<Worker>,
-    pub(super) restarts: u32,
-    pub(super) exits: VecDeque<Instant>,
-    pub(super) in_table: bool,
-    pub(super) backoff: Duration,
-    /// Times its worker was found hung.
-    pub(super) hangs: u32,
-    /// Out of the table because its worker hung: rejoins once the next worker is ready.
-    pub(super) hung: bool,
-    /// How its last worker that never became ready ended (for the startup error).
-    pub(super) failure: Option<Exit>,
-    /// Whether any of its workers has been ready (what the start waits for).
-    pub(super) was_ready: bool,
+    /// Its phase and counts: the state machine of `slot.rs`.
+    pub(super) life: Life,
     /// The accept progress the hang check last saw.
     pub(super) progress: Progress,
 }
@@ -111,14 +97,7 @@ impl State {
         Slot {
             id: self.next_slot_id,
             worker: None,
-            restarts: 0,
-            exits: VecDeque::new(),
-            in_table: true,
-            backoff: FIRST_BACKOFF,
-            hangs: 0,
-            hung: false,
-            failure: None,
-            was_ready: false,
+            life: Life::default(),
             progress: Progress { accepted: 0, at: Instant::now() },
         }
     }
@@ -144,12 +123,12 @@ impl State {
                 slot: index,
                 pid: slot.worker.as_ref().map(|w| w.pid),
                 uptime_secs: slot.worker.as_ref().map(|w| w.started.elapsed().as_secs_f64()),
-                restarts: slot.restarts,
-                in_table: slot.in_table,
+                restarts: slot.life.restarts,
+                in_table: slot.life.in_table(),
                 connections: Counters::selected_total(&counters, index as usize),
                 ready: slot.worker.as_ref().is_some_and(Worker::is_ready),
                 status: slot.worker.as_ref().and_then(Worker::status),
-                hangs: slot.hangs,
+                hangs: slot.life.hangs,
                 table_share: self
                     .table
                     .as_ref()
@@ -172,20 +151,48 @@ impl State {
         })
     }
 
+    /// The rules of the slots' lives: the policy's, and whether a slot can leave the table.
+    pub(super) fn rules(&self) -> Rules {
+        Rules::new(&self.policy, !self.dispatch.dispatchers().is_empty())
+    }
+
+    /// Passes `event` to slot `index`'s life and carries out what concerns the table (update,
+    /// eject); returns the rest (kill, restart) for the caller, which holds the tasks.
+    pub(super) fn on(&mut self, index: usize, event: Event) -> Vec<Action> {
+        let rules = self.rules();
+        let actions = self.slots[index].life.on(event, Instant::now(), rules);
+        let mut rest = Vec::new();
+        for action in actions {
+            match action {
+                Action::UpdateTable => {
+                    if let Err(err) = self.update_table() {
+                        error!(error = %Chain(&err), "cannot update the table");
+                    }
+                }
+                Action::Eject => {
+                    if let Err(err) = self.eject(index) {
+                        let what = if self.slots[index].life.phase == Phase::Ejected(Ejection::Hung)
+                        {
+                            "cannot take the hung slot out of the table"
+                        } else {
+                            "cannot eject the slot"
+                        };
+                        error!(slot = index, error = %Chain(&err), "{what}");
+                    }
+                }
+                Action::Kill | Action::Restart(_) => rest.push(action),
+            }
+        }
+        rest
+    }
+
     /// Slot `index`'s current worker is ready: the start counts it, and a slot out of the table
     /// because its last worker hung rejoins.
     pub(super) fn slot_ready(&mut self, index: usize) {
-        let slot = &mut self.slots[index];
-        slot.failure = None;
-        slot.was_ready = true;
-        if slot.hung {
-            slot.hung = false;
-            slot.in_table = true;
+        if self.slots[index].life.phase == Phase::Ejected(Ejection::Hung) {
             info!(slot = index, "the hung slot's new worker is ready: it rejoins the table");
-            if let Err(err) = self.update_table() {
-                error!(error = %Chain(&err), "cannot update the table");
-            }
         }
+        self.on(index, Event::Ready);
     }
 
     /// The fds slot `index`'s worker inherits at fd 3 onwards.
@@ -202,7 +209,7 @@ impl State {
             return Ok(());
         }
         let live: Vec<u32> =
-            (0..).zip(&self.slots).filter(|(_, s)| s.in_table).map(|(i, _)| i).collect();
+            (0..).zip(&self.slots).filter(|(_, s)| s.life.in_table()).map(|(i, _)| i).collect();
         if live.is_empty() {
             warn!("every slot is out of the table: keeping the last table");
             return Ok(());
@@ -243,8 +250,9 @@ impl State {
     /// Removes the slots from `workers` up: out of the table, then out of the socket arrays,
     /// then their sockets are let go. Returns their workers, for the caller to stop.
     pub(super) fn remove_slots(&mut self, workers: u32) -> Result<Vec<Worker>, SupervisorError> {
+        let rules = self.rules();
         for slot in &mut self.slots[workers as usize..] {
-            slot.in_table = false;
+            slot.life.on(Event::Leave, Instant::now(), rules);
         }
         // First no new client maps to the leaving slots ...
         self.update_table()?;
@@ -268,10 +276,9 @@ impl State {
         Ok(retiring)
     }
 
-    /// Takes a crash-looping slot out of the table, and gives it a fresh socket so the
-    /// connections queued on the old one migrate to live slots.
-    pub(super) fn eject(&mut self, index: usize) -> Result<(), SupervisorError> {
-        self.slots[index].in_table = false;
+    /// Takes an ejected slot (its life says so already) out of the table, and gives it a fresh
+    /// socket so the connections queued on the old one migrate to live slots.
+    fn eject(&mut self, index: usize) -> Result<(), SupervisorError> {
         self.update_table()?;
         for (group, dispatcher) in self.groups.iter_mut().zip(self.dispatch.dispatchers_mut()) {
             let socket = group.open_socket()?;
@@ -284,8 +291,4 @@ impl State {
         fd_store::keep(&self.groups, index as u32);
         Ok(())
     }
-}
-
-pub(super) fn lock(shared: &Arc<Mutex<State>>) -> MutexGuard<'_, State> {
-    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -2,65 +2,36 @@
 //! binary, write the record and exec; in the new image (or the old one again, after a
 //! rollback), go on from the record and answer the one who asked.
 
-use std::{
-    collections::HashMap,
-    os::{
-        fd::{AsRawFd as _, RawFd},
-        unix::net::UnixStream,
-    },
+use std::os::{
+    fd::{AsRawFd as _, RawFd},
+    unix::net::UnixStream,
 };
 
 use tracing::{error, info};
 
-use super::{Setup, Supervisor, state::State, unix_now};
+use super::Supervisor;
 use crate::{
     chain::Chain,
     dispatch::Dispatch,
     endpoints::{
         control::{self, LoaderInfo, ReloadOutcome, Response},
-        notify,
-        readiness::Inbox,
+        systemd,
     },
-    startup::Launch,
-    upgrade::{self, GroupRecord, Image, Record, SupervisorRecord, UpgradeError},
+    sync::{lock, unix_now},
+    upgrade::{self, GroupRecord, Image, Record, UpgradeError},
 };
 
 /// How this image came to run, after an upgrade or a rollback.
-pub(crate) struct Resumed {
+pub(super) struct Resumed {
     /// The image that handed over.
-    pub(crate) previous: LoaderInfo,
+    pub(super) previous: LoaderInfo,
     /// The `sticky upgrade` connection that waits for the answer.
-    pub(crate) reply: Option<UnixStream>,
+    pub(super) reply: Option<UnixStream>,
     /// After a rollback: why the new image could not take over.
-    pub(crate) rollback: Option<String>,
+    pub(super) rollback: Option<String>,
 }
 
 impl Supervisor {
-    /// A supervisor that goes on where an earlier image of this loader stopped: its slots and
-    /// workers from `record` (their notify sockets in `inboxes`, by pid), and the
-    /// `sticky upgrade` connection to answer. After a rollback (`rollback` says why), this image
-    /// is the one that ran before: same start, same count.
-    pub(crate) fn resume(
-        setup: Setup,
-        launch: Launch,
-        record: SupervisorRecord,
-        inboxes: HashMap<u32, Inbox>,
-        resumed: Resumed,
-    ) -> Self {
-        let Resumed { previous, reply, rollback } = resumed;
-        let mut state = State::new(setup, launch.config.policy);
-        let upgrades = record.upgrades;
-        state.adopt(record, inboxes);
-        let mut supervisor = Self::with_state(state, launch);
-        if rollback.is_some() {
-            supervisor.state().upgrades = upgrades;
-            supervisor.started_at_unix_secs = previous.started_at_unix_secs;
-        }
-        *supervisor.resumed.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(Resumed { previous, reply, rollback });
-        supervisor
-    }
-
     /// Upgrades the loader in place (`sticky upgrade`, SIGUSR2). Returns only if the upgrade
     /// did not happen: then the reason is logged, kept for `sticky status`, and sent on `reply`.
     pub(crate) async fn upgrade_in_place(self: std::sync::Arc<Self>, reply: Option<UnixStream>) {
@@ -107,10 +78,10 @@ impl Supervisor {
             build_id = answer.build_id,
             "upgrading in place"
         );
-        notify::reloading();
+        systemd::reloading();
         // Written again: workers may have changed while the probe ran.
         let err = upgrade::exec(&image, &self.record(reply, running.as_raw_fd()));
-        notify::ready(&self.summary());
+        systemd::ready(&self.summary());
         err
     }
 
@@ -146,7 +117,7 @@ impl Supervisor {
     /// In the image an upgrade (or a rollback) started, once every slot is ready: tells the
     /// one who asked.
     pub(super) fn answer_upgrade(&self) {
-        let resumed = self.resumed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let resumed = lock(&self.resumed).take();
         let Some(Resumed { previous, reply, rollback }) = resumed else { return };
         let now = self.loader_info();
         let workers = self.state().slots.len();

@@ -9,7 +9,7 @@ use std::{
 
 use tokio::{sync::watch, time::timeout};
 
-use crate::endpoints::readiness::Inbox;
+use crate::{endpoints::readiness::Inbox, sync::lock};
 
 /// A worker process the supervisor started; clones share its state.
 #[derive(Clone)]
@@ -155,7 +155,7 @@ impl Worker {
     }
 
     fn notes(&self) -> std::sync::MutexGuard<'_, Notes> {
-        self.shared.notes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.shared.notes)
     }
 }
 

@@ -16,7 +16,7 @@ use nix::{
 };
 
 use super::{RESUME, UpgradeError, image::Image, record::Record};
-use crate::endpoints::notify;
+use crate::endpoints::systemd;
 
 /// The signals that would stop or confuse the loader between the exec and the moment the new
 /// image handles them: blocked across the exec (the mask survives it), so they wait.
@@ -52,7 +52,7 @@ pub(crate) fn exec(image: &Image, record: &Record) -> UpgradeError {
     let signals = handled_signals();
     let _ = signals.thread_block();
     // RELOADING=1 must reach systemd before this image is gone.
-    notify::flush(std::time::Duration::from_secs(1));
+    systemd::flush(std::time::Duration::from_secs(1));
     let err = execute(image.fd(), &argv);
     let _ = signals.thread_unblock();
     let _ = set_close_on_exec(&fds, true);

@@ -31,11 +31,12 @@ pub(crate) use self::{
     record::{
         EndpointFds, GroupRecord, NotifyRecord, Record, SlotRecord, SupervisorRecord, WorkerRecord,
     },
+    resume::Carried,
 };
 pub use self::{
     probe::{ProbeAnswer, check_record},
     record::{RecordError, STATE_VERSION},
-    resume::{ResumeError, resume},
+    resume::{ResumeError, Takeover, resume},
     rollback::HandBackError,
 };
 

@@ -16,10 +16,10 @@ use nix::sys::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    config::Launch,
     endpoints::control::{LoaderInfo, ReloadOutcome},
-    kernel::Handover,
+    kernel::DispatcherFds,
     limits::StartedWith,
-    startup::Launch,
 };
 
 /// The shape of [`Record`] this binary writes and reads. A change of shape takes a new number.
@@ -74,7 +74,7 @@ pub(crate) struct HandBack {
 pub(crate) struct GroupRecord {
     pub(crate) address: SocketAddr,
     pub(crate) sockets: Vec<RawFd>,
-    pub(crate) dispatcher: Option<Handover>,
+    pub(crate) dispatcher: Option<DispatcherFds>,
 }
 
 /// The loader's endpoints.

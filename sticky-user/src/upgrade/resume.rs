@@ -7,13 +7,14 @@
 //! to the old image ([`super::rollback`]).
 
 use std::{
+    collections::HashMap,
     net::TcpListener,
     os::{
         fd::{BorrowedFd, FromRawFd as _, IntoRawFd as _, OwnedFd, RawFd},
         unix::net::{UnixListener, UnixStream},
     },
     panic::{AssertUnwindSafe, catch_unwind},
-    sync::Arc,
+    path::PathBuf,
 };
 
 use nix::fcntl::{FcntlArg, fcntl};
@@ -22,22 +23,60 @@ use tracing::error;
 
 use super::{
     exec::set_close_on_exec,
-    record::{Record, RecordError},
+    record::{Record, RecordError, SupervisorRecord},
     rollback::{HandBackError, hand_back},
 };
 use crate::{
     chain::Chain,
-    config::DispatchMode,
+    config::{DispatchMode, Launch},
     dispatch::Dispatch,
-    endpoints::readiness::{Identity, Inbox, NotifyDir},
+    endpoints::{
+        control::LoaderInfo,
+        readiness::{Identity, Inbox, NotifyDir},
+    },
     identity,
-    kernel::{DispatchError, Dispatcher, Handover, MapFds, table},
+    kernel::{DispatchError, Dispatcher, DispatcherFds, MapFds},
     limits::{self, LimitError},
     listeners::ListenerGroup,
-    spawn::{SpawnError, Spawner},
-    startup::{Started, socket_names},
-    supervisor::{Resumed, Setup, Supervisor},
+    spawn::{SpawnError, Spawner, socket_names},
 };
+
+/// Everything the new image took over, its own now: what `sticky run` would have set up, and
+/// what the supervisor goes on from.
+pub struct Takeover {
+    /// The configuration, as it runs.
+    pub(crate) launch: Launch,
+    /// Starts the workers.
+    pub(crate) spawner: Spawner,
+    /// The listening sockets, per listen address.
+    pub(crate) groups: Vec<ListenerGroup>,
+    /// The dispatch, its programs taken over.
+    pub(crate) dispatch: Dispatch,
+    /// The hash seed.
+    pub(crate) seed: u64,
+    /// The workers' notify directory.
+    pub(crate) notify: NotifyDir,
+    /// The control socket and its path.
+    pub(crate) control: (PathBuf, UnixListener),
+    /// The metrics listener.
+    pub(crate) metrics: Option<TcpListener>,
+    /// The supervisor's state and how this image came to run.
+    pub(crate) carried: Carried,
+}
+
+/// What the supervisor goes on from after an upgrade or a rollback.
+pub(crate) struct Carried {
+    /// Its slots and workers.
+    pub(crate) supervisor: SupervisorRecord,
+    /// The workers' notify sockets, by pid.
+    pub(crate) inboxes: HashMap<u32, Inbox>,
+    /// The image that handed over.
+    pub(crate) previous: LoaderInfo,
+    /// The `sticky upgrade` connection that waits for the answer.
+    pub(crate) reply: Option<UnixStream>,
+    /// After a rollback: why the new image could not take over.
+    pub(crate) rollback: Option<String>,
+}
 
 /// Why the new image could not take over.
 #[derive(Debug, Error)]
@@ -87,14 +126,14 @@ pub enum ResumeError {
 ///
 /// `state_fd` must be the record an upgrade passed to this process, and the fds it names must
 /// be open and owned by nothing else in this process (as they are right after the exec).
-pub unsafe fn resume(state_fd: RawFd, rollback: Option<String>) -> Result<Started, ResumeError> {
+pub unsafe fn resume(state_fd: RawFd, rollback: Option<String>) -> Result<Takeover, ResumeError> {
     let rolled_back = rollback.is_some();
     // Read now: the way back must not need a free fd.
     let build = identity::build_id();
     // SAFETY: guaranteed by the caller.
     let taken = catch_unwind(AssertUnwindSafe(|| unsafe { take_over(state_fd, rollback) }));
     let failure = match taken {
-        Ok(Ok(started)) => return Ok(started),
+        Ok(Ok(takeover)) => return Ok(takeover),
         Ok(Err(err)) => err,
         Err(_) => ResumeError::Panicked,
     };
@@ -118,7 +157,7 @@ pub unsafe fn resume(state_fd: RawFd, rollback: Option<String>) -> Result<Starte
 /// # Safety
 ///
 /// As [`resume`].
-unsafe fn take_over(state_fd: RawFd, rollback: Option<String>) -> Result<Started, ResumeError> {
+unsafe fn take_over(state_fd: RawFd, rollback: Option<String>) -> Result<Takeover, ResumeError> {
     // SAFETY: the caller guarantees it is open for the duration of this call.
     let record = Record::read(unsafe { BorrowedFd::borrow_raw(state_fd) })?;
     for fd in record.fds() {
@@ -134,7 +173,7 @@ unsafe fn take_over(state_fd: RawFd, rollback: Option<String>) -> Result<Started
     }
     let mut dispatchers = Vec::new();
     for handover in record.groups.iter().filter_map(|group| group.dispatcher.as_ref()) {
-        let copy = copy_handover(handover)?;
+        let copy = copy_dispatcher_fds(handover)?;
         // SAFETY: the copies are this process's own, used nowhere else.
         dispatchers.push(unsafe { Dispatcher::resume(&copy) }?);
     }
@@ -146,7 +185,7 @@ unsafe fn take_over(state_fd: RawFd, rollback: Option<String>) -> Result<Started
     let mut closing = vec![state_fd];
     closing.extend(record.previous_image);
     for handover in record.groups.iter().filter_map(|group| group.dispatcher.as_ref()) {
-        closing.extend(handover_fds(handover));
+        closing.extend(dispatcher_fds(handover));
     }
     closing.iter().map(|&fd| own(fd)).for_each(drop);
     let taken: Vec<RawFd> = record.fds().into_iter().filter(|fd| !closing.contains(fd)).collect();
@@ -170,26 +209,22 @@ unsafe fn take_over(state_fd: RawFd, rollback: Option<String>) -> Result<Started
         })
         .collect();
     let dispatch = match config.dispatch {
-        DispatchMode::None => Dispatch::Plain,
+        DispatchMode::None => Dispatch::None,
         _ => Dispatch::Kernel(dispatchers),
     };
-    let in_table: Vec<u32> =
-        (0..).zip(&supervisor.slots).filter(|(_, slot)| slot.in_table).map(|(i, _)| i).collect();
-    let table = (config.dispatch != DispatchMode::None && !in_table.is_empty())
-        .then(|| table::build(seed, &in_table));
-    let setup = Setup { spawner, groups: listener_groups, dispatch, seed, table, notify };
     let control = UnixListener::from(own(endpoints.control));
     let metrics = endpoints.metrics.map(|fd| TcpListener::from(own(fd)));
     let reply = reply.map(|fd| UnixStream::from(own(fd)));
-    let listen = config.listen.clone();
-    let resumed = Resumed { previous, reply, rollback };
-    let supervisor = Supervisor::resume(setup, launch, supervisor, inboxes, resumed);
-    Ok(Started {
-        supervisor: Arc::new(supervisor),
+    Ok(Takeover {
+        launch,
+        spawner,
+        groups: listener_groups,
+        dispatch,
+        seed,
+        notify,
         control: (endpoints.control_path, control),
         metrics,
-        accept: None,
-        listen,
+        carried: Carried { supervisor, inboxes, previous, reply, rollback },
     })
 }
 
@@ -201,16 +236,20 @@ fn copy(fd: RawFd) -> Result<OwnedFd, ResumeError> {
 }
 
 /// The program's and the maps' fds of `handover`.
-fn handover_fds(handover: &Handover) -> [RawFd; 5] {
+fn dispatcher_fds(handover: &DispatcherFds) -> [RawFd; 5] {
     let MapFds { sockets, table, config, counters } = handover.maps;
     [handover.program, sockets, table, config, counters]
 }
 
 /// `handover` with copies of its fds, which the caller owns (as raw fds).
-fn copy_handover(handover: &Handover) -> Result<Handover, ResumeError> {
-    let [program, sockets, table, config, counters] = handover_fds(handover).map(copy);
+fn copy_dispatcher_fds(handover: &DispatcherFds) -> Result<DispatcherFds, ResumeError> {
+    let [program, sockets, table, config, counters] = dispatcher_fds(handover).map(copy);
     // All copied before any is let go, so a failure closes those made.
     let [program, sockets, table, config, counters] =
         [program?, sockets?, table?, config?, counters?].map(OwnedFd::into_raw_fd);
-    Ok(Handover { program, maps: MapFds { sockets, table, config, counters }, ..handover.clone() })
+    Ok(DispatcherFds {
+        program,
+        maps: MapFds { sockets, table, config, counters },
+        ..handover.clone()
+    })
 }

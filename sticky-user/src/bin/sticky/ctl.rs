@@ -78,6 +78,5 @@ fn print_status(status: &Status) {
 
 /// "N s ago" for a time in seconds since the Unix epoch.
 fn ago(at_unix_secs: u64) -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    format!("{}s ago", now.map_or(0, |now| now.as_secs().saturating_sub(at_unix_secs)))
+    format!("{}s ago", sticky_user::sync::unix_now().saturating_sub(at_unix_secs))
 }

@@ -2,10 +2,10 @@
 
 use anyhow::Context as _;
 use sticky_user::{
-    config::RunOptions,
+    config::{Launch, RunOptions},
     fd_store::Inherited,
     spawn::Spawner,
-    startup::{self, Launch, Started},
+    startup::{self, Started},
     upgrade,
 };
 use tracing::info;
@@ -50,7 +50,7 @@ pub fn resume(state_fd: i32, rollback: Option<String>) -> anyhow::Result<()> {
     // SAFETY: `sticky upgrade` (or a rollback) executes this with the record it wrote at
     // `state_fd` and the fds it names, which nothing in this fresh image owns yet.
     let started =
-        unsafe { upgrade::resume(state_fd, rollback) }.context("cannot take over the loader")?;
+        unsafe { startup::resume(state_fd, rollback) }.context("cannot take over the loader")?;
     serve(started)
 }
 

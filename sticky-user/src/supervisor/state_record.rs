@@ -2,12 +2,15 @@
 //! in-table flags, and the workers, adopted by pid in the new image with their notify sockets.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     os::fd::AsRawFd as _,
     time::{Duration, Instant},
 };
 
-use super::state::{Progress, Slot, State, Worker};
+use super::{
+    slot::{Ejection, FirstReady, Life, Phase},
+    state::{Progress, Slot, State, Worker},
+};
 use crate::{
     endpoints::readiness::Inbox,
     upgrade::{NotifyRecord, SlotRecord, SupervisorRecord, WorkerRecord},
@@ -53,35 +56,40 @@ impl State {
 
 impl Slot {
     fn handover(&self, now: Instant) -> SlotRecord {
+        let life = &self.life;
         SlotRecord {
             id: self.id,
             worker: self.worker.as_ref().map(Worker::handover),
-            restarts: self.restarts,
-            exit_ages_secs: self.exits.iter().map(|&exit| (now - exit).as_secs_f64()).collect(),
-            in_table: self.in_table,
-            backoff_ms: self.backoff.as_millis() as u64,
-            hangs: self.hangs,
-            hung: self.hung,
-            was_ready: self.was_ready,
+            restarts: life.restarts,
+            exit_ages_secs: life.exits.iter().map(|&exit| (now - exit).as_secs_f64()).collect(),
+            in_table: life.in_table(),
+            backoff_ms: life.backoff.as_millis() as u64,
+            hangs: life.hangs,
+            hung: life.phase == Phase::Ejected(Ejection::Hung),
+            was_ready: life.first_ready == FirstReady::Seen,
         }
     }
 
     fn adopt(record: SlotRecord, now: Instant, inboxes: &mut HashMap<u32, Inbox>) -> Self {
         let ago =
             |secs: f64| now.checked_sub(Duration::from_secs_f64(secs.max(0.0))).unwrap_or(now);
-        Slot {
-            id: record.id,
-            worker: record.worker.map(|worker| Worker::adopt(worker, inboxes)),
+        let worker = record.worker.map(|worker| Worker::adopt(worker, inboxes));
+        let ready = worker.as_ref().is_some_and(Worker::is_ready);
+        let phase = match (record.in_table, record.hung) {
+            (true, _) if ready => Phase::Ready,
+            (true, _) => Phase::Starting,
+            (false, true) => Phase::Ejected(Ejection::Hung),
+            (false, false) => Phase::Ejected(Ejection::CrashLooping),
+        };
+        let life = Life {
+            phase,
+            first_ready: if record.was_ready { FirstReady::Seen } else { FirstReady::Waiting },
             restarts: record.restarts,
-            exits: record.exit_ages_secs.into_iter().map(ago).collect::<VecDeque<_>>(),
-            in_table: record.in_table,
+            exits: record.exit_ages_secs.into_iter().map(ago).collect(),
             backoff: Duration::from_millis(record.backoff_ms),
             hangs: record.hangs,
-            hung: record.hung,
-            failure: None,
-            was_ready: record.was_ready,
-            progress: Progress { accepted: 0, at: now },
-        }
+        };
+        Slot { id: record.id, worker, life, progress: Progress { accepted: 0, at: now } }
     }
 }
 
@@ -103,5 +111,57 @@ impl Worker {
         let uptime = Duration::from_secs_f64(record.uptime_secs.max(0.0));
         let inbox = inboxes.remove(&record.pid);
         Worker::adopted(record.pid, uptime, record.ready, record.status, inbox)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::supervisor::slot::Ejection::{CrashLooping, Hung};
+
+    #[test]
+    fn every_phase_survives_the_record_in_its_version_2_shape() {
+        let now = Instant::now();
+        for (phase, ready) in [
+            (Phase::Starting, false),
+            (Phase::Ready, true),
+            (Phase::Ejected(Hung), false),
+            (Phase::Ejected(CrashLooping), true),
+        ] {
+            let life = Life { phase, first_ready: FirstReady::Seen, hangs: 2, ..Life::default() };
+            let worker = Worker::adopted(7, Duration::from_secs(3), ready, None, None);
+            let slot = Slot {
+                id: 4,
+                worker: Some(worker),
+                life,
+                progress: Progress { accepted: 0, at: now },
+            };
+            let record = slot.handover(now);
+            let json = serde_json::to_value(&record).expect("JSON");
+            let keys: Vec<&str> =
+                json.as_object().expect("object").keys().map(|k| k.as_str()).collect();
+            assert_eq!(
+                keys,
+                [
+                    "backoff_ms",
+                    "exit_ages_secs",
+                    "hangs",
+                    "hung",
+                    "id",
+                    "in_table",
+                    "restarts",
+                    "was_ready",
+                    "worker"
+                ]
+            );
+            let back = Slot::adopt(
+                serde_json::from_value(json).expect("a SlotRecord"),
+                now,
+                &mut HashMap::new(),
+            );
+            assert_eq!(back.life, slot.life, "{phase:?}");
+        }
     }
 }

@@ -4,7 +4,7 @@
 use std::{
     io,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use nix::{
@@ -16,16 +16,15 @@ use tracing::{error, info, warn};
 
 use super::{
     reaper::{Exiting, kill_and_reap},
-    state::{FIRST_BACKOFF, HEALTHY_RUN, State, Worker, lock},
+    slot::{Action, Ejection, Event, HEALTHY_RUN, Phase},
+    state::{State, Worker},
     worker::Exit,
 };
 use crate::{
     config::{ReadyMode, WorkerPolicy},
     endpoints::readiness::{self, Notice},
+    sync::lock,
 };
-
-/// The longest delay between restarts.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Starts the worker of slot `index` and makes it the slot's worker. Returns it, or `None` if
 /// it could not be started (then a restart is scheduled).
@@ -41,7 +40,8 @@ pub(super) fn start_worker(
         }
         Err(err) => {
             error!(slot = index, error = %err, "cannot start worker");
-            schedule_restart(shared, state, index);
+            let actions = state.on(index, Event::StartFailed);
+            carry_out(shared, state, index, actions);
             None
         }
     }
@@ -110,18 +110,12 @@ pub(super) fn track(
     tokio::spawn(async move {
         sleep(HEALTHY_RUN).await;
         let mut state = lock(&watcher);
-        let Some(slot) = state.slots.get_mut(index).filter(|slot| slot.id == id) else { return };
-        if slot.worker.as_ref().is_some_and(|w| w.pid == pid) {
-            slot.backoff = FIRST_BACKOFF;
-            // A hung slot rejoins when its new worker is ready, not merely up.
-            if !slot.in_table && !slot.hung {
-                slot.in_table = true;
-                info!(slot = index, pid, "worker stayed up: slot rejoins the table");
-                if let Err(err) = state.update_table() {
-                    error!(error = %crate::chain::Chain(&err), "cannot update the table");
-                }
-            }
+        let Some(slot) = state.slots.get(index).filter(|slot| slot.id == id) else { return };
+        let Some(worker) = slot.worker.clone().filter(|w| w.pid == pid) else { return };
+        if slot.life.phase == Phase::Ejected(Ejection::CrashLooping) {
+            info!(slot = index, pid, "worker stayed up: slot rejoins the table");
         }
+        state.on(index, Event::StayedUp { ready: worker.is_ready() });
     });
     Ok(())
 }
@@ -159,49 +153,55 @@ fn on_exit(shared: &Arc<Mutex<State>>, worker: &Worker, exit: Exit) {
     }
     let Some(index) = state.slot_of(pid) else { return };
     let WorkerPolicy { crash_limit, crash_window, .. } = state.policy;
-    let slot = &mut state.slots[index];
     warn!(slot = index, pid, %exit, "worker exited");
-    if !worker.is_ready() {
-        slot.failure = Some(exit);
-    }
-    slot.worker = None;
-    slot.restarts += 1;
-    let now = Instant::now();
-    slot.exits.push_back(now);
-    while slot.exits.front().is_some_and(|&exit| now - exit > crash_window) {
-        slot.exits.pop_front();
-    }
-    let crash_loop = slot.in_table && slot.exits.len() as u32 >= crash_limit;
-    if crash_loop && !state.dispatch.dispatchers().is_empty() {
+    state.slots[index].worker = None;
+    let in_table = state.slots[index].life.in_table();
+    let actions = state.on(index, Event::Exited { exit, ready: worker.is_ready() });
+    if in_table && state.slots[index].life.phase == Phase::Ejected(Ejection::CrashLooping) {
         warn!(
             slot = index,
             exits = crash_limit,
             window_secs = crash_window.as_secs_f64(),
             "slot is crash-looping: its clients go to the other slots until its worker stays up"
         );
-        if let Err(err) = state.eject(index) {
-            error!(slot = index, error = %crate::chain::Chain(&err), "cannot eject the slot");
-        }
     }
-    schedule_restart(shared, &mut state, index);
+    carry_out(shared, &mut state, index, actions);
 }
 
-/// Restarts slot `index`'s worker after its backoff, unless the slot is gone or stopping.
-pub(super) fn schedule_restart(shared: &Arc<Mutex<State>>, state: &mut State, index: usize) {
-    let slot = &mut state.slots[index];
-    let (delay, id) = (slot.backoff, slot.id);
-    slot.backoff = (slot.backoff * 2).min(MAX_BACKOFF);
-    info!(slot = index, delay_ms = delay.as_millis() as u64, "restarting worker");
-    let shared = shared.clone();
-    tokio::spawn(async move {
-        sleep(delay).await;
-        let mut state = lock(&shared);
-        let current =
-            state.slots.get(index).is_some_and(|slot| slot.id == id && slot.worker.is_none());
-        if current && !state.stopping {
-            start_worker(&shared, &mut state, index);
+/// Carries out what slot `index`'s life returned beyond the table: kills its worker, or
+/// restarts it after a delay unless the slot is gone or stopping by then.
+pub(super) fn carry_out(
+    shared: &Arc<Mutex<State>>,
+    state: &mut State,
+    index: usize,
+    actions: Vec<Action>,
+) {
+    for action in actions {
+        match action {
+            Action::Kill => {
+                if let Some(worker) = &state.slots[index].worker {
+                    kill(worker);
+                }
+            }
+            Action::Restart(delay) => {
+                info!(slot = index, delay_ms = delay.as_millis() as u64, "restarting worker");
+                let (shared, id) = (shared.clone(), state.slots[index].id);
+                tokio::spawn(async move {
+                    sleep(delay).await;
+                    let mut state = lock(&shared);
+                    let current = state
+                        .slots
+                        .get(index)
+                        .is_some_and(|slot| slot.id == id && slot.worker.is_none());
+                    if current && !state.stopping {
+                        start_worker(&shared, &mut state, index);
+                    }
+                });
+            }
+            // Carried out by the state.
+            Action::UpdateTable | Action::Eject => {}
         }
-    });
+    }
 }
 
 /// SIGKILL to the worker's process group (a hung worker, or a candidate that did not become

@@ -1,0 +1,63 @@
+//! The rolling restart's decisions: which slot next, when it ends, when it stops.
+
+use std::time::Duration;
+
+use super::Roll;
+use crate::supervisor::{
+    SupervisorError,
+    worker::{Exit, NotReady},
+};
+
+/// The slots a roll replaces when nothing stops it, with `slots` there at each step.
+fn replaced(roll: &mut Roll, slots: impl Fn(usize) -> usize) -> Vec<usize> {
+    let mut replaced = Vec::new();
+    while let Some(slot) = roll.next(slots(replaced.len()), false).unwrap() {
+        assert_eq!(Roll::candidate(slot, Ok(())).ok(), Some(()));
+        replaced.push(slot);
+    }
+    replaced
+}
+
+#[test]
+fn a_roll_replaces_every_slot_in_order_once() {
+    assert_eq!(replaced(&mut Roll::new(4), |_| 4), [0, 1, 2, 3]);
+    assert_eq!(replaced(&mut Roll::new(0), |_| 0), [] as [usize; 0]);
+}
+
+#[test]
+fn a_worker_that_is_never_ready_stops_the_roll_at_its_slot() {
+    let mut roll = Roll::new(3);
+    assert_eq!(roll.next(3, false).unwrap(), Some(0));
+    assert!(Roll::candidate(0, Ok(())).is_ok());
+    assert_eq!(roll.next(3, false).unwrap(), Some(1));
+    let timed_out = Roll::candidate(1, Err(NotReady::TimedOut(Duration::from_secs(2))));
+    let Err(SupervisorError::ReloadStopped { slot, reason }) = timed_out else {
+        panic!("{timed_out:?}")
+    };
+    assert_eq!((slot, reason.as_str()), (1, "the new worker was not ready within 2 s"));
+    let exit = Exit::new("exited with status 3".into());
+    let exited = Roll::candidate(2, Err(NotReady::Exited(exit))).unwrap_err();
+    assert_eq!(
+        exited.to_string(),
+        "reload stopped at slot 2: the new worker exited with status 3 before it was ready; the \
+         old workers keep serving"
+    );
+}
+
+#[test]
+fn a_scale_during_a_roll_neither_extends_it_nor_runs_past_the_slots() {
+    // More slots meanwhile: the roll replaces the slots it began with.
+    assert_eq!(replaced(&mut Roll::new(2), |_| 5), [0, 1]);
+    // Fewer slots meanwhile: it ends at the last one there is.
+    assert_eq!(replaced(&mut Roll::new(4), |done| if done < 1 { 4 } else { 2 }), [0, 1]);
+}
+
+#[test]
+fn a_stop_during_a_roll_stops_it_but_not_a_finished_one() {
+    let mut roll = Roll::new(2);
+    assert_eq!(roll.next(2, false).unwrap(), Some(0));
+    assert!(matches!(roll.next(2, true), Err(SupervisorError::Stopping)));
+    let mut finished = Roll::new(1);
+    assert_eq!(finished.next(1, false).unwrap(), Some(0));
+    assert_eq!(finished.next(1, true).unwrap(), None);
+}
