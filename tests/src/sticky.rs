@@ -233,6 +233,30 @@ impl Sticky {
         control::request(path, &request).unwrap_or_else(|err| panic!("{err}:\n{}", self.log()))
     }
 
+    /// `sticky reload` under a load from 1000 addresses: no request fails (more than
+    /// [`crate::MIN_SUCCEEDED`] succeed, some during the reload), every slot gets a new
+    /// worker, no client moves. `server` is where the load goes; `what` names it in messages.
+    pub fn reload_under_load(&self, server: std::net::SocketAddr, what: &str) {
+        let before = self.status();
+        let load = crate::Load::start(server, &crate::load_clients(), 4);
+        thread::sleep(Duration::from_secs(1));
+        let started = Instant::now();
+        let done = self.control(Request::Reload);
+        let reload = (started, Instant::now());
+        let restarted = format!("restarted {} workers", before.slots.len());
+        assert!(matches!(&done, Response::Done { message } if *message == restarted), "{done:?}");
+        thread::sleep(Duration::from_millis(500));
+        let report = load.stop();
+        report.assert_no_failure_during(what, reload);
+        let after = self.status();
+        for (old, new) in before.slots.iter().zip(&after.slots) {
+            assert!(new.pid.is_some() && old.pid != new.pid, "slot {} was not restarted", old.slot);
+        }
+        for (client, seen) in report.workers_by_client() {
+            assert!(seen.iter().all(|&w| w == seen[0]), "{what}: {client} moved: {seen:?}");
+        }
+    }
+
     /// The loader's status; panics unless it answers.
     pub fn status(&self) -> Status {
         match self.control(Request::Status) {

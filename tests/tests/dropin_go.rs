@@ -2,17 +2,9 @@
 //! NOTIFY_SOCKET, a graceful Shutdown on SIGTERM), built here with Debian's golang into
 //! target/go and run under sticky: each client on one worker, and a rolling restart under load.
 
-use std::{
-    net::SocketAddr,
-    path::PathBuf,
-    process::Command,
-    sync::OnceLock,
-    thread,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, path::PathBuf, process::Command, sync::OnceLock};
 
-use sticky_tests::{Load, Sticky, client_v4, dropin::workspace, get, in_netns, load_clients};
-use sticky_user::control::{Request, Response};
+use sticky_tests::{Sticky, client_v4, dropin::workspace, get, in_netns};
 
 const WORKERS: usize = 4;
 
@@ -71,23 +63,7 @@ fn the_go_worker_keeps_each_client_on_one_worker() {
 fn the_go_worker_reload_under_load_fails_no_connection() {
     in_netns(|| {
         let sticky = start(3071);
-        let before = sticky.status();
-        let load = Load::start(SocketAddr::from(([127, 0, 0, 1], 3071)), &load_clients(), 4);
-        thread::sleep(Duration::from_secs(1));
-        let started = Instant::now();
-        let done = sticky.control(Request::Reload);
-        let reload = (started, Instant::now());
-        assert!(matches!(&done, Response::Done { message } if message == "restarted 4 workers"));
-        thread::sleep(Duration::from_millis(500));
-        let report = load.stop();
-        report.assert_no_failure_during("go: a rolling restart", reload);
-        let after = sticky.status();
-        for (old, new) in before.slots.iter().zip(&after.slots) {
-            assert_ne!(old.pid, new.pid, "slot {} was not restarted", old.slot);
-        }
-        for (client, seen) in report.workers_by_client() {
-            assert!(seen.iter().all(|&w| w == seen[0]), "{client} moved: {seen:?}");
-        }
+        sticky.reload_under_load(SocketAddr::from(([127, 0, 0, 1], 3071)), "go: a rolling restart");
         sticky.stop_cleanly();
     });
 }

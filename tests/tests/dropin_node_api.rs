@@ -18,11 +18,10 @@ use nix::{
     unistd::Pid,
 };
 use sticky_tests::{
-    Load, Sticky, client_v4, connect,
+    Sticky, client_v4, connect,
     dropin::{SeedApp, assert_node_package, body, example, http_text},
-    get, in_netns, load_clients,
+    get, in_netns,
 };
-use sticky_user::control::{Request, Response};
 
 const WORKERS: usize = 4;
 
@@ -88,24 +87,10 @@ fn a_rolling_restart_under_load_fails_no_connection() {
     let app = SeedApp::install(&["identity.js"]);
     in_netns(|| {
         let sticky = identity(&app, "1.x", &["127.0.0.1:3000"], &[]);
-        let before = sticky.status();
-        let server = "127.0.0.1:3000".parse().unwrap();
-        let load = Load::start(server, &load_clients(), 4);
-        thread::sleep(Duration::from_secs(1));
-        let started = Instant::now();
-        let done = sticky.control(Request::Reload);
-        let reload = (started, Instant::now());
-        assert!(matches!(&done, Response::Done { message } if message == "restarted 4 workers"));
-        thread::sleep(Duration::from_millis(500));
-        let report = load.stop();
-        report.assert_no_failure_during("sticky-session: a rolling restart", reload);
-        let after = sticky.status();
-        for (old, new) in before.slots.iter().zip(&after.slots) {
-            assert_ne!(old.pid, new.pid, "slot {} was not restarted", old.slot);
-        }
-        for (client, seen) in report.workers_by_client() {
-            assert!(seen.iter().all(|&w| w == seen[0]), "{client} moved: {seen:?}");
-        }
+        sticky.reload_under_load(
+            "127.0.0.1:3000".parse().unwrap(),
+            "sticky-session: a rolling restart",
+        );
         sticky.stop_cleanly();
     });
 }

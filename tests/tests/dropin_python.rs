@@ -3,20 +3,14 @@
 //! under uvicorn `--fd 3` with its Redis manager and a real Redis, and a WSGI app under
 //! gunicorn with one gunicorn worker per slot. Each says READY=1 (`--ready notify`).
 
-use std::{
-    net::SocketAddr,
-    path::PathBuf,
-    thread,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, path::PathBuf};
 
 use serde_json::Value;
 use sticky_tests::{
-    Load, Redis, Sticky, client_v4,
+    Redis, Sticky, client_v4,
     dropin::{assert_node_package, example, node_json, workspace},
-    get, in_netns, load_clients,
+    get, in_netns,
 };
-use sticky_user::control::{Request, Response};
 
 const WORKERS: usize = 4;
 const REDIS_PORT: u16 = 6379;
@@ -152,31 +146,6 @@ fn assert_each_client_on_one_worker(port: u16, runtime: &str) {
     assert!(clients_per_worker.iter().all(|&n| n > 0), "idle worker: {clients_per_worker:?}");
 }
 
-/// `sticky reload` under a load from 1000 addresses: no request fails, every slot gets a new
-/// worker, no client moves.
-fn reload_under_load(sticky: &Sticky, port: u16, what: &str) {
-    let before = sticky.status();
-    let load = Load::start(SocketAddr::from(([127, 0, 0, 1], port)), &load_clients(), 4);
-    thread::sleep(Duration::from_secs(1));
-    let started = Instant::now();
-    let done = sticky.control(Request::Reload);
-    let reload = (started, Instant::now());
-    assert!(
-        matches!(&done, Response::Done { message } if message == "restarted 4 workers"),
-        "{done:?}"
-    );
-    thread::sleep(Duration::from_millis(500));
-    let report = load.stop();
-    report.assert_no_failure_during(what, reload);
-    let after = sticky.status();
-    for (old, new) in before.slots.iter().zip(&after.slots) {
-        assert_ne!(old.pid, new.pid, "slot {} was not restarted", old.slot);
-    }
-    for (client, seen) in report.workers_by_client() {
-        assert!(seen.iter().all(|&w| w == seen[0]), "{client} moved: {seen:?}");
-    }
-}
-
 #[test]
 fn gunicorn_keeps_each_client_on_one_worker() {
     in_netns(|| {
@@ -190,7 +159,10 @@ fn gunicorn_keeps_each_client_on_one_worker() {
 fn gunicorn_reload_under_load_fails_no_connection() {
     in_netns(|| {
         let sticky = gunicorn(3063);
-        reload_under_load(&sticky, 3063, "gunicorn: a rolling restart");
+        sticky.reload_under_load(
+            SocketAddr::from(([127, 0, 0, 1], 3063)),
+            "gunicorn: a rolling restart",
+        );
         sticky.stop_cleanly();
     });
 }
@@ -201,7 +173,10 @@ fn uvicorn_reload_under_load_fails_no_connection() {
         let redis = Redis::start(REDIS_PORT);
         let sticky = uvicorn(&redis, 3064, "kernel");
         assert_each_client_on_one_worker(3064, "uvicorn");
-        reload_under_load(&sticky, 3064, "uvicorn: a rolling restart");
+        sticky.reload_under_load(
+            SocketAddr::from(([127, 0, 0, 1], 3064)),
+            "uvicorn: a rolling restart",
+        );
         redis.stop();
         sticky.stop_cleanly();
     });
