@@ -2,10 +2,10 @@
 //! in place (same pid), and the new image goes on where the old one stopped.
 //!
 //! Nothing closes: the workers stay children of the same process, the listening sockets, the
-//! program and its maps (counters included), the control, metrics and notify sockets are all
-//! inherited, and a versioned [`record`] says what each fd is and what the supervisor knew
-//! (slots, restart counters, in-table flags, workers' pids). The kernel keeps dispatching
-//! throughout.
+//! program and its maps (counters included), the control and metrics sockets and each worker's
+//! notify socket are all inherited, and a versioned [`record`] says what each fd is and what
+//! the supervisor knew (slots, restart counters, in-table flags, workers' pids). The kernel
+//! keeps dispatching throughout.
 //!
 //! The new binary is opened once and checked on that open file ([`image`]: owner, mode, its
 //! directories); it is asked whether it can take a record like this one ([`probe`]) and then
