@@ -15,11 +15,11 @@ mod container;
 pub mod dropin;
 mod load;
 mod named_netns;
-mod test_netns;
 pub mod privileges;
 mod programs;
 mod redis;
 mod sticky;
+mod test_netns;
 mod tls;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -28,12 +28,12 @@ pub use client::{Failure, Response, connect, get, read_response, request, send_r
 pub use container::{Container, systemd_root};
 pub use load::{Load, MIN_SUCCEEDED, Outcome, Report};
 pub use named_netns::{Netns, veth};
-pub use test_netns::{in_netns, processes_in_netns};
 pub use programs::{loaded_programs, program_is_loaded, reuseport_programs};
 pub use redis::Redis;
 pub use sticky::{
     Counters, Exit, StateDir, Sticky, UNIT_BOUNDING_SET, WORKER_USER, sticky_bin, target_bin,
 };
+pub use test_netns::{in_netns, processes_in_netns};
 pub use tls::{Certificate, TLS_NAME, https_gets};
 
 /// Whether process `pid` exists and is not a zombie.
