@@ -95,10 +95,7 @@ impl Sticky {
         let state = StateDir::new();
         let mut command = Self::command(&sticky_bin(), &state, args);
         customize(&mut command);
-        let mut sticky = Self::spawn(command);
-        sticky.control = Some(state.control());
-        sticky._state = Some(state);
-        sticky
+        Self::spawn_owning(state, command)
     }
 
     /// Starts `sticky run ARGS` as user `nobody` holding `capabilities` (setpriv's syntax, e.g.
@@ -112,10 +109,7 @@ impl Sticky {
         command.arg(format!("--ambient-caps={capabilities}"));
         command.arg(sticky_bin()).arg("run").arg("--state-dir").arg(&state.0);
         command.arg("--control").arg(state.control()).args(args);
-        let mut sticky = Self::spawn(command);
-        sticky.control = Some(state.control());
-        sticky._state = Some(state);
-        sticky
+        Self::spawn_owning(state, command)
     }
 
     /// Starts `sticky run --state-dir STATE ARGS` as deployed.
@@ -136,10 +130,8 @@ impl Sticky {
     /// executes again).
     pub fn start_binary(binary: &std::path::Path, args: &[&str]) -> Self {
         let state = StateDir::new();
-        let mut sticky = Self::spawn(Self::command(binary, &state, args));
-        sticky.control = Some(state.control());
-        sticky._state = Some(state);
-        sticky
+        let command = Self::command(binary, &state, args);
+        Self::spawn_owning(state, command)
     }
 
     /// `sticky run` as deployed, from `binary`, with `state` as its state directory and control
@@ -159,6 +151,15 @@ impl Sticky {
         }
         command.args(args);
         command
+    }
+
+    /// Starts `command`, a `sticky run` using `state`'s state directory and control socket,
+    /// which the returned value removes when dropped.
+    fn spawn_owning(state: StateDir, command: Command) -> Self {
+        let mut sticky = Self::spawn(command);
+        sticky.control = Some(state.control());
+        sticky._state = Some(state);
+        sticky
     }
 
     /// Starts `command` (a `sticky` invocation) with stderr collected.

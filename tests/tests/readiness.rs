@@ -37,9 +37,9 @@ fn shared_dir(mode: u32) -> StateDir {
 
 /// The `NOTIFY_SOCKET` of process `pid`.
 fn notify_socket(pid: u32) -> PathBuf {
-    let environ = fs::read(format!("/proc/{pid}/environ")).unwrap();
-    let value = environ.split(|&b| b == 0).find_map(|var| var.strip_prefix(b"NOTIFY_SOCKET="));
-    PathBuf::from(String::from_utf8(value.expect("NOTIFY_SOCKET is set").to_vec()).unwrap())
+    let environ = sticky_tests::privileges::environ_of(pid);
+    let value = environ.split('\0').find_map(|var| var.strip_prefix("NOTIFY_SOCKET="));
+    PathBuf::from(value.expect("NOTIFY_SOCKET is set"))
 }
 
 /// The sockets in a notify directory, by name.
