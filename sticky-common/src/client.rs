@@ -32,6 +32,17 @@ impl Client {
         };
         hash as usize & (TABLE_SIZE - 1)
     }
+
+    /// The address as the trusted-proxy trie keys it: an IPv6 address as it is, an IPv4 one
+    /// v4-mapped (`::ffff:a.b.c.d`), so that one trie holds both families. A prefix of an IPv4
+    /// network is then 96 + its length.
+    #[inline(always)]
+    pub fn trie_words(&self) -> [u32; 4] {
+        match *self {
+            Client::V4(address) => [0, 0, 0xffffu32.to_be(), address],
+            Client::V6(address) => address,
+        }
+    }
 }
 
 impl From<IpAddr> for Client {

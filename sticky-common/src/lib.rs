@@ -18,6 +18,10 @@ pub const TABLE_MAP: &str = "STICKY_TABLE";
 pub const CONFIG_MAP: &str = "STICKY_CONFIG";
 /// Name of the per-CPU counter array, indexed by the `COUNTER_*` constants.
 pub const COUNTERS_MAP: &str = "STICKY_COUNTERS";
+/// Name of the LPM trie of trusted proxies (`--trusted-proxy`): key = prefix length and an
+/// address as [`client::Client::trie_words`] lays it out, value unused. A connection from one
+/// of them goes to the loader's socket, which reads the real client's address.
+pub const PROXIES_MAP: &str = "STICKY_PROXIES";
 /// Name of the program that selects new connections and migrates a closing listener's queue
 /// (attach type `BPF_SK_REUSEPORT_SELECT_OR_MIGRATE`, Linux 5.14+).
 pub const PROGRAM_MIGRATE: &str = "sticky_migrate";
@@ -26,6 +30,13 @@ pub const PROGRAM_SELECT: &str = "sticky_dispatch";
 
 /// The most worker slots one listen address can have.
 pub const MAX_SLOTS: u32 = 128;
+/// The index of the loader's own socket in the socket array, after every worker slot: with
+/// trusted proxies, the loader accepts their connections and reads the client's address.
+pub const LOADER_INDEX: u32 = MAX_SLOTS;
+/// Entries in the socket array: the worker slots and the loader's socket.
+pub const SOCKET_ENTRIES: u32 = MAX_SLOTS + 1;
+/// The most trusted-proxy prefixes.
+pub const MAX_PROXIES: u32 = 1024;
 /// Entries in the lookup table: a power of two, so the program indexes it with a mask.
 /// At 32 slots every slot still owns about 512 entries.
 pub const TABLE_SIZE: usize = 1 << 14;
@@ -47,8 +58,10 @@ pub const COUNTER_FALLBACK: u32 = MAX_SLOTS;
 pub const COUNTER_PASSED: u32 = MAX_SLOTS + 1;
 /// Counter index: packets whose source address could not be read.
 pub const COUNTER_UNREADABLE: u32 = MAX_SLOTS + 2;
+/// Counter index: connections from a trusted proxy, sent to the loader's socket.
+pub const COUNTER_PROXIED: u32 = MAX_SLOTS + 3;
 /// Entries in the counter array.
-pub const COUNTERS: u32 = MAX_SLOTS + 3;
+pub const COUNTERS: u32 = MAX_SLOTS + 4;
 
 /// How the program turns a client address into a table index; written once by the loader.
 ///

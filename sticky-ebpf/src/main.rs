@@ -8,6 +8,10 @@
 //! slot is empty it falls back to the next live slot, and when nothing can be selected it lets
 //! the kernel choose. Every outcome is counted.
 //!
+//! With trusted proxies (`--trusted-proxy`), a connection whose source is in the
+//! `STICKY_PROXIES` trie goes to the loader's own socket instead ([`LOADER_INDEX`]): the real
+//! client's address is in the stream, which the loader reads. Every other client stays here.
+//!
 //! The object carries the same logic twice: [`sticky_migrate`] (Linux 5.14+) is also run when a
 //! listener closes with connections still queued, and moves each of them to the socket its
 //! client maps to now, reading the client address from the migrating socket. [`sticky_dispatch`]
@@ -22,17 +26,20 @@ use aya_ebpf::{
     bindings::{bpf_hdr_start_off::BPF_HDR_START_NET, sk_action},
     helpers::generated::bpf_skb_load_bytes_relative,
     macros::{map, sk_reuseport},
-    maps::{Array, PerCpuArray, ReusePortSockArray},
+    maps::{Array, LpmTrie, PerCpuArray, ReusePortSockArray, lpm_trie::Key},
     programs::{SkReuseportContext, SockContext},
 };
 use sticky_common::{
-    COUNTER_FALLBACK, COUNTER_PASSED, COUNTER_UNREADABLE, COUNTERS, DispatchConfig, MAX_SLOTS,
-    Table,
+    COUNTER_FALLBACK, COUNTER_PASSED, COUNTER_PROXIED, COUNTER_UNREADABLE, COUNTERS,
+    DispatchConfig, LOADER_INDEX, MAX_PROXIES, SOCKET_ENTRIES, Table,
     client::{Client, Pick, pick_slot},
 };
 
 #[map]
-static STICKY_SOCKETS: ReusePortSockArray = ReusePortSockArray::with_max_entries(MAX_SLOTS, 0);
+static STICKY_SOCKETS: ReusePortSockArray = ReusePortSockArray::with_max_entries(SOCKET_ENTRIES, 0);
+
+#[map]
+static STICKY_PROXIES: LpmTrie<[u32; 4], u8> = LpmTrie::with_max_entries(MAX_PROXIES, 0);
 
 #[map]
 static STICKY_TABLE: Array<Table> = Array::with_max_entries(1, 0);
@@ -109,9 +116,16 @@ fn client_of_socket(sk: &SockContext) -> Result<Client, u32> {
 }
 
 /// Selects `client`'s socket; returns the counter to bump: the selected slot, or one of the
-/// global outcomes as the error.
+/// global outcomes as the error. A trusted proxy's connection goes to the loader's socket; if
+/// that cannot be selected, it is routed by the proxy's own address.
 #[inline(always)]
 fn select(ctx: &SkReuseportContext, client: Client) -> Result<u32, u32> {
+    let key = Key::new(128, client.trie_words());
+    if STICKY_PROXIES.get(&key).is_some()
+        && STICKY_SOCKETS.select_reuseport(ctx, LOADER_INDEX).is_ok()
+    {
+        return Ok(COUNTER_PROXIED);
+    }
     let config = STICKY_CONFIG.get(0).ok_or(COUNTER_PASSED)?;
     let table = STICKY_TABLE.get(0).ok_or(COUNTER_PASSED)?;
     // A slot is live when its socket can be selected; a slot with no socket falls back to

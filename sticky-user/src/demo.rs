@@ -19,7 +19,7 @@ use nix::{
     errno::Errno,
     sys::socket::{MsgFlags, recv, send},
 };
-use sticky_worker::receive;
+use sticky_worker::{Inherited, receive};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _, Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -27,31 +27,36 @@ use tokio::{
 };
 use tokio_util::task::TaskTracker;
 
-use crate::userspace::handoff;
+use crate::{client_address::header, handoff};
 
 /// Largest request head the demo reads before answering anyway.
 const MAX_REQUEST: usize = 16 * 1024;
 
-/// Serves `listeners` until SIGTERM, then drains; each response names `slot` and this pid.
-pub async fn serve(listeners: Vec<TcpListener>, slot: u32) -> io::Result<()> {
+/// Serves what it `inherited` (listeners, and connections the loader passes over the handoff
+/// socket) until SIGTERM, then drains; each response names `slot` and this pid.
+pub async fn serve(inherited: Inherited, slot: u32) -> io::Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let response = response(slot);
     let connections = TaskTracker::new();
-    let mut accept_loops = JoinSet::new();
-    for listener in listeners {
+    let mut loops = JoinSet::new();
+    for listener in inherited.listeners {
         listener.set_nonblocking(true)?;
         let listener = handoff::register(listener)?;
-        accept_loops.spawn(accept_loop(listener, response, connections.clone()));
+        loops.spawn(accept_loop(listener, slot, response, connections.clone()));
+    }
+    if let Some(end) = inherited.handoff {
+        loops.spawn(receive_loop(handoff::register(end)?, slot, response, connections.clone()));
     }
     tokio::select! {
-        // An accept loop only ends when accepting fails.
-        Some(ended) = accept_loops.join_next() => {
+        // A loop only ends when accepting or receiving fails.
+        Some(ended) = loops.join_next() => {
             return Err(ended.unwrap_or_else(io::Error::other));
         }
         _ = terminate.recv() => {}
     }
-    // Stop accepting (dropping the listeners), then finish what was already accepted.
-    accept_loops.shutdown().await;
+    // Stop accepting (dropping the listeners) and receiving (what the loader passes from now
+    // on waits for the next worker), then finish what was already accepted.
+    loops.shutdown().await;
     connections.close();
     connections.wait().await;
     Ok(())
@@ -60,61 +65,62 @@ pub async fn serve(listeners: Vec<TcpListener>, slot: u32) -> io::Result<()> {
 /// Accepts on `listener` and answers each connection, until accepting fails.
 async fn accept_loop(
     listener: AsyncFd<TcpListener>,
+    slot: u32,
     response: &'static [u8],
     connections: TaskTracker,
 ) -> io::Error {
     loop {
         match listener.async_io(Interest::READABLE, TcpListener::accept).await {
-            Ok((stream, _)) => answer(stream, response, &connections),
+            Ok((stream, _)) => answer(stream, slot, response, &connections),
             Err(err) => return err,
         }
     }
 }
 
-/// Serves the connections the loader passes over `handoff` (`--dispatch userspace`) until
-/// SIGTERM, then finishes the ones received. What is still queued waits for the next worker.
-pub async fn serve_handoff(handoff: OwnedFd, slot: u32) -> io::Result<()> {
-    let mut terminate = signal(SignalKind::terminate())?;
-    let response = response(slot);
-    let handoff = handoff::register(handoff)?;
-    let connections = TaskTracker::new();
+/// Answers each connection the loader passes over `handoff`, until receiving fails.
+async fn receive_loop(
+    handoff: AsyncFd<OwnedFd>,
+    slot: u32,
+    response: &'static [u8],
+    connections: TaskTracker,
+) -> io::Error {
     loop {
-        tokio::select! {
-            received = handoff.async_io(Interest::READABLE, |end| receive(end.as_raw_fd())) => {
-                answer(received?, response, &connections);
-            }
-            _ = terminate.recv() => break,
+        match handoff.async_io(Interest::READABLE, |end| receive(end.as_raw_fd())).await {
+            Ok(stream) => answer(stream, slot, response, &connections),
+            Err(err) => return err,
         }
     }
-    // Stop receiving: what the loader passes from now on waits for the next worker.
-    drop(handoff);
-    connections.close();
-    connections.wait().await;
-    Ok(())
 }
 
+/// The usual response, made once per worker.
 fn response(slot: u32) -> &'static [u8] {
-    let body = format!("worker: {slot}\n");
+    http_response(slot, format!("worker: {slot}\n")).into_bytes().leak()
+}
+
+/// The response to a request that names its client.
+fn client_response(slot: u32, client: std::net::IpAddr) -> Vec<u8> {
+    http_response(slot, format!("worker: {slot} client: {client}\n")).into_bytes()
+}
+
+fn http_response(slot: u32, body: String) -> String {
     format!(
         "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
          x-sticky-worker: {slot}\r\nx-sticky-pid: {}\r\nconnection: close\r\n\r\n{body}",
         body.len(),
         std::process::id(),
     )
-    .into_bytes()
-    .leak()
 }
 
 /// Answers one connection: at once if its whole request head is already there and the response
 /// fits the socket's buffer, otherwise on a task of `connections`. Errors only concern this
 /// connection, which is then closed.
-fn answer(stream: TcpStream, response: &'static [u8], connections: &TaskTracker) {
+fn answer(stream: TcpStream, slot: u32, response: &'static [u8], connections: &TaskTracker) {
     let mut request = Vec::new();
     let complete = match read_available(&stream, &mut request) {
         Ok(complete) => complete,
         Err(_) => return,
     };
-    let sent = if complete {
+    let sent = if complete && claimed_client(&request).is_none() {
         let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
         match send(stream.as_raw_fd(), response, flags) {
             Ok(sent) if sent == response.len() => return,
@@ -125,7 +131,7 @@ fn answer(stream: TcpStream, response: &'static [u8], connections: &TaskTracker)
     } else {
         0
     };
-    connections.spawn(answer_later(stream, request, &response[sent..]));
+    connections.spawn(answer_later(stream, request, slot, &response[sent..]));
 }
 
 /// Reads what has arrived without waiting; whether the request head is complete.
@@ -142,12 +148,27 @@ fn read_available(stream: &TcpStream, request: &mut Vec<u8>) -> io::Result<bool>
     Ok(true)
 }
 
+/// Whether `request` holds a whole request head (after a PROXY header, if one comes first).
 fn head_complete(request: &[u8]) -> bool {
-    request.windows(4).any(|w| w == b"\r\n\r\n") || request.len() >= MAX_REQUEST
+    let Some(proxy_header) = header::proxy_header_length(request) else {
+        return request.len() >= MAX_REQUEST;
+    };
+    let head = &request[proxy_header..];
+    head.windows(4).any(|w| w == b"\r\n\r\n") || request.len() >= MAX_REQUEST
 }
 
-/// Waits for the rest of the request head (`request` holds its start), then writes `response`.
-async fn answer_later(stream: TcpStream, mut request: Vec<u8>, response: &'static [u8]) {
+/// The client a request names (a PROXY header, X-Forwarded-For, Forwarded), if any: what the
+/// demo shows, so that an operator can check a proxy's setup with curl.
+fn claimed_client(request: &[u8]) -> Option<std::net::IpAddr> {
+    let names_one = header::proxy_header_length(request).is_some_and(|length| length > 0)
+        || request.windows(8).any(|w| w.eq_ignore_ascii_case(b"orwarded"));
+    names_one.then(|| header::claimed(request)).flatten()
+}
+
+/// Waits for the rest of the request head (`request` holds its start), then writes `rest`, the
+/// part of the usual response not yet sent, or, for a request that names its client, the
+/// response that shows it.
+async fn answer_later(stream: TcpStream, mut request: Vec<u8>, slot: u32, rest: &'static [u8]) {
     let Ok(mut stream) =
         stream.set_nonblocking(true).and_then(|()| tokio::net::TcpStream::from_std(stream))
     else {
@@ -160,5 +181,8 @@ async fn answer_later(stream: TcpStream, mut request: Vec<u8>, response: &'stati
             Ok(n) => request.extend_from_slice(&buffer[..n]),
         }
     }
-    let _ = stream.write_all(response).await;
+    let _ = match claimed_client(&request) {
+        Some(client) => stream.write_all(&client_response(slot, client)).await,
+        None => stream.write_all(rest).await,
+    };
 }

@@ -1,16 +1,13 @@
 //! How the workers get their connections, chosen at start and carried to the end.
 
-use std::os::fd::OwnedFd;
-
 use crate::{config::DispatchMode, kernel::Dispatcher};
 
 /// The dispatch set up at start, with what each mode keeps.
 pub enum Dispatch {
     /// sticky's eBPF program: one attached [`Dispatcher`] per listen address.
     Kernel(Vec<Dispatcher>),
-    /// The loader accepts and passes each connection on: each slot's end of its handoff socket
-    /// pair, which that slot's worker inherits.
-    Userspace(Vec<OwnedFd>),
+    /// The loader accepts and passes each connection on (through the supervisor's handoff).
+    Userspace,
     /// None: plain SO_REUSEPORT, not sticky (`--dispatch none`).
     None,
 }
@@ -20,7 +17,7 @@ impl Dispatch {
     pub fn mode(&self) -> DispatchMode {
         match self {
             Self::Kernel(_) => DispatchMode::Kernel,
-            Self::Userspace(_) => DispatchMode::Userspace,
+            Self::Userspace => DispatchMode::Userspace,
             Self::None => DispatchMode::None,
         }
     }

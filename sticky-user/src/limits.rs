@@ -18,8 +18,11 @@ use crate::config::{DispatchMode, RunConfig};
 pub const METRICS_CONNECTIONS: usize = 256;
 /// Connections the control socket serves at once; past it, new ones are closed.
 pub const CONTROL_CONNECTIONS: usize = 32;
-/// Accepted connections userspace dispatch holds while their worker's hand-over queue is full.
+/// Accepted connections the loader holds while their worker's hand-over queue is full.
 pub const HANDOFF_PENDING: usize = 1024;
+/// Trusted proxies' connections the loader reads a header from at once; past it, new ones are
+/// closed.
+pub const HEADER_PENDING: usize = 2048;
 /// Descriptors the loader holds whatever the configuration: stdio, the runtime, the control
 /// and metrics listeners, the program and its maps, logs.
 const FIXED_FDS: u64 = 64;
@@ -67,9 +70,13 @@ pub fn fds_needed(config: &RunConfig, workers: u32) -> u64 {
     let per_worker = addresses + 2;
     let mut needed = (u64::from(workers) + 1) * per_worker + 2 * addresses;
     needed += FIXED_FDS + (METRICS_CONNECTIONS + CONTROL_CONNECTIONS) as u64;
-    if config.dispatch == DispatchMode::Userspace {
-        // A hand-over socket per worker, and the connections waiting for one.
-        needed += u64::from(workers) + HANDOFF_PENDING as u64;
+    if config.dispatch == DispatchMode::Userspace || config.client_address.is_some() {
+        // Both ends of a hand-over socket pair per worker, and the connections waiting for one.
+        needed += 2 * u64::from(workers) + HANDOFF_PENDING as u64;
+    }
+    if config.client_address.is_some() {
+        // The loader's own socket per address, and the connections whose header it reads.
+        needed += addresses + HEADER_PENDING as u64;
     }
     needed
 }

@@ -4,7 +4,7 @@
 
 use std::{io, net::TcpListener, os::fd::RawFd, path::PathBuf, sync::Arc};
 
-use sticky_common::{DispatchConfig, Table};
+use sticky_common::{DispatchConfig, LOADER_INDEX, Table};
 use thiserror::Error;
 use tracing::{info, warn};
 
@@ -17,6 +17,7 @@ use crate::{
         readiness::{self, Identity, NotifyDir, NotifyDirError},
     },
     fd_store::{self, Inherited},
+    handoff::{self, AcceptLoop, Handoff, Router, Stats},
     kernel::{DispatchError, Dispatcher, table},
     limits::{self, LimitError},
     listeners::{self, ListenError, ListenerGroup},
@@ -25,7 +26,6 @@ use crate::{
     spawn::{SpawnError, Spawner, socket_names},
     supervisor::{Endpoints, Setup, Supervisor, SupervisorError},
     upgrade::{self, Carried, ResumeError, Takeover},
-    userspace::handoff,
 };
 
 /// Why sticky could not start.
@@ -74,18 +74,18 @@ pub struct Started {
     pub(crate) supervisor: Arc<Supervisor>,
     pub(crate) control: (PathBuf, std::os::unix::net::UnixListener),
     pub(crate) metrics: Option<TcpListener>,
-    /// Userspace dispatch: what the loader's accept loop needs.
+    /// What the loader's own accept loop needs, if it passes connections on.
     pub(crate) handoff_loop: Option<HandoffLoop>,
     pub(crate) listen: Vec<std::net::SocketAddr>,
 }
 
-/// Userspace dispatch's accept loop: the listeners, each slot's end of its handoff pair, and
-/// how a client maps to a slot.
+/// The loader's accept loop (userspace dispatch, trusted proxies) before the runtime runs: its
+/// listeners, and what it shares with the supervisor.
 pub(crate) struct HandoffLoop {
     listeners: Vec<TcpListener>,
-    ends: Vec<std::os::fd::OwnedFd>,
-    config: DispatchConfig,
-    table: Box<Table>,
+    router: Router,
+    client_address: Option<Arc<crate::config::ClientAddress>>,
+    stats: Arc<Stats>,
 }
 
 /// Checks privileges, limits and the worker command, binds the endpoints, then opens the
@@ -95,8 +95,7 @@ pub fn start(launch: Launch, inherited: Inherited) -> Result<Started, StartupErr
     let mut config = launch.config.clone();
     privileges::check(&config)?;
     limits::raise(&config, None)?;
-    let userspace = config.dispatch == DispatchMode::Userspace;
-    if userspace {
+    if config.dispatch == DispatchMode::Userspace || config.client_address.is_some() {
         config.environment.insert(handoff::STICKY_HANDOFF.into(), "1".into());
     }
     let spawner = Spawner::new(&config, &socket_names(&config))?;
@@ -111,8 +110,8 @@ pub fn start(launch: Launch, inherited: Inherited) -> Result<Started, StartupErr
         notify.remove();
         let _ = std::fs::remove_file(&config.control);
     })?;
-    let Dispatching { groups, dispatch, seed, table, handoff_loop } = dispatch;
-    let setup = Setup { spawner, groups, dispatch, seed, table, notify };
+    let Dispatching { groups, dispatch, seed, table, handoff, handoff_loop } = dispatch;
+    let setup = Setup { spawner, groups, dispatch, seed, table, notify, handoff };
     Ok(assemble(launch, setup, (config.control, control), metrics, handoff_loop, None))
 }
 
@@ -138,6 +137,7 @@ struct Dispatching {
     seed: u64,
     /// The table in use (none with plain SO_REUSEPORT).
     table: Option<Box<Table>>,
+    handoff: Option<Handoff>,
     handoff_loop: Option<HandoffLoop>,
 }
 
@@ -162,31 +162,84 @@ fn set_up_dispatch(config: &RunConfig, inherited: Inherited) -> Result<Dispatchi
     let dispatch_config =
         DispatchConfig::new(seed, config.prefix_v4, config.prefix_v6, config.workers);
     let in_use = (config.dispatch != DispatchMode::None).then(|| table.clone());
-    let (dispatch, handoff_loop) = match config.dispatch {
+    let mut dispatch = match config.dispatch {
         DispatchMode::Kernel => {
             let dispatchers = attach(config, &dispatch_config, &table, &groups, adopted.old_maps)?;
-            (Dispatch::Kernel(dispatchers), None)
+            Dispatch::Kernel(dispatchers)
         }
         DispatchMode::None => {
             detach_previous(&groups);
             warn!("--dispatch none: plain SO_REUSEPORT, clients are NOT sticky");
-            (Dispatch::None, None)
+            Dispatch::None
         }
         DispatchMode::Userspace => {
             detach_previous(&groups);
-            let (loader_ends, worker_ends) =
-                handoff::pairs(config.workers).map_err(StartupError::Handoff)?;
-            let listeners = groups
-                .iter()
-                .map(|group| group.sockets[0].try_clone())
-                .collect::<Result<_, _>>()
-                .map_err(StartupError::Handoff)?;
-            let handoff_loop =
-                HandoffLoop { listeners, ends: loader_ends, config: dispatch_config, table };
-            (Dispatch::Userspace(worker_ends), Some(handoff_loop))
+            Dispatch::Userspace
         }
     };
-    Ok(Dispatching { groups, dispatch, seed, table: in_use, handoff_loop })
+    // The loader's own accept loop: every connection under userspace dispatch; trusted
+    // proxies' under kernel dispatch, which the program sends to the loader's own socket.
+    let listeners = match (&mut dispatch, &config.client_address) {
+        (Dispatch::Userspace, _) => groups
+            .iter()
+            .map(|group| group.sockets[0].try_clone().map_err(StartupError::Handoff))
+            .collect::<Result<Vec<_>, _>>()?,
+        (Dispatch::Kernel(dispatchers), Some(client_address)) => {
+            loader_sockets(&groups, dispatchers, client_address)?
+        }
+        _ => {
+            return Ok(Dispatching {
+                groups,
+                dispatch,
+                seed,
+                table: in_use,
+                handoff: None,
+                handoff_loop: None,
+            });
+        }
+    };
+    let (loader_ends, worker_ends) =
+        handoff::pairs(config.workers).map_err(StartupError::Handoff)?;
+    let router = Router::new(dispatch_config, table, loader_ends);
+    let stats = Arc::new(Stats::default());
+    let reads_headers = config.client_address.is_some();
+    let handoff =
+        Handoff { worker_ends, router: router.clone(), stats: stats.clone(), reads_headers };
+    let client_address = config.client_address.clone().map(Arc::new);
+    let handoff_loop = HandoffLoop { listeners, router, client_address, stats };
+    Ok(Dispatching {
+        groups,
+        dispatch,
+        seed,
+        table: in_use,
+        handoff: Some(handoff),
+        handoff_loop: Some(handoff_loop),
+    })
+}
+
+/// The loader's own socket in each reuseport group, at the program's [`LOADER_INDEX`], and the
+/// trusted proxies in each program's trie: their connections come to the loader.
+fn loader_sockets(
+    groups: &[ListenerGroup],
+    dispatchers: &mut [Dispatcher],
+    client_address: &crate::config::ClientAddress,
+) -> Result<Vec<TcpListener>, StartupError> {
+    groups
+        .iter()
+        .zip(dispatchers)
+        .map(|(group, dispatcher)| {
+            let socket = group.open_socket()?;
+            dispatcher.set_socket(LOADER_INDEX, &socket)?;
+            dispatcher.set_trusted_proxies(&client_address.trusted)?;
+            info!(
+                listen = %group.address,
+                trusted = ?client_address.trusted.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                source = ?client_address.source,
+                "trusted proxies' connections come to the loader, which reads the client's address"
+            );
+            Ok(socket)
+        })
+        .collect()
 }
 
 /// `sticky resume --state-fd N [--rollback REASON]`: takes over from the image that handed
@@ -206,7 +259,7 @@ pub unsafe fn resume(state_fd: RawFd, rollback: Option<String>) -> Result<Starte
         (0..).zip(slots).filter(|(_, slot)| slot.in_table).map(|(index, _)| index).collect();
     let table = (launch.config.dispatch != DispatchMode::None && !in_table.is_empty())
         .then(|| table::build(seed, &in_table));
-    let setup = Setup { spawner, groups, dispatch, seed, table, notify };
+    let setup = Setup { spawner, groups, dispatch, seed, table, notify, handoff: None };
     Ok(assemble(launch, setup, control, metrics, None, Some(carried)))
 }
 
@@ -242,8 +295,8 @@ impl Started {
                 .map_err(io_error)?,
         };
         if let Some(handoff_loop) = self.handoff_loop {
-            let listeners = handoff_loop
-                .listeners
+            let HandoffLoop { listeners, router, client_address, stats } = handoff_loop;
+            let listeners = listeners
                 .into_iter()
                 .map(|listener| {
                     listener.set_nonblocking(true)?;
@@ -251,12 +304,11 @@ impl Started {
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(io_error)?;
-            info!(
-                workers = handoff_loop.ends.len(),
-                "userspace dispatch: the loader accepts every connection"
-            );
-            let HandoffLoop { ends, config, table, .. } = handoff_loop;
-            tokio::spawn(handoff::master(listeners, ends, config, table));
+            match client_address {
+                None => info!("userspace dispatch: the loader accepts every connection"),
+                Some(_) => info!("the loader reads trusted proxies' headers"),
+            }
+            tokio::spawn(AcceptLoop { listeners, router, client_address, stats }.run());
         }
         let counters = self.supervisor.run(endpoints).await?;
         Ok(self.listen.into_iter().zip(counters).collect())

@@ -10,11 +10,14 @@
 //! [`listeners`] checks `LISTEN_PID` and takes the sockets as [`TcpListener`]s; [`slot`] reads
 //! the slot. Any program that speaks this protocol can be a worker.
 //!
-//! With `sticky run --dispatch userspace`, the loader accepts the connections itself and sets
-//! `STICKY_HANDOFF=1`: fd 3 (`LISTEN_FDS=1`, `LISTEN_FDNAMES=sticky-handoff`) is then a
-//! `SOCK_SEQPACKET` Unix socket instead of a listener. Each message on it carries one accepted
-//! TCP connection as an SCM_RIGHTS fd, and one byte: the index of the listen address it came in
-//! on. [`handoff_socket`] takes that socket and [`receive`] takes one connection from it.
+//! When the loader accepts connections itself and passes them on, it sets `STICKY_HANDOFF=1`
+//! and one inherited fd is named `sticky-handoff` in `LISTEN_FDNAMES`: a `SOCK_SEQPACKET` Unix
+//! socket. Under `sticky run --dispatch userspace` it is the only one (fd 3); with
+//! `--trusted-proxy` it comes after the listening sockets, and carries the trusted proxies'
+//! connections. Each message on it carries one accepted TCP connection as an SCM_RIGHTS fd, and
+//! one byte: the index of the listen address it came in on. Nothing of the connection has been
+//! read. [`inherited`] takes the listeners and that socket; [`receive`] takes one connection
+//! from it.
 //!
 //! Readiness, as under systemd: [`notify`] sends a message such as `READY=1` to the
 //! `NOTIFY_SOCKET` sticky gives every worker; [`ready`] is the usual one. With
@@ -63,8 +66,10 @@ pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 pub const STICKY_WORKER: &str = "STICKY_WORKER";
 /// The number of worker slots.
 pub const STICKY_WORKERS: &str = "STICKY_WORKERS";
-/// `1` when fd 3 is a handoff socket (`--dispatch userspace`) rather than a listener.
+/// `1` when one inherited fd is a handoff socket (named [`HANDOFF_NAME`]).
 pub const STICKY_HANDOFF: &str = "STICKY_HANDOFF";
+/// The handoff socket's name in `LISTEN_FDNAMES`.
+pub const HANDOFF_NAME: &str = "sticky-handoff";
 /// The datagram socket a worker reports readiness to (`READY=1`, `STATUS=…`, `WATCHDOG=1`), as
 /// under systemd; a leading `@` names an abstract socket.
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
@@ -104,10 +109,21 @@ pub fn slot() -> Result<(u32, u32), WorkerError> {
     Ok((number(STICKY_WORKER)?, number(STICKY_WORKERS)?))
 }
 
-/// Takes the listening sockets this process inherited (fd 3 onwards), after checking that
-/// `LISTEN_PID` names this process. The fds become owned by the result, so only the first call
-/// (of this or [`handoff_socket`]) gets them; a later one fails with [`WorkerError::Taken`].
-pub fn listeners() -> Result<Vec<TcpListener>, WorkerError> {
+/// What a worker inherits from sticky.
+#[derive(Debug)]
+pub struct Inherited {
+    /// The listening sockets, one per listen address (none under `--dispatch userspace`).
+    pub listeners: Vec<TcpListener>,
+    /// The socket the loader passes connections over, if it does ([`receive`] takes one).
+    pub handoff: Option<OwnedFd>,
+}
+
+/// Takes every fd this process inherited (fd 3 onwards), after checking that `LISTEN_PID`
+/// names this process: the listening sockets, and the handoff socket (the fd named
+/// [`HANDOFF_NAME`]; fd 3 with `STICKY_HANDOFF=1` and no names). The fds become owned by the
+/// result, so only the first call (of this, [`listeners`] or [`handoff_socket`]) gets them; a
+/// later one fails with [`WorkerError::Taken`].
+pub fn inherited() -> Result<Inherited, WorkerError> {
     check_pid()?;
     let count: RawFd = number(LISTEN_FDS)?;
     let end = LISTEN_FDS_START
@@ -119,22 +135,35 @@ pub fn listeners() -> Result<Vec<TcpListener>, WorkerError> {
     for fd in fds.clone() {
         close_on_exec(fd)?;
     }
-    // SAFETY: the protocol hands these open fds to this process, and this function is their
-    // only taker.
-    Ok(fds.map(|fd| unsafe { TcpListener::from_raw_fd(fd) }).collect())
+    let names = env::var(LISTEN_FDNAMES).unwrap_or_default();
+    let mut names = names.split(':');
+    let unnamed_handoff = env::var(STICKY_HANDOFF).as_deref() == Ok("1");
+    let mut inherited = Inherited { listeners: Vec::new(), handoff: None };
+    for fd in fds {
+        let handoff = match names.next() {
+            Some(name) if !name.is_empty() => name == HANDOFF_NAME,
+            _ => unnamed_handoff && fd == LISTEN_FDS_START,
+        };
+        // SAFETY: the protocol hands these open fds to this process, and this function is
+        // their only taker.
+        if handoff {
+            inherited.handoff = Some(unsafe { OwnedFd::from_raw_fd(fd) });
+        } else {
+            inherited.listeners.push(unsafe { TcpListener::from_raw_fd(fd) });
+        }
+    }
+    Ok(inherited)
 }
 
-/// With `--dispatch userspace` (`STICKY_HANDOFF=1`), the inherited handoff socket that
-/// connections arrive on (read it with [`receive`]); `None` otherwise.
+/// The listening sockets of [`inherited`]. A handoff socket is closed: a worker that sticky
+/// may pass connections to (`--dispatch userspace`, `--trusted-proxy`) takes [`inherited`].
+pub fn listeners() -> Result<Vec<TcpListener>, WorkerError> {
+    inherited().map(|inherited| inherited.listeners)
+}
+
+/// The handoff socket of [`inherited`], if there is one; the listeners are closed.
 pub fn handoff_socket() -> Result<Option<OwnedFd>, WorkerError> {
-    if env::var(STICKY_HANDOFF).as_deref() != Ok("1") {
-        return Ok(None);
-    }
-    check_pid()?;
-    take()?;
-    close_on_exec(LISTEN_FDS_START)?;
-    // SAFETY: the protocol hands fd 3 to this process, and this function is its only taker.
-    Ok(Some(unsafe { OwnedFd::from_raw_fd(LISTEN_FDS_START) }))
+    inherited().map(|inherited| inherited.handoff)
 }
 
 /// Marks the inherited fds as taken; fails if they were already.

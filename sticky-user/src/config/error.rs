@@ -79,6 +79,30 @@ pub enum ConfigError {
     /// The metrics address does not parse.
     #[error("invalid metrics address '{0}': expected PORT or ADDR:PORT")]
     Metrics(String),
+    /// A `--trusted-proxy` that is no address or network.
+    #[error(
+        "--trusted-proxy: '{0}' is not an address or network (e.g. 10.0.0.0/8, 192.0.2.7, \
+         2001:db8::/32)"
+    )]
+    TrustedProxy(String),
+    /// More trusted proxies than the program's trie holds.
+    #[error("--trusted-proxy is given {0} times: at most {max} networks", max = sticky_common::MAX_PROXIES)]
+    TooManyProxies(usize),
+    /// `--client-address` with no proxy to believe.
+    #[error("--client-address needs at least one --trusted-proxy: only their headers are believed")]
+    ClientAddressWithoutProxy,
+    /// Trusted proxies with nothing to read from their connections.
+    #[error(
+        "--trusted-proxy needs --client-address (proxy-protocol, x-forwarded-for or forwarded): \
+         where the proxy's connections carry the client's address"
+    )]
+    ProxyWithoutClientAddress,
+    /// Trusted proxies under plain SO_REUSEPORT.
+    #[error("--client-address needs sticky dispatch (kernel or userspace), not --dispatch none")]
+    ClientAddressDispatch,
+    /// `--client-address-timeout` out of range.
+    #[error("--client-address-timeout must be between 0.1 and 300 seconds, got {0}")]
+    ClientAddressTimeout(f64),
     /// The configuration file could not be read.
     #[error("cannot read {}: {reason}", path.display())]
     ReadFile {

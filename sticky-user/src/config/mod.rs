@@ -5,10 +5,12 @@
 //!   flags-over-file overlay;
 //! - [`file`]: reading the TOML file, errors with line and column;
 //! - [`resolve`]: the rules, with defaults from [`defaults`];
+//! - [`client_address`]: trusted proxies and where their connections carry the client;
 //! - [`launch`]: what `sticky run` was given, as reload and upgrade keep it;
 //! - [`host`]: what the rules ask of the machine (users, groups, programs), behind a trait;
 //! - [`error`]: one variant per problem.
 
+mod client_address;
 pub mod defaults;
 mod error;
 mod file;
@@ -19,6 +21,7 @@ mod resolve;
 
 use std::{collections::BTreeMap, ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
 
+pub use client_address::{AddressSource, ClientAddress, DEFAULT_CLIENT_ADDRESS_TIMEOUT};
 pub use defaults::MAX_LISTEN_ADDRESSES;
 pub use error::{CommandProblem, ConfigError};
 pub use file::load_file;
@@ -72,6 +75,9 @@ pub struct RunConfig {
     pub credentials: Option<Credentials>,
     /// Address of the Prometheus metrics endpoint, if enabled.
     pub metrics: Option<SocketAddr>,
+    /// Trusted proxies and where their connections carry the client's address, if any.
+    #[serde(default)]
+    pub client_address: Option<ClientAddress>,
 }
 
 /// How the supervisor treats workers: stopping, crash loops, readiness, hangs.

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use super::ConfigError;
+use super::{ConfigError, client_address::AddressSource};
 
 /// `sticky run`'s options as the user gave them; `None` and empty mean "the default" (see
 /// [`super::defaults`]).
@@ -92,6 +92,18 @@ pub struct RunOptions {
     /// --group root/0. Needed whenever sticky is root or holds any capability.
     #[arg(long, num_args = 0, default_missing_value = "true")]
     pub allow_root_workers: Option<bool>,
+    /// A proxy or load balancer (ADDR or ADDR/LEN, repeatable) whose connections carry the
+    /// client's address (see --client-address); no other peer's header is believed.
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxy: Vec<String>,
+    /// Where a trusted proxy's connections carry the client's address: a PROXY protocol header
+    /// (v1 or v2), or the first HTTP request's X-Forwarded-For or Forwarded header.
+    #[arg(long, value_name = "SOURCE")]
+    pub client_address: Option<AddressSource>,
+    /// Seconds a trusted proxy's connection may take to deliver that header. [default: 5]
+    #[arg(long, value_name = "SECS")]
+    pub client_address_timeout: Option<f64>,
     /// Serve Prometheus metrics on PORT (127.0.0.1) or ADDR:PORT. [default: off]
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<String>,

@@ -12,7 +12,7 @@ use std::{
 use sticky_common::MAX_SLOTS;
 
 use super::{
-    Credentials, ReadyMode, RunConfig, WorkerCommand, WorkerPolicy,
+    Credentials, ReadyMode, RunConfig, WorkerCommand, WorkerPolicy, client_address,
     defaults::*,
     error::ConfigError,
     host::Host,
@@ -97,6 +97,13 @@ impl RunConfig {
             });
         }
         let metrics = options.metrics.as_deref().map(parse_metrics).transpose()?;
+        let dispatch = options.dispatch.unwrap_or_default();
+        let client_address = client_address::resolve(
+            &options.trusted_proxy,
+            options.client_address,
+            options.client_address_timeout,
+            dispatch,
+        )?;
         Ok(Self {
             listen,
             workers,
@@ -104,7 +111,7 @@ impl RunConfig {
             prefix_v6,
             command: resolve_command(host, options.command)?,
             state_dir: options.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
-            dispatch: options.dispatch.unwrap_or_default(),
+            dispatch,
             policy: WorkerPolicy {
                 grace_period,
                 crash_limit,
@@ -120,6 +127,7 @@ impl RunConfig {
             working_directory: options.working_directory,
             credentials,
             metrics,
+            client_address,
         })
     }
 }

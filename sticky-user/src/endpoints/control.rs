@@ -15,7 +15,9 @@ use std::{
 use nix::sys::stat::Mode;
 use thiserror::Error;
 
-pub use super::protocol::{LoaderInfo, ReloadOutcome, Request, Response, SlotStatus, Status};
+pub use super::protocol::{
+    ClientAddressStatus, LoaderInfo, ReloadOutcome, Request, Response, SlotStatus, Status,
+};
 use super::{
     connections::{Connections, REQUEST_TIMEOUT, WhenFull},
     loader::Loader,

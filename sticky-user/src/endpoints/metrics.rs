@@ -71,6 +71,28 @@ fn render(status: &Status) -> String {
         "Packets whose source address could not be read.",
         vec![(String::new(), status.unreadable)],
     );
+    if let Some(proxies) = &status.client_address {
+        family(
+            "sticky_proxied_connections_total",
+            "counter",
+            "Trusted proxies' connections, by how their worker was chosen: the client address \
+             their header named, or the proxy's own.",
+            vec![
+                ("{routed_by=\"header\"}".into(), proxies.by_header),
+                ("{routed_by=\"proxy\"}".into(), proxies.by_proxy),
+            ],
+        );
+        family(
+            "sticky_client_address_errors_total",
+            "counter",
+            "Trusted proxies' connections closed because their header was broken or late.",
+            proxies
+                .errors
+                .iter()
+                .map(|(reason, n)| (format!("{{reason=\"{reason}\"}}"), *n))
+                .collect(),
+        );
+    }
     out
 }
 
@@ -149,6 +171,12 @@ mod tests {
             last_reload: None,
             loader: Default::default(),
             last_upgrade: None,
+            client_address: Some(crate::control::ClientAddressStatus {
+                proxied: 9,
+                by_header: 8,
+                by_proxy: 1,
+                errors: [("timeout".to_owned(), 4)].into(),
+            }),
         };
         let text = render(&status);
         assert!(text.contains("sticky_connections_total{slot=\"1\"} 7\n"), "{text}");
@@ -158,5 +186,7 @@ mod tests {
         assert!(text.contains("sticky_worker_hangs_total{slot=\"1\"} 1\n"));
         assert!(text.contains("sticky_fallbacks_total 3\n"));
         assert!(text.contains("# TYPE sticky_connections_total counter\n"));
+        assert!(text.contains("sticky_proxied_connections_total{routed_by=\"header\"} 8\n"));
+        assert!(text.contains("sticky_client_address_errors_total{reason=\"timeout\"} 4\n"));
     }
 }

@@ -72,6 +72,22 @@ pub struct Status {
     /// How the last upgrade ended, if there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_upgrade: Option<ReloadOutcome>,
+    /// With trusted proxies: how their connections were routed, and why some were closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_address: Option<ClientAddressStatus>,
+}
+
+/// Trusted proxies' connections in [`Status`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientAddressStatus {
+    /// Connections the program sent to the loader's socket (kernel dispatch).
+    pub proxied: u64,
+    /// Connections routed by the client address their header named.
+    pub by_header: u64,
+    /// Connections routed by the proxy's own address (no client named).
+    pub by_proxy: u64,
+    /// Connections closed, by reason (malformed, oversized, timeout, closed, overloaded).
+    pub errors: std::collections::BTreeMap<String, u64>,
 }
 
 /// The running loader's binary.

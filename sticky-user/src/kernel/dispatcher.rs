@@ -11,13 +11,17 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, Map, MapData, MapError, PerCpuArray, ReusePortSockArray},
+    maps::{
+        Array, LpmTrie, Map, MapData, MapError, PerCpuArray, ReusePortSockArray, lpm_trie::Key,
+    },
     programs::{ProgramError, SkReuseport},
 };
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use sticky_common::{
-    CONFIG_MAP, COUNTER_FALLBACK, COUNTER_PASSED, COUNTER_UNREADABLE, COUNTERS_MAP, DispatchConfig,
-    MAX_SLOTS, PROGRAM_MIGRATE, PROGRAM_SELECT, SOCKETS_MAP, TABLE_MAP, Table,
+    CONFIG_MAP, COUNTER_FALLBACK, COUNTER_PASSED, COUNTER_PROXIED, COUNTER_UNREADABLE,
+    COUNTERS_MAP, DispatchConfig, PROGRAM_MIGRATE, PROGRAM_SELECT, PROXIES_MAP, SOCKET_ENTRIES,
+    SOCKETS_MAP, TABLE_MAP, Table, client::Client,
 };
 
 use super::error::{DispatchError, map_error, refused, refused_or_object, write_error};
@@ -37,6 +41,8 @@ pub struct Counters {
     pub passed: u64,
     /// Packets whose source address could not be read.
     pub unreadable: u64,
+    /// Connections from trusted proxies, sent to the loader's socket.
+    pub proxied: u64,
 }
 
 impl Counters {
@@ -58,6 +64,7 @@ pub struct Dispatcher {
     table: Array<MapData, Table>,
     config_map: Array<MapData, DispatchConfig>,
     counters: PerCpuArray<MapData, u64>,
+    proxies: LpmTrie<MapData, [u32; 4], u8>,
     /// The maps' fds (copies the typed handles do not expose).
     map_fds: MapFds<OwnedFd>,
     config: DispatchConfig,
@@ -90,11 +97,18 @@ pub struct MapFds<T = RawFd> {
     pub config: T,
     /// The counters'.
     pub counters: T,
+    /// The trusted proxies' trie's.
+    pub proxies: T,
 }
 
 /// The maps' names, as the program declares them.
-const MAP_NAMES: MapFds<&str> =
-    MapFds { sockets: SOCKETS_MAP, table: TABLE_MAP, config: CONFIG_MAP, counters: COUNTERS_MAP };
+const MAP_NAMES: MapFds<&str> = MapFds {
+    sockets: SOCKETS_MAP,
+    table: TABLE_MAP,
+    config: CONFIG_MAP,
+    counters: COUNTERS_MAP,
+    proxies: PROXIES_MAP,
+};
 
 impl<T> MapFds<T> {
     /// `f` of each, with its map's name; the first error stops it.
@@ -102,13 +116,20 @@ impl<T> MapFds<T> {
         self,
         mut f: impl FnMut(T, &'static str) -> Result<U, E>,
     ) -> Result<MapFds<U>, E> {
-        let MapFds { sockets, table, config, counters } = self;
+        let MapFds { sockets, table, config, counters, proxies } = self;
         Ok(MapFds {
             sockets: f(sockets, SOCKETS_MAP)?,
             table: f(table, TABLE_MAP)?,
             config: f(config, CONFIG_MAP)?,
             counters: f(counters, COUNTERS_MAP)?,
+            proxies: f(proxies, PROXIES_MAP)?,
         })
+    }
+
+    /// Each, in a fixed order.
+    pub fn into_array(self) -> [T; 5] {
+        let MapFds { sockets, table, config, counters, proxies } = self;
+        [sockets, table, config, counters, proxies]
     }
 
     /// References to each.
@@ -118,6 +139,7 @@ impl<T> MapFds<T> {
             table: &self.table,
             config: &self.config,
             counters: &self.counters,
+            proxies: &self.proxies,
         }
     }
 }
@@ -191,7 +213,7 @@ impl Dispatcher {
             if let Err(err) = self.set_socket(slot, socket) {
                 // Held at another index of the previous array: empty it all, then retry.
                 let Some(previous) = &mut previous else { return Err(err) };
-                for index in 0..MAX_SLOTS {
+                for index in 0..SOCKET_ENTRIES {
                     let _ = previous.clear_index(&index);
                 }
                 self.set_socket(slot, socket)?;
@@ -246,7 +268,7 @@ impl Dispatcher {
             let fd = data.fd().as_fd().try_clone_to_owned();
             fd.map_err(|err| map_error("open", name)(MapError::IoError(err)))
         })?;
-        let MapFds { sockets, table, config: config_map, counters } = maps;
+        let MapFds { sockets, table, config: config_map, counters, proxies } = maps;
         let config_map: Array<MapData, DispatchConfig> = typed(config_map, CONFIG_MAP)?;
         let config = match config {
             Some(config) => config,
@@ -258,6 +280,7 @@ impl Dispatcher {
             table: typed(table, TABLE_MAP)?,
             config_map,
             counters: typed(counters, COUNTERS_MAP)?,
+            proxies: typed(proxies, PROXIES_MAP)?,
             map_fds,
             config,
             program_id,
@@ -299,6 +322,19 @@ impl Dispatcher {
         }
     }
 
+    /// Puts the trusted proxies in the program's trie: their connections go to the loader's
+    /// socket.
+    pub fn set_trusted_proxies(&mut self, proxies: &[IpNet]) -> Result<(), DispatchError> {
+        for net in proxies {
+            let client = Client::from(net.network());
+            // An IPv4 network is keyed v4-mapped: 96 bits more.
+            let offset = if matches!(client, Client::V4(_)) { 96 } else { 0 };
+            let key = Key::new(u32::from(net.prefix_len()) + offset, client.trie_words());
+            self.proxies.insert(&key, 1, 0).map_err(write_error(PROXIES_MAP))?;
+        }
+        Ok(())
+    }
+
     /// Sets the number of slots the fallback scan and the counters cover.
     pub fn set_slot_count(&mut self, slots: u32) -> Result<(), DispatchError> {
         self.config.slots = slots;
@@ -320,6 +356,7 @@ impl Dispatcher {
             fallback: read(COUNTER_FALLBACK)?,
             passed: read(COUNTER_PASSED)?,
             unreadable: read(COUNTER_UNREADABLE)?,
+            proxied: read(COUNTER_PROXIED)?,
         })
     }
 
@@ -349,7 +386,10 @@ fn program<'a>(
 /// Takes map `name` out of the object, once, at attach.
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData, DispatchError> {
     match ebpf.take_map(name).ok_or(DispatchError::Missing(name))? {
-        Map::ReusePortSockArray(data) | Map::Array(data) | Map::PerCpuArray(data) => Ok(data),
+        Map::ReusePortSockArray(data)
+        | Map::Array(data)
+        | Map::PerCpuArray(data)
+        | Map::LpmTrie(data) => Ok(data),
         _ => Err(DispatchError::Missing(name)),
     }
 }

@@ -5,5 +5,5 @@ mod dispatcher;
 mod error;
 pub mod table;
 
-pub use dispatcher::{Counters, Dispatcher, DispatcherFds, MapFds};
+pub use dispatcher::{Counters, Dispatcher, DispatcherFds};
 pub use error::DispatchError;

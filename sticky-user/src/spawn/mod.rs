@@ -34,6 +34,7 @@ use thiserror::Error;
 use self::child::{Identity, become_worker, prepare_child};
 use crate::{
     config::{Credentials, DispatchMode, RunConfig, WorkerCommand},
+    handoff::HANDOFF_NAME,
     identity::RUNNING_IMAGE,
 };
 
@@ -241,12 +242,17 @@ pub enum SpawnError {
     },
 }
 
-/// The workers' `LISTEN_FDNAMES`: `sticky-PORT` per listen address, or the handoff socket.
+/// The workers' `LISTEN_FDNAMES`: `sticky-PORT` per listen address (none under userspace
+/// dispatch), then the handoff socket if the loader passes connections on.
 pub(crate) fn socket_names(config: &RunConfig) -> Vec<String> {
-    match config.dispatch {
-        DispatchMode::Userspace => vec!["sticky-handoff".into()],
+    let mut names: Vec<String> = match config.dispatch {
+        DispatchMode::Userspace => Vec::new(),
         _ => config.listen.iter().map(|address| format!("sticky-{}", address.port())).collect(),
+    };
+    if config.dispatch == DispatchMode::Userspace || config.client_address.is_some() {
+        names.push(HANDOFF_NAME.into());
     }
+    names
 }
 
 /// The body of `sticky exec-worker -- CMD...`: sets `LISTEN_PID` to this process and execs

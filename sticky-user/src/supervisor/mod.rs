@@ -53,6 +53,7 @@ use crate::{
         readiness::NotifyDir,
         systemd,
     },
+    handoff::Handoff,
     identity,
     kernel::{Counters, Dispatcher},
     listeners::ListenerGroup,
@@ -75,6 +76,9 @@ pub struct Setup {
     pub seed: u64,
     /// Where the workers' notify sockets are bound.
     pub(crate) notify: NotifyDir,
+    /// The connections the loader accepts itself and passes on (userspace dispatch, trusted
+    /// proxies).
+    pub handoff: Option<Handoff>,
 }
 
 /// What the supervisor serves besides the workers.
@@ -113,7 +117,7 @@ impl Supervisor {
     /// earlier image `carried` over (its slots, its workers adopted, the requester to answer).
     pub(crate) fn new(setup: Setup, launch: Launch, carried: Option<Carried>) -> Self {
         let count = match &setup.dispatch {
-            Dispatch::Userspace(ends) => ends.len(),
+            Dispatch::Userspace => setup.handoff.as_ref().map_or(0, |h| h.worker_ends.len()),
             _ => setup.groups.first().map_or(0, |group| group.sockets.len()),
         };
         let mut state = State::new(setup, launch.config.policy);

@@ -27,7 +27,7 @@ impl Supervisor {
         if !(1..=MAX_SLOTS).contains(&workers) {
             return Err(SupervisorError::Workers(workers));
         }
-        if matches!(self.state().dispatch, Dispatch::Userspace(_)) {
+        if matches!(self.state().dispatch, Dispatch::Userspace) {
             return Err(SupervisorError::Unsupported("scaling"));
         }
         crate::limits::fits(&self.launch.config, workers)?;

@@ -4,6 +4,7 @@
 
 use std::{
     os::fd::{AsRawFd as _, RawFd},
+    sync::atomic::Ordering::Relaxed,
     time::Instant,
 };
 
@@ -21,10 +22,11 @@ use crate::{
     config::WorkerPolicy,
     dispatch::Dispatch,
     endpoints::{
-        control::{LoaderInfo, ReloadOutcome, SlotStatus, Status},
+        control::{ClientAddressStatus, LoaderInfo, ReloadOutcome, SlotStatus, Status},
         readiness::NotifyDir,
     },
     fd_store,
+    handoff::Handoff,
     kernel::{Counters, DispatchError, Dispatcher, table},
     listeners::ListenerGroup,
     spawn::Spawner,
@@ -36,6 +38,8 @@ pub(super) struct State {
     pub(super) notify: NotifyDir,
     pub(super) groups: Vec<ListenerGroup>,
     pub(super) dispatch: Dispatch,
+    /// The connections the loader passes on itself, if it does.
+    pub(super) handoff: Option<Handoff>,
     pub(super) seed: u64,
     /// The lookup table in use (none with plain SO_REUSEPORT).
     pub(super) table: Option<Box<Table>>,
@@ -73,12 +77,13 @@ pub(super) struct Progress {
 impl State {
     /// The state of a loader that has set up `setup`, with no slots yet.
     pub(super) fn new(setup: Setup, policy: WorkerPolicy) -> Self {
-        let Setup { spawner, groups, dispatch, seed, table, notify } = setup;
+        let Setup { spawner, groups, dispatch, seed, table, notify, handoff } = setup;
         Self {
             spawner,
             notify,
             groups,
             dispatch,
+            handoff,
             seed,
             table,
             policy,
@@ -148,6 +153,19 @@ impl State {
             slots,
             last_reload: self.last_reload.clone(),
             last_upgrade: self.last_upgrade.clone(),
+            client_address: self.client_address_status(total(|c| c.proxied)),
+        })
+    }
+
+    /// How trusted proxies' connections went, if any are trusted.
+    fn client_address_status(&self, proxied: u64) -> Option<ClientAddressStatus> {
+        let handoff = self.handoff.as_ref().filter(|handoff| handoff.reads_headers)?;
+        let stats = &handoff.stats;
+        Some(ClientAddressStatus {
+            proxied,
+            by_header: stats.by_header.load(Relaxed),
+            by_proxy: stats.by_proxy.load(Relaxed),
+            errors: stats.errors().into_iter().map(|(label, n)| (label.to_owned(), n)).collect(),
         })
     }
 
@@ -195,12 +213,15 @@ impl State {
         self.on(index, Event::Ready);
     }
 
-    /// The fds slot `index`'s worker inherits at fd 3 onwards.
+    /// The fds slot `index`'s worker inherits at fd 3 onwards: its listening sockets (none
+    /// under userspace dispatch), then its handoff socket if the loader passes connections on.
     pub(super) fn inherited_fds(&self, index: usize) -> Vec<RawFd> {
-        match &self.dispatch {
-            Dispatch::Userspace(ends) => vec![ends[index].as_raw_fd()],
+        let mut fds: Vec<RawFd> = match &self.dispatch {
+            Dispatch::Userspace => Vec::new(),
             _ => self.groups.iter().map(|group| group.sockets[index].as_raw_fd()).collect(),
-        }
+        };
+        fds.extend(self.handoff.iter().map(|handoff| handoff.worker_ends[index].as_raw_fd()));
+        fds
     }
 
     /// Rebuilds the table from the slots in it and writes it to the maps.
@@ -217,6 +238,9 @@ impl State {
         let table = table::build(self.seed, &live);
         let dispatchers = self.dispatch.dispatchers_mut();
         dispatchers.iter_mut().try_for_each(|dispatcher| dispatcher.update_table(&table))?;
+        if let Some(handoff) = &self.handoff {
+            handoff.router.set_table(&table);
+        }
         self.table = Some(table);
         Ok(())
     }
@@ -238,6 +262,9 @@ impl State {
                 self.groups[position].sockets.push(socket);
             }
             fd_store::keep(&self.groups, index);
+            if let Some(handoff) = &mut self.handoff {
+                handoff.push_slot().map_err(SupervisorError::Io)?;
+            }
             let slot = self.new_slot();
             self.slots.push(slot);
         }
@@ -268,6 +295,9 @@ impl State {
                 group.sockets.pop();
             }
             fd_store::forget(fd_store::slot_name(index));
+            if let Some(handoff) = &mut self.handoff {
+                handoff.pop_slot();
+            }
             retiring.extend(self.slots.pop().and_then(|slot| slot.worker));
         }
         for dispatcher in self.dispatch.dispatchers_mut() {

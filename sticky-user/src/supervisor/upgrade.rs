@@ -12,7 +12,6 @@ use tracing::{error, info};
 use super::Supervisor;
 use crate::{
     chain::Chain,
-    dispatch::Dispatch,
     endpoints::{
         control::{self, LoaderInfo, ReloadOutcome, Response},
         systemd,
@@ -53,8 +52,8 @@ impl Supervisor {
             if state.stopping {
                 return UpgradeError::Stopping;
             }
-            if matches!(state.dispatch, Dispatch::Userspace(_)) {
-                return UpgradeError::Userspace;
+            if state.handoff.is_some() {
+                return UpgradeError::LoaderHeld;
             }
         }
         let image = match Image::open(&self.executable) {

@@ -75,9 +75,12 @@ pub enum UpgradeError {
         /// The versions it reads.
         reads: Vec<u32>,
     },
-    /// Userspace dispatch's loader holds connections in flight.
-    #[error("upgrade refused: not supported with --dispatch userspace (use systemctl restart)")]
-    Userspace,
+    /// The loader holds connections in flight (userspace dispatch, trusted proxies).
+    #[error(
+        "upgrade refused: not supported while the loader passes connections on itself \
+         (--dispatch userspace, --client-address): use systemctl restart"
+    )]
+    LoaderHeld,
     /// The running image cannot be kept open for a way back.
     #[error("upgrade refused: cannot keep the running image open for a way back: {0}")]
     Running(nix::Error),

@@ -26,7 +26,7 @@ use crate::{
 ///
 /// 2: a notify socket per worker (`WorkerRecord::notify`, retiring workers as `WorkerRecord`s,
 /// `EndpointFds::notify_dir`) instead of one for all.
-pub const STATE_VERSION: u32 = 2;
+pub const STATE_VERSION: u32 = 3;
 
 /// Everything the new image needs to go on where the old one stopped.
 #[derive(Debug, Serialize, Deserialize)]
@@ -150,14 +150,8 @@ impl Record {
         for group in &self.groups {
             fds.extend(&group.sockets);
             if let Some(handover) = &group.dispatcher {
-                let maps = handover.maps;
-                fds.extend([
-                    handover.program,
-                    maps.sockets,
-                    maps.table,
-                    maps.config,
-                    maps.counters,
-                ]);
+                fds.push(handover.program);
+                fds.extend(handover.maps.into_array());
             }
         }
         fds

@@ -35,7 +35,7 @@ use crate::{
         readiness::{Identity, Inbox, NotifyDir},
     },
     identity,
-    kernel::{DispatchError, Dispatcher, DispatcherFds, MapFds},
+    kernel::{DispatchError, Dispatcher, DispatcherFds},
     limits::{self, LimitError},
     listeners::ListenerGroup,
     spawn::{SpawnError, Spawner, socket_names},
@@ -236,20 +236,15 @@ fn copy(fd: RawFd) -> Result<OwnedFd, ResumeError> {
 }
 
 /// The program's and the maps' fds of `handover`.
-fn dispatcher_fds(handover: &DispatcherFds) -> [RawFd; 5] {
-    let MapFds { sockets, table, config, counters } = handover.maps;
-    [handover.program, sockets, table, config, counters]
+fn dispatcher_fds(handover: &DispatcherFds) -> impl Iterator<Item = RawFd> {
+    std::iter::once(handover.program).chain(handover.maps.into_array())
 }
 
 /// `handover` with copies of its fds, which the caller owns (as raw fds).
 fn copy_dispatcher_fds(handover: &DispatcherFds) -> Result<DispatcherFds, ResumeError> {
-    let [program, sockets, table, config, counters] = dispatcher_fds(handover).map(copy);
     // All copied before any is let go, so a failure closes those made.
-    let [program, sockets, table, config, counters] =
-        [program?, sockets?, table?, config?, counters?].map(OwnedFd::into_raw_fd);
-    Ok(DispatcherFds {
-        program,
-        maps: MapFds { sockets, table, config, counters },
-        ..handover.clone()
-    })
+    let program = copy(handover.program)?;
+    let maps = handover.maps.try_map(|fd, _| copy(fd))?;
+    let maps = maps.try_map(|fd, _| Ok::<_, ResumeError>(fd.into_raw_fd()))?;
+    Ok(DispatcherFds { program: program.into_raw_fd(), maps, ..handover.clone() })
 }

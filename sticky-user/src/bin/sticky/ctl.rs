@@ -68,6 +68,20 @@ fn print_status(status: &Status) {
         "fallback {} · passed {} · unreadable {}",
         status.fallback, status.passed, status.unreadable
     );
+    if let Some(proxies) = &status.client_address {
+        let errors: Vec<String> = proxies
+            .errors
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        let errors = if errors.is_empty() { "none".into() } else { errors.join(", ") };
+        println!(
+            "trusted proxies: {} routed by their header's client, {} by the proxy's own address; \
+             closed: {errors}",
+            proxies.by_header, proxies.by_proxy
+        );
+    }
     for (what, outcome) in [("reload", &status.last_reload), ("upgrade", &status.last_upgrade)] {
         if let Some(outcome) = outcome {
             let result = if outcome.ok { "ok" } else { "failed" };

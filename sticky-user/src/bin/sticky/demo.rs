@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use sticky_user::demo;
-use sticky_worker::{handoff_socket, listeners, notify, ready, slot, watchdog_interval};
+use sticky_worker::{inherited, notify, ready, slot, watchdog_interval};
 
 pub fn run() -> anyhow::Result<()> {
     let (slot, _) = slot()?;
@@ -20,16 +20,7 @@ pub fn run() -> anyhow::Result<()> {
             }
         });
     }
-    let served = match handoff_socket()? {
-        Some(handoff) => {
-            ready().context("cannot notify readiness")?;
-            runtime.block_on(demo::serve_handoff(handoff, slot))
-        }
-        None => {
-            let listeners = listeners()?;
-            ready().context("cannot notify readiness")?;
-            runtime.block_on(demo::serve(listeners, slot))
-        }
-    };
-    served.context("demo worker stopped")
+    let inherited = inherited()?;
+    ready().context("cannot notify readiness")?;
+    runtime.block_on(demo::serve(inherited, slot)).context("demo worker stopped")
 }

@@ -1,0 +1,167 @@
+//! The loader's accept loop: it accepts on its listeners (every listener under userspace
+//! dispatch; its own socket in each reuseport group under kernel dispatch with trusted
+//! proxies), reads a trusted proxy's header for the client's address, and passes each
+//! connection to that client's worker.
+
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    os::fd::{AsRawFd as _, OwnedFd},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+};
+
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+    task::JoinSet,
+};
+use tracing::{debug, warn};
+
+use super::{
+    pairs::{pass, register, send_raw},
+    router::Router,
+};
+use crate::{
+    accept::AcceptBackoff,
+    client_address::{Failure, read_client},
+    config::ClientAddress,
+    limits::{HANDOFF_PENDING, HEADER_PENDING},
+};
+
+/// What the loader accepts on and how it passes connections on.
+pub struct AcceptLoop {
+    /// The listeners, in the order of the listen addresses.
+    pub listeners: Vec<TcpListener>,
+    /// Where each client goes.
+    pub router: Router,
+    /// Whose header to believe, and where it is.
+    pub client_address: Option<Arc<ClientAddress>>,
+    /// The counts the metrics show.
+    pub stats: Arc<Stats>,
+}
+
+/// What the accept loop has done, for `/metrics` and `sticky status`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Trusted proxies' connections routed by the client address their header named.
+    pub by_header: AtomicU64,
+    /// Trusted proxies' connections routed by the proxy's own address (PROXY `LOCAL`, no
+    /// forwarding header).
+    pub by_proxy: AtomicU64,
+    /// Trusted proxies' connections closed, per [`Failure::ALL`].
+    pub errors: [AtomicU64; Failure::ALL.len()],
+}
+
+impl Stats {
+    fn failed(&self, failure: Failure) {
+        let index = Failure::ALL.iter().position(|&f| f == failure).unwrap_or(0);
+        self.errors[index].fetch_add(1, Relaxed);
+    }
+
+    /// The closed connections by reason, as (label, count).
+    pub fn errors(&self) -> Vec<(&'static str, u64)> {
+        Failure::ALL.iter().zip(&self.errors).map(|(f, n)| (f.label(), n.load(Relaxed))).collect()
+    }
+}
+
+impl AcceptLoop {
+    /// Accepts on every listener and passes each connection on, until accepting fails for
+    /// good (it never does: failed accepts back off and go on).
+    pub async fn run(self) -> io::Result<()> {
+        let shared = Arc::new(Shared {
+            router: self.router,
+            client_address: self.client_address,
+            stats: self.stats,
+            pending: Arc::new(Semaphore::new(HANDOFF_PENDING)),
+            reading: Arc::new(Semaphore::new(HEADER_PENDING)),
+        });
+        let mut loops = JoinSet::new();
+        for (index, listener) in self.listeners.into_iter().enumerate() {
+            let shared = shared.clone();
+            loops.spawn(async move {
+                let mut backoff = AcceptBackoff::new();
+                loop {
+                    let accepted = backoff.accepted("the loader's accept", listener.accept().await);
+                    if let Some((stream, peer)) = accepted.await {
+                        shared.take(stream, peer, index as u8);
+                    }
+                }
+            });
+        }
+        while loops.join_next().await.is_some() {}
+        Ok(())
+    }
+}
+
+/// What every accept loop shares.
+struct Shared {
+    router: Router,
+    client_address: Option<Arc<ClientAddress>>,
+    stats: Arc<Stats>,
+    /// Room for connections waiting for a full hand-over queue.
+    pending: Arc<Semaphore>,
+    /// Room for trusted proxies' connections waiting for their header.
+    reading: Arc<Semaphore>,
+}
+
+impl Shared {
+    /// Passes `stream` on by its peer's address, or, from a trusted proxy, by the address its
+    /// header names (on a task of its own, so a slow proxy holds up no one).
+    fn take(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr, listener: u8) {
+        let Some(rule) = self.client_address.as_ref().filter(|rule| rule.trusts(peer.ip())) else {
+            return self.pass_on(stream, peer.ip(), listener);
+        };
+        let Ok(permit) = self.reading.clone().try_acquire_owned() else {
+            self.stats.failed(Failure::Overloaded);
+            return;
+        };
+        let (shared, rule) = (self.clone(), rule.clone());
+        tokio::spawn(async move {
+            let client = read_client(&stream, &rule).await;
+            drop(permit);
+            match client {
+                Ok(Some(client)) => {
+                    shared.stats.by_header.fetch_add(1, Relaxed);
+                    shared.pass_on(stream, client, listener);
+                }
+                Ok(None) => {
+                    shared.stats.by_proxy.fetch_add(1, Relaxed);
+                    shared.pass_on(stream, peer.ip(), listener);
+                }
+                Err(failure) => {
+                    debug!(%peer, reason = failure.label(), "closed a proxied connection");
+                    shared.stats.failed(failure);
+                }
+            }
+        });
+    }
+
+    /// Passes `stream` to `client`'s worker: at once, or, while its queue is full, on a task
+    /// of its own (at most `HANDOFF_PENDING` of them; past that it is closed).
+    fn pass_on(&self, stream: TcpStream, client: IpAddr, listener: u8) {
+        let (slot, end) = self.router.route(client);
+        match send_raw(end.as_raw_fd(), stream.as_raw_fd(), listener) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                let Ok(permit) = self.pending.clone().try_acquire_owned() else {
+                    warn!(slot, "too many connections wait for their worker: closed one");
+                    return;
+                };
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let passed = async {
+                        let end = register(OwnedFd::try_clone(&end)?)?;
+                        pass(&end, stream.as_raw_fd(), listener).await
+                    };
+                    if let Err(err) = passed.await {
+                        warn!(slot, error = %err, "cannot pass a connection to its worker");
+                    }
+                });
+            }
+            Err(err) => warn!(slot, error = %err, "cannot pass a connection to its worker"),
+        }
+    }
+}
