@@ -116,15 +116,19 @@ fn client_of_socket(sk: &SockContext) -> Result<Client, u32> {
 }
 
 /// Selects `client`'s socket; returns the counter to bump: the selected slot, or one of the
-/// global outcomes as the error. A trusted proxy's connection goes to the loader's socket; if
-/// that cannot be selected, it is routed by the proxy's own address.
+/// global outcomes as the error.
+///
+/// A trusted proxy's connection goes to the loader's socket. Should that be missing (only
+/// while no loader runs, when its workers are gone too), the kernel chooses: the worker still
+/// receives the proxy's header. Not falling through to the slot scan below also keeps the
+/// scan explored once by the verifier, whose unprivileged rules (no CAP_PERFMON) bound it.
 #[inline(always)]
 fn select(ctx: &SkReuseportContext, client: Client) -> Result<u32, u32> {
-    let key = Key::new(128, client.trie_words());
-    if STICKY_PROXIES.get(&key).is_some()
-        && STICKY_SOCKETS.select_reuseport(ctx, LOADER_INDEX).is_ok()
-    {
-        return Ok(COUNTER_PROXIED);
+    if is_trusted_proxy(client.trie_words()) {
+        return match STICKY_SOCKETS.select_reuseport(ctx, LOADER_INDEX) {
+            Ok(()) => Ok(COUNTER_PROXIED),
+            Err(_) => Err(COUNTER_PASSED),
+        };
     }
     let config = STICKY_CONFIG.get(0).ok_or(COUNTER_PASSED)?;
     let table = STICKY_TABLE.get(0).ok_or(COUNTER_PASSED)?;
@@ -139,6 +143,13 @@ fn select(ctx: &SkReuseportContext, client: Client) -> Result<u32, u32> {
         }
         Pick::None => Err(COUNTER_PASSED),
     }
+}
+
+/// Whether `address` (as the trie keys it) is a trusted proxy's. Its own function, so that its
+/// key lives in a stack frame of its own.
+#[inline(never)]
+fn is_trusted_proxy(address: [u32; 4]) -> bool {
+    STICKY_PROXIES.get(&Key::new(128, address)).is_some()
 }
 
 /// Reads `N` address words at `offset` from the start of the network header.
