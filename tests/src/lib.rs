@@ -4,7 +4,8 @@
 //! tests cannot collide on ports and everything they start is confined there. [`Sticky`] runs
 //! the real `sticky` binary as it is deployed: root limited to the unit's capability bounding
 //! set, workers as `nobody`. [`Container`] boots a real systemd for the service tests, [`Redis`]
-//! a real Redis server for the socket.io chat's. [`get`]
+//! a real Redis server for the socket.io chat's, [`Proxy`] a real HAProxy or nginx in front
+//! of sticky. [`get`]
 //! is a real HTTP client bound to a chosen source address. The tests need root (namespaces,
 //! containers, and reading the kernel's program list).
 #![deny(missing_docs)]
@@ -17,6 +18,7 @@ mod load;
 mod named_netns;
 pub mod privileges;
 mod programs;
+mod proxies;
 mod redis;
 mod sticky;
 mod test_netns;
@@ -29,6 +31,7 @@ pub use container::{Container, systemd_root};
 pub use load::{Load, MIN_SUCCEEDED, Outcome, Report};
 pub use named_netns::{Netns, veth};
 pub use programs::{loaded_programs, program_is_loaded, reuseport_programs};
+pub use proxies::{Proxy, metrics, proxy_v1, request_after};
 pub use redis::Redis;
 pub use sticky::{
     Counters, Exit, StateDir, Sticky, UNIT_BOUNDING_SET, WORKER_USER, sticky_bin, target_bin,
