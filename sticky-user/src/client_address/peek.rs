@@ -85,16 +85,20 @@ async fn peek_header(stream: &TcpStream, rule: &ClientAddress) -> Reading {
 ///
 /// A peek leaves the data there, so the socket stays readable: before waiting for more, the
 /// readiness is cleared and the socket peeked once more, and only data arriving after that
-/// wakes the wait.
+/// wakes the wait. The peer's FIN is a readiness that cannot be cleared: once it has come,
+/// nothing more will, and the bytes seen are all there is.
 async fn peek_more(stream: &TcpStream, buffer: &mut [u8], seen: usize) -> io::Result<usize> {
     let peek = |buffer: &mut [u8]| {
         let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
         recv(stream.as_raw_fd(), buffer, flags).map_err(io::Error::from)
     };
     loop {
-        stream.readable().await?;
+        let ready = stream.ready(Interest::READABLE).await?;
         match stream.try_io(Interest::READABLE, || peek(buffer)) {
             Ok(length) if length != seen || length == 0 => return Ok(length),
+            // Without this, the wait above would return at once forever: a loop that never
+            // yields, which froze the loader's whole runtime, its timeouts included.
+            Ok(_) if ready.is_read_closed() => return Ok(0),
             Ok(_) => {
                 // Nothing new: clear the readiness, then look once more.
                 let _ = stream.try_io(Interest::READABLE, || {
