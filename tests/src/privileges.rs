@@ -1,5 +1,5 @@
 //! What a process holds, read from /proc: its ids, groups and capability sets, its
-//! environment, and the checks that a sticky worker holds nothing.
+//! environment, its open files, and the checks that a sticky worker holds nothing.
 
 use std::collections::BTreeMap;
 
@@ -110,6 +110,11 @@ pub fn assert_unprivileged_worker(status: &ProcStatus, uid: u32, groups: &[u32],
             );
         }
     }
+}
+
+/// How many file descriptors process `pid` holds open now.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).expect("list fds").count()
 }
 
 /// The soft and hard "Max open files" of the text of a /proc/PID/limits.

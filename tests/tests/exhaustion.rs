@@ -15,7 +15,7 @@ use nix::{
     },
     unistd::Pid,
 };
-use sticky_tests::{Sticky, eventually, in_netns};
+use sticky_tests::{Sticky, eventually, in_netns, privileges::open_fds};
 use sticky_user::control::{Request, Response};
 
 const IDLE: usize = 3000;
@@ -34,11 +34,6 @@ fn scrape(metrics: SocketAddr) -> String {
 /// Opens `count` connections to `server` that never send a byte.
 fn idle_connections(server: SocketAddr, count: usize) -> Vec<TcpStream> {
     (0..count).map(|_| TcpStream::connect(server).expect("connect an idle client")).collect()
-}
-
-/// Open fds of process `pid`.
-fn fds_of(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).expect("list fds").count()
 }
 
 #[test]
@@ -62,7 +57,7 @@ fn idle_connections_to_the_metrics_port_do_not_starve_the_loader() {
 
         let idle = idle_connections(metrics, IDLE);
         // The loader holds its bound of them, not all: room is left for everything else.
-        let held = fds_of(sticky.pid());
+        let held = open_fds(sticky.pid());
         eprintln!("{IDLE} idle connections: the loader holds {held} fds");
         assert!(held < LOADER_NOFILE as usize / 2, "the loader holds {held} fds");
 
