@@ -144,6 +144,48 @@ fn workers_as_root_need_a_user_or_explicit_permission() {
 }
 
 #[test]
+fn trusted_proxy_options_that_do_not_fit() {
+    in_netns(|| {
+        fn with<'a>(args: &[&'a str]) -> Vec<&'a str> {
+            [&["--listen", "127.0.0.1:3025"][..], args].concat()
+        }
+        assert_says(
+            &refused(&with(&["--trusted-proxy", "127.0.0.1"])),
+            "--trusted-proxy needs --client-address (proxy-protocol, x-forwarded-for or forwarded)",
+        );
+        assert_says(
+            &refused(&with(&["--client-address", "proxy-protocol"])),
+            "--client-address needs at least one --trusted-proxy",
+        );
+        let both = ["--client-address", "x-forwarded-for", "--trusted-proxy"];
+        for cidr in ["10.0.0.0/33", "proxy.example", "10.0.0.300"] {
+            assert_says(
+                &refused(&with(&[&both[..], &[cidr]].concat())),
+                &format!("--trusted-proxy: '{cidr}' is not an address or network"),
+            );
+        }
+        assert_says(
+            &refused(&with(&[&both[..], &["127.0.0.1", "--dispatch", "none"]].concat())),
+            "--client-address needs sticky dispatch (kernel or userspace), not --dispatch none",
+        );
+        assert_says(
+            &refused(&with(&[&both[..], &["127.0.0.1", "--client-address-timeout", "0"]].concat())),
+            "--client-address-timeout must be between 0.1 and 300 seconds, got 0",
+        );
+        // The same rules for the configuration file's keys.
+        let dir = StateDir::new();
+        fs::create_dir_all(&dir.0).unwrap();
+        let config = dir.0.join("sticky.toml");
+        fs::write(&config, "listen = [\"127.0.0.1:3025\"]\ntrusted-proxy = [\"127.0.0.1\"]\n")
+            .unwrap();
+        assert_says(
+            &refused(&["--config", config.to_str().unwrap()]),
+            "--trusted-proxy needs --client-address",
+        );
+    });
+}
+
+#[test]
 fn missing_capabilities_are_named() {
     in_netns(|| {
         // Not root: no capabilities at all.
