@@ -3,9 +3,10 @@
 //! development packages matching nightly's LLVM, bpf-linker built against them, and the
 //! tools the integration tests call (iproute2, util-linux's setpriv, python3, node with npm and
 //! the socket.io example's packages, systemd-analyze, redis-server and chromium for the socket.io
-//! chat, and openssl, curl, nginx and nftables for the deployment recipes; for the drop-in
-//! tests socket.io and TypeScript, golang, and uvicorn, gunicorn and python-socketio in
-//! target/pyenv), and for the service test a real systemd:
+//! chat, and openssl, curl, nginx with its stream module, nftables and haproxy for the
+//! deployment recipes and the proxies in front of sticky; for the drop-in tests socket.io and
+//! TypeScript, golang, and uvicorn, gunicorn and python-socketio in target/pyenv), and for the
+//! service test a real systemd:
 //! mmdebstrap, systemd-nspawn and a container root kept under target/.
 
 use std::{
@@ -45,15 +46,21 @@ pub fn test_tools() -> anyhow::Result<()> {
         ("curl", "curl"),
         ("nginx", "nginx"),
         ("nft", "nftables"),
+        // Behind a load balancer: HAProxy and nginx in front of sticky (tests/tests/proxies.rs).
+        ("haproxy", "haproxy"),
     ];
-    let missing: Vec<&str> = tools
+    let mut missing: Vec<&str> = tools
         .into_iter()
         .filter(|(tool, _)| !installed(tool))
         .map(|(_, package)| package)
         .collect();
+    // nginx's `stream` proxy (with `proxy_protocol on`) is a module of its own in Debian.
+    if !Path::new(NGINX_STREAM_MODULE).is_file() {
+        missing.push("libnginx-mod-stream");
+    }
     if missing.is_empty() {
         say("test tools (ip, setpriv, python3, node, npm, systemd-analyze, systemd-notify, \
-             openssl, curl, nginx, nft): present");
+             openssl, curl, nginx and its stream module, nft, haproxy): present");
     } else {
         apt_install(&missing)?;
     }
@@ -66,6 +73,9 @@ pub fn test_tools() -> anyhow::Result<()> {
     dropin_tools()?;
     container_root()
 }
+
+/// Debian's nginx stream module (package libnginx-mod-stream), which the tests load.
+const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 
 /// The system's python, which the tests' workers run.
 const SYSTEM_PYTHON: &str = "/usr/bin/python3";
