@@ -18,6 +18,7 @@ use tokio::{
     sync::Semaphore,
     task::JoinSet,
 };
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::{
@@ -41,6 +42,9 @@ pub struct AcceptLoop {
     pub client_address: Option<Arc<ClientAddress>>,
     /// The counts the metrics show.
     pub stats: Arc<Stats>,
+    /// The connections being passed on after their accept: their header read, or waiting for
+    /// room in their worker's queue.
+    pub in_flight: TaskTracker,
 }
 
 /// What the accept loop has done, for `/metrics` and `sticky status`.
@@ -75,6 +79,7 @@ impl AcceptLoop {
             router: self.router,
             client_address: self.client_address,
             stats: self.stats,
+            in_flight: self.in_flight,
             pending: Arc::new(Semaphore::new(HANDOFF_PENDING)),
             reading: Arc::new(Semaphore::new(HEADER_PENDING)),
         });
@@ -101,6 +106,7 @@ struct Shared {
     router: Router,
     client_address: Option<Arc<ClientAddress>>,
     stats: Arc<Stats>,
+    in_flight: TaskTracker,
     /// Room for connections waiting for a full hand-over queue.
     pending: Arc<Semaphore>,
     /// Room for trusted proxies' connections waiting for their header.
@@ -119,7 +125,7 @@ impl Shared {
             return;
         };
         let (shared, rule) = (self.clone(), rule.clone());
-        tokio::spawn(async move {
+        self.in_flight.spawn(async move {
             let client = read_client(&stream, &rule).await;
             drop(permit);
             match client {
@@ -150,7 +156,7 @@ impl Shared {
                     warn!(slot, "too many connections wait for their worker: closed one");
                     return;
                 };
-                tokio::spawn(async move {
+                self.in_flight.spawn(async move {
                     let _permit = permit;
                     let passed = async {
                         let end = register(OwnedFd::try_clone(&end)?)?;

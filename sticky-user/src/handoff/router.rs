@@ -40,6 +40,12 @@ impl Router {
         (slot, routes.ends[slot].clone())
     }
 
+    /// The loader's end of each slot's pair, as fd numbers (for an upgrade's record).
+    pub fn loader_ends(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd as _;
+        lock(&self.0).ends.iter().map(|end| end.as_raw_fd()).collect()
+    }
+
     /// The table now in the program's map.
     pub fn set_table(&self, table: &Table) {
         lock(&self.0).table.copy_from_slice(table);

@@ -184,6 +184,13 @@ impl Supervisor {
             notify_dir: self.state().notify.path().to_owned(),
         });
         self.start_workers();
+        if let Some(handoff) = &mut self.state().handoff {
+            handoff.start().map_err(SupervisorError::Io)?;
+            match handoff.reads_headers() {
+                true => info!("the loader reads trusted proxies' headers"),
+                false => info!("userspace dispatch: the loader accepts every connection"),
+            }
+        }
         tokio::spawn(control::serve(control_listener, self.clone()));
         if let Some(listener) = endpoints.metrics {
             tokio::spawn(metrics::serve(listener, self.clone()));

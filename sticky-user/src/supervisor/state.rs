@@ -159,7 +159,7 @@ impl State {
 
     /// How trusted proxies' connections went, if any are trusted.
     fn client_address_status(&self, proxied: u64) -> Option<ClientAddressStatus> {
-        let handoff = self.handoff.as_ref().filter(|handoff| handoff.reads_headers)?;
+        let handoff = self.handoff.as_ref().filter(|handoff| handoff.reads_headers())?;
         let stats = &handoff.stats;
         Some(ClientAddressStatus {
             proxied,

@@ -2,9 +2,12 @@
 //! binary, write the record and exec; in the new image (or the old one again, after a
 //! rollback), go on from the record and answer the one who asked.
 
-use std::os::{
-    fd::{AsRawFd as _, RawFd},
-    unix::net::UnixStream,
+use std::{
+    os::{
+        fd::{AsRawFd, RawFd},
+        unix::net::UnixStream,
+    },
+    time::Duration,
 };
 
 use tracing::{error, info};
@@ -16,9 +19,14 @@ use crate::{
         control::{self, LoaderInfo, ReloadOutcome, Response},
         systemd,
     },
+    handoff::Handoff,
     sync::{lock, unix_now},
-    upgrade::{self, GroupRecord, Image, Record, UpgradeError},
+    upgrade::{self, GroupRecord, HandoffRecord, Image, Record, UpgradeError},
 };
+
+/// How long, after a header's own time, an upgrade waits for the connections the loader
+/// accepted to reach their workers.
+const PASS_WAIT: Duration = Duration::from_secs(1);
 
 /// How this image came to run, after an upgrade or a rollback.
 pub(super) struct Resumed {
@@ -52,9 +60,6 @@ impl Supervisor {
             if state.stopping {
                 return UpgradeError::Stopping;
             }
-            if state.handoff.is_some() {
-                return UpgradeError::LoaderHeld;
-            }
         }
         let image = match Image::open(&self.executable) {
             Ok(image) => image,
@@ -78,8 +83,21 @@ impl Supervisor {
             "upgrading in place"
         );
         systemd::reloading();
+        // The loader's own accept loop stops; what arrives from now on queues on its sockets,
+        // which the new image takes over, and what it accepted reaches its workers first.
+        let accepting = self.state().handoff.as_mut().and_then(Handoff::stop);
+        if let Some(accepting) = accepting {
+            let header_wait = self.launch.config.client_address.as_ref().map(|c| c.timeout);
+            accepting.finish(header_wait.unwrap_or_default() + PASS_WAIT).await;
+        }
         // Written again: workers may have changed while the probe ran.
         let err = upgrade::exec(&image, &self.record(reply, running.as_raw_fd()));
+        // Still this image: accept again.
+        if let Some(handoff) = &mut self.state().handoff
+            && let Err(err) = handoff.start()
+        {
+            error!(error = %err, "cannot accept again after the failed upgrade");
+        }
         systemd::ready(&self.summary());
         err
     }
@@ -110,6 +128,11 @@ impl Supervisor {
             executable: Some(self.executable.clone()),
             previous_image: Some(running),
             started_with: crate::limits::started_with(),
+            handoff: state.handoff.as_ref().map(|handoff| HandoffRecord {
+                listeners: handoff.listeners.iter().map(AsRawFd::as_raw_fd).collect(),
+                loader_ends: handoff.router.loader_ends(),
+                worker_ends: handoff.worker_ends.iter().map(AsRawFd::as_raw_fd).collect(),
+            }),
         }
     }
 
