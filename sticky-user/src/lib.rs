@@ -13,6 +13,7 @@ mod accept;
 mod chain;
 pub mod config;
 pub mod demo;
+mod dir_safety;
 mod dispatch;
 mod endpoints;
 pub mod fd_store;
