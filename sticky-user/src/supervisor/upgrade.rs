@@ -28,6 +28,19 @@ use crate::{
 /// accepted to reach their workers.
 const PASS_WAIT: Duration = Duration::from_secs(1);
 
+/// Whether an upgrade may go on, decided once it holds the supervisor's operation lock. That
+/// lock is fair (first asked, first served), so an upgrade asked for during a rolling restart
+/// (or a scale) waits until it has ended, and is decided then: after a roll that finished, or
+/// that stopped at a slot whose new worker was not ready (every slot then has one worker, old
+/// or new, and is handed over as it is), it goes on; after a stop, which also stops a roll,
+/// it is refused.
+pub(super) fn may_upgrade(stopping: bool) -> Result<(), UpgradeError> {
+    if stopping {
+        return Err(UpgradeError::Stopping);
+    }
+    Ok(())
+}
+
 /// How this image came to run, after an upgrade or a rollback.
 pub(super) struct Resumed {
     /// The image that handed over.
@@ -57,8 +70,8 @@ impl Supervisor {
         let _operation = self.operation.lock().await;
         {
             let state = self.state();
-            if state.stopping {
-                return UpgradeError::Stopping;
+            if let Err(refused) = may_upgrade(state.stopping) {
+                return refused;
             }
         }
         let image = match Image::open(&self.executable) {

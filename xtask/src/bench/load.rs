@@ -3,14 +3,10 @@
 
 use std::{
     collections::HashMap,
-    io::{Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     thread,
     time::{Duration, Instant},
 };
-
-use nix::sys::socket::{setsockopt, sockopt::IpBindAddressNoPort};
-use socket2::{Domain, Socket, Type};
 
 /// Distinct client source addresses (127.16.0.1 onwards).
 pub const CLIENTS: u32 = 1024;
@@ -98,24 +94,11 @@ pub fn probe(server: SocketAddr, clients: u32) -> Vec<Option<u32>> {
     pids
 }
 
-/// One request on a new connection; the answering worker's pid.
-///
-/// Kept to few system calls: the source port is chosen at connect time, not searched for at
-/// bind time, and the send timeout bounds a blocking connect, as the receive timeout bounds the
-/// reads.
+/// One request on a new connection; the answering worker's pid. `loadgen` keeps it to few
+/// system calls.
 fn request(source: IpAddr, server: SocketAddr) -> Option<u32> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).ok()?;
-    setsockopt(&socket, IpBindAddressNoPort, &true).ok()?;
-    socket.set_write_timeout(Some(TIMEOUT)).ok()?;
-    socket.set_read_timeout(Some(TIMEOUT)).ok()?;
-    socket.bind(&SocketAddr::new(source, 0).into()).ok()?;
-    socket.connect(&server.into()).ok()?;
-    let mut stream: TcpStream = socket.into();
-    stream.write_all(b"GET / HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n").ok()?;
-    let mut response = Vec::with_capacity(512);
-    stream.read_to_end(&mut response).ok()?;
-    let text = std::str::from_utf8(&response).ok()?;
-    text.lines().find_map(|line| line.strip_prefix("x-sticky-pid:")?.trim().parse().ok())
+    let response = loadgen::request(source, server, TIMEOUT).ok()?;
+    loadgen::header(&response, loadgen::PID)
 }
 
 /// How long one connect, write or read may take.
