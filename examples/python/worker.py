@@ -32,6 +32,7 @@ def inherited_sockets():
     for index, fd in enumerate(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count)):
         if index < len(names) and names[index] == HANDOFF_NAME:
             handoff = socket.socket(fileno=fd)
+            handoff.setblocking(True)
         else:
             listeners.append(socket.socket(fileno=fd))
     return listeners, handoff
