@@ -67,6 +67,14 @@ pub fn send_request(stream: &mut TcpStream) -> io::Result<()> {
     stream.write_all(REQUEST)
 }
 
+/// Sends `prefix` (a PROXY protocol header, say) and [`REQUEST`] in one write.
+pub fn send_request_after(stream: &mut TcpStream, prefix: &[u8]) -> io::Result<()> {
+    let mut message = Vec::with_capacity(prefix.len() + REQUEST.len());
+    message.extend_from_slice(prefix);
+    message.extend_from_slice(REQUEST);
+    stream.write_all(&message)
+}
+
 /// Reads the whole response, up to the server's close.
 pub fn read_response(stream: &mut TcpStream) -> io::Result<String> {
     let mut response = Vec::with_capacity(512);
@@ -77,10 +85,23 @@ pub fn read_response(stream: &mut TcpStream) -> io::Result<String> {
 /// One request on a new connection from `source` to `server` (see [`connect`] for
 /// `timeout`): the whole response, failures told by phase.
 pub fn request(source: IpAddr, server: SocketAddr, timeout: Duration) -> Result<String, Failure> {
+    request_after(source, server, timeout, &[])
+}
+
+/// [`request`], the request preceded by `prefix` (a PROXY protocol header, say).
+pub fn request_after(
+    source: IpAddr,
+    server: SocketAddr,
+    timeout: Duration,
+    prefix: &[u8],
+) -> Result<String, Failure> {
     let mut stream = connect(source, server, timeout).map_err(Failure::Connect)?;
-    send_request(&mut stream)
-        .and_then(|()| read_response(&mut stream))
-        .map_err(Failure::AfterConnect)
+    let sent = if prefix.is_empty() {
+        send_request(&mut stream)
+    } else {
+        send_request_after(&mut stream, prefix)
+    };
+    sent.and_then(|()| read_response(&mut stream)).map_err(Failure::AfterConnect)
 }
 
 /// The number in header `name` (with its colon, e.g. [`WORKER`]) of `response`.

@@ -33,8 +33,16 @@ fn client(i: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 16 + b, c, d))
 }
 
-/// Runs the load against `server` for `duration`.
-pub fn run(server: SocketAddr, duration: Duration) -> LoadResult {
+/// The PROXY v1 header a trusted proxy would send for client `index` (10.0.0.0/8), in front
+/// of its request: the proxied modes' load.
+fn proxy_header(index: u32, server: SocketAddr) -> Vec<u8> {
+    let [_, b, c, d] = (index + 1).to_be_bytes();
+    format!("PROXY TCP4 10.{b}.{c}.{d} {} 40000 {}\r\n", server.ip(), server.port()).into_bytes()
+}
+
+/// Runs the load against `server` for `duration`; with `proxied`, each request comes with a
+/// PROXY header naming its client.
+pub fn run(server: SocketAddr, duration: Duration, proxied: bool) -> LoadResult {
     let start = Instant::now();
     let deadline = start + duration;
     let threads: Vec<_> = (0..CONCURRENCY)
@@ -46,7 +54,8 @@ pub fn run(server: SocketAddr, duration: Duration) -> LoadResult {
                     let index = next % CLIENTS;
                     next += CONCURRENCY as u32;
                     let began = Instant::now();
-                    match request(client(index), server) {
+                    let prefix = if proxied { proxy_header(index, server) } else { Vec::new() };
+                    match request(client(index), server, &prefix) {
                         Some(pid) => {
                             result.ok += 1;
                             result.latencies_us.push(began.elapsed().as_micros() as u32);
@@ -81,7 +90,8 @@ pub fn probe(server: SocketAddr, clients: u32) -> Vec<Option<u32>> {
         .map(|thread| {
             thread::spawn(move || {
                 let mine = (thread..clients).step_by(CONCURRENCY);
-                mine.map(|index| (index, request(client(index), server))).collect::<Vec<_>>()
+                mine.map(|index| (index, request(client(index), server, &[])))
+                    .collect::<Vec<_>>()
             })
         })
         .collect();
@@ -94,10 +104,10 @@ pub fn probe(server: SocketAddr, clients: u32) -> Vec<Option<u32>> {
     pids
 }
 
-/// One request on a new connection; the answering worker's pid. `loadgen` keeps it to few
-/// system calls.
-fn request(source: IpAddr, server: SocketAddr) -> Option<u32> {
-    let response = loadgen::request(source, server, TIMEOUT).ok()?;
+/// One request on a new connection, after `prefix`; the answering worker's pid. `loadgen`
+/// keeps it to few system calls.
+fn request(source: IpAddr, server: SocketAddr, prefix: &[u8]) -> Option<u32> {
+    let response = loadgen::request_after(source, server, TIMEOUT, prefix).ok()?;
     loadgen::header(&response, loadgen::PID)
 }
 
