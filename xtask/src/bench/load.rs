@@ -90,8 +90,7 @@ pub fn probe(server: SocketAddr, clients: u32) -> Vec<Option<u32>> {
         .map(|thread| {
             thread::spawn(move || {
                 let mine = (thread..clients).step_by(CONCURRENCY);
-                mine.map(|index| (index, request(client(index), server, &[])))
-                    .collect::<Vec<_>>()
+                mine.map(|index| (index, request(client(index), server, &[]))).collect::<Vec<_>>()
             })
         })
         .collect();
