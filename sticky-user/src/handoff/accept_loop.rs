@@ -27,7 +27,7 @@ use super::{
 };
 use crate::{
     accept::AcceptBackoff,
-    client_address::{Failure, read_client},
+    client_address::{Failure, read_client, read_client_now},
     config::ClientAddress,
     limits::{HANDOFF_PENDING, HEADER_PENDING},
 };
@@ -120,6 +120,9 @@ impl Shared {
         let Some(rule) = self.client_address.as_ref().filter(|rule| rule.trusts(peer.ip())) else {
             return self.pass_on(stream, peer.ip(), listener);
         };
+        if let Some(client) = read_client_now(&stream, rule) {
+            return self.route(stream, peer, client, listener);
+        }
         let Ok(permit) = self.reading.clone().try_acquire_owned() else {
             self.stats.failed(Failure::Overloaded);
             return;
@@ -128,21 +131,33 @@ impl Shared {
         self.in_flight.spawn(async move {
             let client = read_client(&stream, &rule).await;
             drop(permit);
-            match client {
-                Ok(Some(client)) => {
-                    shared.stats.by_header.fetch_add(1, Relaxed);
-                    shared.pass_on(stream, client, listener);
-                }
-                Ok(None) => {
-                    shared.stats.by_proxy.fetch_add(1, Relaxed);
-                    shared.pass_on(stream, peer.ip(), listener);
-                }
-                Err(failure) => {
-                    debug!(%peer, reason = failure.label(), "closed a proxied connection");
-                    shared.stats.failed(failure);
-                }
-            }
+            shared.route(stream, peer, client, listener);
         });
+    }
+
+    /// Passes a trusted proxy's connection on by what its header said: the client's address,
+    /// none (the proxy's own connection), or a failure, which closes it.
+    fn route(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        client: Result<Option<IpAddr>, Failure>,
+        listener: u8,
+    ) {
+        match client {
+            Ok(Some(client)) => {
+                self.stats.by_header.fetch_add(1, Relaxed);
+                self.pass_on(stream, client, listener);
+            }
+            Ok(None) => {
+                self.stats.by_proxy.fetch_add(1, Relaxed);
+                self.pass_on(stream, peer.ip(), listener);
+            }
+            Err(failure) => {
+                debug!(%peer, reason = failure.label(), "closed a proxied connection");
+                self.stats.failed(failure);
+            }
+        }
     }
 
     /// Passes `stream` to `client`'s worker: at once, or, while its queue is full, on a task
