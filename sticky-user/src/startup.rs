@@ -10,14 +10,14 @@ use tracing::{info, warn};
 
 pub use crate::kernel::Counters;
 use crate::{
-    config::{DispatchMode, Launch, RunConfig},
+    config::{DispatchMode, HandoffTransport, Launch, RunConfig},
     dispatch::Dispatch,
     endpoints::{
         control::{self, ControlError},
         readiness::{self, Identity, NotifyDir, NotifyDirError},
     },
     fd_store::{self, Inherited},
-    handoff::{self, AcceptLoop, Handoff, Router, Stats},
+    handoff::{self, AcceptLoop, Handoff, Router, Stats, Target},
     kernel::{DispatchError, Dispatcher, table},
     limits::{self, LimitError},
     listeners::{self, ListenError, ListenerGroup},
@@ -95,8 +95,9 @@ pub fn start(launch: Launch, inherited: Inherited) -> Result<Started, StartupErr
     let mut config = launch.config.clone();
     privileges::check(&config)?;
     limits::raise(&config, None)?;
-    if config.dispatch == DispatchMode::Userspace || config.client_address.is_some() {
-        config.environment.insert(handoff::STICKY_HANDOFF.into(), "1".into());
+    if config.passes_on() {
+        let value = if config.handoff == HandoffTransport::Node { "node" } else { "1" };
+        config.environment.insert(handoff::STICKY_HANDOFF.into(), value.into());
     }
     let spawner = Spawner::new(&config, &socket_names(&config))?;
     spawner.check()?;
@@ -198,13 +199,19 @@ fn set_up_dispatch(config: &RunConfig, inherited: Inherited) -> Result<Dispatchi
             });
         }
     };
-    let (loader_ends, worker_ends) =
-        handoff::pairs(config.workers).map_err(StartupError::Handoff)?;
-    let router = Router::new(dispatch_config, table, loader_ends);
+    let node = config.handoff == HandoffTransport::Node;
+    let (targets, worker_ends) = if node {
+        ((0..config.workers).map(|_| Target::node()).collect(), Vec::new())
+    } else {
+        let (loader_ends, worker_ends) =
+            handoff::pairs(config.workers).map_err(StartupError::Handoff)?;
+        (loader_ends.into_iter().map(|end| Target::Socket(end.into())).collect(), worker_ends)
+    };
+    let router = Router::new(dispatch_config, table, targets);
     let stats = Arc::new(Stats::default());
     let reads_headers = config.client_address.is_some();
     let handoff =
-        Handoff { worker_ends, router: router.clone(), stats: stats.clone(), reads_headers };
+        Handoff { worker_ends, router: router.clone(), stats: stats.clone(), reads_headers, node };
     let client_address = config.client_address.clone().map(Arc::new);
     let handoff_loop = HandoffLoop { listeners, router, client_address, stats };
     Ok(Dispatching {
