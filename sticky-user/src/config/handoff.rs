@@ -55,4 +55,10 @@ mod tests {
         let given = Some(HandoffTransport::Socket);
         assert_eq!(resolve(given, Some(&node)), HandoffTransport::Socket);
     }
+
+    #[test]
+    fn the_file_names_it_like_the_flag() {
+        let options: crate::config::RunOptions = toml::from_str("handoff = \"node\"\n").unwrap();
+        assert_eq!(options.handoff, Some(HandoffTransport::Node));
+    }
 }
