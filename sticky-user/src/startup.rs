@@ -10,14 +10,14 @@ use tracing::{info, warn};
 
 pub use crate::kernel::Counters;
 use crate::{
-    config::{DispatchMode, Launch, RunConfig},
+    config::{DispatchMode, HandoffTransport, Launch, RunConfig},
     dispatch::Dispatch,
     endpoints::{
         control::{self, ControlError},
         readiness::{self, Identity, NotifyDir, NotifyDirError},
     },
     fd_store::{self, Inherited},
-    handoff::{self, Handoff, Router},
+    handoff::{self, Handoff, Router, Target},
     kernel::{DispatchError, Dispatcher, table},
     limits::{self, LimitError},
     listeners::{self, ListenError, ListenerGroup},
@@ -84,8 +84,9 @@ pub fn start(launch: Launch, inherited: Inherited) -> Result<Started, StartupErr
     let mut config = launch.config.clone();
     privileges::check(&config)?;
     limits::raise(&config, None)?;
-    if config.dispatch == DispatchMode::Userspace || config.client_address.is_some() {
-        config.environment.insert(handoff::STICKY_HANDOFF.into(), "1".into());
+    if config.passes_on() {
+        let value = if config.handoff == HandoffTransport::Node { "node" } else { "1" };
+        config.environment.insert(handoff::STICKY_HANDOFF.into(), value.into());
     }
     let spawner = Spawner::new(&config, &socket_names(&config))?;
     spawner.check()?;
@@ -177,10 +178,17 @@ fn set_up_dispatch(config: &RunConfig, inherited: Inherited) -> Result<Dispatchi
         }
         _ => return Ok(Dispatching { groups, dispatch, seed, table: in_use, handoff: None }),
     };
-    let (loader_ends, worker_ends) =
-        handoff::pairs(config.workers).map_err(StartupError::Handoff)?;
-    let router = Router::new(dispatch_config, table, loader_ends);
-    let handoff = Handoff::new(listeners, worker_ends, router, config.client_address.clone());
+    let node = config.handoff == HandoffTransport::Node;
+    let (targets, worker_ends) = if node {
+        ((0..config.workers).map(|_| Target::node()).collect(), Vec::new())
+    } else {
+        let (loader_ends, worker_ends) =
+            handoff::pairs(config.workers).map_err(StartupError::Handoff)?;
+        (loader_ends.into_iter().map(|end| Target::Socket(end.into())).collect(), worker_ends)
+    };
+    let router = Router::new(dispatch_config, table, targets);
+    let client_address = config.client_address.clone();
+    let handoff = Handoff::new(listeners, worker_ends, router, client_address, node);
     Ok(Dispatching { groups, dispatch, seed, table: in_use, handoff: Some(handoff) })
 }
 
@@ -240,8 +248,10 @@ pub unsafe fn resume(state_fd: RawFd, rollback: Option<String>) -> Result<Starte
     let handoff = handoff.zip(table.clone()).map(|(fds, table)| {
         let slots = fds.loader_ends.len() as u32;
         let dispatch_config = DispatchConfig::new(seed, config.prefix_v4, config.prefix_v6, slots);
-        let router = Router::new(dispatch_config, table, fds.loader_ends);
-        Handoff::new(fds.listeners, fds.worker_ends, router, config.client_address.clone())
+        let targets = fds.loader_ends.into_iter().map(|end| Target::Socket(end.into())).collect();
+        let router = Router::new(dispatch_config, table, targets);
+        let client_address = config.client_address.clone();
+        Handoff::new(fds.listeners, fds.worker_ends, router, client_address, false)
     });
     let setup = Setup { spawner, groups, dispatch, seed, table, notify, handoff };
     Ok(assemble(launch, setup, control, metrics, Some(carried)))

@@ -23,7 +23,7 @@ use tracing::{debug, warn};
 
 use super::{
     pairs::{pass, register, send_raw},
-    router::Router,
+    router::{Router, Target},
 };
 use crate::{
     accept::AcceptBackoff,
@@ -107,7 +107,7 @@ struct Shared {
     client_address: Option<Arc<ClientAddress>>,
     stats: Arc<Stats>,
     in_flight: TaskTracker,
-    /// Room for connections waiting for a full hand-over queue.
+    /// Room for connections waiting for a full hand-over queue, or for their node worker.
     pending: Arc<Semaphore>,
     /// Room for trusted proxies' connections waiting for their header.
     reading: Arc<Semaphore>,
@@ -163,7 +163,20 @@ impl Shared {
     /// Passes `stream` to `client`'s worker: at once, or, while its queue is full, on a task
     /// of its own (at most `HANDOFF_PENDING` of them; past that it is closed).
     fn pass_on(&self, stream: TcpStream, client: IpAddr, listener: u8) {
-        let (slot, end) = self.router.route(client);
+        let (slot, end) = match self.router.route(client) {
+            (slot, Target::Socket(end)) => (slot, end),
+            (slot, Target::Node(queue)) => {
+                let Ok(permit) = self.pending.clone().try_acquire_owned() else {
+                    warn!(slot, "too many connections wait for their worker: closed one");
+                    return;
+                };
+                match stream.into_std() {
+                    Ok(stream) => queue.queue(slot, stream.into(), listener, permit),
+                    Err(err) => warn!(slot, error = %err, "cannot pass a connection on"),
+                }
+                return;
+            }
+        };
         match send_raw(end.as_raw_fd(), stream.as_raw_fd(), listener) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {

@@ -14,7 +14,8 @@
 //!
 //! - [`pairs`]: the socket pairs and sending a connection over one;
 //! - [`router`]: client → slot → the loader's end of that slot's pair, changed as slots change;
-//! - [`accept_loop`]: accepting, reading a trusted proxy's header, passing on.
+//! - [`accept_loop`]: accepting, reading a trusted proxy's header, passing on;
+//! - [`node_ipc`]: node workers (`--handoff node`), through Node's own IPC channel.
 
 use std::{io, net::TcpListener, os::fd::OwnedFd, sync::Arc};
 
@@ -23,13 +24,14 @@ use tokio_util::task::TaskTracker;
 use crate::config::ClientAddress;
 
 pub(crate) mod accept_loop;
+pub mod node_ipc;
 pub(crate) mod pairs;
 pub(crate) mod router;
 
 pub use accept_loop::{AcceptLoop, Stats};
 pub(crate) use pairs::register;
 pub use pairs::{STICKY_HANDOFF, pairs};
-pub use router::Router;
+pub use router::{Router, Target};
 
 /// The name of the handoff socket in a worker's `LISTEN_FDNAMES`.
 pub const HANDOFF_NAME: &str = "sticky-handoff";
@@ -41,7 +43,7 @@ pub struct Handoff {
     /// The sockets the loader accepts on: its own in each reuseport group (trusted proxies), or
     /// each group's one socket (userspace dispatch).
     pub listeners: Vec<TcpListener>,
-    /// The worker's end of each slot's pair (index = slot).
+    /// The worker's end of each slot's pair (index = slot); none with node workers.
     pub worker_ends: Vec<OwnedFd>,
     /// The routes the accept loop reads.
     pub router: Router,
@@ -49,6 +51,8 @@ pub struct Handoff {
     pub client_address: Option<Arc<ClientAddress>>,
     /// What the accept loop has done.
     pub stats: Arc<Stats>,
+    /// Whether connections go over each node worker's IPC channel instead of the pairs.
+    pub node: bool,
     /// The accept loop, while it runs.
     accepting: Option<Accepting>,
 }
@@ -66,10 +70,11 @@ impl Handoff {
         worker_ends: Vec<OwnedFd>,
         router: Router,
         client_address: Option<ClientAddress>,
+        node: bool,
     ) -> Self {
         let client_address = client_address.map(Arc::new);
         let stats = Arc::default();
-        Self { listeners, worker_ends, router, client_address, stats, accepting: None }
+        Self { listeners, worker_ends, router, client_address, stats, node, accepting: None }
     }
 
     /// Whether it reads trusted proxies' headers.
@@ -111,12 +116,30 @@ impl Handoff {
         Some(accepting)
     }
 
-    /// A slot added after the others: a new pair, its loader end given to the router.
+    /// A slot added after the others: a new pair, its loader end given to the router (with
+    /// node workers: a new queue).
     pub fn push_slot(&mut self) -> io::Result<()> {
+        if self.node {
+            self.router.push_slot(Target::node());
+            return Ok(());
+        }
         let (loader, worker) = pairs::pair()?;
-        self.router.push_slot(loader);
+        self.router.push_slot(Target::Socket(loader.into()));
         self.worker_ends.push(worker);
         Ok(())
+    }
+
+    /// A new node worker's IPC channel (none unless the workers are node): the loader's end
+    /// and the worker's.
+    pub fn worker_channel(&self) -> io::Result<Option<(Arc<node_ipc::Channel>, OwnedFd)>> {
+        self.node.then(node_ipc::Channel::pair).transpose()
+    }
+
+    /// From now on slot `slot`'s connections go to `channel`, its ready node worker's.
+    pub fn serve(&self, slot: usize, channel: &Arc<node_ipc::Channel>) {
+        if let Some(Target::Node(queue)) = self.router.target(slot) {
+            queue.serve(channel.clone());
+        }
     }
 
     /// The last slot removed, out of the router first.

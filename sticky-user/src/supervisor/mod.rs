@@ -117,7 +117,7 @@ impl Supervisor {
     /// earlier image `carried` over (its slots, its workers adopted, the requester to answer).
     pub(crate) fn new(setup: Setup, launch: Launch, carried: Option<Carried>) -> Self {
         let count = match &setup.dispatch {
-            Dispatch::Userspace => setup.handoff.as_ref().map_or(0, |h| h.worker_ends.len()),
+            Dispatch::Userspace => setup.handoff.as_ref().map_or(0, |h| h.router.slots()),
             _ => setup.groups.first().map_or(0, |group| group.sockets.len()),
         };
         let mut state = State::new(setup, launch.config.policy);

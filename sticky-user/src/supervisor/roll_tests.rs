@@ -89,7 +89,7 @@ fn upgrade_after(
         }
         replaced.push(slot);
     }
-    (replaced, may_upgrade(stopping))
+    (replaced, may_upgrade(stopping, false))
 }
 
 #[test]
@@ -108,4 +108,11 @@ fn an_upgrade_asked_during_a_roll_that_a_stop_ended_is_refused() {
     let (replaced, upgrade) = upgrade_after(4, Some(1), None);
     assert_eq!(replaced, [0]);
     assert_eq!(upgrade.unwrap_err().to_string(), "upgrade refused: sticky is stopping");
+}
+
+#[test]
+fn node_workers_ipc_channels_refuse_an_upgrade() {
+    let refused = may_upgrade(false, true).unwrap_err();
+    assert!(refused.to_string().contains("--handoff node"), "{refused}");
+    assert!(matches!(may_upgrade(true, true), Err(UpgradeError::Stopping)));
 }

@@ -33,10 +33,14 @@ const PASS_WAIT: Duration = Duration::from_secs(1);
 /// (or a scale) waits until it has ended, and is decided then: after a roll that finished, or
 /// that stopped at a slot whose new worker was not ready (every slot then has one worker, old
 /// or new, and is handed over as it is), it goes on; after a stop, which also stops a roll,
-/// it is refused.
-pub(super) fn may_upgrade(stopping: bool) -> Result<(), UpgradeError> {
+/// it is refused, as it is while node workers take connections over their IPC channels, which
+/// are not handed over.
+pub(super) fn may_upgrade(stopping: bool, node_channels: bool) -> Result<(), UpgradeError> {
     if stopping {
         return Err(UpgradeError::Stopping);
+    }
+    if node_channels {
+        return Err(UpgradeError::NodeChannels);
     }
     Ok(())
 }
@@ -70,7 +74,8 @@ impl Supervisor {
         let _operation = self.operation.lock().await;
         {
             let state = self.state();
-            if let Err(refused) = may_upgrade(state.stopping) {
+            let node_channels = state.handoff.as_ref().is_some_and(|handoff| handoff.node);
+            if let Err(refused) = may_upgrade(state.stopping, node_channels) {
                 return refused;
             }
         }

@@ -76,6 +76,12 @@ pub enum UpgradeError {
         /// The versions it reads.
         reads: Vec<u32>,
     },
+    /// Node workers take connections over their IPC channels, which are not handed over.
+    #[error(
+        "upgrade refused: node workers' IPC channels (--handoff node, with --trusted-proxy or \
+         --dispatch userspace) are not handed over to a new image: use systemctl restart"
+    )]
+    NodeChannels,
     /// The running image cannot be kept open for a way back.
     #[error("upgrade refused: cannot keep the running image open for a way back: {0}")]
     Running(nix::Error),
