@@ -2,6 +2,9 @@
 // listening sockets sticky hands it from fd 3 (systemd's LISTEN_FDS protocol), READY=1 on
 // NOTIFY_SOCKET once it serves them, and on SIGTERM STOPPING=1 and a graceful Shutdown: no new
 // connections, open requests finished within gracePeriod (below sticky's --grace-period, 10 s).
+// When sticky passes connections on itself (--trusted-proxy, --dispatch userspace), the
+// inherited fd named sticky-handoff in LISTEN_FDNAMES carries them (one per message, as
+// SCM_RIGHTS); handoffListener serves it as one more net.Listener.
 //
 //	go build -o sticky-example-go . && sticky run --workers 4 --user nobody --ready notify -- ./sticky-example-go
 package main
@@ -15,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -22,6 +26,9 @@ import (
 
 // The first inherited socket (systemd's SD_LISTEN_FDS_START).
 const listenFdsStart = 3
+
+// The handoff socket's name in LISTEN_FDNAMES.
+const handoffName = "sticky-handoff"
 
 // How long open requests may take once SIGTERM came: under sticky's default --grace-period.
 const gracePeriod = 9 * time.Second
@@ -35,9 +42,19 @@ func listeners() ([]net.Listener, error) {
 	if err != nil || count < 1 {
 		return nil, fmt.Errorf("no listening socket inherited (LISTEN_FDS=%q)", os.Getenv("LISTEN_FDS"))
 	}
+	names := strings.Split(os.Getenv("LISTEN_FDNAMES"), ":")
 	var sockets []net.Listener
 	for fd := listenFdsStart; fd < listenFdsStart+count; fd++ {
 		file := os.NewFile(uintptr(fd), "sticky")
+		if index := fd - listenFdsStart; index < len(names) && names[index] == handoffName {
+			conn, err := net.FileConn(file)
+			file.Close()
+			if err != nil {
+				return nil, fmt.Errorf("fd %d: %w", fd, err)
+			}
+			sockets = append(sockets, &handoffListener{conn: conn.(*net.UnixConn)})
+			continue
+		}
 		ln, err := net.FileListener(file) // a copy of the fd: the original may close
 		file.Close()
 		if err != nil {
@@ -47,6 +64,44 @@ func listeners() ([]net.Listener, error) {
 	}
 	return sockets, nil
 }
+
+// handoffListener accepts the connections sticky passes over its handoff socket.
+type handoffListener struct {
+	conn *net.UnixConn
+}
+
+// Accept takes the next connection: a one-byte message (the listen address's index) with the
+// connection's fd as SCM_RIGHTS.
+func (l *handoffListener) Accept() (net.Conn, error) {
+	for {
+		payload, oob := make([]byte, 1), make([]byte, syscall.CmsgSpace(4))
+		n, oobn, _, _, err := l.conn.ReadMsgUnix(payload, oob)
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			return nil, net.ErrClosed // sticky closed the socket
+		}
+		messages, err := syscall.ParseSocketControlMessage(oob[:oobn])
+		if err != nil || len(messages) == 0 {
+			continue
+		}
+		fds, err := syscall.ParseUnixRights(&messages[0])
+		if err != nil || len(fds) == 0 {
+			continue
+		}
+		file := os.NewFile(uintptr(fds[0]), "sticky-connection")
+		conn, err := net.FileConn(file)
+		file.Close()
+		if err != nil {
+			continue
+		}
+		return conn, nil
+	}
+}
+
+func (l *handoffListener) Close() error   { return l.conn.Close() }
+func (l *handoffListener) Addr() net.Addr { return l.conn.LocalAddr() }
 
 // notify sends state (e.g. READY=1) to NOTIFY_SOCKET, as systemd's sd_notify does.
 func notify(state string) {

@@ -3,22 +3,49 @@
 
 sticky starts it with its listening socket at fd 3 (systemd's LISTEN_FDS protocol) and its slot
 in STICKY_WORKER. Run it with:  sticky run --workers 4 --user nobody -- python3 examples/python/worker.py
+
+When sticky passes connections on itself (`--trusted-proxy`, `--dispatch userspace`), one
+inherited fd is named `sticky-handoff` in LISTEN_FDNAMES: a SOCK_SEQPACKET socket, each message
+one accepted connection (SCM_RIGHTS) and one byte, the listen address's index. This worker
+serves those too.
 """
 import http.server
 import os
 import socket
 import sys
+import threading
 
 SD_LISTEN_FDS_START = 3
+HANDOFF_NAME = "sticky-handoff"
 
 
-def inherited_listener():
-    """The first inherited listening socket, after checking it is meant for this process."""
+def inherited_sockets():
+    """The inherited listening sockets and the handoff socket (or None), after checking they
+    are meant for this process."""
     if os.environ.get("LISTEN_PID") != str(os.getpid()):
         sys.exit("worker.py: LISTEN_PID does not name this process; start it with `sticky run -- ...`")
-    if int(os.environ.get("LISTEN_FDS", "0")) < 1:
-        sys.exit("worker.py: no listening socket inherited (LISTEN_FDS)")
-    return socket.socket(fileno=SD_LISTEN_FDS_START)
+    count = int(os.environ.get("LISTEN_FDS", "0"))
+    if count < 1:
+        sys.exit("worker.py: no socket inherited (LISTEN_FDS)")
+    names = os.environ.get("LISTEN_FDNAMES", "").split(":")
+    listeners, handoff = [], None
+    for index, fd in enumerate(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count)):
+        if index < len(names) and names[index] == HANDOFF_NAME:
+            handoff = socket.socket(fileno=fd)
+            handoff.setblocking(True)
+        else:
+            listeners.append(socket.socket(fileno=fd))
+    return listeners, handoff
+
+
+def serve_handoff(server, handoff):
+    """Serves each connection sticky passes over `handoff`."""
+    while True:
+        _, fds, _, _ = socket.recv_fds(handoff, 1, 1)
+        if not fds:
+            return  # sticky closed the socket
+        connection = socket.socket(fileno=fds[0])
+        server.process_request(connection, connection.getpeername())
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -52,10 +79,20 @@ def notify(message):
 
 
 def main():
-    server = http.server.ThreadingHTTPServer(("", 0), Handler, bind_and_activate=False)
-    server.socket = inherited_listener()
+    listeners, handoff = inherited_sockets()
+    servers = []
+    for listener in listeners:
+        server = http.server.ThreadingHTTPServer(("", 0), Handler, bind_and_activate=False)
+        server.socket = listener
+        servers.append(server)
+    if handoff is not None:
+        server = http.server.ThreadingHTTPServer(("", 0), Handler, bind_and_activate=False)
+        threading.Thread(target=serve_handoff, args=(server, handoff), daemon=True).start()
+        servers.append(server)
+    for server in servers[1:]:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
     notify("READY=1")
-    server.serve_forever()
+    servers[0].serve_forever()
 
 
 if __name__ == "__main__":

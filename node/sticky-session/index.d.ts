@@ -37,7 +37,9 @@ declare namespace sticky {
 
   /**
    * sticky-session 1.x: serves `server` on sticky's sockets under `sticky run` (the port is
-   * sticky's `--listen`), or on `port` in this one process otherwise; emits 'listening', tells
+   * sticky's `--listen`) and on the connections sticky hands over through node's IPC channel
+   * (trusted proxies' and `--dispatch userspace`: `STICKY_HANDOFF=node`), or on `port` in this
+   * one process otherwise; emits 'listening', tells
    * sticky READY=1, and on SIGTERM says STOPPING=1, closes the server and exits once its
    * connections end or the grace period has passed. Returns true (this process serves).
    */

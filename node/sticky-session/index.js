@@ -2,8 +2,10 @@
 // (`sticky(server).listen(port, cb)`) for servers that sticky runs. Under `sticky run` there is
 // no cluster master: every worker serves the listening sockets sticky hands it (systemd's
 // LISTEN_FDS protocol, from fd 3), sticky's kernel program keeps each client on one worker, and
-// this module tells sticky READY=1 and STOPPING=1. Under plain `node app.js` it listens on the
-// port in this one process. Standard library only.
+// this module tells sticky READY=1 and STOPPING=1. Connections sticky accepts itself (trusted
+// proxies, --dispatch userspace) arrive over node's IPC channel (STICKY_HANDOFF=node), as
+// net.Socket handles. Under plain `node app.js` it listens on the port in this one process.
+// Standard library only.
 'use strict';
 
 const { execFile } = require('node:child_process');
@@ -50,18 +52,22 @@ function inheritedSockets(env = process.env) {
   }
   if (env.STICKY_HANDOFF === '1') {
     fail(
-      'sticky runs with --dispatch userspace, whose handoff socket node cannot read; use ' +
-        '--dispatch kernel (the default)',
+      "sticky passes connections over its handoff socket, which node cannot read; use " +
+        '`sticky run --handoff node` (the default when the worker program is node)',
     );
   }
+  const ipc = env.STICKY_HANDOFF === 'node';
+  if (ipc && typeof process.send !== 'function') {
+    fail('STICKY_HANDOFF is node but this process has no IPC channel (NODE_CHANNEL_FD)');
+  }
   const count = Number(env.LISTEN_FDS);
-  if (!Number.isInteger(count) || count < 1) {
+  if (!Number.isInteger(count) || count < (ipc ? 0 : 1)) {
     if (underSticky) fail(`LISTEN_FDS is ${JSON.stringify(env.LISTEN_FDS)}: no socket to serve`);
     return null;
   }
   const fds = Array.from({ length: count }, (_, i) => SD_LISTEN_FDS_START + i);
-  const names = (env.LISTEN_FDNAMES || '').split(':');
-  return { fds, names, slot: underSticky ? Number(env.STICKY_WORKER) : 0 };
+  const names = (env.LISTEN_FDNAMES || '').split(':').filter((name) => name !== '');
+  return { fds, names, slot: underSticky ? Number(env.STICKY_WORKER) : 0, ipc };
 }
 
 /** This process's slot under sticky (0-based), or null outside sticky. */
@@ -119,6 +125,32 @@ function notify(...assignments) {
 /** Servers that this module made listen, and the extra servers behind them. */
 const served = new Set();
 let stopping = false;
+/** Connections sticky handed over through the IPC channel that are still open. */
+const handedOver = new Set();
+/** Called as a handed-over connection closes: a stopping worker may be done then. */
+let onHandedOverClosed = () => {};
+
+/**
+ * Serves the connections sticky hands over through node's IPC channel (STICKY_HANDOFF=node:
+ * those of trusted proxies, or every one under --dispatch userspace) with `server`: each is a
+ * message `{ cmd: 'sticky:connection', listener }` with a net.Socket, which `server` gets as a
+ * 'connection'. The listener keeps the channel referenced; nothing of the connection has been
+ * read. The first server started gets them.
+ */
+let handOverServer = null;
+function serveHandedOver(server) {
+  if (handOverServer) return;
+  handOverServer = server;
+  process.on('message', (message, socket) => {
+    if (!message || message.cmd !== 'sticky:connection' || !socket) return;
+    handedOver.add(socket);
+    socket.once('close', () => {
+      handedOver.delete(socket);
+      onHandedOverClosed();
+    });
+    server.emit('connection', socket);
+  });
+}
 
 /** Seconds to wait for connections when stopping: $STICKY_SESSION_GRACE_PERIOD, or 10. */
 function gracePeriod(env = process.env) {
@@ -140,11 +172,16 @@ function stop() {
   if (stopping) return;
   stopping = true;
   notify('STOPPING=1');
+  // sticky sends nothing new once it reads this; what it sent before is served.
+  if (process.connected) process.send({ cmd: 'sticky:stopping' }, () => {});
   let open = served.size;
   const exitWhenDone = () => {
-    if (open === 0 && notifying === 0) process.exit(process.exitCode ?? 0);
+    if (open === 0 && notifying === 0 && handedOver.size === 0) {
+      process.exit(process.exitCode ?? 0);
+    }
   };
   onNotified = exitWhenDone;
+  onHandedOverClosed = exitWhenDone;
   const seconds = gracePeriod();
   setTimeout(() => {
     note(`connections still open after the grace period (${seconds} s); exiting`);
@@ -240,6 +277,16 @@ function start(server, port, options, callback) {
   stopOnSigterm();
   if (callback) server.once('listening', callback);
   if (inherited) {
+    if (inherited.ipc) serveHandedOver(server);
+    if (inherited.fds.length === 0) {
+      // --dispatch userspace: every connection comes over the IPC channel.
+      served.add(server);
+      process.nextTick(() => {
+        server.emit('listening');
+        notify('READY=1');
+      });
+      return;
+    }
     serveInherited(server, inherited.fds, () => {
       const { port: actual } = server.address() || {};
       const other = port !== undefined && actual !== undefined && Number(port) !== actual;

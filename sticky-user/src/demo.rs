@@ -17,6 +17,7 @@ use std::{
 
 use nix::{
     errno::Errno,
+    fcntl::{FcntlArg, OFlag, fcntl},
     sys::socket::{MsgFlags, recv, send},
 };
 use sticky_worker::{Inherited, receive};
@@ -45,6 +46,8 @@ pub async fn serve(inherited: Inherited, slot: u32) -> io::Result<()> {
         loops.spawn(accept_loop(listener, slot, response, connections.clone()));
     }
     if let Some(end) = inherited.handoff {
+        let flags = OFlag::from_bits_truncate(fcntl(&end, FcntlArg::F_GETFL)?) | OFlag::O_NONBLOCK;
+        fcntl(&end, FcntlArg::F_SETFL(flags))?;
         loops.spawn(receive_loop(handoff::register(end)?, slot, response, connections.clone()));
     }
     tokio::select! {

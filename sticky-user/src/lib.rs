@@ -14,6 +14,7 @@ mod chain;
 mod client_address;
 pub mod config;
 pub mod demo;
+mod dir_safety;
 mod dispatch;
 mod endpoints;
 pub mod fd_store;

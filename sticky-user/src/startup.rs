@@ -10,14 +10,14 @@ use tracing::{info, warn};
 
 pub use crate::kernel::Counters;
 use crate::{
-    config::{DispatchMode, Launch, RunConfig},
+    config::{DispatchMode, HandoffTransport, Launch, RunConfig},
     dispatch::Dispatch,
     endpoints::{
         control::{self, ControlError},
         readiness::{self, Identity, NotifyDir, NotifyDirError},
     },
     fd_store::{self, Inherited},
-    handoff::{self, AcceptLoop, Handoff, Router, Stats},
+    handoff::{self, Handoff, Router, Target},
     kernel::{DispatchError, Dispatcher, table},
     limits::{self, LimitError},
     listeners::{self, ListenError, ListenerGroup},
@@ -74,18 +74,7 @@ pub struct Started {
     pub(crate) supervisor: Arc<Supervisor>,
     pub(crate) control: (PathBuf, std::os::unix::net::UnixListener),
     pub(crate) metrics: Option<TcpListener>,
-    /// What the loader's own accept loop needs, if it passes connections on.
-    pub(crate) handoff_loop: Option<HandoffLoop>,
     pub(crate) listen: Vec<std::net::SocketAddr>,
-}
-
-/// The loader's accept loop (userspace dispatch, trusted proxies) before the runtime runs: its
-/// listeners, and what it shares with the supervisor.
-pub(crate) struct HandoffLoop {
-    listeners: Vec<TcpListener>,
-    router: Router,
-    client_address: Option<Arc<crate::config::ClientAddress>>,
-    stats: Arc<Stats>,
 }
 
 /// Checks privileges, limits and the worker command, binds the endpoints, then opens the
@@ -95,8 +84,9 @@ pub fn start(launch: Launch, inherited: Inherited) -> Result<Started, StartupErr
     let mut config = launch.config.clone();
     privileges::check(&config)?;
     limits::raise(&config, None)?;
-    if config.dispatch == DispatchMode::Userspace || config.client_address.is_some() {
-        config.environment.insert(handoff::STICKY_HANDOFF.into(), "1".into());
+    if config.passes_on() {
+        let value = if config.handoff == HandoffTransport::Node { "node" } else { "1" };
+        config.environment.insert(handoff::STICKY_HANDOFF.into(), value.into());
     }
     let spawner = Spawner::new(&config, &socket_names(&config))?;
     spawner.check()?;
@@ -110,9 +100,9 @@ pub fn start(launch: Launch, inherited: Inherited) -> Result<Started, StartupErr
         notify.remove();
         let _ = std::fs::remove_file(&config.control);
     })?;
-    let Dispatching { groups, dispatch, seed, table, handoff, handoff_loop } = dispatch;
+    let Dispatching { groups, dispatch, seed, table, handoff } = dispatch;
     let setup = Setup { spawner, groups, dispatch, seed, table, notify, handoff };
-    Ok(assemble(launch, setup, (config.control, control), metrics, handoff_loop, None))
+    Ok(assemble(launch, setup, (config.control, control), metrics, None))
 }
 
 /// The metrics listener and the workers' notify directory (made once the control socket is
@@ -138,7 +128,6 @@ struct Dispatching {
     /// The table in use (none with plain SO_REUSEPORT).
     table: Option<Box<Table>>,
     handoff: Option<Handoff>,
-    handoff_loop: Option<HandoffLoop>,
 }
 
 /// Opens the listeners (adopting those `inherited` from the service manager), loads the seed,
@@ -187,34 +176,20 @@ fn set_up_dispatch(config: &RunConfig, inherited: Inherited) -> Result<Dispatchi
         (Dispatch::Kernel(dispatchers), Some(client_address)) => {
             loader_sockets(&groups, dispatchers, client_address)?
         }
-        _ => {
-            return Ok(Dispatching {
-                groups,
-                dispatch,
-                seed,
-                table: in_use,
-                handoff: None,
-                handoff_loop: None,
-            });
-        }
+        _ => return Ok(Dispatching { groups, dispatch, seed, table: in_use, handoff: None }),
     };
-    let (loader_ends, worker_ends) =
-        handoff::pairs(config.workers).map_err(StartupError::Handoff)?;
-    let router = Router::new(dispatch_config, table, loader_ends);
-    let stats = Arc::new(Stats::default());
-    let reads_headers = config.client_address.is_some();
-    let handoff =
-        Handoff { worker_ends, router: router.clone(), stats: stats.clone(), reads_headers };
-    let client_address = config.client_address.clone().map(Arc::new);
-    let handoff_loop = HandoffLoop { listeners, router, client_address, stats };
-    Ok(Dispatching {
-        groups,
-        dispatch,
-        seed,
-        table: in_use,
-        handoff: Some(handoff),
-        handoff_loop: Some(handoff_loop),
-    })
+    let node = config.handoff == HandoffTransport::Node;
+    let (targets, worker_ends) = if node {
+        ((0..config.workers).map(|_| Target::node()).collect(), Vec::new())
+    } else {
+        let (loader_ends, worker_ends) =
+            handoff::pairs(config.workers).map_err(StartupError::Handoff)?;
+        (loader_ends.into_iter().map(|end| Target::Socket(end.into())).collect(), worker_ends)
+    };
+    let router = Router::new(dispatch_config, table, targets);
+    let client_address = config.client_address.clone();
+    let handoff = Handoff::new(listeners, worker_ends, router, client_address, node);
+    Ok(Dispatching { groups, dispatch, seed, table: in_use, handoff: Some(handoff) })
 }
 
 /// The loader's own socket in each reuseport group, at the program's [`LOADER_INDEX`], and the
@@ -252,15 +227,34 @@ fn loader_sockets(
 pub unsafe fn resume(state_fd: RawFd, rollback: Option<String>) -> Result<Started, ResumeError> {
     // SAFETY: guaranteed by the caller.
     let takeover = unsafe { upgrade::resume(state_fd, rollback) }?;
-    let Takeover { launch, spawner, groups, dispatch, seed, notify, control, metrics, carried } =
-        takeover;
+    let Takeover {
+        launch,
+        spawner,
+        groups,
+        dispatch,
+        seed,
+        notify,
+        control,
+        metrics,
+        carried,
+        handoff,
+    } = takeover;
     let slots = &carried.supervisor.slots;
     let in_table: Vec<u32> =
         (0..).zip(slots).filter(|(_, slot)| slot.in_table).map(|(index, _)| index).collect();
     let table = (launch.config.dispatch != DispatchMode::None && !in_table.is_empty())
         .then(|| table::build(seed, &in_table));
-    let setup = Setup { spawner, groups, dispatch, seed, table, notify, handoff: None };
-    Ok(assemble(launch, setup, control, metrics, None, Some(carried)))
+    let config = &launch.config;
+    let handoff = handoff.zip(table.clone()).map(|(fds, table)| {
+        let slots = fds.loader_ends.len() as u32;
+        let dispatch_config = DispatchConfig::new(seed, config.prefix_v4, config.prefix_v6, slots);
+        let targets = fds.loader_ends.into_iter().map(|end| Target::Socket(end.into())).collect();
+        let router = Router::new(dispatch_config, table, targets);
+        let client_address = config.client_address.clone();
+        Handoff::new(fds.listeners, fds.worker_ends, router, client_address, false)
+    });
+    let setup = Setup { spawner, groups, dispatch, seed, table, notify, handoff };
+    Ok(assemble(launch, setup, control, metrics, Some(carried)))
 }
 
 /// The running loader, from what a fresh start set up or an upgrade took over: the one place
@@ -270,12 +264,11 @@ fn assemble(
     setup: Setup,
     control: (PathBuf, std::os::unix::net::UnixListener),
     metrics: Option<TcpListener>,
-    handoff_loop: Option<HandoffLoop>,
     carried: Option<Carried>,
 ) -> Started {
     let listen = launch.config.listen.clone();
     let supervisor = Arc::new(Supervisor::new(setup, launch, carried));
-    Started { supervisor, control, metrics, handoff_loop, listen }
+    Started { supervisor, control, metrics, listen }
 }
 
 impl Started {
@@ -294,22 +287,6 @@ impl Started {
                 .transpose()
                 .map_err(io_error)?,
         };
-        if let Some(handoff_loop) = self.handoff_loop {
-            let HandoffLoop { listeners, router, client_address, stats } = handoff_loop;
-            let listeners = listeners
-                .into_iter()
-                .map(|listener| {
-                    listener.set_nonblocking(true)?;
-                    tokio::net::TcpListener::from_std(listener)
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(io_error)?;
-            match client_address {
-                None => info!("userspace dispatch: the loader accepts every connection"),
-                Some(_) => info!("the loader reads trusted proxies' headers"),
-            }
-            tokio::spawn(AcceptLoop { listeners, router, client_address, stats }.run());
-        }
         let counters = self.supervisor.run(endpoints).await?;
         Ok(self.listen.into_iter().zip(counters).collect())
     }

@@ -188,8 +188,8 @@ fn sockets_it_cannot_serve_are_refused_with_one_line() {
     let script = app.arg("identity.js");
     let cases = [
         (
-            vec!["--dispatch", "userspace", "--", "node", &script],
-            "sticky-session: sticky runs with --dispatch userspace, whose handoff socket node cannot read",
+            vec!["--dispatch", "userspace", "--handoff", "socket", "--", "node", &script],
+            "sticky-session: sticky passes connections over its handoff socket, which node cannot read",
         ),
         (
             // Through a shell that does not exec node: the sockets are the shell's.

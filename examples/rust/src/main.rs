@@ -1,32 +1,40 @@
 //! A sticky worker in Rust, using only std and the `sticky-worker` crate.
 //!
 //! `sticky run --workers 4 --user nobody -- target/debug/sticky-example-rust` starts four of these; each
-//! serves the sockets it inherits at fd 3 onwards and answers `worker: <slot>`.
+//! serves the sockets it inherits at fd 3 onwards and answers `worker: <slot>`. When sticky passes
+//! connections on itself (`--trusted-proxy`, `--dispatch userspace`), it serves those too.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::{TcpListener, TcpStream},
+    os::fd::{AsRawFd as _, OwnedFd},
     process::ExitCode,
     thread,
 };
 
 fn main() -> ExitCode {
-    // The one call a Rust worker needs: checks LISTEN_PID and takes fds 3.. as listeners.
-    let listeners = match sticky_worker::listeners() {
-        Ok(listeners) => listeners,
+    // The one call a Rust worker needs: checks LISTEN_PID and takes fds 3.. as listeners, and
+    // the handoff socket sticky passes connections over, if there is one.
+    let inherited = match sticky_worker::inherited() {
+        Ok(inherited) => inherited,
         Err(err) => {
             eprintln!("sticky-example-rust: {err}");
             return ExitCode::FAILURE;
         }
     };
     let slot = sticky_worker::slot().map_or_else(|_| "?".to_owned(), |(slot, _)| slot.to_string());
-    let threads: Vec<_> = listeners
+    let mut threads: Vec<_> = inherited
+        .listeners
         .into_iter()
         .map(|listener| {
             let slot = slot.clone();
             thread::spawn(move || serve(&listener, &slot))
         })
         .collect();
+    if let Some(handoff) = inherited.handoff {
+        let slot = slot.clone();
+        threads.push(thread::spawn(move || serve_handoff(&handoff, &slot)));
+    }
     // Listening: tell sticky (READY=1 to NOTIFY_SOCKET, as under systemd).
     if let Err(err) = sticky_worker::ready() {
         eprintln!("sticky-example-rust: cannot notify readiness: {err}");
@@ -39,6 +47,14 @@ fn main() -> ExitCode {
 
 fn serve(listener: &TcpListener, slot: &str) {
     for stream in listener.incoming().flatten() {
+        let slot = slot.to_owned();
+        thread::spawn(move || answer(stream, &slot));
+    }
+}
+
+/// Serves the connections sticky passes over `handoff`, until it closes.
+fn serve_handoff(handoff: &OwnedFd, slot: &str) {
+    while let Ok(stream) = sticky_worker::receive(handoff.as_raw_fd()) {
         let slot = slot.to_owned();
         thread::spawn(move || answer(stream, &slot));
     }

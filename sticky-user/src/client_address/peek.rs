@@ -42,6 +42,22 @@ impl Failure {
     }
 }
 
+/// The client's address in `stream`'s header if it has arrived already (the common case: a
+/// proxy sends it with the connection's first bytes), without waiting; `None` while it is
+/// incomplete, or longer than this first look reads.
+pub fn read_client_now(
+    stream: &TcpStream,
+    rule: &ClientAddress,
+) -> Option<Result<Option<IpAddr>, Failure>> {
+    let mut buffer = [0u8; 2048];
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    let length = recv(stream.as_raw_fd(), &mut buffer, flags).ok().filter(|&n| n > 0)?;
+    match header::read(rule.source, &buffer[..length], |peer| rule.trusts(peer)) {
+        Reading::Incomplete => None,
+        reading => Some(outcome(reading)),
+    }
+}
+
 /// The client's address in `stream`'s header (`None`: a well-formed header that names no
 /// client, the proxy's own connection), read as `rule` says within its timeout.
 pub async fn read_client(
@@ -49,7 +65,12 @@ pub async fn read_client(
     rule: &ClientAddress,
 ) -> Result<Option<IpAddr>, Failure> {
     let reading = tokio::time::timeout(rule.timeout, peek_header(stream, rule)).await;
-    match reading.map_err(|_elapsed| Failure::Timeout)? {
+    outcome(reading.map_err(|_elapsed| Failure::Timeout)?)
+}
+
+/// What a complete reading means for the connection.
+fn outcome(reading: Reading) -> Result<Option<IpAddr>, Failure> {
+    match reading {
         Reading::Client(address) => Ok(Some(address)),
         Reading::Proxy => Ok(None),
         Reading::Invalid(Invalid::Malformed) => Err(Failure::Malformed),

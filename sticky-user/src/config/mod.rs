@@ -6,6 +6,7 @@
 //! - [`file`]: reading the TOML file, errors with line and column;
 //! - [`resolve`]: the rules, with defaults from [`defaults`];
 //! - [`client_address`]: trusted proxies and where their connections carry the client;
+//! - [`handoff`]: how handed-over connections reach the workers (socket or Node's IPC);
 //! - [`launch`]: what `sticky run` was given, as reload and upgrade keep it;
 //! - [`host`]: what the rules ask of the machine (users, groups, programs), behind a trait;
 //! - [`error`]: one variant per problem.
@@ -14,6 +15,7 @@ mod client_address;
 pub mod defaults;
 mod error;
 mod file;
+mod handoff;
 mod host;
 mod launch;
 mod options;
@@ -25,6 +27,7 @@ pub use client_address::{AddressSource, ClientAddress, DEFAULT_CLIENT_ADDRESS_TI
 pub use defaults::MAX_LISTEN_ADDRESSES;
 pub use error::{CommandProblem, ConfigError};
 pub use file::load_file;
+pub use handoff::HandoffTransport;
 pub use host::{Host, System, UserEntry};
 pub use launch::{Launch, Reconfigure};
 pub use options::{DispatchMode, ReadyMode, RunOptions};
@@ -78,6 +81,17 @@ pub struct RunConfig {
     /// Trusted proxies and where their connections carry the client's address, if any.
     #[serde(default)]
     pub client_address: Option<ClientAddress>,
+    /// How connections the loader passes on reach the workers.
+    #[serde(default)]
+    pub handoff: HandoffTransport,
+}
+
+impl RunConfig {
+    /// Whether the loader accepts connections and passes them on (userspace dispatch, trusted
+    /// proxies).
+    pub fn passes_on(&self) -> bool {
+        self.dispatch == DispatchMode::Userspace || self.client_address.is_some()
+    }
 }
 
 /// How the supervisor treats workers: stopping, crash loops, readiness, hangs.

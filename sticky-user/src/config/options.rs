@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, client_address::AddressSource};
+use super::{ConfigError, client_address::AddressSource, handoff::HandoffTransport};
 
 /// `sticky run`'s options as the user gave them; `None` and empty mean "the default" (see
 /// [`super::defaults`]).
@@ -73,7 +73,8 @@ pub struct RunOptions {
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
     /// Extra environment variable for the workers, KEY=VALUE; repeat for several. Not one sticky
-    /// sets itself (LISTEN_*, STICKY_WORKER(S), STICKY_HANDOFF, NOTIFY_SOCKET, WATCHDOG_*). (In
+    /// sets itself (LISTEN_*, STICKY_WORKER(S), STICKY_HANDOFF, NOTIFY_SOCKET, WATCHDOG_*,
+    /// NODE_CHANNEL_*). (In
     /// the file: an `[environment]` table.)
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     #[serde(skip_serializing_if = "Vec::is_empty", with = "environment_table")]
@@ -104,6 +105,11 @@ pub struct RunOptions {
     /// Seconds a trusted proxy's connection may take to deliver that header. [default: 5]
     #[arg(long, value_name = "SECS")]
     pub client_address_timeout: Option<f64>,
+    /// How connections the loader passes on reach the workers (with --dispatch userspace or
+    /// --trusted-proxy only): `socket` (the sticky-handoff socket) or `node` (Node's IPC
+    /// channel, NODE_CHANNEL_FD). [default: node when the worker program is node or nodejs]
+    #[arg(long, value_name = "TRANSPORT")]
+    pub handoff: Option<HandoffTransport>,
     /// Serve Prometheus metrics on PORT (127.0.0.1) or ADDR:PORT. [default: off]
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<String>,

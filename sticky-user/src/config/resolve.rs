@@ -15,12 +15,13 @@ use super::{
     Credentials, ReadyMode, RunConfig, WorkerCommand, WorkerPolicy, client_address,
     defaults::*,
     error::ConfigError,
+    handoff,
     host::Host,
     options::{RunOptions, environment_map},
 };
 
 /// The variables sticky sets for every worker: `--env` may not override them.
-const RESERVED_VARIABLES: [&str; 9] = [
+const RESERVED_VARIABLES: [&str; 11] = [
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
@@ -30,6 +31,8 @@ const RESERVED_VARIABLES: [&str; 9] = [
     "NOTIFY_SOCKET",
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
+    "NODE_CHANNEL_FD",
+    "NODE_CHANNEL_SERIALIZATION_MODE",
 ];
 
 impl RunConfig {
@@ -104,12 +107,14 @@ impl RunConfig {
             options.client_address_timeout,
             dispatch,
         )?;
+        let command = resolve_command(host, options.command)?;
+        let handoff = handoff::resolve(options.handoff, command.as_ref());
         Ok(Self {
             listen,
             workers,
             prefix_v4,
             prefix_v6,
-            command: resolve_command(host, options.command)?,
+            command,
             state_dir: options.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             dispatch,
             policy: WorkerPolicy {
@@ -128,6 +133,7 @@ impl RunConfig {
             credentials,
             metrics,
             client_address,
+            handoff,
         })
     }
 }

@@ -5,7 +5,7 @@ use std::{
     fs,
     io::{self, BufRead as _, BufReader, Write as _},
     os::unix::{
-        fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
+        fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _},
         net::{UnixListener, UnixStream},
     },
     path::{Path, PathBuf},
@@ -22,7 +22,11 @@ use super::{
     connections::{Connections, REQUEST_TIMEOUT, WhenFull},
     loader::Loader,
 };
-use crate::{accept::AcceptBackoff, limits::CONTROL_CONNECTIONS};
+use crate::{
+    accept::AcceptBackoff,
+    dir_safety::{self, Owners, Stat, Unsafe, Writers},
+    limits::CONTROL_CONNECTIONS,
+};
 
 /// The longest request line the control socket reads.
 const MAX_REQUEST: u64 = 64 * 1024;
@@ -132,18 +136,16 @@ fn check_directory(dir: &Path) -> Result<(), ControlError> {
         path: dir.into(),
         source,
     })?;
-    let owner = metadata.uid();
-    let problem = if owner != 0 && owner != nix::unistd::geteuid().as_raw() {
-        Some(format!("is owned by uid {owner}, not root"))
-    } else if metadata.mode() & 0o022 != 0 {
-        Some(format!("is writable by its group or others (mode {:o})", metadata.mode() & 0o7777))
-    } else {
-        None
+    let us = nix::unistd::geteuid().as_raw();
+    let stat = Stat::from(&metadata);
+    let problem = match dir_safety::check(stat, us, Owners::RootOrUs, Writers::OwnerOnly) {
+        Ok(()) => return Ok(()),
+        Err(Unsafe::Owner { owner, .. }) => format!("is owned by uid {owner}, not root"),
+        Err(Unsafe::GroupWritable { mode } | Unsafe::OthersWritable { mode }) => {
+            format!("is writable by its group or others (mode {mode:o})")
+        }
     };
-    match problem {
-        Some(problem) => Err(ControlError::UnsafeDirectory { dir: dir.into(), problem }),
-        None => Ok(()),
-    }
+    Err(ControlError::UnsafeDirectory { dir: dir.into(), problem })
 }
 
 /// Reads one request from a connection of the control socket: one line of at most
@@ -259,5 +261,28 @@ mod tests {
                 path.display()
             )
         );
+    }
+
+    #[test]
+    fn a_directory_others_could_write_to_or_own_is_refused_in_one_line() {
+        let dir = std::env::temp_dir().join(format!("sticky-control-dir-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o775)).unwrap();
+        let err = bind(&dir.join("control.sock")).unwrap_err();
+        let expected = format!(
+            "control socket directory {} is writable by its group or others (mode 775): choose \
+             another --control path",
+            dir.display()
+        );
+        assert_eq!(err.to_string(), expected);
+        if nix::unistd::geteuid().is_root() {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+            std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
+            let err = bind(&dir.join("control.sock")).unwrap_err();
+            let owned = "is owned by uid 65534, not root: choose another --control path";
+            assert!(err.to_string().ends_with(owned), "{err}");
+        }
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

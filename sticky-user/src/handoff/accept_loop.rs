@@ -18,15 +18,16 @@ use tokio::{
     sync::Semaphore,
     task::JoinSet,
 };
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::{
     pairs::{pass, register, send_raw},
-    router::Router,
+    router::{Router, Target},
 };
 use crate::{
     accept::AcceptBackoff,
-    client_address::{Failure, read_client},
+    client_address::{Failure, read_client, read_client_now},
     config::ClientAddress,
     limits::{HANDOFF_PENDING, HEADER_PENDING},
 };
@@ -41,6 +42,9 @@ pub struct AcceptLoop {
     pub client_address: Option<Arc<ClientAddress>>,
     /// The counts the metrics show.
     pub stats: Arc<Stats>,
+    /// The connections being passed on after their accept: their header read, or waiting for
+    /// room in their worker's queue.
+    pub in_flight: TaskTracker,
 }
 
 /// What the accept loop has done, for `/metrics` and `sticky status`.
@@ -75,6 +79,7 @@ impl AcceptLoop {
             router: self.router,
             client_address: self.client_address,
             stats: self.stats,
+            in_flight: self.in_flight,
             pending: Arc::new(Semaphore::new(HANDOFF_PENDING)),
             reading: Arc::new(Semaphore::new(HEADER_PENDING)),
         });
@@ -101,7 +106,8 @@ struct Shared {
     router: Router,
     client_address: Option<Arc<ClientAddress>>,
     stats: Arc<Stats>,
-    /// Room for connections waiting for a full hand-over queue.
+    in_flight: TaskTracker,
+    /// Room for connections waiting for a full hand-over queue, or for their node worker.
     pending: Arc<Semaphore>,
     /// Room for trusted proxies' connections waiting for their header.
     reading: Arc<Semaphore>,
@@ -114,35 +120,63 @@ impl Shared {
         let Some(rule) = self.client_address.as_ref().filter(|rule| rule.trusts(peer.ip())) else {
             return self.pass_on(stream, peer.ip(), listener);
         };
+        if let Some(client) = read_client_now(&stream, rule) {
+            return self.route(stream, peer, client, listener);
+        }
         let Ok(permit) = self.reading.clone().try_acquire_owned() else {
             self.stats.failed(Failure::Overloaded);
             return;
         };
         let (shared, rule) = (self.clone(), rule.clone());
-        tokio::spawn(async move {
+        self.in_flight.spawn(async move {
             let client = read_client(&stream, &rule).await;
             drop(permit);
-            match client {
-                Ok(Some(client)) => {
-                    shared.stats.by_header.fetch_add(1, Relaxed);
-                    shared.pass_on(stream, client, listener);
-                }
-                Ok(None) => {
-                    shared.stats.by_proxy.fetch_add(1, Relaxed);
-                    shared.pass_on(stream, peer.ip(), listener);
-                }
-                Err(failure) => {
-                    debug!(%peer, reason = failure.label(), "closed a proxied connection");
-                    shared.stats.failed(failure);
-                }
-            }
+            shared.route(stream, peer, client, listener);
         });
+    }
+
+    /// Passes a trusted proxy's connection on by what its header said: the client's address,
+    /// none (the proxy's own connection), or a failure, which closes it.
+    fn route(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        client: Result<Option<IpAddr>, Failure>,
+        listener: u8,
+    ) {
+        match client {
+            Ok(Some(client)) => {
+                self.stats.by_header.fetch_add(1, Relaxed);
+                self.pass_on(stream, client, listener);
+            }
+            Ok(None) => {
+                self.stats.by_proxy.fetch_add(1, Relaxed);
+                self.pass_on(stream, peer.ip(), listener);
+            }
+            Err(failure) => {
+                debug!(%peer, reason = failure.label(), "closed a proxied connection");
+                self.stats.failed(failure);
+            }
+        }
     }
 
     /// Passes `stream` to `client`'s worker: at once, or, while its queue is full, on a task
     /// of its own (at most `HANDOFF_PENDING` of them; past that it is closed).
     fn pass_on(&self, stream: TcpStream, client: IpAddr, listener: u8) {
-        let (slot, end) = self.router.route(client);
+        let (slot, end) = match self.router.route(client) {
+            (slot, Target::Socket(end)) => (slot, end),
+            (slot, Target::Node(queue)) => {
+                let Ok(permit) = self.pending.clone().try_acquire_owned() else {
+                    warn!(slot, "too many connections wait for their worker: closed one");
+                    return;
+                };
+                match stream.into_std() {
+                    Ok(stream) => queue.queue(slot, stream.into(), listener, permit),
+                    Err(err) => warn!(slot, error = %err, "cannot pass a connection on"),
+                }
+                return;
+            }
+        };
         match send_raw(end.as_raw_fd(), stream.as_raw_fd(), listener) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
@@ -150,7 +184,7 @@ impl Shared {
                     warn!(slot, "too many connections wait for their worker: closed one");
                     return;
                 };
-                tokio::spawn(async move {
+                self.in_flight.spawn(async move {
                     let _permit = permit;
                     let passed = async {
                         let end = register(OwnedFd::try_clone(&end)?)?;

@@ -11,8 +11,11 @@ use std::{
     os::fd::{AsRawFd, OwnedFd, RawFd},
 };
 
-use nix::sys::socket::{
-    AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socketpair,
+use nix::{
+    fcntl::{FcntlArg, OFlag, fcntl},
+    sys::socket::{
+        AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socketpair,
+    },
 };
 use sticky_common::{
     DispatchConfig, Table,
@@ -29,10 +32,15 @@ pub fn pairs(slots: u32) -> io::Result<(Vec<OwnedFd>, Vec<OwnedFd>)> {
         .map(|pairs| pairs.into_iter().unzip())
 }
 
-/// One slot's socket pair: the loader's end and the worker's.
+/// One slot's socket pair: the loader's end (non-blocking) and the worker's (blocking, as a
+/// worker's inherited listening sockets are).
 pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
-    Ok(socketpair(AddressFamily::Unix, SockType::SeqPacket, None, flags)?)
+    let (loader, worker) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, flags)?;
+    let blocking =
+        OFlag::from_bits_truncate(fcntl(&worker, FcntlArg::F_GETFL)?) - OFlag::O_NONBLOCK;
+    fcntl(&worker, FcntlArg::F_SETFL(blocking))?;
+    Ok((loader, worker))
 }
 
 /// The slot of client `ip`: the eBPF program's computation (every slot is live here).

@@ -24,7 +24,11 @@ use sticky_common::{
     SOCKETS_MAP, TABLE_MAP, Table, client::Client,
 };
 
-use super::error::{DispatchError, map_error, refused, refused_or_object, write_error};
+pub use super::map_fds::MapFds;
+use super::{
+    error::{DispatchError, map_error, refused, refused_or_object, write_error},
+    map_fds::MAP_NAMES,
+};
 use crate::listeners::ListenerGroup;
 
 /// The eBPF object built from `sticky-ebpf` by this crate's build script.
@@ -83,65 +87,6 @@ pub struct DispatcherFds {
     pub program_id: u32,
     /// Whether it is the migrating variant.
     pub migrates: bool,
-}
-
-/// One thing per map of a dispatcher, by name: their fds in a handover (`RawFd`), or the maps'
-/// data, names or owned fds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MapFds<T = RawFd> {
-    /// The socket array's.
-    pub sockets: T,
-    /// The lookup table's.
-    pub table: T,
-    /// The dispatch configuration's.
-    pub config: T,
-    /// The counters'.
-    pub counters: T,
-    /// The trusted proxies' trie's.
-    pub proxies: T,
-}
-
-/// The maps' names, as the program declares them.
-const MAP_NAMES: MapFds<&str> = MapFds {
-    sockets: SOCKETS_MAP,
-    table: TABLE_MAP,
-    config: CONFIG_MAP,
-    counters: COUNTERS_MAP,
-    proxies: PROXIES_MAP,
-};
-
-impl<T> MapFds<T> {
-    /// `f` of each, with its map's name; the first error stops it.
-    pub fn try_map<U, E>(
-        self,
-        mut f: impl FnMut(T, &'static str) -> Result<U, E>,
-    ) -> Result<MapFds<U>, E> {
-        let MapFds { sockets, table, config, counters, proxies } = self;
-        Ok(MapFds {
-            sockets: f(sockets, SOCKETS_MAP)?,
-            table: f(table, TABLE_MAP)?,
-            config: f(config, CONFIG_MAP)?,
-            counters: f(counters, COUNTERS_MAP)?,
-            proxies: f(proxies, PROXIES_MAP)?,
-        })
-    }
-
-    /// Each, in a fixed order.
-    pub fn into_array(self) -> [T; 5] {
-        let MapFds { sockets, table, config, counters, proxies } = self;
-        [sockets, table, config, counters, proxies]
-    }
-
-    /// References to each.
-    pub fn as_ref(&self) -> MapFds<&T> {
-        MapFds {
-            sockets: &self.sockets,
-            table: &self.table,
-            config: &self.config,
-            counters: &self.counters,
-            proxies: &self.proxies,
-        }
-    }
 }
 
 impl Dispatcher {

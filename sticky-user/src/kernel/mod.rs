@@ -3,6 +3,7 @@
 
 mod dispatcher;
 mod error;
+mod map_fds;
 pub mod table;
 
 pub use dispatcher::{Counters, Dispatcher, DispatcherFds};

@@ -33,7 +33,7 @@ use thiserror::Error;
 
 use self::child::{Identity, become_worker, prepare_child};
 use crate::{
-    config::{Credentials, DispatchMode, RunConfig, WorkerCommand},
+    config::{Credentials, DispatchMode, HandoffTransport, RunConfig, WorkerCommand},
     handoff::HANDOFF_NAME,
     identity::RUNNING_IMAGE,
 };
@@ -42,6 +42,10 @@ mod child;
 
 /// The hidden `sticky` subcommand that sets `LISTEN_PID` and execs the worker.
 pub const EXEC_WORKER: &str = "exec-worker";
+/// Node's IPC channel: the fd a node worker reads (`--handoff node`).
+const NODE_CHANNEL_FD: &str = "NODE_CHANNEL_FD";
+/// How node reads its IPC channel: `json`, one message per line.
+const NODE_CHANNEL_SERIALIZATION_MODE: &str = "NODE_CHANNEL_SERIALIZATION_MODE";
 
 /// Starts workers: knows the command, their environment and identity, and the names of the
 /// listen addresses.
@@ -128,13 +132,15 @@ impl Spawner {
     }
 
     /// Starts the worker for `slot` of `slots`, with `fds` (one listening socket per listen
-    /// address) at fd 3 onwards and its own readiness socket at `notify_socket`. Returns its
-    /// pid: the caller waits for it (it is not reaped otherwise).
+    /// address) at fd 3 onwards, a node worker's IPC `channel` right after them (not counted
+    /// in `LISTEN_FDS`: `NODE_CHANNEL_FD`), and its own readiness socket at `notify_socket`.
+    /// Returns its pid: the caller waits for it (it is not reaped otherwise).
     pub fn spawn(
         &self,
         slot: u32,
         slots: u32,
-        fds: Vec<RawFd>,
+        mut fds: Vec<RawFd>,
+        channel: Option<RawFd>,
         notify_socket: &Path,
     ) -> io::Result<u32> {
         let loader = std::process::id();
@@ -154,6 +160,11 @@ impl Spawner {
             .envs(&self.environment)
             .stdin(Stdio::null())
             .process_group(0);
+        if let Some(channel) = channel {
+            command.env(NODE_CHANNEL_FD, (3 + fds.len()).to_string());
+            command.env(NODE_CHANNEL_SERIALIZATION_MODE, "json");
+            fds.push(channel);
+        }
         command.env(NOTIFY_SOCKET, notify_socket);
         if let Some(watchdog) = self.watchdog {
             // The shim adds WATCHDOG_PID, as it does LISTEN_PID.
@@ -183,7 +194,7 @@ impl Spawner {
 /// (sticky sets the workers' `STICKY_*` itself). `--env` may still set any that is not
 /// reserved.
 fn loader_only(name: &std::ffi::OsStr) -> bool {
-    const SERVICE: [&str; 18] = [
+    const SERVICE: [&str; 20] = [
         "FDSTORE",
         "LISTEN_FDS",
         "LISTEN_PID",
@@ -202,6 +213,8 @@ fn loader_only(name: &std::ffi::OsStr) -> bool {
         "CREDENTIALS_DIRECTORY",
         "MEMORY_PRESSURE_WATCH",
         "MEMORY_PRESSURE_WRITE",
+        NODE_CHANNEL_FD,
+        NODE_CHANNEL_SERIALIZATION_MODE,
     ];
     let name = name.as_bytes();
     name.starts_with(b"STICKY_") || SERVICE.iter().any(|s| s.as_bytes() == name)
@@ -243,13 +256,14 @@ pub enum SpawnError {
 }
 
 /// The workers' `LISTEN_FDNAMES`: `sticky-PORT` per listen address (none under userspace
-/// dispatch), then the handoff socket if the loader passes connections on.
+/// dispatch), then the handoff socket if the loader passes connections on over it (node
+/// workers get theirs over the unnamed IPC channel instead).
 pub(crate) fn socket_names(config: &RunConfig) -> Vec<String> {
     let mut names: Vec<String> = match config.dispatch {
         DispatchMode::Userspace => Vec::new(),
         _ => config.listen.iter().map(|address| format!("sticky-{}", address.port())).collect(),
     };
-    if config.dispatch == DispatchMode::Userspace || config.client_address.is_some() {
+    if config.passes_on() && config.handoff == HandoffTransport::Socket {
         names.push(HANDOFF_NAME.into());
     }
     names

@@ -117,7 +117,7 @@ impl Supervisor {
     /// earlier image `carried` over (its slots, its workers adopted, the requester to answer).
     pub(crate) fn new(setup: Setup, launch: Launch, carried: Option<Carried>) -> Self {
         let count = match &setup.dispatch {
-            Dispatch::Userspace => setup.handoff.as_ref().map_or(0, |h| h.worker_ends.len()),
+            Dispatch::Userspace => setup.handoff.as_ref().map_or(0, |h| h.router.slots()),
             _ => setup.groups.first().map_or(0, |group| group.sockets.len()),
         };
         let mut state = State::new(setup, launch.config.policy);
@@ -184,6 +184,13 @@ impl Supervisor {
             notify_dir: self.state().notify.path().to_owned(),
         });
         self.start_workers();
+        if let Some(handoff) = &mut self.state().handoff {
+            handoff.start().map_err(SupervisorError::Io)?;
+            match handoff.reads_headers() {
+                true => info!("the loader reads trusted proxies' headers"),
+                false => info!("userspace dispatch: the loader accepts every connection"),
+            }
+        }
         tokio::spawn(control::serve(control_listener, self.clone()));
         if let Some(listener) = endpoints.metrics {
             tokio::spawn(metrics::serve(listener, self.clone()));

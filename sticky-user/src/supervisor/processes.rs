@@ -3,6 +3,7 @@
 
 use std::{
     io,
+    os::fd::AsRawFd as _,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -58,8 +59,13 @@ pub(super) fn spawn_worker(
     let fds = state.inherited_fds(index);
     let slots = state.slots.len() as u32;
     let inbox = state.notify.bind(index)?;
-    let pid = state.spawner.spawn(index as u32, slots, fds, inbox.path())?;
-    let worker = Worker::new(pid, inbox);
+    let channel = state.handoff.as_ref().map(|h| h.worker_channel()).transpose()?.flatten();
+    let (loader_end, worker_end) = channel.unzip();
+    let worker_fd = worker_end.as_ref().map(|end| end.as_raw_fd());
+    let pid = state.spawner.spawn(index as u32, slots, fds, worker_fd, inbox.path())?;
+    // The worker's end is the worker's alone: its exit closes the channel.
+    drop(worker_end);
+    let worker = Worker::new(pid, inbox).with_channel(loader_end);
     if let Err(err) = track(shared, state, &worker, Some(index)) {
         kill_and_reap(pid);
         return Err(err);

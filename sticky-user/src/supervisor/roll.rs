@@ -142,8 +142,8 @@ impl Supervisor {
 /// A rolling restart as data: which slot it replaces next, and when it ends or stops. The
 /// supervisor starts each candidate and waits for it; this decides. Reload, scale and upgrade
 /// take the supervisor's operation lock, so a scale or an upgrade asked for during a roll runs
-/// after it; should there be fewer slots all the same, the roll ends at the last one, and a
-/// loader that stops stops it.
+/// after it (an upgrade is then decided by [`super::upgrade::may_upgrade`]); should there be
+/// fewer slots all the same, the roll ends at the last one, and a loader that stops stops it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Roll {
     /// The slots there were when it began: it replaces no more.

@@ -1,11 +1,16 @@
-//! The rolling restart's decisions: which slot next, when it ends, when it stops.
+//! The rolling restart's decisions: which slot next, when it ends, when it stops; and an
+//! upgrade asked for during a roll, decided once the roll has ended.
 
 use std::time::Duration;
 
 use super::Roll;
-use crate::supervisor::{
-    SupervisorError,
-    worker::{Exit, NotReady},
+use crate::{
+    supervisor::{
+        SupervisorError,
+        upgrade::may_upgrade,
+        worker::{Exit, NotReady},
+    },
+    upgrade::UpgradeError,
 };
 
 /// The slots a roll replaces when nothing stops it, with `slots` there at each step.
@@ -60,4 +65,54 @@ fn a_stop_during_a_roll_stops_it_but_not_a_finished_one() {
     let mut finished = Roll::new(1);
     assert_eq!(finished.next(1, false).unwrap(), Some(0));
     assert_eq!(finished.next(1, true).unwrap(), None);
+}
+
+/// Runs `roll` over `slots` slots to its end as the supervisor does, with the loader stopping
+/// before slot `stop_at` and the candidate of slot `broken` never ready, then decides the
+/// upgrade that was asked for meanwhile (it waited for the operation lock the roll held).
+fn upgrade_after(
+    slots: usize,
+    stop_at: Option<usize>,
+    broken: Option<usize>,
+) -> (Vec<usize>, Result<(), UpgradeError>) {
+    let (mut roll, mut replaced, mut stopping) = (Roll::new(slots), Vec::new(), false);
+    loop {
+        stopping |= stop_at == Some(replaced.len());
+        let Ok(Some(slot)) = roll.next(slots, stopping) else { break };
+        let ready = if broken == Some(slot) {
+            Err(NotReady::TimedOut(Duration::from_secs(2)))
+        } else {
+            Ok(())
+        };
+        if Roll::candidate(slot, ready).is_err() {
+            break;
+        }
+        replaced.push(slot);
+    }
+    (replaced, may_upgrade(stopping, false))
+}
+
+#[test]
+fn an_upgrade_asked_during_a_roll_goes_on_once_it_has_ended() {
+    // Finished: every slot has its new worker, which the upgrade hands over.
+    let (replaced, upgrade) = upgrade_after(4, None, None);
+    assert_eq!((replaced.as_slice(), upgrade.is_ok()), ([0, 1, 2, 3].as_slice(), true));
+    // Stopped at a broken slot: the old workers from there on keep serving and are handed
+    // over as they are.
+    let (replaced, upgrade) = upgrade_after(4, None, Some(2));
+    assert_eq!((replaced.as_slice(), upgrade.is_ok()), ([0, 1].as_slice(), true));
+}
+
+#[test]
+fn an_upgrade_asked_during_a_roll_that_a_stop_ended_is_refused() {
+    let (replaced, upgrade) = upgrade_after(4, Some(1), None);
+    assert_eq!(replaced, [0]);
+    assert_eq!(upgrade.unwrap_err().to_string(), "upgrade refused: sticky is stopping");
+}
+
+#[test]
+fn node_workers_ipc_channels_refuse_an_upgrade() {
+    let refused = may_upgrade(false, true).unwrap_err();
+    assert!(refused.to_string().contains("--handoff node"), "{refused}");
+    assert!(matches!(may_upgrade(true, true), Err(UpgradeError::Stopping)));
 }

@@ -3,7 +3,7 @@
 //! processes to start or stop; `processes.rs` does that.
 
 use std::{
-    os::fd::{AsRawFd as _, RawFd},
+    os::fd::{AsRawFd, RawFd},
     sync::atomic::Ordering::Relaxed,
     time::Instant,
 };
@@ -159,7 +159,7 @@ impl State {
 
     /// How trusted proxies' connections went, if any are trusted.
     fn client_address_status(&self, proxied: u64) -> Option<ClientAddressStatus> {
-        let handoff = self.handoff.as_ref().filter(|handoff| handoff.reads_headers)?;
+        let handoff = self.handoff.as_ref().filter(|handoff| handoff.reads_headers())?;
         let stats = &handoff.stats;
         Some(ClientAddressStatus {
             proxied,
@@ -210,6 +210,10 @@ impl State {
         if self.slots[index].life.phase == Phase::Ejected(Ejection::Hung) {
             info!(slot = index, "the hung slot's new worker is ready: it rejoins the table");
         }
+        let worker = self.slots[index].worker.as_ref();
+        if let (Some(handoff), Some(channel)) = (&self.handoff, worker.and_then(|w| w.channel())) {
+            handoff.serve(index, channel);
+        }
         self.on(index, Event::Ready);
     }
 
@@ -220,7 +224,8 @@ impl State {
             Dispatch::Userspace => Vec::new(),
             _ => self.groups.iter().map(|group| group.sockets[index].as_raw_fd()).collect(),
         };
-        fds.extend(self.handoff.iter().map(|handoff| handoff.worker_ends[index].as_raw_fd()));
+        let ends = self.handoff.iter().filter_map(|handoff| handoff.worker_ends.get(index));
+        fds.extend(ends.map(AsRawFd::as_raw_fd));
         fds
     }
 

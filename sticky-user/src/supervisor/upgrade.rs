@@ -2,9 +2,12 @@
 //! binary, write the record and exec; in the new image (or the old one again, after a
 //! rollback), go on from the record and answer the one who asked.
 
-use std::os::{
-    fd::{AsRawFd as _, RawFd},
-    unix::net::UnixStream,
+use std::{
+    os::{
+        fd::{AsRawFd, RawFd},
+        unix::net::UnixStream,
+    },
+    time::Duration,
 };
 
 use tracing::{error, info};
@@ -16,9 +19,31 @@ use crate::{
         control::{self, LoaderInfo, ReloadOutcome, Response},
         systemd,
     },
+    handoff::Handoff,
     sync::{lock, unix_now},
-    upgrade::{self, GroupRecord, Image, Record, UpgradeError},
+    upgrade::{self, GroupRecord, HandoffRecord, Image, Record, UpgradeError},
 };
+
+/// How long, after a header's own time, an upgrade waits for the connections the loader
+/// accepted to reach their workers.
+const PASS_WAIT: Duration = Duration::from_secs(1);
+
+/// Whether an upgrade may go on, decided once it holds the supervisor's operation lock. That
+/// lock is fair (first asked, first served), so an upgrade asked for during a rolling restart
+/// (or a scale) waits until it has ended, and is decided then: after a roll that finished, or
+/// that stopped at a slot whose new worker was not ready (every slot then has one worker, old
+/// or new, and is handed over as it is), it goes on; after a stop, which also stops a roll,
+/// it is refused, as it is while node workers take connections over their IPC channels, which
+/// are not handed over.
+pub(super) fn may_upgrade(stopping: bool, node_channels: bool) -> Result<(), UpgradeError> {
+    if stopping {
+        return Err(UpgradeError::Stopping);
+    }
+    if node_channels {
+        return Err(UpgradeError::NodeChannels);
+    }
+    Ok(())
+}
 
 /// How this image came to run, after an upgrade or a rollback.
 pub(super) struct Resumed {
@@ -49,11 +74,9 @@ impl Supervisor {
         let _operation = self.operation.lock().await;
         {
             let state = self.state();
-            if state.stopping {
-                return UpgradeError::Stopping;
-            }
-            if state.handoff.is_some() {
-                return UpgradeError::LoaderHeld;
+            let node_channels = state.handoff.as_ref().is_some_and(|handoff| handoff.node);
+            if let Err(refused) = may_upgrade(state.stopping, node_channels) {
+                return refused;
             }
         }
         let image = match Image::open(&self.executable) {
@@ -78,8 +101,21 @@ impl Supervisor {
             "upgrading in place"
         );
         systemd::reloading();
+        // The loader's own accept loop stops; what arrives from now on queues on its sockets,
+        // which the new image takes over, and what it accepted reaches its workers first.
+        let accepting = self.state().handoff.as_mut().and_then(Handoff::stop);
+        if let Some(accepting) = accepting {
+            let header_wait = self.launch.config.client_address.as_ref().map(|c| c.timeout);
+            accepting.finish(header_wait.unwrap_or_default() + PASS_WAIT).await;
+        }
         // Written again: workers may have changed while the probe ran.
         let err = upgrade::exec(&image, &self.record(reply, running.as_raw_fd()));
+        // Still this image: accept again.
+        if let Some(handoff) = &mut self.state().handoff
+            && let Err(err) = handoff.start()
+        {
+            error!(error = %err, "cannot accept again after the failed upgrade");
+        }
         systemd::ready(&self.summary());
         err
     }
@@ -110,6 +146,11 @@ impl Supervisor {
             executable: Some(self.executable.clone()),
             previous_image: Some(running),
             started_with: crate::limits::started_with(),
+            handoff: state.handoff.as_ref().map(|handoff| HandoffRecord {
+                listeners: handoff.listeners.iter().map(AsRawFd::as_raw_fd).collect(),
+                loader_ends: handoff.router.loader_ends(),
+                worker_ends: handoff.worker_ends.iter().map(AsRawFd::as_raw_fd).collect(),
+            }),
         }
     }
 

@@ -9,7 +9,7 @@ use std::{
 
 use tokio::{sync::watch, time::timeout};
 
-use crate::{endpoints::readiness::Inbox, sync::lock};
+use crate::{endpoints::readiness::Inbox, handoff::node_ipc::Channel, sync::lock};
 
 /// A worker process the supervisor started; clones share its state.
 #[derive(Clone)]
@@ -18,6 +18,8 @@ pub(super) struct Worker {
     pub(super) started: Instant,
     /// Its notify socket (`NOTIFY_SOCKET`), removed once no clone holds it.
     pub(super) inbox: Option<Arc<Inbox>>,
+    /// A node worker's IPC channel, which gets the slot's connections once it is ready.
+    channel: Option<Arc<Channel>>,
     shared: Arc<Shared>,
 }
 
@@ -93,7 +95,17 @@ impl Worker {
             notes: Mutex::new(Notes { status, fed: now }),
         };
         let started = now.checked_sub(uptime).unwrap_or(now);
-        Self { pid, started, inbox: inbox.map(Arc::new), shared: Arc::new(shared) }
+        Self { pid, started, inbox: inbox.map(Arc::new), channel: None, shared: Arc::new(shared) }
+    }
+
+    /// This worker, reached through node's IPC `channel`.
+    pub(super) fn with_channel(self, channel: Option<Arc<Channel>>) -> Self {
+        Self { channel, ..self }
+    }
+
+    /// Its node IPC channel, if it has one.
+    pub(super) fn channel(&self) -> Option<&Arc<Channel>> {
+        self.channel.as_ref()
     }
 
     /// Records how it ended (once reaped).

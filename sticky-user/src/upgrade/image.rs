@@ -23,7 +23,10 @@ use nix::{
 };
 
 use super::UpgradeError;
-use crate::identity::RUNNING_IMAGE;
+use crate::{
+    dir_safety::{self, Owners, Unsafe, Writers},
+    identity::RUNNING_IMAGE,
+};
 
 /// A binary opened for an upgrade and found safe to run.
 #[derive(Debug)]
@@ -69,7 +72,7 @@ impl Image {
         if kind(&stat) != SFlag::S_IFREG {
             return Err(refuse("is not a regular file".into()));
         }
-        owner_and_writers(&stat, false).map_err(refuse)?;
+        trusted(&stat, Writers::OwnerOnly).map_err(|reason| refuse(reason.to_string()))?;
         if !is_elf(&file) {
             return Err(refuse("is not an ELF executable".into()));
         }
@@ -101,31 +104,17 @@ pub(crate) fn open_running() -> nix::Result<OwnedFd> {
 /// not be writable by others even with the sticky bit.
 fn check_directory(dir: &OwnedFd, at: &Path, innermost: bool) -> Result<(), String> {
     let stat = fstat(dir).map_err(|err| format!("cannot be reached: {}: {err}", at.display()))?;
-    let sticky = stat.st_mode & libc::S_ISVTX != 0;
-    owner_and_writers(&stat, sticky && !innermost).map_err(|reason| {
+    let writers = if innermost { Writers::OwnerOnly } else { Writers::OwnerOrSticky };
+    trusted(&stat, writers).map_err(|reason| {
         let relation = if innermost { "is in" } else { "is under" };
         format!("{relation} {}, which {reason}", at.display())
     })
 }
 
 /// Whether `stat` is owned by root or this process's effective user and writable by no one
-/// else (`shared`: a sticky directory's group and others may). Says why not.
-fn owner_and_writers(stat: &FileStat, shared: bool) -> Result<(), String> {
-    let (owner, us) = (stat.st_uid, geteuid());
-    if owner != 0 && owner != us.as_raw() {
-        let allowed = if us.is_root() { "root".into() } else { format!("root or uid {us}") };
-        return Err(format!("is owned by uid {owner}, not {allowed}"));
-    }
-    if shared {
-        return Ok(());
-    }
-    if stat.st_mode & libc::S_IWGRP != 0 {
-        return Err("is writable by its group".into());
-    }
-    if stat.st_mode & libc::S_IWOTH != 0 {
-        return Err("is writable by others".into());
-    }
-    Ok(())
+/// else (or, per `writers`, by others in a sticky directory).
+fn trusted(stat: &FileStat, writers: Writers) -> Result<(), Unsafe> {
+    dir_safety::check(stat.into(), geteuid().as_raw(), Owners::RootOrUs, writers)
 }
 
 /// The file type bits of `stat`.

@@ -29,7 +29,8 @@ pub(crate) use self::{
     image::{Image, open_running},
     probe::probe,
     record::{
-        EndpointFds, GroupRecord, NotifyRecord, Record, SlotRecord, SupervisorRecord, WorkerRecord,
+        EndpointFds, GroupRecord, HandoffRecord, NotifyRecord, Record, SlotRecord,
+        SupervisorRecord, WorkerRecord,
     },
     resume::Carried,
 };
@@ -75,12 +76,12 @@ pub enum UpgradeError {
         /// The versions it reads.
         reads: Vec<u32>,
     },
-    /// The loader holds connections in flight (userspace dispatch, trusted proxies).
+    /// Node workers take connections over their IPC channels, which are not handed over.
     #[error(
-        "upgrade refused: not supported while the loader passes connections on itself \
-         (--dispatch userspace, --client-address): use systemctl restart"
+        "upgrade refused: node workers' IPC channels (--handoff node, with --trusted-proxy or \
+         --dispatch userspace) are not handed over to a new image: use systemctl restart"
     )]
-    LoaderHeld,
+    NodeChannels,
     /// The running image cannot be kept open for a way back.
     #[error("upgrade refused: cannot keep the running image open for a way back: {0}")]
     Running(nix::Error),

@@ -26,6 +26,7 @@ use crate::{
 ///
 /// 2: a notify socket per worker (`WorkerRecord::notify`, retiring workers as `WorkerRecord`s,
 /// `EndpointFds::notify_dir`) instead of one for all.
+/// 3: the trusted proxies' trie among a dispatcher's maps; the hand-over (`Record::handoff`).
 pub const STATE_VERSION: u32 = 3;
 
 /// Everything the new image needs to go on where the old one stopped.
@@ -56,6 +57,20 @@ pub(crate) struct Record {
     /// The open-files limit and umask the first image started with, which workers get back.
     #[serde(default)]
     pub(crate) started_with: Option<StartedWith>,
+    /// The connections the loader passes on itself (userspace dispatch, trusted proxies).
+    #[serde(default)]
+    pub(crate) handoff: Option<HandoffRecord>,
+}
+
+/// The loader's hand-over to the workers.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct HandoffRecord {
+    /// The sockets the loader accepts on, one per listen address.
+    pub(crate) listeners: Vec<RawFd>,
+    /// The loader's end of each slot's pair.
+    pub(crate) loader_ends: Vec<RawFd>,
+    /// The workers' end of each slot's pair.
+    pub(crate) worker_ends: Vec<RawFd>,
 }
 
 /// What a hand-back needs of a record, read whatever else the record holds.
@@ -153,6 +168,11 @@ impl Record {
                 fds.push(handover.program);
                 fds.extend(handover.maps.into_array());
             }
+        }
+        if let Some(handoff) = &self.handoff {
+            fds.extend(&handoff.listeners);
+            fds.extend(&handoff.loader_ends);
+            fds.extend(&handoff.worker_ends);
         }
         fds
     }

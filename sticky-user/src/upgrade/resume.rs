@@ -62,6 +62,18 @@ pub struct Takeover {
     pub(crate) metrics: Option<TcpListener>,
     /// The supervisor's state and how this image came to run.
     pub(crate) carried: Carried,
+    /// The loader's hand-over to the workers, if it passes connections on.
+    pub(crate) handoff: Option<HandoffFds>,
+}
+
+/// The loader's hand-over, taken over: the sockets it accepts on and each slot's pair.
+pub(crate) struct HandoffFds {
+    /// The sockets the loader accepts on.
+    pub(crate) listeners: Vec<TcpListener>,
+    /// The loader's end of each slot's pair.
+    pub(crate) loader_ends: Vec<OwnedFd>,
+    /// The workers' end of each slot's pair.
+    pub(crate) worker_ends: Vec<OwnedFd>,
 }
 
 /// What the supervisor goes on from after an upgrade or a rollback.
@@ -191,7 +203,8 @@ unsafe fn take_over(state_fd: RawFd, rollback: Option<String>) -> Result<Takeove
     let taken: Vec<RawFd> = record.fds().into_iter().filter(|fd| !closing.contains(fd)).collect();
     // Ours again only: workers inherit only what each is given. (All open, checked above.)
     let _ = set_close_on_exec(&taken, true);
-    let Record { launch, seed, groups, endpoints, supervisor, previous, reply, .. } = record;
+    let Record { launch, seed, groups, endpoints, supervisor, previous, reply, handoff, .. } =
+        record;
     let config = &launch.config;
     let notify = NotifyDir::adopt(endpoints.notify_dir.clone(), Identity::of(config));
     let inboxes = supervisor
@@ -210,8 +223,14 @@ unsafe fn take_over(state_fd: RawFd, rollback: Option<String>) -> Result<Takeove
         .collect();
     let dispatch = match config.dispatch {
         DispatchMode::None => Dispatch::None,
-        _ => Dispatch::Kernel(dispatchers),
+        DispatchMode::Userspace => Dispatch::Userspace,
+        DispatchMode::Kernel => Dispatch::Kernel(dispatchers),
     };
+    let handoff = handoff.map(|handoff| HandoffFds {
+        listeners: handoff.listeners.into_iter().map(|fd| TcpListener::from(own(fd))).collect(),
+        loader_ends: handoff.loader_ends.into_iter().map(own).collect(),
+        worker_ends: handoff.worker_ends.into_iter().map(own).collect(),
+    });
     let control = UnixListener::from(own(endpoints.control));
     let metrics = endpoints.metrics.map(|fd| TcpListener::from(own(fd)));
     let reply = reply.map(|fd| UnixStream::from(own(fd)));
@@ -225,6 +244,7 @@ unsafe fn take_over(state_fd: RawFd, rollback: Option<String>) -> Result<Takeove
         control: (endpoints.control_path, control),
         metrics,
         carried: Carried { supervisor, inboxes, previous, reply, rollback },
+        handoff,
     })
 }
 

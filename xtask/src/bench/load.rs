@@ -3,14 +3,10 @@
 
 use std::{
     collections::HashMap,
-    io::{Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     thread,
     time::{Duration, Instant},
 };
-
-use nix::sys::socket::{setsockopt, sockopt::IpBindAddressNoPort};
-use socket2::{Domain, Socket, Type};
 
 /// Distinct client source addresses (127.16.0.1 onwards).
 pub const CLIENTS: u32 = 1024;
@@ -37,8 +33,16 @@ fn client(i: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 16 + b, c, d))
 }
 
-/// Runs the load against `server` for `duration`.
-pub fn run(server: SocketAddr, duration: Duration) -> LoadResult {
+/// The PROXY v1 header a trusted proxy would send for client `index` (10.0.0.0/8), in front
+/// of its request: the proxied modes' load.
+fn proxy_header(index: u32, server: SocketAddr) -> Vec<u8> {
+    let [_, b, c, d] = (index + 1).to_be_bytes();
+    format!("PROXY TCP4 10.{b}.{c}.{d} {} 40000 {}\r\n", server.ip(), server.port()).into_bytes()
+}
+
+/// Runs the load against `server` for `duration`; with `proxied`, each request comes with a
+/// PROXY header naming its client.
+pub fn run(server: SocketAddr, duration: Duration, proxied: bool) -> LoadResult {
     let start = Instant::now();
     let deadline = start + duration;
     let threads: Vec<_> = (0..CONCURRENCY)
@@ -50,7 +54,8 @@ pub fn run(server: SocketAddr, duration: Duration) -> LoadResult {
                     let index = next % CLIENTS;
                     next += CONCURRENCY as u32;
                     let began = Instant::now();
-                    match request(client(index), server) {
+                    let prefix = if proxied { proxy_header(index, server) } else { Vec::new() };
+                    match request(client(index), server, &prefix) {
                         Some(pid) => {
                             result.ok += 1;
                             result.latencies_us.push(began.elapsed().as_micros() as u32);
@@ -85,7 +90,7 @@ pub fn probe(server: SocketAddr, clients: u32) -> Vec<Option<u32>> {
         .map(|thread| {
             thread::spawn(move || {
                 let mine = (thread..clients).step_by(CONCURRENCY);
-                mine.map(|index| (index, request(client(index), server))).collect::<Vec<_>>()
+                mine.map(|index| (index, request(client(index), server, &[]))).collect::<Vec<_>>()
             })
         })
         .collect();
@@ -98,24 +103,11 @@ pub fn probe(server: SocketAddr, clients: u32) -> Vec<Option<u32>> {
     pids
 }
 
-/// One request on a new connection; the answering worker's pid.
-///
-/// Kept to few system calls: the source port is chosen at connect time, not searched for at
-/// bind time, and the send timeout bounds a blocking connect, as the receive timeout bounds the
-/// reads.
-fn request(source: IpAddr, server: SocketAddr) -> Option<u32> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).ok()?;
-    setsockopt(&socket, IpBindAddressNoPort, &true).ok()?;
-    socket.set_write_timeout(Some(TIMEOUT)).ok()?;
-    socket.set_read_timeout(Some(TIMEOUT)).ok()?;
-    socket.bind(&SocketAddr::new(source, 0).into()).ok()?;
-    socket.connect(&server.into()).ok()?;
-    let mut stream: TcpStream = socket.into();
-    stream.write_all(b"GET / HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n").ok()?;
-    let mut response = Vec::with_capacity(512);
-    stream.read_to_end(&mut response).ok()?;
-    let text = std::str::from_utf8(&response).ok()?;
-    text.lines().find_map(|line| line.strip_prefix("x-sticky-pid:")?.trim().parse().ok())
+/// One request on a new connection, after `prefix`; the answering worker's pid. `loadgen`
+/// keeps it to few system calls.
+fn request(source: IpAddr, server: SocketAddr, prefix: &[u8]) -> Option<u32> {
+    let response = loadgen::request_after(source, server, TIMEOUT, prefix).ok()?;
+    loadgen::header(&response, loadgen::PID)
 }
 
 /// How long one connect, write or read may take.

@@ -5,6 +5,7 @@
 mod balance;
 mod chart;
 mod load;
+mod proxies;
 mod report;
 mod servers;
 
@@ -70,7 +71,14 @@ pub fn run(quick: bool, balance_only: bool) -> anyhow::Result<()> {
             }
         })
         .collect();
-    let mut modes = vec![Mode::Kernel, Mode::Reuseport, Mode::Userspace];
+    let mut modes = vec![
+        Mode::Kernel,
+        Mode::Reuseport,
+        Mode::Userspace,
+        Mode::KernelTrusted,
+        Mode::Proxied,
+        Mode::ProxiedUserspace,
+    ];
     modes.extend(proxies.iter().map(|(_, rust, _)| *rust));
     match node_packages() {
         Ok(()) => {
@@ -108,10 +116,12 @@ pub fn run(quick: bool, balance_only: bool) -> anyhow::Result<()> {
     }
     drop(stats);
     println!("{}", report.table());
+    let waiting = proxies::waiting_memory(&sticky, &work.join("waiting"))?;
     let balance = balance::run(&sticky, &work.join("balance"), plan.balance_clients)?;
     let _ = std::fs::remove_dir_all(&work);
     report.write(&results).with_context(|| format!("cannot write into {}", results.display()))?;
     shell::say(&format!("wrote {}/latest.json and latest.svg", results.display()));
+    write_json(&results, "proxied_waiting.json", &waiting)?;
     write_balance(&results, &balance)
 }
 
@@ -127,9 +137,14 @@ pub fn render() -> anyhow::Result<()> {
 
 /// Writes the balance figures to `balance.json` in `results`.
 fn write_balance(results: &Path, balance: &serde_json::Value) -> anyhow::Result<()> {
+    write_json(results, "balance.json", balance)
+}
+
+/// Writes `value` to `name` in `results`.
+fn write_json(results: &Path, name: &str, value: &serde_json::Value) -> anyhow::Result<()> {
     std::fs::create_dir_all(results)?;
-    let path = results.join("balance.json");
-    std::fs::write(&path, serde_json::to_string_pretty(balance)? + "\n")
+    let path = results.join(name);
+    std::fs::write(&path, serde_json::to_string_pretty(value)? + "\n")
         .with_context(|| format!("cannot write {}", path.display()))?;
     shell::say(&format!("wrote {}", path.display()));
     Ok(())
@@ -160,10 +175,10 @@ fn measure(
 ) -> anyhow::Result<Sample> {
     let server = Server::start(mode, workers, sticky, dir)?;
     let address = ADDRESS.parse()?;
-    load::run(address, mode.warm_up());
+    load::run(address, mode.warm_up(), mode.proxied());
     let (cpu_before, main_before, bpf_before) =
         (server.cpu_ticks(), server.main_cpu_ticks(), BpfStats::read());
-    let result = load::run(address, duration);
+    let result = load::run(address, duration, mode.proxied());
     let (cpu_after, main_after, bpf_after) =
         (server.cpu_ticks(), server.main_cpu_ticks(), BpfStats::read());
     server.stop();

@@ -42,6 +42,14 @@ pub enum Mode {
     NginxNode,
     /// haproxy in front of Node workers.
     HaproxyNode,
+    /// sticky's eBPF program with a trusted proxy that sends nothing: the direct path's cost
+    /// with `--trusted-proxy` set.
+    KernelTrusted,
+    /// Every client through a trusted proxy (a PROXY header before each request): the program
+    /// sends each connection to the loader, which reads the header and passes it on.
+    Proxied,
+    /// The same through userspace dispatch, which reads the header of every connection.
+    ProxiedUserspace,
 }
 
 impl Mode {
@@ -58,7 +66,15 @@ impl Mode {
             Self::Seed => "seed",
             Self::NginxNode => "nginx-node",
             Self::HaproxyNode => "haproxy-node",
+            Self::KernelTrusted => "kernel-trusted",
+            Self::Proxied => "proxied",
+            Self::ProxiedUserspace => "proxied-userspace",
         }
+    }
+
+    /// Whether each request comes with a PROXY header.
+    pub fn proxied(self) -> bool {
+        matches!(self, Self::Proxied | Self::ProxiedUserspace)
     }
 
     /// Whether the workers are the Node handler rather than the Rust demo worker.
@@ -117,7 +133,12 @@ impl Server {
         // The worker command: the demo (sticky's default) or the Node handler.
         let command: &[&str] = if mode.node() { &["node", node_worker] } else { &[] };
         let run = |name: &str, listen: &str, workers: u32, dispatch: &str| {
-            sticky_run(sticky, dir, name, listen, workers, dispatch, command)
+            sticky_run(sticky, dir, name, listen, workers, dispatch, command, &[])
+        };
+        // The load comes from 127.16.0.0/12; 192.0.2.1 never connects.
+        let trusting = |proxy: &str, dispatch: &str| {
+            let options = ["--trusted-proxy", proxy, "--client-address", "proxy-protocol"];
+            sticky_run(sticky, dir, "main", ADDRESS, workers, dispatch, command, &options)
         };
         match mode {
             Mode::Kernel | Mode::KernelNode => {
@@ -127,6 +148,9 @@ impl Server {
                 self.children.push(run("main", ADDRESS, workers, "none")?)
             }
             Mode::Userspace => self.children.push(run("main", ADDRESS, workers, "userspace")?),
+            Mode::KernelTrusted => self.children.push(trusting("192.0.2.1", "kernel")?),
+            Mode::Proxied => self.children.push(trusting("127.16.0.0/12", "kernel")?),
+            Mode::ProxiedUserspace => self.children.push(trusting("127.16.0.0/12", "userspace")?),
             Mode::Seed => {
                 let port = ADDRESS.rsplit(':').next().unwrap_or("3900");
                 let seed = Command::new("node")
@@ -203,7 +227,8 @@ pub fn node_dir() -> PathBuf {
     crate::shell::workspace_root().join("bench/node")
 }
 
-fn sticky_run(
+#[allow(clippy::too_many_arguments)]
+pub(super) fn sticky_run(
     sticky: &Path,
     dir: &Path,
     name: &str,
@@ -211,6 +236,7 @@ fn sticky_run(
     workers: u32,
     dispatch: &str,
     command: &[&str],
+    options: &[&str],
 ) -> anyhow::Result<Child> {
     Command::new(sticky)
         .args([
@@ -222,6 +248,7 @@ fn sticky_run(
             "--dispatch",
             dispatch,
         ])
+        .args(options)
         .args(["--allow-root-workers", "--state-dir"])
         .arg(dir.join(name))
         .arg("--control")
@@ -268,7 +295,7 @@ fn haproxy(dir: &Path, backends: &[String]) -> anyhow::Result<Child> {
 }
 
 /// Waits (at most 20 s) until `address` answers a request.
-fn wait_until_serving(address: SocketAddr) -> anyhow::Result<()> {
+pub(super) fn wait_until_serving(address: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(mut stream) = TcpStream::connect_timeout(&address, Duration::from_secs(1)) {

@@ -20,8 +20,14 @@ pub fn check(options: RunOptions) -> anyhow::Result<()> {
         config.command.as_ref().map_or("sticky demo".into(), |c| c.program.display().to_string());
     let user = config.credentials.as_ref().map_or("root".into(), |c| c.user.clone());
     let source = source.map_or("options".into(), |path| path.display().to_string());
+    let proxies = config.client_address.as_ref().map_or(String::new(), |proxies| {
+        let trusted: Vec<String> = proxies.trusted.iter().map(ToString::to_string).collect();
+        let source = clap::ValueEnum::to_possible_value(&proxies.source)
+            .map_or(String::new(), |value| value.get_name().to_owned());
+        format!("; the client's address from {source} of {}", trusted.join(", "))
+    });
     println!(
-        "{source}: ok: {} workers ({command}, as {user}) on {}",
+        "{source}: ok: {} workers ({command}, as {user}) on {}{proxies}",
         config.workers,
         listen.join(", ")
     );

@@ -27,7 +27,10 @@ use super::{
     access::{Identity, grant_search, grant_write, reachable},
     inbox::Inbox,
 };
-use crate::path_error::PathError;
+use crate::{
+    dir_safety::{self, Owners, Stat, Unsafe, Writers},
+    path_error::PathError,
+};
 
 /// Where sockets are bound before they get their permissions and their name.
 const STAGING: &str = ".new";
@@ -246,18 +249,16 @@ fn check_existing(path: &Path, owner: u32) -> Result<(), NotifyDirError> {
     if !metadata.is_dir() {
         return Err(NotifyDirError::NotADirectory(path.into()));
     }
-    if metadata.uid() != owner {
-        return Err(NotifyDirError::Foreign {
-            path: path.into(),
-            owner: metadata.uid(),
-            uid: owner,
-        });
+    let path = path.into();
+    match dir_safety::check(Stat::from(&metadata), owner, Owners::Us, Writers::OwnerOnly) {
+        Ok(()) => Ok(()),
+        Err(Unsafe::Owner { owner: found, .. }) => {
+            Err(NotifyDirError::Foreign { path, owner: found, uid: owner })
+        }
+        Err(Unsafe::GroupWritable { mode } | Unsafe::OthersWritable { mode }) => {
+            Err(NotifyDirError::Writable { path, mode })
+        }
     }
-    let mode = metadata.mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        return Err(NotifyDirError::Writable { path: path.into(), mode });
-    }
-    Ok(())
 }
 
 /// Removes everything in `path` (stale sockets of a loader that died), not following links.
