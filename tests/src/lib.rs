@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod another_user;
+mod binary_dir;
 mod client;
 mod container;
 pub mod dropin;
@@ -26,6 +27,7 @@ mod tls;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+pub use binary_dir::BinaryDir;
 pub use client::{Failure, Response, connect, get, read_response, request, send_request, try_get};
 pub use container::{Container, systemd_root};
 pub use load::{Load, MIN_SUCCEEDED, Outcome, Report};

@@ -258,6 +258,34 @@ impl Sticky {
         }
     }
 
+    /// `sticky upgrade` (to the binary at the path it was started from) while [`crate::Load`]
+    /// runs against `server`: it is upgraded in place, its workers kept, no request fails
+    /// during it, and no client moves.
+    pub fn upgrade_under_load(&self, server: std::net::SocketAddr, what: &str) {
+        let before = self.status();
+        let load = crate::Load::start(server, &crate::load_clients(), 4);
+        thread::sleep(Duration::from_secs(1));
+        let started = Instant::now();
+        let done = self.control(Request::Upgrade);
+        let upgrade = (started, Instant::now());
+        assert!(
+            matches!(&done, Response::Done { message } if message.starts_with("upgraded in place")),
+            "{what}: {done:?}\n{}",
+            self.log()
+        );
+        thread::sleep(Duration::from_millis(500));
+        let report = load.stop();
+        report.assert_no_failure_during(what, upgrade);
+        assert!(report.failures().is_empty(), "{what}: {}", report.summary());
+        let after = self.status();
+        assert_eq!(after.loader.upgrades, before.loader.upgrades + 1, "{what}");
+        let pids = |status: &Status| status.slots.iter().map(|s| s.pid).collect::<Vec<_>>();
+        assert_eq!(pids(&after), pids(&before), "{what}: the workers were not kept");
+        for (client, seen) in report.workers_by_client() {
+            assert!(seen.iter().all(|&w| w == seen[0]), "{what}: {client} moved: {seen:?}");
+        }
+    }
+
     /// The loader's status; panics unless it answers.
     pub fn status(&self) -> Status {
         match self.control(Request::Status) {

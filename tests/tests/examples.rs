@@ -2,11 +2,15 @@
 //! socket.io chat has its own file, socketio.rs).
 
 use std::{
-    net::SocketAddr,
+    io::Write as _,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
 };
 
-use sticky_tests::{Sticky, client_v4, get, in_netns, processes_in_netns, target_bin};
+use sticky_tests::{
+    Response, Sticky, client_v4, connect, get, in_netns, processes_in_netns, read_response,
+    target_bin,
+};
 
 const WORKERS: usize = 4;
 
@@ -41,6 +45,40 @@ fn check_sticky_worker(port: u16, runtime: &str, worker: &[&str]) {
     });
 }
 
+/// A request from the trusted proxy 127.0.0.1 that names `client` in X-Forwarded-For.
+fn get_forwarded_for(client: IpAddr, server: SocketAddr) -> Response {
+    let mut stream = connect(IpAddr::V4(Ipv4Addr::LOCALHOST), server).expect("connect");
+    let request = format!(
+        "GET / HTTP/1.1\r\nhost: sticky\r\nx-forwarded-for: {client}\r\nconnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).expect("send");
+    read_response(&mut stream).expect("a response")
+}
+
+/// Runs `worker` under sticky (`dispatch`) trusting 127.0.0.1's X-Forwarded-For: each of 100
+/// clients reaches, through 127.0.0.1 (the loader passes those connections on over the handoff
+/// socket), the worker it reaches directly.
+fn check_proxied_worker(port: u16, worker: &[&str], dispatch: &str) {
+    in_netns(|| {
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec!["--listen", &listen, "--workers", "4", "--ready", "notify"];
+        args.extend(["--dispatch", dispatch, "--trusted-proxy", "127.0.0.1"]);
+        args.extend(["--client-address", "x-forwarded-for", "--"]);
+        args.extend(worker);
+        let sticky = Sticky::serving(&args, WORKERS);
+        let server = SocketAddr::from(([127, 0, 0, 1], port));
+        for client in (0..100).map(client_v4) {
+            let direct = get(client, server);
+            let proxied = get_forwarded_for(client, server);
+            assert_eq!((proxied.worker, proxied.pid), (direct.worker, direct.pid), "{client}");
+        }
+        let status = sticky.status();
+        sticky.stop_cleanly();
+        let routed = status.client_address.expect("trusted proxies in the status");
+        assert_eq!(routed.by_header, 100, "{routed:?}");
+    });
+}
+
 #[test]
 fn the_python_example_worker_is_sticky() {
     let worker = example("python/worker.py");
@@ -52,4 +90,14 @@ fn the_python_example_worker_is_sticky() {
 fn the_rust_example_worker_is_sticky() {
     let worker = target_bin("sticky-example-rust", "sticky-example-rust");
     check_sticky_worker(3031, "rust-example", &[worker.to_str().unwrap()]);
+}
+
+#[test]
+fn the_python_and_rust_examples_serve_proxied_connections() {
+    let python = example("python/worker.py");
+    let python = ["/usr/bin/python3", python.to_str().unwrap()];
+    check_proxied_worker(3032, &python, "kernel");
+    check_proxied_worker(3033, &python, "userspace");
+    let rust = target_bin("sticky-example-rust", "sticky-example-rust");
+    check_proxied_worker(3034, &[rust.to_str().unwrap()], "kernel");
 }

@@ -8,7 +8,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use sticky_tests::{
-    Proxy, Sticky, client_v4, eventually, for_each_client, get, in_netns, proxy_v1, request_after,
+    BinaryDir, Proxy, Sticky, client_v4, eventually, for_each_client, get, in_netns, proxy_v1,
+    request_after,
 };
 use sticky_user::control::ClientAddressStatus;
 
@@ -26,11 +27,16 @@ fn address(text: &str) -> SocketAddr {
     text.parse().expect("an address")
 }
 
-/// sticky with 4 demo workers on [`STICKY`], trusting 127.0.0.1's `client_address` header.
-fn sticky_behind_a_proxy(client_address: &str) -> Sticky {
+/// The arguments of sticky with 4 demo workers on [`STICKY`], trusting 127.0.0.1's
+/// `client_address` header.
+fn behind_a_proxy(client_address: &str) -> Vec<&str> {
     let args = ["--listen", STICKY, "--workers", "4", "--trusted-proxy", "127.0.0.1"];
-    let args = [&args[..], &["--client-address", client_address]].concat();
-    Sticky::serving(&args, WORKERS)
+    [&args[..], &["--client-address", client_address]].concat()
+}
+
+/// sticky as [`behind_a_proxy`] says, serving.
+fn sticky_behind_a_proxy(client_address: &str) -> Sticky {
+    Sticky::serving(&behind_a_proxy(client_address), WORKERS)
 }
 
 /// The loader's counts of trusted proxies' connections.
@@ -175,6 +181,27 @@ fn reload_under_a_load_through_haproxy_fails_nothing() {
         assert!(after.by_header - before.by_header > sticky_tests::MIN_SUCCEEDED as u64);
         assert!(after.errors.values().all(|&n| n == 0), "{after:?}");
         eprintln!("reload through HAProxy: {after:?}");
+        haproxy.stop();
+        sticky.stop_cleanly();
+    });
+}
+
+#[test]
+fn an_upgrade_under_a_load_through_haproxy_fails_nothing() {
+    in_netns(|| {
+        let binary = BinaryDir::new("upgrade-proxied");
+        let mut sticky = Sticky::start_binary(&binary.sticky(), &behind_a_proxy("proxy-protocol"));
+        sticky.wait_until_serving(WORKERS);
+        let haproxy =
+            Proxy::haproxy(address(PROXY), &format!("  server s1 {STICKY} send-proxy-v2"));
+        // The loader stops accepting, lets what it accepted reach the workers, and hands its
+        // own sockets and the workers' handoff sockets to the new image.
+        sticky.upgrade_under_load(address(PROXY), "upgrade through HAProxy");
+        let after = counts(&sticky);
+        // Counted by the new image: the load went on through the loader's header path.
+        assert!(after.by_header > 0, "{after:?}");
+        assert!(after.errors.values().all(|&n| n == 0), "{after:?}");
+        eprintln!("upgrade through HAProxy: {after:?}");
         haproxy.stop();
         sticky.stop_cleanly();
     });

@@ -6,14 +6,14 @@
 
 use std::{
     fs,
-    os::unix::fs::{PermissionsExt as _, chown},
+    os::unix::fs::chown,
     path::{Path, PathBuf},
     process::Command,
     thread,
     time::Duration,
 };
 
-use sticky_tests::{Failure, Load, Sticky, in_netns, load_clients, sticky_bin};
+use sticky_tests::{BinaryDir, Failure, Load, Sticky, in_netns, load_clients, sticky_bin};
 use sticky_user::{
     control::{Request, Response, Status},
     upgrade::STATE_VERSION,
@@ -22,56 +22,10 @@ use sticky_user::{
 /// The test double of a new sticky build (tests/src/bin/sticky-double.rs).
 const DOUBLE: &str = env!("CARGO_BIN_EXE_sticky-double");
 
-/// A directory the workers' user can read, holding a copy of the sticky binary that the test
-/// may replace; removed on drop.
-struct BinaryDir(PathBuf);
-
-impl BinaryDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("sticky-{name}-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-        let this = Self(dir);
-        this.install(&sticky_bin());
-        this
-    }
-
-    fn sticky(&self) -> PathBuf {
-        self.0.join("sticky")
-    }
-
-    /// Puts a copy of `source` at the binary's path, as a package upgrade does (a new file
-    /// renamed over the old one, which keeps running).
-    fn install(&self, source: &Path) {
-        let next = self.0.join("sticky.new");
-        fs::copy(source, &next).unwrap();
-        fs::set_permissions(&next, fs::Permissions::from_mode(0o755)).unwrap();
-        fs::rename(&next, self.sticky()).unwrap();
-    }
-
-    /// Puts a shell script at the binary's path.
-    fn install_script(&self, script: &str) {
-        let source = self.0.join("script");
-        fs::write(&source, script).unwrap();
-        self.install(&source);
-    }
-
-    /// Puts the test double at the binary's path, doing `behaviour` (see the double).
-    fn install_double(&self, behaviour: &str) {
-        fs::write(self.0.join("double"), behaviour).unwrap();
-        self.install(Path::new(DOUBLE));
-    }
-
-    fn chmod(&self, path: &Path, mode: u32) {
-        assert!(path.starts_with(&self.0));
-        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-    }
-}
-
-impl Drop for BinaryDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
+/// Puts the test double at `binary`'s path, doing `behaviour` (see the double).
+fn install_double(binary: &BinaryDir, behaviour: &str) {
+    fs::write(binary.dir().join("double"), behaviour).unwrap();
+    binary.install(Path::new(DOUBLE));
 }
 
 fn pids(status: &Status) -> Vec<Option<u32>> {
@@ -165,7 +119,7 @@ fn a_binary_someone_else_could_have_written_is_refused_and_changes_nothing() {
             Sticky::start_binary(&binary.sticky(), &["--listen", "127.0.0.1:3093", "-w", "2"]);
         sticky.wait_until_serving(2);
         let before = sticky.status();
-        let (path, dir) = (binary.sticky(), binary.0.clone());
+        let (path, dir) = (binary.sticky(), binary.dir().to_path_buf());
         let path_text = path.display().to_string();
         binary.install(&sticky_bin());
         binary.chmod(&path, 0o775);
@@ -205,7 +159,7 @@ fn a_binary_that_cannot_take_the_state_is_refused_and_changes_nothing() {
             ("exit-3", "`resume --probe` failed (exit status: 3)"),
         ];
         for (behaviour, reason) in refusals {
-            binary.install_double(behaviour);
+            install_double(&binary, behaviour);
             assert_refused(&sticky, &before, reason);
         }
         // A real sticky at the path again: the upgrade goes through.
@@ -228,7 +182,7 @@ fn a_binary_that_fails_to_take_over_hands_back_to_the_old_one_under_load() {
         let load = Load::start(server, &load_clients(), 4);
         thread::sleep(Duration::from_millis(500));
         // It answers the probe as sticky does, then cannot take over: no fd is free.
-        binary.install_double("no-fds");
+        install_double(&binary, "no-fds");
         let message = match sticky.control(Request::Upgrade) {
             Response::Error { message } => message,
             other => panic!("the failed upgrade answered {other:?}:\n{}", sticky.log()),
@@ -329,6 +283,20 @@ fn sigusr2_upgrades_in_place_like_sticky_upgrade() {
         let pids = |status: &Status| status.slots.iter().map(|s| s.pid).collect::<Vec<_>>();
         assert_eq!(pids(&after), pids(&before), "a worker was replaced");
         assert_eq!(after.program_ids, before.program_ids);
+        sticky.stop_cleanly();
+    });
+}
+
+#[test]
+fn userspace_dispatch_upgrades_in_place_under_load() {
+    in_netns(|| {
+        let binary = BinaryDir::new("upgrade-userspace");
+        let args = ["--listen", "127.0.0.1:3091", "-w", "4", "--dispatch", "userspace"];
+        let mut sticky = Sticky::start_binary(&binary.sticky(), &args);
+        sticky.wait_until_serving(4);
+        // The loader's accept loop stops, the connections it accepted reach their workers,
+        // and the new image takes over the listeners and every slot's handoff pair.
+        sticky.upgrade_under_load("127.0.0.1:3091".parse().unwrap(), "userspace upgrade");
         sticky.stop_cleanly();
     });
 }
