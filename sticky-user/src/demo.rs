@@ -1,5 +1,6 @@
 //! The built-in demo worker: an HTTP server that answers every request with `worker: <slot>`,
-//! so plain `curl` shows which worker a client lands on.
+//! so plain `curl` shows which worker a client lands on; on UDP addresses it answers each
+//! datagram with `worker: <slot> <payload>`.
 //!
 //! On SIGTERM it stops accepting, finishes the connections it has accepted and exits: the
 //! connections still queued stay on the listening socket for the next worker.
@@ -45,6 +46,10 @@ pub async fn serve(inherited: Inherited, slot: u32) -> io::Result<()> {
         let listener = handoff::register(listener)?;
         loops.spawn(accept_loop(listener, slot, response, connections.clone()));
     }
+    for socket in inherited.udp {
+        socket.set_nonblocking(true)?;
+        loops.spawn(echo_loop(tokio::net::UdpSocket::from_std(socket)?, slot));
+    }
     if let Some(end) = inherited.handoff {
         let flags = OFlag::from_bits_truncate(fcntl(&end, FcntlArg::F_GETFL)?) | OFlag::O_NONBLOCK;
         fcntl(&end, FcntlArg::F_SETFL(flags))?;
@@ -77,6 +82,26 @@ async fn accept_loop(
             Ok((stream, _)) => answer(stream, slot, response, &connections),
             Err(err) => return err,
         }
+    }
+}
+
+/// Answers each datagram on `socket` with `worker: <slot> <payload>`, from the same socket,
+/// until receiving fails. What waits when the worker stops stays queued for the next one.
+async fn echo_loop(socket: tokio::net::UdpSocket, slot: u32) -> io::Error {
+    let prefix = format!("worker: {slot} ");
+    let mut buffer = vec![0u8; 65536];
+    let mut answer = Vec::with_capacity(buffer.len() + prefix.len());
+    loop {
+        let (length, sender) = match socket.recv_from(&mut buffer).await {
+            Ok(received) => received,
+            Err(err) => return err,
+        };
+        answer.clear();
+        answer.extend_from_slice(prefix.as_bytes());
+        answer.extend_from_slice(&buffer[..length]);
+        // A reply that cannot be sent (the client is gone, the buffer is full) is dropped,
+        // as UDP drops.
+        let _ = socket.send_to(&answer, sender).await;
     }
 }
 

@@ -19,23 +19,30 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     io,
-    net::{SocketAddr, TcpListener},
     os::fd::{AsFd as _, FromRawFd as _, OwnedFd},
 };
 
 use socket2::{Protocol, Socket, Type};
 use tracing::{info, warn};
 
-use crate::{endpoints::systemd, listeners::ListenerGroup};
+use crate::{
+    config::{Listen, Transport},
+    endpoints::systemd,
+    listeners::ListenerGroup,
+};
 
 /// The fd-store name of slot `slot`'s sockets (one per listen address).
 pub fn slot_name(slot: u32) -> String {
     format!("sticky-slot-{slot}")
 }
 
-/// The fd-store name of the socket array of the program serving `address`.
-pub fn map_name(address: SocketAddr) -> String {
-    format!("sticky-map-{}", address.to_string().replace(':', "_"))
+/// The fd-store name of the socket array of the program serving `listen`.
+pub fn map_name(listen: Listen) -> String {
+    let address = listen.address.to_string().replace(':', "_");
+    match listen.transport {
+        Transport::Tcp => format!("sticky-map-{address}"),
+        Transport::Udp => format!("sticky-map-udp-{address}"),
+    }
 }
 
 /// The listening sockets (and socket arrays) the service manager handed to this process at
@@ -50,8 +57,8 @@ pub struct Inherited {
 #[derive(Debug)]
 struct InheritedSocket {
     name: String,
-    address: SocketAddr,
-    socket: TcpListener,
+    address: Listen,
+    socket: Socket,
     /// The socket's inode: the same socket may arrive twice (from a `.socket` unit and from
     /// the fd store).
     inode: u64,
@@ -61,7 +68,7 @@ struct InheritedSocket {
 #[derive(Debug, Default)]
 pub struct Adopted {
     /// Per listen address (in the configuration's order), slot → socket.
-    pub by_address: Vec<BTreeMap<u32, TcpListener>>,
+    pub by_address: Vec<BTreeMap<u32, Socket>>,
     /// Per listen address, the socket array of the program an earlier loader attached.
     pub old_maps: Vec<Option<OwnedFd>>,
     /// Store names some of whose sockets no longer fit (closed): systemd should forget them.
@@ -70,7 +77,8 @@ pub struct Adopted {
 
 impl Inherited {
     /// Takes the fds systemd passed (`LISTEN_FDS`, `LISTEN_FDNAMES`, for this pid) and unsets
-    /// those variables. An fd that is not a listening TCP socket is closed, with a warning.
+    /// those variables. An fd that is neither a listening TCP socket nor a bound UDP one is
+    /// closed, with a warning.
     ///
     /// # Safety
     ///
@@ -87,7 +95,7 @@ impl Inherited {
                 maps.push((name, owned));
                 continue;
             }
-            match listening_tcp(owned) {
+            match listening(owned) {
                 Ok((socket, address)) => {
                     let inode = nix::sys::stat::fstat(&socket).map_or(0, |stat| stat.st_ino);
                     sockets.push(InheritedSocket { name, address, socket, inode });
@@ -106,7 +114,7 @@ impl Inherited {
     /// Sorts the sockets into `slots` slots of each of `listen`: a socket named after its
     /// slot goes back to it, another fills its address's lowest free slot. Sockets of an
     /// address or slot the configuration no longer has are closed.
-    pub fn adopt(self, listen: &[SocketAddr], slots: u32) -> Adopted {
+    pub fn adopt(self, listen: &[Listen], slots: u32) -> Adopted {
         let mut adopted = Adopted {
             by_address: listen.iter().map(|_| BTreeMap::new()).collect(),
             old_maps: listen.iter().map(|_| None).collect(),
@@ -160,16 +168,21 @@ fn slot_of(name: &str) -> Option<u32> {
     name.strip_prefix("sticky-slot-")?.parse().ok()
 }
 
-/// The socket as a listener and its address, if it is a listening TCP socket.
-fn listening_tcp(fd: OwnedFd) -> Result<(TcpListener, SocketAddr), String> {
+/// The socket and its listen address, if it is a listening TCP socket or a bound UDP one.
+fn listening(fd: OwnedFd) -> Result<(Socket, Listen), String> {
     let socket = Socket::from(fd);
-    let tcp = socket.r#type().ok() == Some(Type::STREAM)
-        && socket.protocol().ok().flatten() == Some(Protocol::TCP)
-        && socket.is_listener().unwrap_or(false);
+    let (kind, protocol) = (socket.r#type().ok(), socket.protocol().ok().flatten());
+    let transport = match (kind, protocol) {
+        (Some(Type::STREAM), Some(Protocol::TCP)) if socket.is_listener().unwrap_or(false) => {
+            Transport::Tcp
+        }
+        (Some(Type::DGRAM), Some(Protocol::UDP)) => Transport::Udp,
+        _ => return Err("not a listening TCP socket or a UDP socket".into()),
+    };
     let address = socket.local_addr().ok().and_then(|address| address.as_socket());
-    match (tcp, address) {
-        (true, Some(address)) => Ok((socket.into(), address)),
-        _ => Err("not a listening TCP socket".into()),
+    match address {
+        Some(address) if address.port() != 0 => Ok((socket, Listen { transport, address })),
+        _ => Err("not bound to an address".into()),
     }
 }
 
@@ -186,15 +199,15 @@ pub fn keep(groups: &[ListenerGroup], slot: u32) {
     systemd::store(slot_name(slot), fds);
 }
 
-/// Stores the socket array of the program serving `address`, replacing the one stored before.
-pub fn keep_map(address: SocketAddr, map: std::os::fd::BorrowedFd<'_>) {
+/// Stores the socket array of the program serving `listen`, replacing the one stored before.
+pub fn keep_map(listen: Listen, map: std::os::fd::BorrowedFd<'_>) {
     if !systemd::fd_store() {
         return;
     }
-    systemd::forget(map_name(address));
+    systemd::forget(map_name(listen));
     if let Ok(map) = map.try_clone_to_owned() {
         // A map is not pollable as systemd expects of a stored fd.
-        systemd::store_unpolled(map_name(address), vec![map]);
+        systemd::store_unpolled(map_name(listen), vec![map]);
     }
 }
 
@@ -207,12 +220,15 @@ pub fn forget(name: String) {
 
 #[cfg(test)]
 mod tests {
+    use std::net::TcpListener;
+
     use super::*;
 
     fn inherited(name: &str, socket: &TcpListener) -> InheritedSocket {
-        let socket = socket.try_clone().unwrap();
+        let socket = Socket::from(socket.try_clone().unwrap());
         let inode = nix::sys::stat::fstat(&socket).unwrap().st_ino;
-        InheritedSocket { name: name.into(), address: socket.local_addr().unwrap(), socket, inode }
+        let address = Listen::tcp(socket.local_addr().unwrap().as_socket().unwrap());
+        InheritedSocket { name: name.into(), address, socket, inode }
     }
 
     #[test]
@@ -220,7 +236,7 @@ mod tests {
         let listener = || TcpListener::bind("127.0.0.1:0").unwrap();
         let (slot1, activated, stranger, beyond) = (listener(), listener(), listener(), listener());
         // All but the stranger as if on one address: the test's sockets have distinct ports.
-        let address = slot1.local_addr().unwrap();
+        let address = Listen::tcp(slot1.local_addr().unwrap());
         let mut sockets = vec![
             inherited("web.socket", &activated),
             inherited("sticky-slot-1", &slot1),
@@ -236,9 +252,10 @@ mod tests {
         let adopted = inherited.adopt(&[address], 3);
         let slots: Vec<u32> = adopted.by_address[0].keys().copied().collect();
         assert_eq!(slots, [0, 1], "slot 1 by name, the activated socket in the lowest free slot");
-        let port = |socket: &TcpListener| socket.local_addr().unwrap().port();
-        assert_eq!(port(&adopted.by_address[0][&1]), port(&slot1));
-        assert_eq!(port(&adopted.by_address[0][&0]), port(&activated));
+        let port = |socket: &Socket| socket.local_addr().unwrap().as_socket().unwrap().port();
+        let local = |socket: &TcpListener| socket.local_addr().unwrap().port();
+        assert_eq!(port(&adopted.by_address[0][&1]), local(&slot1));
+        assert_eq!(port(&adopted.by_address[0][&0]), local(&activated));
         let forget: Vec<&str> = adopted.forget.iter().map(String::as_str).collect();
         assert_eq!(forget, ["sticky-slot-0", "sticky-slot-5"]);
     }

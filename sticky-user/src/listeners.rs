@@ -1,27 +1,26 @@
-//! One `SO_REUSEPORT` listening socket per worker slot, for each listen address.
+//! One `SO_REUSEPORT` socket per worker slot, for each listen address: a listening TCP socket,
+//! or a bound UDP socket.
 //!
 //! The loader owns these sockets for its whole life: a worker that dies and comes back is handed
-//! the same socket, so connections queued while it was away are not lost.
+//! the same socket, so connections (or datagrams) queued while it was away are not lost.
 
-use std::{
-    collections::BTreeMap,
-    io,
-    net::{SocketAddr, TcpListener},
-};
+use std::{collections::BTreeMap, io, os::fd::AsRawFd as _};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
 
+use crate::config::{Listen, Transport};
+
 /// Pending connections each listening socket can queue.
 const BACKLOG: i32 = 4096;
 
-/// The listening sockets of one address, index = worker slot; together one reuseport group.
+/// The sockets of one listen address, index = worker slot; together one reuseport group.
 #[derive(Debug)]
 pub struct ListenerGroup {
-    /// The address every socket is bound to.
-    pub address: SocketAddr,
-    /// One listening socket per worker slot.
-    pub sockets: Vec<TcpListener>,
+    /// The address every socket is bound to, and its transport.
+    pub listen: Listen,
+    /// One socket per worker slot.
+    pub sockets: Vec<Socket>,
 }
 
 /// Why a listen address could not be opened.
@@ -32,37 +31,37 @@ pub enum ListenError {
         "listen address {0} is already in use by another socket: stop what listens there \
          (`sticky stop` if it is a sticky) or choose another --listen"
     )]
-    InUse(SocketAddr),
+    InUse(Listen),
     /// Binding was refused.
     #[error("not allowed to listen on {0} (ports below 1024 need CAP_NET_BIND_SERVICE)")]
-    Denied(SocketAddr),
+    Denied(Listen),
     /// The address is not one of this host's.
     #[error("listen address {0} is not an address of this host")]
-    NotLocal(SocketAddr),
+    NotLocal(Listen),
     /// Any other socket error.
     #[error("cannot listen on {address}")]
     Socket {
         /// The listen address.
-        address: SocketAddr,
+        address: Listen,
         /// The underlying error.
         #[source]
         source: io::Error,
     },
 }
 
-/// The `count` listening sockets on `address` that form one reuseport group: those in
-/// `adopted` (slot → socket, inherited at start), and new ones for the other slots.
+/// The `count` sockets on `listen` that form one reuseport group: those in `adopted` (slot →
+/// socket, inherited at start), and new ones for the other slots.
 ///
-/// A `[::]` address also accepts IPv4 clients (as v4-mapped addresses).
+/// A `[::]` address also takes IPv4 clients (as v4-mapped addresses).
 pub fn open_group(
-    address: SocketAddr,
+    listen: Listen,
     count: u32,
-    mut adopted: BTreeMap<u32, TcpListener>,
+    mut adopted: BTreeMap<u32, Socket>,
 ) -> Result<ListenerGroup, ListenError> {
     if adopted.is_empty() {
-        ensure_free(address)?;
+        ensure_free(listen)?;
     }
-    let mut group = ListenerGroup { address, sockets: Vec::new() };
+    let mut group = ListenerGroup { listen, sockets: Vec::new() };
     for slot in 0..count {
         let socket = match adopted.remove(&slot) {
             Some(socket) => socket,
@@ -74,21 +73,21 @@ pub fn open_group(
 }
 
 impl ListenerGroup {
-    /// Opens one more listening socket that joins this group (for a new or renewed slot).
-    pub fn open_socket(&self) -> Result<TcpListener, ListenError> {
-        listen(self.address).map_err(|err| classify(self.address, err))
+    /// Opens one more socket that joins this group (for a new or renewed slot).
+    pub fn open_socket(&self) -> Result<Socket, ListenError> {
+        open(self.listen).map_err(|err| classify(self.listen, err))
     }
 }
 
 /// Connections waiting in `socket`'s accept queue: TCP_INFO's `tcpi_unacked`, which for a
 /// listening socket is its current accept backlog.
-pub fn accept_backlog(socket: &TcpListener) -> io::Result<u32> {
+pub fn accept_backlog(socket: &Socket) -> io::Result<u32> {
     let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
     let mut length = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `length` bytes into `info`, a zeroed tcp_info.
     let ret = unsafe {
         libc::getsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(socket),
+            socket.as_raw_fd(),
             libc::IPPROTO_TCP,
             libc::TCP_INFO,
             info.as_mut_ptr().cast(),
@@ -102,36 +101,66 @@ pub fn accept_backlog(socket: &TcpListener) -> io::Result<u32> {
     Ok(unsafe { info.assume_init() }.tcpi_unacked)
 }
 
-/// Fails if any socket listens on `address` already, with or without `SO_REUSEPORT`: joining a
-/// stranger's reuseport group would split its traffic with ours.
-fn ensure_free(address: SocketAddr) -> Result<(), ListenError> {
-    let probe = new_socket(address).map_err(|err| classify(address, err))?;
-    probe.bind(&address.into()).map_err(|err| classify(address, err))
+/// The first datagram waiting on a UDP `socket`, as a fingerprint of its sender and first
+/// bytes (peeked, not taken), or `None` when none waits. While a worker reads, the head
+/// changes; a head that stays is a worker that does not.
+pub fn head_datagram(socket: &Socket) -> io::Result<Option<u64>> {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut buffer = [std::mem::MaybeUninit::<u8>::uninit(); 64];
+    let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
+    match socket.recv_from_with_flags(&mut buffer, flags) {
+        Ok((length, sender)) => {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            sender.as_socket().hash(&mut hasher);
+            // SAFETY: the kernel initialised the first `length` bytes (at most the buffer).
+            let bytes =
+                unsafe { std::slice::from_raw_parts(buffer.as_ptr().cast::<u8>(), length.min(64)) };
+            bytes.hash(&mut hasher);
+            Ok(Some(hasher.finish()))
+        }
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(err) => Err(err),
+    }
 }
 
-fn new_socket(address: SocketAddr) -> io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
-    if address.is_ipv6() {
+/// Fails if any socket is bound to `listen` already, with or without `SO_REUSEPORT`: joining
+/// a stranger's reuseport group would split its traffic with ours.
+fn ensure_free(listen: Listen) -> Result<(), ListenError> {
+    let probe = new_socket(listen).map_err(|err| classify(listen, err))?;
+    probe.bind(&listen.address.into()).map_err(|err| classify(listen, err))
+}
+
+fn new_socket(listen: Listen) -> io::Result<Socket> {
+    let (kind, protocol) = match listen.transport {
+        Transport::Tcp => (Type::STREAM, Protocol::TCP),
+        Transport::Udp => (Type::DGRAM, Protocol::UDP),
+    };
+    let socket = Socket::new(Domain::for_address(listen.address), kind, Some(protocol))?;
+    if listen.address.is_ipv6() {
         socket.set_only_v6(false)?;
     }
-    // Lets a restarted sticky bind while old connections sit in TIME_WAIT.
-    socket.set_reuse_address(true)?;
+    if listen.transport == Transport::Tcp {
+        // Lets a restarted sticky bind while old connections sit in TIME_WAIT.
+        socket.set_reuse_address(true)?;
+    }
     Ok(socket)
 }
 
-fn listen(address: SocketAddr) -> io::Result<TcpListener> {
-    let socket = new_socket(address)?;
+fn open(listen: Listen) -> io::Result<Socket> {
+    let socket = new_socket(listen)?;
     socket.set_reuse_port(true)?;
-    socket.bind(&address.into())?;
-    socket.listen(BACKLOG)?;
-    Ok(socket.into())
+    socket.bind(&listen.address.into())?;
+    if listen.transport == Transport::Tcp {
+        socket.listen(BACKLOG)?;
+    }
+    Ok(socket)
 }
 
-fn classify(address: SocketAddr, source: io::Error) -> ListenError {
+fn classify(listen: Listen, source: io::Error) -> ListenError {
     match source.kind() {
-        io::ErrorKind::AddrInUse => ListenError::InUse(address),
-        io::ErrorKind::PermissionDenied => ListenError::Denied(address),
-        io::ErrorKind::AddrNotAvailable => ListenError::NotLocal(address),
-        _ => ListenError::Socket { address, source },
+        io::ErrorKind::AddrInUse => ListenError::InUse(listen),
+        io::ErrorKind::PermissionDenied => ListenError::Denied(listen),
+        io::ErrorKind::AddrNotAvailable => ListenError::NotLocal(listen),
+        _ => ListenError::Socket { address: listen, source },
     }
 }

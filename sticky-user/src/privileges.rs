@@ -78,7 +78,8 @@ pub fn required(config: &RunConfig, uid: Uid, gid: Gid) -> Vec<Need> {
             needs.push(KILL);
         }
     }
-    let ports = config.listen.iter().chain(&config.metrics).map(|address| address.port());
+    let listen = config.listen.iter().map(|listen| listen.address);
+    let ports = listen.chain(config.metrics).map(|address| address.port());
     if ports.into_iter().any(|port| port < 1024) {
         needs.push(NET_BIND_SERVICE);
     }

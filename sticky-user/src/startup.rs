@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 pub use crate::kernel::Counters;
 use crate::{
-    config::{DispatchMode, HandoffTransport, Launch, RunConfig},
+    config::{DispatchMode, HandoffTransport, Launch, Listen, RunConfig},
     dispatch::Dispatch,
     endpoints::{
         control::{self, ControlError},
@@ -74,7 +74,7 @@ pub struct Started {
     pub(crate) supervisor: Arc<Supervisor>,
     pub(crate) control: (PathBuf, std::os::unix::net::UnixListener),
     pub(crate) metrics: Option<TcpListener>,
-    pub(crate) listen: Vec<std::net::SocketAddr>,
+    pub(crate) listen: Vec<Listen>,
 }
 
 /// Checks privileges, limits and the worker command, binds the endpoints, then opens the
@@ -169,10 +169,13 @@ fn set_up_dispatch(config: &RunConfig, inherited: Inherited) -> Result<Dispatchi
     // The loader's own accept loop: every connection under userspace dispatch; trusted
     // proxies' under kernel dispatch, which the program sends to the loader's own socket.
     let listeners = match (&mut dispatch, &config.client_address) {
-        (Dispatch::Userspace, _) => groups
-            .iter()
-            .map(|group| group.sockets[0].try_clone().map_err(StartupError::Handoff))
-            .collect::<Result<Vec<_>, _>>()?,
+        (Dispatch::Userspace, _) => (0..)
+            .zip(&groups)
+            .map(|(index, group)| {
+                let listener = group.sockets[0].try_clone().map_err(StartupError::Handoff)?;
+                Ok((index, listener.into()))
+            })
+            .collect::<Result<Vec<_>, StartupError>>()?,
         (Dispatch::Kernel(dispatchers), Some(client_address)) => {
             loader_sockets(&groups, dispatchers, client_address)?
         }
@@ -192,27 +195,28 @@ fn set_up_dispatch(config: &RunConfig, inherited: Inherited) -> Result<Dispatchi
     Ok(Dispatching { groups, dispatch, seed, table: in_use, handoff: Some(handoff) })
 }
 
-/// The loader's own socket in each reuseport group, at the program's [`LOADER_INDEX`], and the
-/// trusted proxies in each program's trie: their connections come to the loader.
+/// The loader's own socket in each TCP reuseport group, at the program's [`LOADER_INDEX`], and
+/// the trusted proxies in that program's trie: their connections come to the loader. Each with
+/// its listen address's index.
 fn loader_sockets(
     groups: &[ListenerGroup],
     dispatchers: &mut [Dispatcher],
     client_address: &crate::config::ClientAddress,
-) -> Result<Vec<TcpListener>, StartupError> {
-    groups
-        .iter()
-        .zip(dispatchers)
-        .map(|(group, dispatcher)| {
+) -> Result<Vec<(u8, TcpListener)>, StartupError> {
+    (0..)
+        .zip(groups.iter().zip(dispatchers))
+        .filter(|(_, (group, _))| !group.listen.is_udp())
+        .map(|(index, (group, dispatcher))| {
             let socket = group.open_socket()?;
             dispatcher.set_socket(LOADER_INDEX, &socket)?;
             dispatcher.set_trusted_proxies(&client_address.trusted)?;
             info!(
-                listen = %group.address,
+                listen = %group.listen,
                 trusted = ?client_address.trusted.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 source = ?client_address.source,
                 "trusted proxies' connections come to the loader, which reads the client's address"
             );
-            Ok(socket)
+            Ok((index, socket.into()))
         })
         .collect()
 }
@@ -272,12 +276,12 @@ fn assemble(
 }
 
 impl Started {
-    /// Starts the workers (and userspace dispatch's accept loop) and runs until SIGINT,
+    /// Starts the workers (and the loader's own accept loop, if any) and runs until SIGINT,
     /// SIGTERM or `sticky stop`. Returns the final counters, one per listen address (none
     /// unless kernel dispatch). Must run in a current-thread tokio runtime: the workers'
     /// parent-death signal is tied to the thread that forks them, which must live as long as
     /// sticky does.
-    pub async fn run(self) -> Result<Vec<(std::net::SocketAddr, Counters)>, SupervisorError> {
+    pub async fn run(self) -> Result<Vec<(Listen, Counters)>, SupervisorError> {
         let (path, control) = self.control;
         let endpoints = Endpoints {
             control: (path, tokio::net::UnixListener::from_std(control).map_err(io_error)?),
@@ -319,9 +323,9 @@ fn attach(
     let mut dispatchers = Vec::with_capacity(groups.len());
     for (group, previous) in groups.iter().zip(previous) {
         let dispatcher = Dispatcher::attach(group, dispatch, table, previous)?;
-        fd_store::keep_map(group.address, dispatcher.sockets_map());
+        fd_store::keep_map(group.listen, dispatcher.sockets_map());
         info!(
-            listen = %group.address,
+            listen = %group.listen,
             program_id = dispatcher.program_id(),
             migrates = dispatcher.migrates(),
             workers = config.workers,

@@ -2,9 +2,10 @@
 //!
 //! sticky starts worker `i` of `N` with systemd's socket-activation protocol:
 //!
-//! - its listening sockets at fd 3, 4, … ([`LISTEN_FDS_START`] onwards), one per listen address;
+//! - its sockets at fd 3, 4, … ([`LISTEN_FDS_START`] onwards), one per listen address: a
+//!   listening TCP socket, or a bound UDP socket for `--listen udp://ADDR:PORT`;
 //! - `LISTEN_FDS`: how many; `LISTEN_PID`: the worker's own pid; `LISTEN_FDNAMES`: their names
-//!   (`sticky-<port>`), colon-separated;
+//!   (`sticky-<port>` for TCP, `udp:<addr>:<port>` for UDP), colon-separated;
 //! - `STICKY_WORKER=i` (its slot) and `STICKY_WORKERS=N`.
 //!
 //! [`listeners`] checks `LISTEN_PID` and takes the sockets as [`TcpListener`]s; [`slot`] reads
@@ -37,7 +38,7 @@
 use std::{
     env,
     io::{self, IoSliceMut},
-    net::{TcpListener, TcpStream},
+    net::{TcpListener, TcpStream, UdpSocket},
     os::{
         fd::{BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
         linux::net::SocketAddrExt as _,
@@ -50,7 +51,7 @@ use nix::{
     cmsg_space,
     errno::Errno,
     fcntl::{FcntlArg, FdFlag, fcntl},
-    sys::socket::{ControlMessageOwned, MsgFlags, recvmsg},
+    sys::socket::{ControlMessageOwned, MsgFlags, SockType, getsockopt, recvmsg, sockopt},
 };
 use thiserror::Error;
 
@@ -112,8 +113,12 @@ pub fn slot() -> Result<(u32, u32), WorkerError> {
 /// What a worker inherits from sticky.
 #[derive(Debug)]
 pub struct Inherited {
-    /// The listening sockets, one per listen address (none under `--dispatch userspace`).
+    /// The listening sockets, one per TCP listen address (none under `--dispatch userspace`).
     pub listeners: Vec<TcpListener>,
+    /// The UDP sockets, one per UDP listen address. Answer each datagram from the socket it
+    /// came in on; never `connect` one (a connected socket in the group changes how the kernel
+    /// picks the socket for every client).
+    pub udp: Vec<UdpSocket>,
     /// The socket the loader passes connections over, if it does ([`receive`] takes one).
     pub handoff: Option<OwnedFd>,
 }
@@ -138,7 +143,7 @@ pub fn inherited() -> Result<Inherited, WorkerError> {
     let names = env::var(LISTEN_FDNAMES).unwrap_or_default();
     let mut names = names.split(':');
     let unnamed_handoff = env::var(STICKY_HANDOFF).as_deref() == Ok("1");
-    let mut inherited = Inherited { listeners: Vec::new(), handoff: None };
+    let mut inherited = Inherited { listeners: Vec::new(), udp: Vec::new(), handoff: None };
     for fd in fds {
         let handoff = match names.next() {
             Some(name) if !name.is_empty() => name == HANDOFF_NAME,
@@ -146,10 +151,13 @@ pub fn inherited() -> Result<Inherited, WorkerError> {
         };
         // SAFETY: the protocol hands these open fds to this process, and this function is
         // their only taker.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         if handoff {
-            inherited.handoff = Some(unsafe { OwnedFd::from_raw_fd(fd) });
+            inherited.handoff = Some(owned);
+        } else if getsockopt(&owned, sockopt::SockType) == Ok(SockType::Datagram) {
+            inherited.udp.push(UdpSocket::from(owned));
         } else {
-            inherited.listeners.push(unsafe { TcpListener::from_raw_fd(fd) });
+            inherited.listeners.push(TcpListener::from(owned));
         }
     }
     Ok(inherited)

@@ -1,27 +1,30 @@
 //! Why a configuration is refused: one variant per problem, each naming it in one line.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::path::PathBuf;
 
 use sticky_common::MAX_SLOTS;
 use thiserror::Error;
 
-use super::defaults::MAX_LISTEN_ADDRESSES;
+use super::{Listen, defaults::MAX_LISTEN_ADDRESSES};
 
 /// Why a `sticky run` configuration is invalid.
 #[derive(Debug, Error, PartialEq)]
 pub enum ConfigError {
     /// A listen address does not parse.
-    #[error("invalid listen address '{input}': expected ADDR:PORT, e.g. 0.0.0.0:3000 or [::]:3000")]
+    #[error(
+        "invalid listen address '{input}': expected ADDR:PORT or udp://ADDR:PORT, e.g. \
+         0.0.0.0:3000, [::]:3000 or udp://0.0.0.0:5000"
+    )]
     ListenSyntax {
         /// The address as given.
         input: String,
     },
     /// A listen address has port 0.
     #[error("invalid listen address '{0}': port 0 is not supported, name a port")]
-    ListenPortZero(SocketAddr),
+    ListenPortZero(Listen),
     /// The same listen address is given twice.
     #[error("listen address {0} is given twice")]
-    ListenTwice(SocketAddr),
+    ListenTwice(Listen),
     /// More listen addresses than [`MAX_LISTEN_ADDRESSES`].
     #[error("at most {MAX_LISTEN_ADDRESSES} listen addresses are supported, got {0}")]
     TooManyListen(usize),
@@ -100,6 +103,18 @@ pub enum ConfigError {
     /// Trusted proxies under plain SO_REUSEPORT.
     #[error("--client-address needs sticky dispatch (kernel or userspace), not --dispatch none")]
     ClientAddressDispatch,
+    /// UDP addresses under userspace dispatch, which accepts TCP connections.
+    #[error(
+        "{0} needs kernel dispatch: --dispatch userspace accepts TCP connections, and UDP has \
+         none"
+    )]
+    UdpDispatch(Listen),
+    /// Trusted proxies without a TCP address to read their headers on.
+    #[error(
+        "--client-address reads TCP streams, and every listen address is UDP: give a TCP \
+         address too, or drop --trusted-proxy and --client-address"
+    )]
+    ClientAddressWithoutTcp,
     /// `--client-address-timeout` out of range.
     #[error("--client-address-timeout must be between 0.1 and 300 seconds, got {0}")]
     ClientAddressTimeout(f64),

@@ -18,6 +18,7 @@ mod file;
 mod handoff;
 mod host;
 mod launch;
+mod listen;
 mod options;
 mod resolve;
 
@@ -30,6 +31,7 @@ pub use file::load_file;
 pub use handoff::HandoffTransport;
 pub use host::{Host, System, UserEntry};
 pub use launch::{Launch, Reconfigure};
+pub use listen::{Listen, Transport};
 pub use options::{DispatchMode, ReadyMode, RunOptions};
 use serde::{Deserialize, Serialize};
 
@@ -52,8 +54,8 @@ impl RunOptions {
 /// the state record an upgrade hands to the new binary.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
-    /// Listen addresses, each served by every worker slot.
-    pub listen: Vec<SocketAddr>,
+    /// Listen addresses (TCP or UDP), each served by every worker slot.
+    pub listen: Vec<Listen>,
     /// Number of worker slots, `1..=MAX_SLOTS`.
     pub workers: u32,
     /// IPv4 prefix length, `0..=32`.

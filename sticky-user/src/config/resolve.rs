@@ -12,7 +12,8 @@ use std::{
 use sticky_common::MAX_SLOTS;
 
 use super::{
-    Credentials, ReadyMode, RunConfig, WorkerCommand, WorkerPolicy, client_address,
+    Credentials, DispatchMode, Listen, ReadyMode, RunConfig, WorkerCommand, WorkerPolicy,
+    client_address,
     defaults::*,
     error::ConfigError,
     handoff,
@@ -101,12 +102,20 @@ impl RunConfig {
         }
         let metrics = options.metrics.as_deref().map(parse_metrics).transpose()?;
         let dispatch = options.dispatch.unwrap_or_default();
+        if let Some(&udp) = listen.iter().find(|listen| listen.is_udp())
+            && dispatch == DispatchMode::Userspace
+        {
+            return Err(ConfigError::UdpDispatch(udp));
+        }
         let client_address = client_address::resolve(
             &options.trusted_proxy,
             options.client_address,
             options.client_address_timeout,
             dispatch,
         )?;
+        if client_address.is_some() && listen.iter().all(Listen::is_udp) {
+            return Err(ConfigError::ClientAddressWithoutTcp);
+        }
         let command = resolve_command(host, options.command)?;
         let handoff = handoff::resolve(options.handoff, command.as_ref());
         Ok(Self {
@@ -194,17 +203,17 @@ fn seconds(
     }
 }
 
-fn parse_listen(inputs: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
+fn parse_listen(inputs: &[String]) -> Result<Vec<Listen>, ConfigError> {
     let defaults = [DEFAULT_LISTEN.to_owned()];
     let inputs = if inputs.is_empty() { &defaults[..] } else { inputs };
     if inputs.len() > MAX_LISTEN_ADDRESSES {
         return Err(ConfigError::TooManyListen(inputs.len()));
     }
-    let mut addresses: Vec<SocketAddr> = Vec::with_capacity(inputs.len());
+    let mut addresses: Vec<Listen> = Vec::with_capacity(inputs.len());
     for input in inputs {
-        let address: SocketAddr =
-            input.trim().parse().map_err(|_| ConfigError::ListenSyntax { input: input.clone() })?;
-        if address.port() == 0 {
+        let address = Listen::parse(input)
+            .ok_or_else(|| ConfigError::ListenSyntax { input: input.clone() })?;
+        if address.address.port() == 0 {
             return Err(ConfigError::ListenPortZero(address));
         }
         if addresses.contains(&address) {

@@ -77,7 +77,7 @@ fn config(options: RunOptions) -> Result<RunConfig, ConfigError> {
 #[test]
 fn defaults_fill_what_is_missing() {
     let config = config(RunOptions::default()).unwrap();
-    assert_eq!(config.listen, vec!["[::]:3000".parse().unwrap()]);
+    assert_eq!(config.listen, vec![Listen::tcp("[::]:3000".parse().unwrap())]);
     assert_eq!((config.workers, config.prefix_v4, config.prefix_v6), (4, 32, 64));
     assert_eq!(config.command, None);
     assert_eq!(config.policy.grace_period, DEFAULT_GRACE_PERIOD);
@@ -116,6 +116,18 @@ fn bad_values_are_named() {
     ));
     let twice = with(|i| i.listen = vec!["[::1]:80".into(), "[::1]:80".into()]);
     assert!(matches!(twice, ConfigError::ListenTwice(_)));
+    let udp = Listen::udp("[::1]:53".parse().unwrap());
+    let userspace = with(|i| {
+        i.listen = vec!["[::1]:80".into(), "udp://[::1]:53".into()];
+        i.dispatch = Some(DispatchMode::Userspace);
+    });
+    assert_eq!(userspace, ConfigError::UdpDispatch(udp));
+    let proxies_over_udp = with(|i| {
+        i.listen = vec!["udp://[::1]:53".into()];
+        i.trusted_proxy = vec!["10.0.0.0/8".into()];
+        i.client_address = Some(crate::config::AddressSource::ProxyProtocol);
+    });
+    assert_eq!(proxies_over_udp, ConfigError::ClientAddressWithoutTcp);
     assert_eq!(
         with(|i| i.working_directory = Some("/nowhere".into())),
         ConfigError::WorkingDirectory("/nowhere".into())
@@ -220,4 +232,12 @@ fn commands_are_resolved_or_refused() {
         "worker command '/srv/app' is not an executable file"
     );
     assert!(with(&["/no/such/file"]).unwrap_err().to_string().ends_with("does not exist"));
+}
+
+#[test]
+fn tcp_and_udp_may_share_an_address() {
+    let listen = vec!["127.0.0.1:53".into(), "udp://127.0.0.1:53".into()];
+    let config = config(RunOptions { listen, ..RunOptions::default() }).unwrap();
+    let address = "127.0.0.1:53".parse().unwrap();
+    assert_eq!(config.listen, vec![Listen::tcp(address), Listen::udp(address)]);
 }

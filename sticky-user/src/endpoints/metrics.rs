@@ -42,7 +42,7 @@ fn render(status: &Status) -> String {
     family(
         "sticky_worker_hangs_total",
         "counter",
-        "Times each slot's worker was found hung (connections waiting, none accepted) and replaced.",
+        "Times each slot's worker was found hung (connections or datagrams waiting, none taken) and replaced.",
         per_slot(|s| u64::from(s.hangs)),
     );
     family(

@@ -34,8 +34,8 @@ use crate::{
 
 /// What the loader accepts on and how it passes connections on.
 pub struct AcceptLoop {
-    /// The listeners, in the order of the listen addresses.
-    pub listeners: Vec<TcpListener>,
+    /// The listeners, each with its listen address's index.
+    pub listeners: Vec<(u8, TcpListener)>,
     /// Where each client goes.
     pub router: Router,
     /// Whose header to believe, and where it is.
@@ -84,14 +84,14 @@ impl AcceptLoop {
             reading: Arc::new(Semaphore::new(HEADER_PENDING)),
         });
         let mut loops = JoinSet::new();
-        for (index, listener) in self.listeners.into_iter().enumerate() {
+        for (index, listener) in self.listeners {
             let shared = shared.clone();
             loops.spawn(async move {
                 let mut backoff = AcceptBackoff::new();
                 loop {
                     let accepted = backoff.accepted("the loader's accept", listener.accept().await);
                     if let Some((stream, peer)) = accepted.await {
-                        shared.take(stream, peer, index as u8);
+                        shared.take(stream, peer, index);
                     }
                 }
             });

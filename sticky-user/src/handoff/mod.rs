@@ -40,9 +40,9 @@ pub const HANDOFF_NAME: &str = "sticky-handoff";
 /// worker end (which its workers inherit), the router it changes as slots change, the accept
 /// loop while it runs, and its counts.
 pub struct Handoff {
-    /// The sockets the loader accepts on: its own in each reuseport group (trusted proxies), or
-    /// each group's one socket (userspace dispatch).
-    pub listeners: Vec<TcpListener>,
+    /// The sockets the loader accepts on, each with its listen address's index: its own in each
+    /// TCP reuseport group (trusted proxies), or each group's one socket (userspace dispatch).
+    pub listeners: Vec<(u8, TcpListener)>,
     /// The worker's end of each slot's pair (index = slot); none with node workers.
     pub worker_ends: Vec<OwnedFd>,
     /// The routes the accept loop reads.
@@ -66,7 +66,7 @@ pub struct Accepting {
 impl Handoff {
     /// A hand-over not yet accepting: call [`Handoff::start`] in the runtime.
     pub fn new(
-        listeners: Vec<TcpListener>,
+        listeners: Vec<(u8, TcpListener)>,
         worker_ends: Vec<OwnedFd>,
         router: Router,
         client_address: Option<ClientAddress>,
@@ -87,10 +87,10 @@ impl Handoff {
         let listeners = self
             .listeners
             .iter()
-            .map(|listener| {
+            .map(|(index, listener)| {
                 let copy = listener.try_clone()?;
                 copy.set_nonblocking(true)?;
-                tokio::net::TcpListener::from_std(copy)
+                Ok((*index, tokio::net::TcpListener::from_std(copy)?))
             })
             .collect::<io::Result<Vec<_>>>()?;
         let in_flight = TaskTracker::new();

@@ -4,10 +4,7 @@
 //! gets its own instance of the program and maps (`Dispatcher`), all filled from the same seed
 //! and table. Requires Linux 4.19 (REUSEPORT_SOCKARRAY) and CAP_BPF + CAP_NET_ADMIN.
 
-use std::{
-    net::TcpListener,
-    os::fd::{AsFd as _, AsRawFd as _, OwnedFd, RawFd},
-};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use aya::{
     Ebpf,
@@ -250,7 +247,7 @@ impl Dispatcher {
     }
 
     /// Puts `socket` in the socket array at `slot`, replacing what was there.
-    pub fn set_socket(&mut self, slot: u32, socket: &TcpListener) -> Result<(), DispatchError> {
+    pub fn set_socket(&mut self, slot: u32, socket: &impl AsRawFd) -> Result<(), DispatchError> {
         self.sockets.set(slot, socket, 0).map_err(write_error(SOCKETS_MAP))
     }
 
@@ -306,12 +303,12 @@ impl Dispatcher {
     }
 
     /// Detaches the program from the group `socket` belongs to.
-    pub fn detach(self, socket: &TcpListener) -> Result<(), DispatchError> {
+    pub fn detach(self, socket: &impl AsFd) -> Result<(), DispatchError> {
         Self::detach_any(socket)
     }
 
     /// Detaches whatever program is attached to the group `socket` belongs to.
-    pub fn detach_any(socket: &TcpListener) -> Result<(), DispatchError> {
+    pub fn detach_any(socket: &impl AsFd) -> Result<(), DispatchError> {
         SkReuseport::detach(socket)
             .map_err(|source| DispatchError::Program { action: "detach", source })
     }

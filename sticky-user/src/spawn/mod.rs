@@ -33,7 +33,7 @@ use thiserror::Error;
 
 use self::child::{Identity, become_worker, prepare_child};
 use crate::{
-    config::{Credentials, DispatchMode, HandoffTransport, RunConfig, WorkerCommand},
+    config::{Credentials, DispatchMode, HandoffTransport, Listen, RunConfig, WorkerCommand},
     handoff::HANDOFF_NAME,
     identity::RUNNING_IMAGE,
 };
@@ -261,7 +261,7 @@ pub enum SpawnError {
 pub(crate) fn socket_names(config: &RunConfig) -> Vec<String> {
     let mut names: Vec<String> = match config.dispatch {
         DispatchMode::Userspace => Vec::new(),
-        _ => config.listen.iter().map(|address| format!("sticky-{}", address.port())).collect(),
+        _ => config.listen.iter().map(Listen::fd_name).collect(),
     };
     if config.passes_on() && config.handoff == HandoffTransport::Socket {
         names.push(HANDOFF_NAME.into());

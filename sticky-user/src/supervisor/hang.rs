@@ -3,8 +3,9 @@
 //! With kernel dispatch, a slot whose listening sockets hold waiting connections while none has
 //! been accepted for the hang timeout is hung: the program's counter says how many connections
 //! the slot was given, the accept queue (TCP_INFO) how many still wait, and the difference is
-//! what the worker accepted. A worker that is only slow still accepts, so it never counts as
-//! hung. With a worker watchdog, a ready worker that sends no `WATCHDOG=1` for that long is
+//! what the worker accepted. A UDP socket's progress is its first waiting datagram, peeked: a
+//! worker that reads changes it. A worker that is only slow still accepts (or reads), so it
+//! never counts as hung. With a worker watchdog, a ready worker that sends no `WATCHDOG=1` for that long is
 //! hung too. A hung slot leaves the table, its worker is killed (its queue then migrates to
 //! the other slots) and restarted, and the slot rejoins once the new worker is ready.
 
@@ -22,7 +23,10 @@ use super::{
     state::{Progress, State},
 };
 use crate::{
-    config::WorkerPolicy, dispatch::Dispatch, kernel::Counters, listeners::accept_backlog,
+    config::{Transport, WorkerPolicy},
+    dispatch::Dispatch,
+    kernel::Counters,
+    listeners::{ListenerGroup, accept_backlog, head_datagram},
     sync::lock,
 };
 
@@ -51,7 +55,7 @@ fn hung_slots(state: &mut State) -> Vec<(usize, String)> {
     let policy = state.policy;
     let kernel = matches!(state.dispatch, Dispatch::Kernel(_));
     let counters: Vec<_> =
-        state.dispatch.dispatchers().iter().filter_map(|d| d.counters().ok()).collect();
+        state.dispatch.dispatchers().iter().map(|d| d.counters().unwrap_or_default()).collect();
     let mut hung = Vec::new();
     for (index, slot) in state.slots.iter_mut().enumerate() {
         let seen = slot
@@ -60,20 +64,37 @@ fn hung_slots(state: &mut State) -> Vec<(usize, String)> {
             .filter(|worker| worker.is_ready())
             .map(|worker| Seen { unfed: worker.hungry_for(), in_table: slot.life.in_table() });
         let groups = &state.groups;
-        let queue = || {
-            kernel.then(|| Queue {
-                waiting: groups
-                    .iter()
-                    .filter_map(|group| accept_backlog(&group.sockets[index]).ok())
-                    .sum(),
-                selected: Counters::selected_total(&counters, index),
-            })
-        };
+        let queue = || kernel.then(|| queue_of(groups, &counters, index));
         if let Some(reason) = verdict(&mut slot.progress, seen, queue, &policy, now) {
             hung.push((index, reason));
         }
     }
     hung
+}
+
+/// Slot `index`'s queues over every group: what waits, and a mark that moves whenever its
+/// worker takes something (connections accepted, the head of a UDP queue).
+fn queue_of(groups: &[ListenerGroup], counters: &[Counters], index: usize) -> Queue {
+    let mut queue = Queue { waiting: 0, progress: 0 };
+    for (group, counters) in groups.iter().zip(counters) {
+        let socket = &group.sockets[index];
+        match group.listen.transport {
+            Transport::Tcp => {
+                let waiting = accept_backlog(socket).unwrap_or(0);
+                let selected = counters.selected.get(index).copied().unwrap_or(0);
+                queue.waiting += waiting;
+                queue.progress =
+                    queue.progress.wrapping_add(selected - u64::from(waiting).min(selected));
+            }
+            Transport::Udp => {
+                if let Ok(Some(head)) = head_datagram(socket) {
+                    queue.waiting += 1;
+                    queue.progress = queue.progress.wrapping_add(head);
+                }
+            }
+        }
+    }
+    queue
 }
 
 /// What the hang check sees of a slot's ready worker.
@@ -85,12 +106,13 @@ pub(super) struct Seen {
     pub(super) in_table: bool,
 }
 
-/// A slot's accept queue, with kernel dispatch: how many connections wait in it, and how many
-/// the program gave the slot in all.
+/// A slot's queues, with kernel dispatch: how many connections (or UDP queues with datagrams)
+/// wait, and a mark of the worker's progress: the connections it accepted, plus the head of
+/// each UDP queue.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Queue {
     pub(super) waiting: u32,
-    pub(super) selected: u64,
+    pub(super) progress: u64,
 }
 
 /// The hang decision for one slot at `now`: why its worker is hung, or `None`. `seen` is
@@ -114,14 +136,13 @@ pub(super) fn verdict(
         return Some(format!("no WATCHDOG=1 for {} s", interval.as_secs_f64()));
     }
     let limit = policy.hang_timeout.filter(|_| seen.in_table)?;
-    let Queue { waiting, selected } = queue()?;
-    let accepted = selected.saturating_sub(u64::from(waiting));
-    if waiting == 0 || accepted > progress.accepted {
-        *progress = Progress { accepted, at: now };
+    let Queue { waiting, progress: mark } = queue()?;
+    if waiting == 0 || mark != progress.accepted {
+        *progress = Progress { accepted: mark, at: now };
         None
     } else if now - progress.at > limit {
         let idle = limit.as_secs_f64();
-        Some(format!("{waiting} connections waiting, none accepted for {idle} s"))
+        Some(format!("{waiting} connections or datagrams waiting, none taken for {idle} s"))
     } else {
         None
     }

@@ -23,8 +23,9 @@ fn policy(hang_timeout: Option<u64>, worker_watchdog: Option<u64>) -> WorkerPoli
 
 const READY: Option<Seen> = Some(Seen { unfed: Duration::ZERO, in_table: true });
 
+/// A TCP slot's queue: `selected` given, `waiting` of them not accepted yet.
 fn queue(waiting: u32, selected: u64) -> impl FnOnce() -> Option<Queue> {
-    move || Some(Queue { waiting, selected })
+    move || Some(Queue { waiting, progress: selected - u64::from(waiting) })
 }
 
 #[test]
@@ -38,7 +39,7 @@ fn a_queue_that_waits_without_an_accept_for_the_timeout_is_a_hang() {
     // Still 7 accepted, 4 waiting: not yet 5 s.
     assert_eq!(verdict(&mut progress, READY, queue(4, 11), &policy, at(6)), None);
     let hung = verdict(&mut progress, READY, queue(4, 11), &policy, at(7));
-    assert_eq!(hung.as_deref(), Some("4 connections waiting, none accepted for 5 s"));
+    assert_eq!(hung.as_deref(), Some("4 connections or datagrams waiting, none taken for 5 s"));
 }
 
 #[test]

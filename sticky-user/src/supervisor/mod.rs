@@ -287,7 +287,7 @@ impl Supervisor {
     /// One line for systemd's status: workers, addresses, dispatch.
     fn summary(&self) -> String {
         let state = self.state();
-        let listen: Vec<String> = state.groups.iter().map(|g| g.address.to_string()).collect();
+        let listen: Vec<String> = state.groups.iter().map(|g| g.listen.to_string()).collect();
         let dispatch = state.dispatch.mode();
         format!("{} workers on {}, dispatch {dispatch}", state.slots.len(), listen.join(", "))
     }

@@ -143,7 +143,7 @@ impl State {
         Ok(Status {
             pid: std::process::id(),
             loader: LoaderInfo { upgrades: self.upgrades, ..loader },
-            listen: self.groups.iter().map(|g| g.address.to_string()).collect(),
+            listen: self.groups.iter().map(|g| g.listen.to_string()).collect(),
             dispatch: self.dispatch.mode(),
             program_ids: dispatchers.iter().map(Dispatcher::program_id).collect(),
             migrates: dispatchers.iter().all(Dispatcher::migrates) && !dispatchers.is_empty(),

@@ -129,7 +129,7 @@ impl Supervisor {
             .iter()
             .enumerate()
             .map(|(index, group)| GroupRecord {
-                address: group.address,
+                listen: group.listen,
                 sockets: group.sockets.iter().map(|socket| socket.as_raw_fd()).collect(),
                 dispatcher: dispatchers.get(index).map(|dispatcher| dispatcher.handover()),
             })
@@ -147,7 +147,8 @@ impl Supervisor {
             previous_image: Some(running),
             started_with: crate::limits::started_with(),
             handoff: state.handoff.as_ref().map(|handoff| HandoffRecord {
-                listeners: handoff.listeners.iter().map(AsRawFd::as_raw_fd).collect(),
+                listeners: handoff.listeners.iter().map(|(_, l)| l.as_raw_fd()).collect(),
+                listener_indexes: handoff.listeners.iter().map(|(index, _)| *index).collect(),
                 loader_ends: handoff.router.loader_ends(),
                 worker_ends: handoff.worker_ends.iter().map(AsRawFd::as_raw_fd).collect(),
             }),

@@ -4,7 +4,6 @@
 use std::{
     fs::File,
     io::{self, Seek as _, SeekFrom, Write as _},
-    net::SocketAddr,
     os::fd::{BorrowedFd, OwnedFd, RawFd},
     path::PathBuf,
 };
@@ -16,7 +15,7 @@ use nix::sys::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::Launch,
+    config::{Launch, Listen},
     endpoints::control::{LoaderInfo, ReloadOutcome},
     kernel::DispatcherFds,
     limits::StartedWith,
@@ -26,7 +25,8 @@ use crate::{
 ///
 /// 2: a notify socket per worker (`WorkerRecord::notify`, retiring workers as `WorkerRecord`s,
 /// `EndpointFds::notify_dir`) instead of one for all.
-/// 3: the trusted proxies' trie among a dispatcher's maps; the hand-over (`Record::handoff`).
+/// 3: the trusted proxies' trie among a dispatcher's maps; the hand-over (`Record::handoff`);
+/// listen addresses with their transport (`GroupRecord::listen`, `RunConfig::listen`).
 pub const STATE_VERSION: u32 = 3;
 
 /// Everything the new image needs to go on where the old one stopped.
@@ -67,6 +67,8 @@ pub(crate) struct Record {
 pub(crate) struct HandoffRecord {
     /// The sockets the loader accepts on, one per listen address.
     pub(crate) listeners: Vec<RawFd>,
+    /// The listen address's index of each listener.
+    pub(crate) listener_indexes: Vec<u8>,
     /// The loader's end of each slot's pair.
     pub(crate) loader_ends: Vec<RawFd>,
     /// The workers' end of each slot's pair.
@@ -87,7 +89,7 @@ pub(crate) struct HandBack {
 /// One listen address: its sockets (index = slot) and its program, if kernel dispatch.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct GroupRecord {
-    pub(crate) address: SocketAddr,
+    pub(crate) listen: Listen,
     pub(crate) sockets: Vec<RawFd>,
     pub(crate) dispatcher: Option<DispatcherFds>,
 }

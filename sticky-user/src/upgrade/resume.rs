@@ -18,6 +18,7 @@ use std::{
 };
 
 use nix::fcntl::{FcntlArg, fcntl};
+use socket2::Socket;
 use thiserror::Error;
 use tracing::error;
 
@@ -69,7 +70,7 @@ pub struct Takeover {
 /// The loader's hand-over, taken over: the sockets it accepts on and each slot's pair.
 pub(crate) struct HandoffFds {
     /// The sockets the loader accepts on.
-    pub(crate) listeners: Vec<TcpListener>,
+    pub(crate) listeners: Vec<(u8, TcpListener)>,
     /// The loader's end of each slot's pair.
     pub(crate) loader_ends: Vec<OwnedFd>,
     /// The workers' end of each slot's pair.
@@ -217,8 +218,8 @@ unsafe fn take_over(state_fd: RawFd, rollback: Option<String>) -> Result<Takeove
     let listener_groups = groups
         .into_iter()
         .map(|group| ListenerGroup {
-            address: group.address,
-            sockets: group.sockets.into_iter().map(|fd| TcpListener::from(own(fd))).collect(),
+            listen: group.listen,
+            sockets: group.sockets.into_iter().map(|fd| Socket::from(own(fd))).collect(),
         })
         .collect();
     let dispatch = match config.dispatch {
@@ -227,7 +228,10 @@ unsafe fn take_over(state_fd: RawFd, rollback: Option<String>) -> Result<Takeove
         DispatchMode::Kernel => Dispatch::Kernel(dispatchers),
     };
     let handoff = handoff.map(|handoff| HandoffFds {
-        listeners: handoff.listeners.into_iter().map(|fd| TcpListener::from(own(fd))).collect(),
+        listeners: (handoff.listener_indexes.into_iter())
+            .zip(handoff.listeners)
+            .map(|(index, fd)| (index, TcpListener::from(own(fd))))
+            .collect(),
         loader_ends: handoff.loader_ends.into_iter().map(own).collect(),
         worker_ends: handoff.worker_ends.into_iter().map(own).collect(),
     });
