@@ -46,6 +46,10 @@ enum Command {
         /// Only the balance figures: table shares, clients per worker, clients moved by scaling.
         #[arg(long)]
         balance: bool,
+        /// Only these modes (comma-separated names, e.g. kernel,proxied), without the scaling,
+        /// memory and balance runs; the results are printed, not written.
+        #[arg(long, value_delimiter = ',', conflicts_with = "balance")]
+        only: Vec<String>,
         /// Measure nothing: draw bench/results/latest.svg again from latest.json.
         #[arg(long, conflicts_with_all = ["quick", "balance"])]
         render: bool,
@@ -66,7 +70,7 @@ fn main() -> ExitCode {
         Command::Install { args } => install(args),
         Command::Dist => dist::build(),
         Command::Bench { render: true, .. } => bench::render(),
-        Command::Bench { quick, balance, .. } => bench(quick, balance),
+        Command::Bench { quick, balance, only, .. } => bench(quick, balance, only),
         Command::Test { filter } => test::run_all(filter.as_deref()),
         Command::Modules => modules(),
     };
@@ -95,12 +99,15 @@ fn modules() -> anyhow::Result<()> {
 
 /// The benchmark starts sticky and proxies and reads kernel statistics: as root, re-running
 /// this xtask through sudo when needed.
-fn bench(quick: bool, balance: bool) -> anyhow::Result<()> {
+fn bench(quick: bool, balance: bool, only: Vec<String>) -> anyhow::Result<()> {
     if shell::is_root() {
-        return bench::run(quick, balance);
+        return bench::run(quick, balance, &only);
     }
     let mut command = shell::as_root(std::env::current_exe()?);
     command.arg("bench").args(quick.then_some("--quick")).args(balance.then_some("--balance"));
+    if !only.is_empty() {
+        command.arg("--only").arg(only.join(","));
+    }
     shell::run(&mut command)
 }
 

@@ -46,7 +46,7 @@ const QUICK: Plan = Plan {
 };
 
 /// Runs the benchmark (`quick`: shorter runs, one repeat; `balance_only`: only the balance).
-pub fn run(quick: bool, balance_only: bool) -> anyhow::Result<()> {
+pub fn run(quick: bool, balance_only: bool, only: &[String]) -> anyhow::Result<()> {
     bootstrap::build_tools()?;
     shell::run(shell::cargo().args(["build", "--release", "--package", "sticky-user"]))?;
     let root = shell::workspace_root();
@@ -87,6 +87,10 @@ pub fn run(quick: bool, balance_only: bool) -> anyhow::Result<()> {
         }
         Err(err) => shell::say(&format!("Node modes: skipped: {err:#}")),
     }
+    if !only.is_empty() {
+        modes.retain(|mode| only.iter().any(|name| name == mode.name()));
+        anyhow::ensure!(!modes.is_empty(), "--only names no mode of this bench: {only:?}");
+    }
     let stats = BpfStats::enable();
     let mut report = Report::new(quick, plan.workers);
     // Interleave the modes, so drift hits them alike.
@@ -102,6 +106,12 @@ pub fn run(quick: bool, balance_only: bool) -> anyhow::Result<()> {
             )?;
             report.add(mode.name(), sample);
         }
+    }
+    if !only.is_empty() {
+        drop(stats);
+        println!("{}", report.table());
+        let _ = std::fs::remove_dir_all(&work);
+        return Ok(());
     }
     for &workers in plan.scaling {
         shell::say(&format!("kernel with {workers} workers"));
