@@ -145,11 +145,14 @@ fn select(ctx: &SkReuseportContext, client: Client) -> Result<u32, u32> {
     }
 }
 
-/// Whether `address` (as the trie keys it) is a trusted proxy's. Its own function, so that its
-/// key lives in a stack frame of its own.
+/// Whether `address` (as the trie keys it) is a trusted proxy's; without trusted proxies, no
+/// lookup is made. Its own function (a BPF-to-BPF call), so that its key lives in a stack
+/// frame of its own: inlined, the unprivileged verifier refused the program ("the sequence of
+/// 8193 jumps is too complex").
 #[inline(never)]
 fn is_trusted_proxy(address: [u32; 4]) -> bool {
-    STICKY_PROXIES.get(&Key::new(128, address)).is_some()
+    let trusts_some = STICKY_CONFIG.get(0).is_some_and(|config| config.proxies != 0);
+    trusts_some && STICKY_PROXIES.get(&Key::new(128, address)).is_some()
 }
 
 /// Reads `N` address words at `offset` from the start of the network header.

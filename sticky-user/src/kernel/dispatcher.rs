@@ -274,7 +274,9 @@ impl Dispatcher {
             let key = Key::new(u32::from(net.prefix_len()) + offset, client.trie_words());
             self.proxies.insert(&key, 1, 0).map_err(write_error(PROXIES_MAP))?;
         }
-        Ok(())
+        // The program looks proxies up only once it is told there are some.
+        self.config.proxies = proxies.len() as u32;
+        self.write_config()
     }
 
     /// Sets the number of slots the fallback scan and the counters cover.
