@@ -1,6 +1,7 @@
 // An app written for sticky-session, in the API form FORM, answering each request with who
 // served it, for the tests: x-sticky-worker (NODE_APP_INSTANCE, 0-based), x-sticky-pid,
-// x-node-worker-id (1-based), x-cluster-worker-id. `GET /wait/MS` answers after MS
+// x-node-worker-id (1-based), x-cluster-worker-id, and x-client-address (the client a trusted
+// proxy's PROXY header named, which sticky took off the connection). `GET /wait/MS` answers after MS
 // milliseconds (a request still in flight when sticky stops the worker).
 //
 //   sticky run --workers 4 --user nobody -- node identity.js [1.x|0.x|0.x-num|0.x-factory] [PORT]
@@ -17,6 +18,7 @@ function handler(req, res) {
     res.setHeader('x-sticky-pid', process.pid);
     res.setHeader('x-node-worker-id', process.env.NODE_WORKER_ID);
     res.setHeader('x-cluster-worker-id', cluster.worker.id);
+    if (req.socket.clientAddress) res.setHeader('x-client-address', req.socket.clientAddress);
     res.end(`worker: ${process.env.NODE_WORKER_ID}\n`);
   }, wait ? Number(wait[1]) : 0);
 }

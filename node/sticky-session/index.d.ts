@@ -47,3 +47,13 @@ declare namespace sticky {
 }
 
 export = sticky;
+
+declare module 'node:net' {
+  interface Socket {
+    /**
+     * On a connection sticky handed over from a trusted proxy that named its client in a
+     * PROXY protocol header (which sticky took off): that client's address.
+     */
+    clientAddress?: string;
+  }
+}

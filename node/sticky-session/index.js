@@ -133,9 +133,11 @@ let onHandedOverClosed = () => {};
 /**
  * Serves the connections sticky hands over through node's IPC channel (STICKY_HANDOFF=node:
  * those of trusted proxies, or every one under --dispatch userspace) with `server`: each is a
- * message `{ cmd: 'sticky:connection', listener }` with a net.Socket, which `server` gets as a
- * 'connection'. The listener keeps the channel referenced; nothing of the connection has been
- * read. The first server started gets them.
+ * message `{ cmd: 'sticky:connection', listener, client }` with a net.Socket, which `server`
+ * gets as a 'connection'. Nothing of the connection has been read, but for a PROXY protocol
+ * header, which sticky takes off (node's servers cannot read one) after reading the client's
+ * address from it: `client`, set on the socket as `socket.clientAddress`. The listener keeps
+ * the channel referenced. The first server started gets them.
  */
 let handOverServer = null;
 function serveHandedOver(server) {
@@ -143,6 +145,7 @@ function serveHandedOver(server) {
   handOverServer = server;
   process.on('message', (message, socket) => {
     if (!message || message.cmd !== 'sticky:connection' || !socket) return;
+    if (typeof message.client === 'string') socket.clientAddress = message.client;
     handedOver.add(socket);
     socket.once('close', () => {
       handedOver.delete(socket);

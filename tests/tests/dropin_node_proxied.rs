@@ -21,7 +21,7 @@ use nix::{
 };
 use sticky_tests::{
     Failure, Outcome, Report, Response, Sticky, client_v4, connect, dropin::SeedApp, eventually,
-    get, in_netns, is_running, read_response,
+    get, in_netns, is_running, proxy_v1, read_response, request_after,
 };
 use sticky_user::control::Request;
 
@@ -75,6 +75,28 @@ fn a_client_reaches_the_same_worker_directly_and_through_the_proxy() {
         assert_eq!(routed, 400);
         let log = sticky.stop_cleanly().log;
         assert!(!log.contains("cannot pass"), "{log}");
+    });
+}
+
+#[test]
+fn node_gets_proxy_protocol_connections_without_the_header_and_with_the_client() {
+    let app = SeedApp::install(&["identity.js"]);
+    in_netns(|| {
+        let proxy = ["--trusted-proxy", "127.0.0.1", "--client-address", "proxy-protocol"];
+        let sticky = node_workers(&app, &proxy);
+        for client in (0..100).map(client_v4) {
+            let direct = get(client, SERVER);
+            let header = proxy_v1(client, SERVER);
+            let through = request_after(PROXY, SERVER, &header)
+                .unwrap_or_else(|err| panic!("{client} through the proxy: {err}"));
+            assert_eq!((through.worker, through.pid), (direct.worker, direct.pid), "{client}");
+            let shown = format!("x-client-address: {client}\r\n");
+            assert!(through.text.contains(&shown), "{client}: {}", through.text);
+            assert!(!direct.text.contains("x-client-address"), "{}", direct.text);
+        }
+        let routed = sticky.status().client_address.expect("trusted proxies").by_header;
+        assert_eq!(routed, 100);
+        sticky.stop_cleanly();
     });
 }
 

@@ -9,4 +9,4 @@
 pub mod header;
 mod peek;
 
-pub use peek::{Failure, read_client, read_client_now};
+pub use peek::{Claim, Failure, read_client, read_client_now};

@@ -7,7 +7,7 @@ use nix::sys::socket::{MsgFlags, recv};
 use tokio::{io::Interest, net::TcpStream};
 
 use super::header::{self, Invalid, Reading};
-use crate::config::ClientAddress;
+use crate::config::{AddressSource, ClientAddress};
 
 /// Why a trusted proxy's connection was closed without reaching a worker: the label of
 /// `sticky_client_address_errors_total{reason}`.
@@ -45,59 +45,72 @@ impl Failure {
 /// The client's address in `stream`'s header if it has arrived already (the common case: a
 /// proxy sends it with the connection's first bytes), without waiting; `None` while it is
 /// incomplete, or longer than this first look reads.
-pub fn read_client_now(
-    stream: &TcpStream,
-    rule: &ClientAddress,
-) -> Option<Result<Option<IpAddr>, Failure>> {
+pub fn read_client_now(stream: &TcpStream, rule: &ClientAddress) -> Option<Result<Claim, Failure>> {
     let mut buffer = [0u8; 2048];
     let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
     let length = recv(stream.as_raw_fd(), &mut buffer, flags).ok().filter(|&n| n > 0)?;
     match header::read(rule.source, &buffer[..length], |peer| rule.trusts(peer)) {
         Reading::Incomplete => None,
-        reading => Some(outcome(reading)),
+        reading => Some(outcome(reading, header_length(rule, &buffer[..length]))),
     }
 }
 
-/// The client's address in `stream`'s header (`None`: a well-formed header that names no
-/// client, the proxy's own connection), read as `rule` says within its timeout.
-pub async fn read_client(
-    stream: &TcpStream,
-    rule: &ClientAddress,
-) -> Result<Option<IpAddr>, Failure> {
+/// What a trusted proxy's header says of its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// The client's address (`None`: a well-formed header that names no client, the proxy's
+    /// own connection).
+    pub client: Option<IpAddr>,
+    /// The length of the PROXY protocol header the stream starts with (0 for an HTTP header,
+    /// which is part of the request).
+    pub header: usize,
+}
+
+/// What `stream`'s header says, read as `rule` says within its timeout.
+pub async fn read_client(stream: &TcpStream, rule: &ClientAddress) -> Result<Claim, Failure> {
     let reading = tokio::time::timeout(rule.timeout, peek_header(stream, rule)).await;
-    outcome(reading.map_err(|_elapsed| Failure::Timeout)?)
+    let (reading, header) = reading.map_err(|_elapsed| Failure::Timeout)?;
+    outcome(reading, header)
+}
+
+/// The length of the PROXY header `bytes` start with, under the proxy protocol.
+fn header_length(rule: &ClientAddress, bytes: &[u8]) -> usize {
+    match rule.source {
+        AddressSource::ProxyProtocol => header::proxy_header_length(bytes).unwrap_or(0),
+        AddressSource::XForwardedFor | AddressSource::Forwarded => 0,
+    }
 }
 
 /// What a complete reading means for the connection.
-fn outcome(reading: Reading) -> Result<Option<IpAddr>, Failure> {
+fn outcome(reading: Reading, header: usize) -> Result<Claim, Failure> {
     match reading {
-        Reading::Client(address) => Ok(Some(address)),
-        Reading::Proxy => Ok(None),
+        Reading::Client(address) => Ok(Claim { client: Some(address), header }),
+        Reading::Proxy => Ok(Claim { client: None, header }),
         Reading::Invalid(Invalid::Malformed) => Err(Failure::Malformed),
         Reading::Invalid(Invalid::Oversized) => Err(Failure::Oversized),
         Reading::Incomplete => Err(Failure::Closed),
     }
 }
 
-/// Peeks until the header is complete or broken; [`Reading::Incomplete`] if the stream ends
-/// or fails first.
-async fn peek_header(stream: &TcpStream, rule: &ClientAddress) -> Reading {
+/// Peeks until the header is complete or broken, with the PROXY header's length;
+/// [`Reading::Incomplete`] if the stream ends or fails first.
+async fn peek_header(stream: &TcpStream, rule: &ClientAddress) -> (Reading, usize) {
     let mut buffer = vec![0; header::limit(rule.source)];
     let mut seen = 0;
     loop {
         let Ok(length) = peek_more(stream, &mut buffer, seen).await else {
-            return Reading::Incomplete;
+            return (Reading::Incomplete, 0);
         };
         if length == 0 {
-            return Reading::Incomplete;
+            return (Reading::Incomplete, 0);
         }
         seen = length;
         match header::read(rule.source, &buffer[..length], |peer| rule.trusts(peer)) {
             Reading::Incomplete if length == buffer.len() => {
-                return Reading::Invalid(Invalid::Oversized);
+                return (Reading::Invalid(Invalid::Oversized), 0);
             }
             Reading::Incomplete => continue,
-            done => return done,
+            done => return (done, header_length(rule, &buffer[..length])),
         }
     }
 }

@@ -27,7 +27,7 @@ use super::{
 };
 use crate::{
     accept::AcceptBackoff,
-    client_address::{Failure, read_client, read_client_now},
+    client_address::{Claim, Failure, read_client, read_client_now},
     config::ClientAddress,
     limits::{HANDOFF_PENDING, HEADER_PENDING},
 };
@@ -101,6 +101,20 @@ impl AcceptLoop {
     }
 }
 
+/// Reads (and drops) the first `length` bytes of `stream`, which have arrived (peeked).
+fn skip(stream: &std::net::TcpStream, length: usize) -> io::Result<()> {
+    if length == 0 {
+        return Ok(());
+    }
+    let mut header = vec![0; length];
+    let flags = nix::sys::socket::MsgFlags::MSG_DONTWAIT;
+    match nix::sys::socket::recv(stream.as_raw_fd(), &mut header, flags) {
+        Ok(read) if read == length => Ok(()),
+        Ok(_) => Err(io::Error::other("the PROXY header was not all there")),
+        Err(err) => Err(err.into()),
+    }
+}
+
 /// What every accept loop shares.
 struct Shared {
     router: Router,
@@ -118,7 +132,7 @@ impl Shared {
     /// header names (on a task of its own, so a slow proxy holds up no one).
     fn take(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr, listener: u8) {
         let Some(rule) = self.client_address.as_ref().filter(|rule| rule.trusts(peer.ip())) else {
-            return self.pass_on(stream, peer.ip(), listener);
+            return self.pass_on(stream, peer.ip(), listener, Claim { client: None, header: 0 });
         };
         if let Some(client) = read_client_now(&stream, rule) {
             return self.route(stream, peer, client, listener);
@@ -141,17 +155,17 @@ impl Shared {
         &self,
         stream: TcpStream,
         peer: SocketAddr,
-        client: Result<Option<IpAddr>, Failure>,
+        claim: Result<Claim, Failure>,
         listener: u8,
     ) {
-        match client {
-            Ok(Some(client)) => {
+        match claim {
+            Ok(claim @ Claim { client: Some(client), .. }) => {
                 self.stats.by_header.fetch_add(1, Relaxed);
-                self.pass_on(stream, client, listener);
+                self.pass_on(stream, client, listener, claim);
             }
-            Ok(None) => {
+            Ok(claim) => {
                 self.stats.by_proxy.fetch_add(1, Relaxed);
-                self.pass_on(stream, peer.ip(), listener);
+                self.pass_on(stream, peer.ip(), listener, claim);
             }
             Err(failure) => {
                 debug!(%peer, reason = failure.label(), "closed a proxied connection");
@@ -161,8 +175,10 @@ impl Shared {
     }
 
     /// Passes `stream` to `client`'s worker: at once, or, while its queue is full, on a task
-    /// of its own (at most `HANDOFF_PENDING` of them; past that it is closed).
-    fn pass_on(&self, stream: TcpStream, client: IpAddr, listener: u8) {
+    /// of its own (at most `HANDOFF_PENDING` of them; past that it is closed). `claim` is what
+    /// a trusted proxy's header said: a node worker gets the connection without its PROXY
+    /// header, which node's servers cannot read, and the client's address in the message.
+    fn pass_on(&self, stream: TcpStream, client: IpAddr, listener: u8, claim: Claim) {
         let (slot, end) = match self.router.route(client) {
             (slot, Target::Socket(end)) => (slot, end),
             (slot, Target::Node(queue)) => {
@@ -170,8 +186,12 @@ impl Shared {
                     warn!(slot, "too many connections wait for their worker: closed one");
                     return;
                 };
-                match stream.into_std() {
-                    Ok(stream) => queue.queue(slot, stream.into(), listener, permit),
+                let stream = stream.into_std().and_then(|stream| {
+                    skip(&stream, claim.header)?;
+                    Ok(stream)
+                });
+                match stream {
+                    Ok(stream) => queue.queue(slot, stream.into(), listener, claim.client, permit),
                     Err(err) => warn!(slot, error = %err, "cannot pass a connection on"),
                 }
                 return;

@@ -17,6 +17,7 @@
 
 use std::{
     io::{self, IoSlice},
+    net::IpAddr,
     os::fd::{AsRawFd as _, OwnedFd, RawFd},
     sync::{
         Arc, Mutex,
@@ -46,6 +47,8 @@ const MAX_NACKS: u32 = 3;
 struct Pending {
     stream: OwnedFd,
     listener: u8,
+    /// The client's address a trusted proxy's header named, if any.
+    client: Option<IpAddr>,
     /// Its room among the connections the loader holds.
     _permit: OwnedSemaphorePermit,
 }
@@ -67,19 +70,21 @@ impl Default for NodeSlot {
 }
 
 impl NodeSlot {
-    /// Queues `stream` (accepted on listen address `listener`) for slot `slot`'s worker.
+    /// Queues `stream` (accepted on listen address `listener`, for `client` if a trusted
+    /// proxy's header named one) for slot `slot`'s worker.
     pub(crate) fn queue(
         &self,
         slot: usize,
         stream: OwnedFd,
         listener: u8,
+        client: Option<IpAddr>,
         permit: OwnedSemaphorePermit,
     ) {
         if let Some(queue) = lock(&self.waiting).take() {
             tokio::spawn(deliver_all(slot, queue, self.current.subscribe()));
         }
         // The task ends only with the slot (it holds `current`'s receiver, the slot the sender).
-        let _ = self.queue.send(Pending { stream, listener, _permit: permit });
+        let _ = self.queue.send(Pending { stream, listener, client, _permit: permit });
     }
 
     /// From now on the slot's connections go to `channel`, its ready worker's.
@@ -101,7 +106,8 @@ async fn deliver_all(
             let open = |channel: &Option<Arc<Channel>>| channel.as_ref().is_some_and(|c| c.open());
             let Ok(channel) = current.wait_for(open).await.map(|c| c.clone()) else { return };
             let Some(channel) = channel else { continue };
-            match channel.deliver(pending.stream.as_raw_fd(), pending.listener).await {
+            let message = handle_message(pending.listener, pending.client);
+            match channel.deliver(pending.stream.as_raw_fd(), &message).await {
                 Ok(Reply::Ack) => break,
                 Ok(Reply::Nack) if refused < MAX_NACKS => refused += 1,
                 Ok(Reply::Nack) => {
@@ -154,9 +160,8 @@ impl Channel {
 
     /// Sends connection `fd` and waits for node's answer; an error once the channel fails or
     /// closes first.
-    async fn deliver(&self, fd: RawFd, listener: u8) -> io::Result<Reply> {
+    async fn deliver(&self, fd: RawFd, message: &str) -> io::Result<Reply> {
         let mut replies = self.replies.lock().await;
-        let message = handle_message(listener);
         let mut sent = 0;
         while sent < message.len() {
             let mut ready = self.end.writable().await?;
@@ -218,11 +223,13 @@ enum Message {
     Stopping,
 }
 
-/// The line that sends a connection from listen address `listener`, newline included.
-fn handle_message(listener: u8) -> String {
+/// The line that sends a connection from listen address `listener` (for `client`, if a
+/// trusted proxy named one), newline included.
+fn handle_message(listener: u8, client: Option<IpAddr>) -> String {
+    let client = client.map_or(String::new(), |client| format!(",\"client\":\"{client}\""));
     format!(
         "{{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Socket\",\
-         \"msg\":{{\"cmd\":\"sticky:connection\",\"listener\":{listener}}}}}\n"
+         \"msg\":{{\"cmd\":\"sticky:connection\",\"listener\":{listener}{client}}}}}\n"
     )
 }
 

@@ -20,12 +20,15 @@ use super::*;
 
 #[test]
 fn a_handle_is_one_line_of_nodes_json() {
-    let line = handle_message(2);
+    let line = handle_message(2, None);
     assert!(line.ends_with('\n') && line.matches('\n').count() == 1, "{line:?}");
     let value: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(value["cmd"], "NODE_HANDLE");
     assert_eq!(value["type"], "net.Socket");
     assert_eq!(value["msg"], serde_json::json!({"cmd": "sticky:connection", "listener": 2}));
+    let named = handle_message(0, Some("2001:db8::7".parse().unwrap()));
+    let value: serde_json::Value = serde_json::from_str(&named).unwrap();
+    assert_eq!(value["msg"]["client"], "2001:db8::7");
 }
 
 #[test]
@@ -111,7 +114,7 @@ async fn a_connection_unacknowledged_when_its_worker_dies_goes_to_the_next() {
     let dying = fake_node(first_end, 1, None);
     slot.serve(first.clone());
     let (stream, expected) = connection();
-    slot.queue(0, stream, 1, pending.clone().try_acquire_owned().unwrap());
+    slot.queue(0, stream, 1, None, pending.clone().try_acquire_owned().unwrap());
     let got = tokio::task::spawn_blocking(move || dying.join().unwrap()).await.unwrap();
     assert_eq!(inode(&got[0].1), expected);
     tokio::time::timeout(Duration::from_secs(5), async {
@@ -126,7 +129,7 @@ async fn a_connection_unacknowledged_when_its_worker_dies_goes_to_the_next() {
     let next = fake_node(second_end, 2, Some(ACK));
     slot.serve(second);
     let (stream, other) = connection();
-    slot.queue(0, stream, 0, pending.clone().try_acquire_owned().unwrap());
+    slot.queue(0, stream, 0, None, pending.clone().try_acquire_owned().unwrap());
     let got = tokio::task::spawn_blocking(move || next.join().unwrap()).await.unwrap();
     assert_eq!(inode(&got[0].1), expected, "sent again, first");
     assert!(got[0].0.contains("\"listener\":1"), "{}", got[0].0);
@@ -158,7 +161,7 @@ async fn a_stopping_worker_gets_nothing_new() {
     .expect("the channel closes to new connections");
     let pending = Arc::new(Semaphore::new(1));
     let (stream, _) = connection();
-    slot.queue(0, stream, 0, pending.clone().try_acquire_owned().unwrap());
+    slot.queue(0, stream, 0, None, pending.clone().try_acquire_owned().unwrap());
     tokio::time::sleep(Duration::from_millis(50)).await;
     worker.set_nonblocking(true).unwrap();
     let mut byte = [0u8; 1];
