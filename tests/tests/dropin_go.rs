@@ -1,10 +1,17 @@
 //! The Go example (examples/go: net/http on `net.FileListener(os.NewFile(3, …))`, READY=1 on
 //! NOTIFY_SOCKET, a graceful Shutdown on SIGTERM), built here with Debian's golang into
-//! target/go and run under sticky: each client on one worker, and a rolling restart under load.
+//! target/go and run under sticky: each client on one worker, a rolling restart under load,
+//! and the connections sticky passes on from a trusted proxy, served from the handoff socket.
 
-use std::{net::SocketAddr, path::PathBuf, process::Command, sync::OnceLock};
+use std::{
+    io::Write as _,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    process::Command,
+    sync::OnceLock,
+};
 
-use sticky_tests::{Sticky, client_v4, dropin::workspace, get, in_netns};
+use sticky_tests::{Sticky, client_v4, connect, dropin::workspace, get, in_netns, read_response};
 
 const WORKERS: usize = 4;
 
@@ -64,6 +71,32 @@ fn the_go_worker_reload_under_load_fails_no_connection() {
     in_netns(|| {
         let sticky = start(3071);
         sticky.reload_under_load(SocketAddr::from(([127, 0, 0, 1], 3071)), "go: a rolling restart");
+        sticky.stop_cleanly();
+    });
+}
+
+#[test]
+fn the_go_worker_serves_the_connections_sticky_passes_on_from_a_trusted_proxy() {
+    in_netns(|| {
+        let listen = "127.0.0.1:3072";
+        let args = ["--listen", listen, "-w", "4", "--ready", "notify", "--trusted-proxy"];
+        let args = [&args[..], &["127.0.0.1", "--client-address", "x-forwarded-for", "--"]];
+        let sticky = Sticky::serving(&[&args.concat()[..], &[go_worker()]].concat(), WORKERS);
+        let server: SocketAddr = listen.parse().unwrap();
+        for client in (0..100).map(client_v4) {
+            let direct = get(client, server);
+            // From the trusted proxy, naming the client.
+            let mut stream = connect(IpAddr::V4(Ipv4Addr::LOCALHOST), server).expect("connect");
+            let request = format!(
+                "GET / HTTP/1.1\r\nhost: sticky\r\nx-forwarded-for: {client}\r\n\
+                 connection: close\r\n\r\n"
+            );
+            stream.write_all(request.as_bytes()).expect("send");
+            let proxied = read_response(&mut stream).expect("an answer through the handoff socket");
+            assert_eq!((proxied.worker, proxied.pid), (direct.worker, direct.pid), "{client}");
+        }
+        let routed = sticky.status().client_address.expect("trusted proxies").by_header;
+        assert_eq!(routed, 100);
         sticky.stop_cleanly();
     });
 }
