@@ -5,7 +5,7 @@
 //! - its sockets at fd 3, 4, … ([`LISTEN_FDS_START`] onwards), one per listen address: a
 //!   listening TCP socket, or a bound UDP socket for `--listen udp://ADDR:PORT`;
 //! - `LISTEN_FDS`: how many; `LISTEN_PID`: the worker's own pid; `LISTEN_FDNAMES`: their names
-//!   (`sticky-<port>` for TCP, `udp:<addr>:<port>` for UDP), colon-separated;
+//!   (`sticky-<port>` for TCP, `udp-<port>` for UDP), colon-separated;
 //! - `STICKY_WORKER=i` (its slot) and `STICKY_WORKERS=N`.
 //!
 //! [`listeners`] checks `LISTEN_PID` and takes the sockets as [`TcpListener`]s; [`slot`] reads

@@ -220,3 +220,36 @@ fn a_connected_socket_takes_its_peers_datagrams_and_leaves_the_group_for_good() 
         sticky.stop_cleanly();
     });
 }
+
+#[test]
+fn udp_tcp_and_handoff_sockets_are_named_so_a_worker_finds_each() {
+    in_netns(|| {
+        let args = [
+            &["--listen", "udp://[::]:5006", "--listen", "127.0.0.1:5006", "-w", "2"][..],
+            &["--trusted-proxy", "127.0.0.1", "--client-address", "proxy-protocol"],
+        ]
+        .concat();
+        let sticky = Sticky::serving(&args, 2);
+        let worker = sticky.status().slots[0].pid.expect("a worker");
+        let environ = sticky_tests::privileges::environ_of(worker);
+        let variable = |name: &str| {
+            let prefix = format!("{name}=");
+            environ.split('\0').find_map(|v| v.strip_prefix(&prefix).map(str::to_owned))
+        };
+        // One colon-separated name per fd: a name holding a colon would shift the rest.
+        assert_eq!(variable("LISTEN_FDS").as_deref(), Some("3"));
+        assert_eq!(
+            variable("LISTEN_FDNAMES").as_deref(),
+            Some("udp-5006:sticky-5006:sticky-handoff")
+        );
+        // And the worker found its handoff socket: a proxied client is served by its slot.
+        let (client, server) = (client_v4(7), "127.0.0.1:5006".parse().unwrap());
+        let direct = get(client, server).worker;
+        let proxy = IpAddr::from([127, 0, 0, 1]);
+        let header = sticky_tests::proxy_v1(client, server);
+        let proxied = sticky_tests::request_after(proxy, server, &header).expect("proxied");
+        assert_eq!(proxied.worker, direct);
+        assert_eq!(udp_slot(client, server_for(client, 5006), "x"), direct);
+        sticky.stop_cleanly();
+    });
+}
