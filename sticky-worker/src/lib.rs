@@ -5,7 +5,7 @@
 //! - its sockets at fd 3, 4, … ([`LISTEN_FDS_START`] onwards), one per listen address: a
 //!   listening TCP socket, or a bound UDP socket for `--listen udp://ADDR:PORT`;
 //! - `LISTEN_FDS`: how many; `LISTEN_PID`: the worker's own pid; `LISTEN_FDNAMES`: their names
-//!   (`sticky-<port>` for TCP, `udp:<addr>:<port>` for UDP), colon-separated;
+//!   (`sticky-<port>` for TCP, `udp-<port>` for UDP), colon-separated;
 //! - `STICKY_WORKER=i` (its slot) and `STICKY_WORKERS=N`.
 //!
 //! [`listeners`] checks `LISTEN_PID` and takes the sockets as [`TcpListener`]s; [`slot`] reads
@@ -116,8 +116,10 @@ pub struct Inherited {
     /// The listening sockets, one per TCP listen address (none under `--dispatch userspace`).
     pub listeners: Vec<TcpListener>,
     /// The UDP sockets, one per UDP listen address. Answer each datagram from the socket it
-    /// came in on; never `connect` one (a connected socket in the group changes how the kernel
-    /// picks the socket for every client).
+    /// came in on (`send_to` the sender). Never `connect` one: the socket is shared with the
+    /// loader and every later worker of the slot, and (Linux 6.18) a connected socket leaves
+    /// its reuseport group for good, so the slot's other clients fall back to another slot
+    /// until sticky stops (docs/udp.md).
     pub udp: Vec<UdpSocket>,
     /// The socket the loader passes connections over, if it does ([`receive`] takes one).
     pub handoff: Option<OwnedFd>,

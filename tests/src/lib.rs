@@ -24,6 +24,7 @@ mod redis;
 mod sticky;
 mod test_netns;
 mod tls;
+mod udp;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -40,6 +41,7 @@ pub use sticky::{
 };
 pub use test_netns::{in_netns, processes_in_netns};
 pub use tls::{Certificate, TLS_NAME, https_gets};
+pub use udp::{Sent, UdpLoad, UdpReport, kernel_drops, parse_answer, udp_client, udp_slot};
 
 /// Whether process `pid` exists and is not a zombie.
 pub fn is_running(pid: u32) -> bool {

@@ -57,6 +57,29 @@ fn a_port_held_by_another_socket() {
 }
 
 #[test]
+fn udp_addresses_that_do_not_fit() {
+    in_netns(|| {
+        let udp = ["--listen", "udp://127.0.0.1:3026", "--workers", "2"];
+        assert_says(
+            &refused(
+                &[&udp[..], &["--listen", "127.0.0.1:3026", "--dispatch", "userspace"]].concat(),
+            ),
+            "udp://127.0.0.1:3026 needs kernel dispatch: --dispatch userspace accepts TCP",
+        );
+        let trusting = ["--trusted-proxy", "127.0.0.1", "--client-address", "proxy-protocol"];
+        assert_says(
+            &refused(&[&udp[..], &trusting[..]].concat()),
+            "--client-address reads TCP streams, and every listen address is UDP",
+        );
+        // A UDP port another socket holds, also through a dual-stack address.
+        let _holder = std::net::UdpSocket::bind("127.0.0.1:3026").unwrap();
+        assert_says(&refused(&udp), "listen address udp://127.0.0.1:3026 is already in use");
+        let error = refused(&["--listen", "udp://[::]:3026", "--workers", "2"]);
+        assert_says(&error, "listen address udp://[::]:3026 is already in use");
+    });
+}
+
+#[test]
 fn worker_counts_out_of_range() {
     in_netns(|| {
         assert_says(&refused(&["--workers", "0"]), "--workers must be between 1 and 128, got 0");

@@ -49,11 +49,12 @@ impl Listen {
     }
 
     /// The name of its sockets in a worker's `LISTEN_FDNAMES`: `sticky-PORT` for TCP (as
-    /// before UDP), `udp:ADDR:PORT` for UDP.
+    /// before UDP), `udp-PORT` for UDP. Names are colon-separated there, so none may hold a
+    /// colon (nor may systemd's): not even an IPv6 address.
     pub fn fd_name(&self) -> String {
         match self.transport {
             Transport::Tcp => format!("sticky-{}", self.address.port()),
-            Transport::Udp => format!("udp:{}", self.address),
+            Transport::Udp => format!("udp-{}", self.address.port()),
         }
     }
 }
@@ -80,7 +81,7 @@ mod tests {
         let udp = Listen::parse("udp://[::]:53").unwrap();
         assert!(udp.is_udp());
         assert_eq!(udp.to_string(), "udp://[::]:53");
-        assert_eq!(udp.fd_name(), "udp:[::]:53");
+        assert_eq!(udp.fd_name(), "udp-53");
         assert_eq!(tcp.fd_name(), "sticky-3000");
         assert_eq!(Listen::parse("udp:/127.0.0.1:53"), None);
         assert_eq!(Listen::parse("quic://127.0.0.1:443"), None);

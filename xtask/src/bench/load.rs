@@ -28,7 +28,8 @@ pub struct LoadResult {
     pub workers_by_client: HashMap<u32, Vec<u32>>,
 }
 
-fn client(i: u32) -> IpAddr {
+/// Client address number `i`: 127.16.0.1 onwards.
+pub fn client(i: u32) -> IpAddr {
     let [_, b, c, d] = (i + 1).to_be_bytes();
     IpAddr::V4(Ipv4Addr::new(127, 16 + b, c, d))
 }
@@ -129,7 +130,11 @@ impl LoadResult {
     }
 
     /// Share of clients whose requests all reached one worker.
+    /// Not a number when no answer named its worker.
     pub fn sticky_share(&self) -> f64 {
+        if self.workers_by_client.is_empty() {
+            return f64::NAN;
+        }
         let sticky = self
             .workers_by_client
             .values()

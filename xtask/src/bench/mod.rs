@@ -8,6 +8,7 @@ mod load;
 mod proxies;
 mod report;
 mod servers;
+mod udp;
 
 use std::{path::Path, time::Duration};
 
@@ -80,6 +81,10 @@ pub fn run(quick: bool, balance_only: bool, only: &[String]) -> anyhow::Result<(
         Mode::ProxiedUserspace,
     ];
     modes.extend(proxies.iter().map(|(_, rust, _)| *rust));
+    modes.extend([Mode::UdpKernel, Mode::UdpReuseport]);
+    if proxies.iter().any(|(tool, ..)| *tool == "nginx") {
+        modes.push(Mode::UdpNginx);
+    }
     match node_packages() {
         Ok(()) => {
             modes.extend([Mode::KernelNode, Mode::ReuseportNode, Mode::Seed]);
@@ -185,10 +190,22 @@ fn measure(
 ) -> anyhow::Result<Sample> {
     let server = Server::start(mode, workers, sticky, dir)?;
     let address = ADDRESS.parse()?;
-    load::run(address, mode.warm_up(), mode.proxied());
+    let load = |duration| {
+        if mode.udp() {
+            let mut result = udp::run(address, duration);
+            if mode == Mode::UdpNginx {
+                // Its backends are one-worker servers, each answering as slot 0.
+                udp::forget_workers(&mut result);
+            }
+            result
+        } else {
+            load::run(address, duration, mode.proxied())
+        }
+    };
+    load(mode.warm_up());
     let (cpu_before, main_before, bpf_before) =
         (server.cpu_ticks(), server.main_cpu_ticks(), BpfStats::read());
-    let result = load::run(address, duration, mode.proxied());
+    let result = load(duration);
     let (cpu_after, main_after, bpf_after) =
         (server.cpu_ticks(), server.main_cpu_ticks(), BpfStats::read());
     server.stop();
@@ -198,12 +215,16 @@ fn measure(
     };
     let cpu_ms = (cpu_after - cpu_before) as f64 * 1000.0 / ticks_per_second;
     let main_ms = (main_after - main_before) as f64 * 1000.0 / ticks_per_second;
-    let bpf_ns = match (bpf_before, bpf_after) {
-        (Some((time0, count0)), Some((time1, count1))) if count1 > count0 => {
-            Some((time1 - time0) as f64 / (count1 - count0) as f64)
-        }
-        _ => None,
-    };
+    // The program that ran the most during the load is this server's (other sticky programs,
+    // such as tests running in other network namespaces, may be loaded too).
+    let bpf_ns = bpf_after
+        .iter()
+        .filter_map(|(id, &(time1, count1))| {
+            let (time0, count0) = bpf_before.get(id).copied().unwrap_or((0, 0));
+            (count1 > count0).then(|| (count1 - count0, time1 - time0))
+        })
+        .max()
+        .map(|(count, time)| time as f64 / count as f64);
     Ok(Sample::new(&result, cpu_ms, main_ms, bpf_ns))
 }
 
@@ -223,12 +244,13 @@ impl BpfStats {
         Self { previous }
     }
 
-    /// Total run time (ns) and run count of the loaded sticky program, if there is one.
-    fn read() -> Option<(u64, u64)> {
+    /// Total run time (ns) and run count of each loaded sticky program, by id.
+    fn read() -> std::collections::HashMap<u32, (u64, u64)> {
         aya::programs::loaded_programs()
             .filter_map(Result::ok)
-            .find(|p| p.name_as_str().is_some_and(|n| n.starts_with("sticky_")))
-            .map(|p| (p.run_time().as_nanos() as u64, p.run_count()))
+            .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("sticky_")))
+            .map(|p| (p.id(), (p.run_time().as_nanos() as u64, p.run_count())))
+            .collect()
     }
 }
 

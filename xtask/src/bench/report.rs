@@ -200,7 +200,9 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "×rate, ×cpu: against kernel dispatch with the same workers (kernel-node for Node modes)"
+            "×rate, ×cpu: against kernel dispatch with the same workers (kernel-node for Node modes);\n\
+             udp-*: datagrams, not connections (a new socket per datagram, its answer awaited), \
+             against udp-reuseport"
         );
         // The modes with one master process that accepts every connection.
         for mode in ["userspace", "seed"] {
@@ -218,6 +220,10 @@ impl Report {
             out,
             "\neBPF program cost (kernel.bpf_stats_enabled): {bpf:.0} ns per dispatch"
         );
+        let udp = self.median_of("udp-kernel", |s| s.bpf_ns.unwrap_or(f64::NAN));
+        if udp.is_finite() {
+            let _ = writeln!(out, "eBPF program cost per UDP datagram: {udp:.0} ns");
+        }
         let _ = writeln!(
             out,
             "\nkernel dispatch scaling:\n{:<8} {:>9} {:>8} {:>9}",
@@ -248,7 +254,13 @@ impl Report {
 
 /// The mode a mode's ratios are taken against: kernel dispatch with the same worker runtime.
 fn baseline(mode: &str) -> &'static str {
-    if mode.ends_with("-node") || mode == "seed" { "kernel-node" } else { "kernel" }
+    if mode.starts_with("udp-") {
+        "udp-reuseport"
+    } else if mode.ends_with("-node") || mode == "seed" {
+        "kernel-node"
+    } else {
+        "kernel"
+    }
 }
 
 fn kernel_release() -> String {

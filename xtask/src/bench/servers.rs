@@ -50,6 +50,12 @@ pub enum Mode {
     Proxied,
     /// The same through userspace dispatch, which reads the header of every connection.
     ProxiedUserspace,
+    /// UDP (`--listen udp://`): sticky's eBPF program picks the worker for each datagram.
+    UdpKernel,
+    /// UDP with plain SO_REUSEPORT (`--dispatch none`): the ceiling for `UdpKernel`.
+    UdpReuseport,
+    /// UDP through nginx's `stream` module (`hash $remote_addr consistent`).
+    UdpNginx,
 }
 
 impl Mode {
@@ -69,12 +75,20 @@ impl Mode {
             Self::KernelTrusted => "kernel-trusted",
             Self::Proxied => "proxied",
             Self::ProxiedUserspace => "proxied-userspace",
+            Self::UdpKernel => "udp-kernel",
+            Self::UdpReuseport => "udp-reuseport",
+            Self::UdpNginx => "udp-nginx",
         }
     }
 
     /// Whether each request comes with a PROXY header.
     pub fn proxied(self) -> bool {
         matches!(self, Self::Proxied | Self::ProxiedUserspace)
+    }
+
+    /// Whether the load is datagrams (to UDP port 3900) rather than connections.
+    pub fn udp(self) -> bool {
+        matches!(self, Self::UdpKernel | Self::UdpReuseport | Self::UdpNginx)
     }
 
     /// Whether the workers are the Node handler rather than the Rust demo worker.
@@ -98,6 +112,8 @@ impl Mode {
 
 /// Where the server under test listens.
 pub const ADDRESS: &str = "127.0.0.1:3900";
+/// Where the UDP modes listen: the same port, over UDP.
+const UDP_LISTEN: &str = "udp://127.0.0.1:3900";
 /// The first backend port of the proxy modes.
 const BACKEND_PORT: u16 = 3910;
 
@@ -161,6 +177,19 @@ impl Server {
                     .context("cannot start node")?;
                 self.children.push(seed);
             }
+            Mode::UdpKernel => self.children.push(run("main", UDP_LISTEN, workers, "kernel")?),
+            Mode::UdpReuseport => self.children.push(run("main", UDP_LISTEN, workers, "none")?),
+            Mode::UdpNginx => {
+                let backends: Vec<String> = (0..workers)
+                    .map(|i| format!("127.0.0.1:{}", BACKEND_PORT + i as u16))
+                    .collect();
+                for (i, backend) in backends.iter().enumerate() {
+                    let listen = format!("udp://{backend}");
+                    self.children.push(run(&format!("backend{i}"), &listen, 1, "none")?);
+                    super::udp::wait_until_serving(backend.parse()?)?;
+                }
+                self.children.push(super::udp::nginx(dir, ADDRESS, &backends)?);
+            }
             Mode::Nginx | Mode::Haproxy | Mode::NginxNode | Mode::HaproxyNode => {
                 let backends: Vec<String> = (0..workers)
                     .map(|i| format!("127.0.0.1:{}", BACKEND_PORT + i as u16))
@@ -178,6 +207,9 @@ impl Server {
                 };
                 self.children.push(proxy);
             }
+        }
+        if mode.udp() {
+            return super::udp::wait_until_serving(ADDRESS.parse()?);
         }
         wait_until_serving(ADDRESS.parse()?)
     }
