@@ -25,6 +25,7 @@ mod sticky;
 mod test_netns;
 mod tls;
 mod udp;
+mod under_load;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
