@@ -19,6 +19,7 @@ mod slot;
 mod state;
 mod state_record;
 mod upgrade;
+mod usage;
 mod worker;
 
 use std::{
@@ -294,7 +295,9 @@ impl Supervisor {
 
     /// The current state, for `sticky status`.
     pub fn status(&self) -> Result<Status, SupervisorError> {
-        Ok(self.state().status(self.loader_info())?)
+        let mut status = self.state().status(self.loader_info())?;
+        usage::fill(&mut status.slots);
+        Ok(status)
     }
 
     /// This image of the loader.
@@ -348,6 +351,7 @@ impl Loader for Supervisor {
                 self.stop.notify_one();
                 Response::Done { message: "stopping".into() }
             }
+            Request::RestartSlot { slot } => done(self.restart_slot(slot as usize).await),
             Request::Upgrade => {
                 Response::Error { message: "an upgrade is answered by the upgrade path".into() }
             }
