@@ -6,6 +6,7 @@ mod inspect;
 mod install;
 mod man;
 mod run;
+mod top;
 
 use std::{ffi::OsString, io::IsTerminal as _, path::Path, process::ExitCode};
 
@@ -36,6 +37,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Watch the running loader live: per slot its worker, state, connections per second,
+    /// accept queue, table share, restarts, uptime, CPU, memory and STATUS= text; restart or
+    /// kill a slot's worker. With stdout not a terminal, print one snapshot as a table.
+    Top(ctl::ControlArgs),
     /// Replace every worker, one slot at a time, without dropping connections (also SIGHUP).
     Reload(ctl::ControlArgs),
     /// Change the number of workers of the running loader.
@@ -133,6 +138,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Status { control, json } => ctl::run(&control, Request::Status, json),
+        Command::Top(control) => top::run(&control),
         Command::Reload(control) => ctl::run(&control, Request::Reload, false),
         Command::Scale { workers, control } => {
             ctl::run(&control, Request::Scale { workers }, false)
