@@ -1,8 +1,46 @@
 //! What each worker uses, from `/proc/PID/stat`: CPU time and resident memory, for `sticky
-//! status` and `/metrics`. One read per worker (stat has both, so `status` is not read), done
-//! without the supervisor's lock.
+//! status` and `/metrics`. One read per worker (stat has both, so `status` is not read).
+//!
+//! A task reads them every [`PERIOD`] on a blocking thread, without the supervisor's lock, and
+//! keeps them by pid: a status (a scrape) only looks them up. Reading 128 workers' stat files
+//! costs about as much as the rest of a scrape several times over; so the figures may be up to
+//! a period old.
 
-use crate::endpoints::control::SlotStatus;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use super::state::State;
+use crate::{endpoints::control::SlotStatus, sync::lock};
+
+/// How often the workers' usage is read.
+pub(super) const PERIOD: Duration = Duration::from_secs(1);
+
+/// The last usage read of each worker, by pid.
+pub(super) type Usages = Arc<Mutex<HashMap<u32, Usage>>>;
+
+/// Reads every worker's usage each [`PERIOD`] into `usages`, until the loader stops.
+pub(super) async fn watch(shared: Arc<Mutex<State>>, usages: Usages) {
+    loop {
+        let pids: Vec<u32> = {
+            let state = lock(&shared);
+            if state.stopping {
+                return;
+            }
+            state.slots.iter().filter_map(|slot| Some(slot.worker.as_ref()?.pid)).collect()
+        };
+        let read = tokio::task::spawn_blocking(move || {
+            let (ticks, page) = units();
+            pids.into_iter().filter_map(|pid| Some((pid, read(pid, ticks, page)?))).collect()
+        });
+        if let Ok(read) = read.await {
+            *lock(&usages) = read;
+        }
+        tokio::time::sleep(PERIOD).await;
+    }
+}
 
 /// A process's CPU time and resident memory.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -13,20 +51,28 @@ pub(super) struct Usage {
     pub(super) rss_bytes: u64,
 }
 
-/// Fills each slot's `cpu_secs` and `rss_bytes` from its worker's `/proc/PID/stat`.
-pub(super) fn fill(slots: &mut [SlotStatus]) {
-    // SAFETY: sysconf only reads configuration values.
-    let (ticks, page) =
-        unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
-    let (ticks, page) = (ticks.max(1) as u64, page.max(1) as u64);
+/// Fills each slot's `cpu_secs` and `rss_bytes` from the last read of its worker.
+pub(super) fn fill(slots: &mut [SlotStatus], usages: &Usages) {
+    let usages = lock(usages);
     for slot in slots {
-        let Some(pid) = slot.pid else { continue };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
-        if let Some(usage) = stat.ok().and_then(|stat| parse(&stat, ticks, page)) {
+        if let Some(usage) = slot.pid.and_then(|pid| usages.get(&pid)) {
             slot.cpu_secs = Some(usage.cpu_secs);
             slot.rss_bytes = Some(usage.rss_bytes);
         }
     }
+}
+
+/// Clock ticks per second and the page size.
+fn units() -> (u64, u64) {
+    // SAFETY: sysconf only reads configuration values.
+    let (ticks, page) =
+        unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+    (ticks.max(1) as u64, page.max(1) as u64)
+}
+
+/// Process `pid`'s usage, if it still runs.
+fn read(pid: u32, ticks: u64, page: u64) -> Option<Usage> {
+    parse(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?, ticks, page)
 }
 
 /// The usage in a `/proc/PID/stat` line, given the clock ticks per second and the page size.
@@ -54,10 +100,19 @@ mod tests {
     }
 
     #[test]
-    fn reads_this_process() {
-        let mut slots = [SlotStatus { pid: Some(std::process::id()), ..Default::default() }];
-        fill(&mut slots);
-        assert!(slots[0].rss_bytes.is_some_and(|rss| rss > 0), "{slots:?}");
-        assert!(slots[0].cpu_secs.is_some());
+    fn reads_this_process_and_fills_its_slot() {
+        let (ticks, page) = units();
+        let pid = std::process::id();
+        let usage = read(pid, ticks, page).unwrap();
+        assert!(usage.rss_bytes > 0, "{usage:?}");
+        let usages: Usages = Arc::new(Mutex::new([(pid, usage)].into()));
+        let mut slots = [
+            SlotStatus { pid: Some(pid), ..Default::default() },
+            SlotStatus { pid: Some(pid + 1), ..Default::default() },
+        ];
+        fill(&mut slots, &usages);
+        assert_eq!(slots[0].cpu_secs, Some(usage.cpu_secs));
+        assert_eq!(slots[0].rss_bytes, Some(usage.rss_bytes));
+        assert_eq!(slots[1].rss_bytes, None, "an unread worker has none");
     }
 }
