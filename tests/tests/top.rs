@@ -12,7 +12,7 @@ use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
-use sticky_tests::{Load, Sticky, in_netns, load_clients, sticky_bin};
+use sticky_tests::{Load, Sticky, eventually, in_netns, load_clients, sticky_bin};
 use sticky_user::control::Status;
 
 /// A tmux server of its own, with one 80×24 window running `sticky top`; killed on drop.
@@ -211,7 +211,13 @@ fn the_metrics_pass_promtool_and_explain_each_slot() {
         let args = ["--listen", "127.0.0.1:3304", "--workers", "3", "--metrics", "127.0.0.1:9304"];
         let sticky = Sticky::serving(&args, 3);
         let _ = sticky.control(sticky_user::control::Request::Reload);
-        let body = scrape("127.0.0.1:9304".parse().unwrap());
+        // The workers' CPU and memory are read once a second: the new workers' come with a
+        // later scrape.
+        let mut body = String::new();
+        eventually("every worker's memory in /metrics", || {
+            body = scrape("127.0.0.1:9304".parse().unwrap());
+            body.matches("sticky_worker_resident_memory_bytes{").count() == 3
+        });
         let mut promtool = Command::new("promtool")
             .args(["check", "metrics"])
             .stdin(Stdio::piped())

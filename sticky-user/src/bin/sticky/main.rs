@@ -40,6 +40,10 @@ enum Command {
     /// Watch the running loader live: per slot its worker, state, connections per second,
     /// accept queue, table share, restarts, uptime, CPU, memory and STATUS= text; restart or
     /// kill a slot's worker. With stdout not a terminal, print one snapshot as a table.
+    ///
+    /// Keys: Up/Down select a slot; s sorts by the next column, S reverses the order, 1-9 sort
+    /// by that column; r restarts the selected slot (its new worker first, as a reload does),
+    /// k sends its worker SIGKILL, each after y; q or Ctrl-C quits. Refreshed every second.
     Top(ctl::ControlArgs),
     /// Replace every worker, one slot at a time, without dropping connections (also SIGHUP).
     Reload(ctl::ControlArgs),
