@@ -4,7 +4,8 @@
 //! tools the integration tests call (iproute2, util-linux's setpriv, python3, node with npm and
 //! the socket.io example's packages, systemd-analyze, redis-server and chromium for the socket.io
 //! chat, and openssl, curl, nginx with its stream module, nftables and haproxy for the
-//! deployment recipes and the proxies in front of sticky; for the drop-in tests socket.io and
+//! deployment recipes and the proxies in front of sticky; tmux and promtool for `sticky top`
+//! and the metrics; for the drop-in tests socket.io and
 //! TypeScript, golang, and uvicorn, gunicorn and python-socketio in target/pyenv), and for the
 //! service test a real systemd:
 //! mmdebstrap, systemd-nspawn and a container root kept under target/.
@@ -48,6 +49,9 @@ pub fn test_tools() -> anyhow::Result<()> {
         ("nft", "nftables"),
         // Behind a load balancer: HAProxy and nginx in front of sticky (tests/tests/proxies.rs).
         ("haproxy", "haproxy"),
+        // `sticky top` in a real terminal, and the metrics checked (tests/tests/top.rs).
+        ("tmux", "tmux"),
+        ("promtool", "prometheus"),
     ];
     let mut missing: Vec<&str> = tools
         .into_iter()
@@ -60,7 +64,7 @@ pub fn test_tools() -> anyhow::Result<()> {
     }
     if missing.is_empty() {
         say("test tools (ip, setpriv, python3, node, npm, systemd-analyze, systemd-notify, \
-             openssl, curl, nginx and its stream module, nft, haproxy): present");
+             openssl, curl, nginx and its stream module, nft, haproxy, tmux, promtool): present");
     } else {
         apt_install(&missing)?;
     }

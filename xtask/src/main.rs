@@ -47,7 +47,8 @@ enum Command {
         #[arg(long)]
         balance: bool,
         /// Only these modes (comma-separated names, e.g. kernel,proxied), without the scaling,
-        /// memory and balance runs; the results are printed, not written.
+        /// memory and balance runs; the results are printed, not written. `scrape` times a
+        /// `GET /metrics` of 128 slots.
         #[arg(long, value_delimiter = ',', conflicts_with = "balance")]
         only: Vec<String>,
         /// Measure nothing: draw bench/results/latest.svg again from latest.json.

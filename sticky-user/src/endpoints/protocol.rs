@@ -22,6 +22,12 @@ pub enum Request {
     /// Re-execute the sticky binary at its path in place, handing it the running state. The
     /// answer comes from the new image once it runs (or from this one if it refused).
     Upgrade,
+    /// Replace one slot's worker as a rolling restart does (`sticky top`'s `r`): the new one
+    /// starts beside it, and the old one gets SIGTERM once the new one is ready.
+    RestartSlot {
+        /// The slot.
+        slot: u32,
+    },
 }
 
 /// The loader's answer.
@@ -104,7 +110,7 @@ pub struct LoaderInfo {
 }
 
 /// One worker slot in [`Status`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SlotStatus {
     /// The slot number.
     pub slot: u32,
@@ -131,6 +137,62 @@ pub struct SlotStatus {
     /// SO_REUSEPORT): its share of the clients.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table_share: Option<f64>,
+    /// Where the slot stands (none from a loader older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<SlotState>,
+    /// Connections waiting in the slot's accept queues, over every TCP listen address (none
+    /// under userspace dispatch, where the slot has no listening socket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<u32>,
+    /// When the current worker became ready, in seconds since the Unix epoch (none while it
+    /// is not, or for a ready worker adopted from before an upgrade).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_at_unix_secs: Option<u64>,
+    /// CPU time (user and system) the current worker has used, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_secs: Option<f64>,
+    /// The current worker's resident memory, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<u64>,
+}
+
+/// Where a slot stands, in [`SlotStatus`]: its life's phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlotState {
+    /// In the table; its worker is not ready yet (or is being restarted).
+    Starting,
+    /// In the table, its worker ready.
+    Ready,
+    /// Out of the table: its worker was found hung; back once a new worker is ready.
+    Hung,
+    /// Out of the table: its workers exited too often; back once one stays up.
+    CrashLooping,
+    /// Leaving (scale down).
+    Stopping,
+}
+
+impl SlotState {
+    /// Every state, in this order.
+    pub const ALL: [SlotState; 5] =
+        [Self::Starting, Self::Ready, Self::Hung, Self::CrashLooping, Self::Stopping];
+
+    /// Its name, as in JSON and in the metrics' `state` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Ready => "ready",
+            Self::Hung => "hung",
+            Self::CrashLooping => "crash-looping",
+            Self::Stopping => "stopping",
+        }
+    }
+}
+
+impl std::fmt::Display for SlotState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// How the last rolling restart (or upgrade) ended.

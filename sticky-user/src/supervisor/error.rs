@@ -40,6 +40,14 @@ pub enum SupervisorError {
         /// Why its new worker was not taken.
         reason: String,
     },
+    /// A slot that does not exist.
+    #[error("there is no slot {slot} (slots 0 to {})", .slots.saturating_sub(1))]
+    NoSuchSlot {
+        /// The slot asked for.
+        slot: usize,
+        /// How many slots there are.
+        slots: usize,
+    },
     /// At start, no worker became ready.
     #[error("no worker became ready: {0}")]
     NoWorkerReady(String),

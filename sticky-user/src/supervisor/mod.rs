@@ -19,6 +19,7 @@ mod slot;
 mod state;
 mod state_record;
 mod upgrade;
+mod usage;
 mod worker;
 
 use std::{
@@ -106,6 +107,8 @@ pub struct Supervisor {
     started_at_unix_secs: u64,
     /// The endpoints' fds, known once running, for an upgrade to hand on.
     endpoint_fds: OnceLock<EndpointFds>,
+    /// Each worker's last CPU time and memory read (supervisor/usage.rs).
+    usages: usage::Usages,
     /// After an upgrade or a rollback: the image before this one, the `sticky upgrade`
     /// connection that waits for this image's answer, and why a rollback happened.
     resumed: Mutex<Option<Resumed>>,
@@ -152,6 +155,7 @@ impl Supervisor {
             executable,
             started_at_unix_secs,
             endpoint_fds: OnceLock::new(),
+            usages: Default::default(),
             resumed: Mutex::new(resumed),
         }
     }
@@ -196,6 +200,7 @@ impl Supervisor {
             tokio::spawn(metrics::serve(listener, self.clone()));
         }
         tokio::spawn(systemd::watchdog());
+        tokio::spawn(usage::watch(self.shared.clone(), self.usages.clone()));
         // A stop while the workers get ready is obeyed at once.
         let stopped_early = tokio::select! {
             ready = self.wait_until_ready() => match ready {
@@ -294,7 +299,9 @@ impl Supervisor {
 
     /// The current state, for `sticky status`.
     pub fn status(&self) -> Result<Status, SupervisorError> {
-        Ok(self.state().status(self.loader_info())?)
+        let mut status = self.state().status(self.loader_info())?;
+        usage::fill(&mut status.slots, &self.usages);
+        Ok(status)
     }
 
     /// This image of the loader.
@@ -348,6 +355,7 @@ impl Loader for Supervisor {
                 self.stop.notify_one();
                 Response::Done { message: "stopping".into() }
             }
+            Request::RestartSlot { slot } => done(self.restart_slot(slot as usize).await),
             Request::Upgrade => {
                 Response::Error { message: "an upgrade is answered by the upgrade path".into() }
             }

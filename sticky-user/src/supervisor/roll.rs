@@ -57,42 +57,77 @@ impl Supervisor {
         };
         let mut roll = Roll::new(count);
         loop {
-            let (slot, old, new) = {
-                let mut state = self.state();
+            let slot = {
+                let state = self.state();
                 let Some(slot) = roll.next(state.slots.len(), state.stopping)? else { break };
-                let new = spawn_worker(&self.shared, &mut state, slot).map_err(|err| {
-                    SupervisorError::ReloadStopped {
-                        slot,
-                        reason: format!("the new worker cannot be started ({err})"),
-                    }
-                })?;
-                (slot, state.slots[slot].worker.clone(), new)
+                slot
             };
-            let ready = new.wait_ready(ready_timeout).await;
-            if let Err(stopped) = Roll::candidate(slot, ready.clone()) {
-                kill(&new);
-                new.wait().await;
-                if let Err(not_ready) = ready {
-                    warn!(slot, reason = %not_ready, "rolling restart stopped");
-                }
-                return Err(stopped);
-            }
-            let current = {
-                let mut state = self.state();
-                let current = state.slots[slot].worker.replace(new);
-                state.slot_ready(slot);
-                current
-            };
-            // The old worker, unless it exited meanwhile and was restarted: stop that one too.
-            if let Some(current) = current.filter(|c| old.as_ref().is_none_or(|o| o.pid != c.pid)) {
-                terminate(&current, grace);
-            }
-            if let Some(old) = old {
-                terminate(&old, grace);
-                old.wait().await;
-            }
+            self.replace(slot, ready_timeout, grace).await?;
         }
         Ok(format!("restarted {count} workers"))
+    }
+
+    /// Replaces slot `slot`'s worker as a rolling restart does, that slot alone (`sticky
+    /// top`'s `r`). Serialized with reload, scale and upgrade.
+    pub async fn restart_slot(&self, slot: usize) -> Result<String, SupervisorError> {
+        let _operation = self.operation.lock().await;
+        let policy = self.state().policy;
+        info!(slot, "restarting one slot");
+        self.replace(slot, policy.ready_timeout, policy.grace_period).await?;
+        Ok(format!("restarted slot {slot}"))
+    }
+
+    /// Starts a new worker on slot `slot` beside its current one and, once it is ready, makes
+    /// it the slot's worker and stops the old one; a new worker that is not ready in time is
+    /// killed, and the old one keeps the slot.
+    async fn replace(
+        &self,
+        slot: usize,
+        ready_timeout: Duration,
+        grace: Duration,
+    ) -> Result<(), SupervisorError> {
+        let (old, new) = {
+            let mut state = self.state();
+            // Checked with the start, under the same lock.
+            if state.stopping {
+                return Err(SupervisorError::Stopping);
+            }
+            let slots = state.slots.len();
+            if slot >= slots {
+                return Err(SupervisorError::NoSuchSlot { slot, slots });
+            }
+            let new = spawn_worker(&self.shared, &mut state, slot).map_err(|err| {
+                SupervisorError::ReloadStopped {
+                    slot,
+                    reason: format!("the new worker cannot be started ({err})"),
+                }
+            })?;
+            (state.slots[slot].worker.clone(), new)
+        };
+        let ready = new.wait_ready(ready_timeout).await;
+        if let Err(stopped) = Roll::candidate(slot, ready.clone()) {
+            kill(&new);
+            new.wait().await;
+            if let Err(not_ready) = ready {
+                warn!(slot, reason = %not_ready, "rolling restart stopped");
+            }
+            return Err(stopped);
+        }
+        let current = {
+            let mut state = self.state();
+            let current = state.slots[slot].worker.replace(new);
+            state.slot_ready(slot);
+            current
+        };
+        // The old worker, unless it exited meanwhile and was restarted: stop that one too.
+        if let Some(current) = current.filter(|c| old.as_ref().is_none_or(|o| o.pid != c.pid)) {
+            terminate(&current, grace);
+        }
+        if let Some(old) = old {
+            terminate(&old, grace);
+            old.wait().await;
+        }
+        Ok(())
     }
 
     /// Waits until every slot has had a ready worker, so that systemd hears READY=1 only then

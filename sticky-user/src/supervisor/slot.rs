@@ -24,7 +24,7 @@ use std::{
 };
 
 use super::worker::Exit;
-use crate::config::WorkerPolicy;
+use crate::{config::WorkerPolicy, endpoints::control::SlotState};
 
 /// A worker that ran this long is healthy: its backoff resets and an ejected slot rejoins.
 pub(super) const HEALTHY_RUN: Duration = Duration::from_secs(10);
@@ -47,6 +47,18 @@ pub(super) enum Phase {
     /// Leaving: removed by a scale down (out of the table first, then its socket and its
     /// worker go). A loader that stops keeps its slots as they are for `sticky status`.
     Stopping,
+}
+
+impl From<Phase> for SlotState {
+    fn from(phase: Phase) -> Self {
+        match phase {
+            Phase::Starting => Self::Starting,
+            Phase::Ready => Self::Ready,
+            Phase::Ejected(Ejection::Hung) => Self::Hung,
+            Phase::Ejected(Ejection::CrashLooping) => Self::CrashLooping,
+            Phase::Stopping => Self::Stopping,
+        }
+    }
 }
 
 /// Why a slot is out of the table, which says when it comes back.

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     chain::Chain,
-    config::WorkerPolicy,
+    config::{Transport, WorkerPolicy},
     dispatch::Dispatch,
     endpoints::{
         control::{ClientAddressStatus, LoaderInfo, ReloadOutcome, SlotStatus, Status},
@@ -28,7 +28,7 @@ use crate::{
     fd_store,
     handoff::Handoff,
     kernel::{Counters, DispatchError, Dispatcher, table},
-    listeners::ListenerGroup,
+    listeners::{ListenerGroup, accept_backlog},
     spawn::Spawner,
 };
 
@@ -138,6 +138,12 @@ impl State {
                     .table
                     .as_ref()
                     .map(|_| entries[index as usize] as f64 / TABLE_SIZE as f64),
+                state: Some(slot.life.phase.into()),
+                queue: self.queue(index as usize),
+                ready_at_unix_secs: slot.worker.as_ref().and_then(Worker::ready_at),
+                // Read from /proc by the caller, without the lock.
+                cpu_secs: None,
+                rss_bytes: None,
             })
             .collect();
         Ok(Status {
@@ -155,6 +161,17 @@ impl State {
             last_upgrade: self.last_upgrade.clone(),
             client_address: self.client_address_status(total(|c| c.proxied)),
         })
+    }
+
+    /// Connections waiting in slot `index`'s accept queues (TCP listen addresses), if it has
+    /// sockets of its own (not under userspace dispatch).
+    fn queue(&self, index: usize) -> Option<u32> {
+        if matches!(self.dispatch, Dispatch::Userspace) {
+            return None;
+        }
+        let tcp = self.groups.iter().filter(|group| group.listen.transport == Transport::Tcp);
+        let sockets = tcp.filter_map(|group| group.sockets.get(index));
+        Some(sockets.map(|socket| accept_backlog(socket).unwrap_or(0)).sum())
     }
 
     /// How trusted proxies' connections went, if any are trusted.

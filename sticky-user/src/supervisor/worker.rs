@@ -9,7 +9,11 @@ use std::{
 
 use tokio::{sync::watch, time::timeout};
 
-use crate::{endpoints::readiness::Inbox, handoff::node_ipc::Channel, sync::lock};
+use crate::{
+    endpoints::readiness::Inbox,
+    handoff::node_ipc::Channel,
+    sync::{lock, unix_now},
+};
 
 /// A worker process the supervisor started; clones share its state.
 #[derive(Clone)]
@@ -35,6 +39,9 @@ struct Notes {
     status: Option<String>,
     /// The last `WATCHDOG=1`, or when it became ready.
     fed: Instant,
+    /// When it became ready, in seconds since the Unix epoch (unknown for a worker adopted
+    /// ready from before an upgrade).
+    ready_at: Option<u64>,
 }
 
 /// How a worker ended.
@@ -92,7 +99,7 @@ impl Worker {
         let shared = Shared {
             ready: watch::Sender::new(ready),
             exit: watch::Sender::new(None),
-            notes: Mutex::new(Notes { status, fed: now }),
+            notes: Mutex::new(Notes { status, fed: now, ready_at: None }),
         };
         let started = now.checked_sub(uptime).unwrap_or(now);
         Self { pid, started, inbox: inbox.map(Arc::new), channel: None, shared: Arc::new(shared) }
@@ -121,7 +128,16 @@ impl Worker {
     /// Marks it ready; returns whether it was not before.
     pub(super) fn mark_ready(&self) -> bool {
         self.feed();
-        !self.shared.ready.send_replace(true)
+        let newly = !self.shared.ready.send_replace(true);
+        if newly {
+            self.notes().ready_at = Some(unix_now());
+        }
+        newly
+    }
+
+    /// When it became ready, in seconds since the Unix epoch, if known.
+    pub(super) fn ready_at(&self) -> Option<u64> {
+        self.notes().ready_at
     }
 
     /// Whether it is ready.

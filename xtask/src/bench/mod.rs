@@ -7,6 +7,7 @@ mod chart;
 mod load;
 mod proxies;
 mod report;
+mod scrape;
 mod servers;
 mod udp;
 
@@ -55,6 +56,17 @@ pub fn run(quick: bool, balance_only: bool, only: &[String]) -> anyhow::Result<(
     let plan = if quick { QUICK } else { FULL };
     let work = std::env::temp_dir().join(format!("sticky-bench-{}", std::process::id()));
     let results = root.join("bench/results");
+    // The metrics endpoint's cost: alone with `--only scrape`, printed first in a full run.
+    let scrape_only = !only.is_empty() && only.iter().all(|name| name == scrape::NAME);
+    if !balance_only && (only.is_empty() || only.iter().any(|name| name == scrape::NAME)) {
+        scrape::run(&sticky, &work.join(scrape::NAME))?;
+        if scrape_only {
+            let _ = std::fs::remove_dir_all(&work);
+            return Ok(());
+        }
+    }
+    let only: Vec<String> = only.iter().filter(|name| *name != scrape::NAME).cloned().collect();
+    let only = only.as_slice();
     if balance_only {
         let balance = balance::run(&sticky, &work.join("balance"), plan.balance_clients);
         let _ = std::fs::remove_dir_all(&work);

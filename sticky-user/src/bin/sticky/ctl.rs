@@ -14,7 +14,7 @@ use sticky_user::{
 pub struct ControlArgs {
     /// The running loader's control socket (its `sticky run --control`).
     #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL)]
-    control: PathBuf,
+    pub control: PathBuf,
 }
 
 /// Sends `request` and prints the answer; `json` prints a status as JSON.

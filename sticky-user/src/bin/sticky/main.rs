@@ -6,6 +6,7 @@ mod inspect;
 mod install;
 mod man;
 mod run;
+mod top;
 
 use std::{ffi::OsString, io::IsTerminal as _, path::Path, process::ExitCode};
 
@@ -36,6 +37,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Watch the running loader live: per slot its worker, state, connections per second,
+    /// accept queue, table share, restarts, uptime, CPU, memory and STATUS= text; restart or
+    /// kill a slot's worker. With stdout not a terminal, print one snapshot as a table.
+    ///
+    /// Keys: Up/Down select a slot; s sorts by the next column, S reverses the order, 1-9 sort
+    /// by that column; r restarts the selected slot (its new worker first, as a reload does),
+    /// k sends its worker SIGKILL, each after y; q or Ctrl-C quits. Refreshed every second.
+    Top(ctl::ControlArgs),
     /// Replace every worker, one slot at a time, without dropping connections (also SIGHUP).
     Reload(ctl::ControlArgs),
     /// Change the number of workers of the running loader.
@@ -133,6 +142,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Status { control, json } => ctl::run(&control, Request::Status, json),
+        Command::Top(control) => top::run(&control),
         Command::Reload(control) => ctl::run(&control, Request::Reload, false),
         Command::Scale { workers, control } => {
             ctl::run(&control, Request::Scale { workers }, false)
