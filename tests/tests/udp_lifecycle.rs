@@ -159,3 +159,41 @@ fn an_upgrade_under_a_datagram_load_answers_every_datagram_and_keeps_the_workers
         sticky.stop_cleanly();
     });
 }
+
+#[test]
+fn a_worker_that_reads_no_datagram_is_found_hung_and_replaced() {
+    in_netns(|| {
+        // Workers that never read: `sleep`. The hang check peeks at the head of each slot's
+        // queue; one that stays put for the hang timeout is a hung worker.
+        let args = ["--listen", "udp://127.0.0.1:5090", "-w", "2", "--hang-timeout", "1"];
+        let sticky = Sticky::serving(&[&args[..], &["--", "/bin/sleep", "3600"]].concat(), 2);
+        let before: Vec<Option<u32>> = sticky.status().slots.iter().map(|s| s.pid).collect();
+        // Datagrams for one slot only: the first client's.
+        let server = SocketAddr::from(([127, 0, 0, 1], 5090));
+        let client = sticky_tests::udp_client(sticky_tests::client_v4(0));
+        for sequence in 0..20 {
+            client.send_to(format!("unread {sequence}").as_bytes(), server).expect("send");
+        }
+        let waiting = eventually_slot_with_datagrams(&sticky);
+        eventually("the slot whose queue does not move is found hung", || {
+            sticky.status().slots[waiting].hangs >= 1
+        });
+        let after = sticky.status();
+        assert_ne!(after.slots[waiting].pid, before[waiting], "the hung worker was not replaced");
+        let idle = 1 - waiting;
+        assert_eq!(after.slots[idle].hangs, 0, "a slot with nothing waiting counted as hung");
+        assert_eq!(after.slots[idle].pid, before[idle]);
+        assert!(sticky.log().contains("worker is hung"), "{}", sticky.log());
+        sticky.stop_cleanly();
+    });
+}
+
+/// The slot the program gave datagrams to (its counter moved).
+fn eventually_slot_with_datagrams(sticky: &Sticky) -> usize {
+    let mut slot = None;
+    eventually("the program selected a slot", || {
+        slot = sticky.status().slots.iter().position(|s| s.connections > 0);
+        slot.is_some()
+    });
+    slot.expect("a slot")
+}
