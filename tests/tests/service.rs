@@ -270,7 +270,8 @@ fn status_and_metrics_count_the_connections_the_test_made() {
         assert_eq!(json.slots.iter().map(|s| s.connections).collect::<Vec<_>>(), made);
 
         let metrics = scrape("127.0.0.1:9100".parse().unwrap());
-        let samples: HashMap<&str, u64> = metrics
+        // Counters are integers; some gauges (shares, CPU seconds) are not.
+        let samples: HashMap<&str, f64> = metrics
             .lines()
             .filter(|l| !l.starts_with('#'))
             .filter_map(|l| l.rsplit_once(' ').map(|(k, v)| (k, v.parse().unwrap())))
@@ -278,12 +279,12 @@ fn status_and_metrics_count_the_connections_the_test_made() {
         for (slot, count) in made.iter().enumerate() {
             assert_eq!(
                 samples[format!("sticky_connections_total{{slot=\"{slot}\"}}").as_str()],
-                *count,
+                *count as f64,
                 "{metrics}"
             );
         }
-        assert_eq!(samples["sticky_workers_up"], 3);
-        assert_eq!(samples["sticky_fallbacks_total"], 0);
+        assert_eq!(samples["sticky_workers_up"], 3.0);
+        assert_eq!(samples["sticky_fallbacks_total"], 0.0);
         sticky.stop_cleanly();
     });
 }

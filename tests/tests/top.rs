@@ -15,14 +15,17 @@ use nix::{
 use sticky_tests::{Load, Sticky, eventually, in_netns, load_clients, sticky_bin};
 use sticky_user::control::Status;
 
-/// A tmux server of its own, with one 80×24 window running `sticky top`; killed on drop.
+/// A tmux server of its own (the tests of this file may run at once), with one 80×24 window
+/// running `sticky top`; killed on drop.
 struct Tmux {
     socket: String,
 }
 
 impl Tmux {
     fn top(control: &std::path::Path) -> Self {
-        let socket = format!("sticky-top-test-{}", std::process::id());
+        static SERVERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let socket = format!("sticky-top-test-{}-{n}", std::process::id());
         let command = format!("{} top --control {}", sticky_bin().display(), control.display());
         let tmux = Self { socket };
         let status = tmux
