@@ -234,6 +234,18 @@ impl Sticky {
         control::request(path, &request).unwrap_or_else(|err| panic!("{err}:\n{}", self.log()))
     }
 
+    /// `sticky status --json`, as the CLI prints it (the control socket's answer, through the
+    /// binary under test); panics unless it succeeds.
+    pub fn status_json(&self) -> Status {
+        let output = Command::new(sticky_bin())
+            .args(["status", "--json", "--control"])
+            .arg(self.control_path())
+            .output()
+            .expect("sticky status --json");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).expect("status JSON")
+    }
+
     /// The loader's status; panics unless it answers.
     pub fn status(&self) -> Status {
         match self.control(Request::Status) {

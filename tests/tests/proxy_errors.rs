@@ -8,15 +8,14 @@ use std::{
     collections::BTreeMap,
     io::{self, Read as _, Write as _},
     net::{IpAddr, Shutdown, SocketAddr, TcpStream},
-    process::Command,
 };
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use sticky_tests::{
     Response, Sticky, client_v4, connect, eventually, get, in_netns, metrics, privileges::open_fds,
-    proxy_v1, read_response, sticky_bin,
+    proxy_v1, read_response,
 };
-use sticky_user::control::{ClientAddressStatus, Status};
+use sticky_user::control::ClientAddressStatus;
 
 const SERVER: &str = "127.0.0.1:3000";
 const METRICS: &str = "127.0.0.1:9100";
@@ -68,14 +67,7 @@ fn assert_closed_unanswered(mut stream: TcpStream, what: &str) {
 
 /// `sticky status --json`'s counts of trusted proxies' connections.
 fn status_json(sticky: &Sticky) -> ClientAddressStatus {
-    let output = Command::new(sticky_bin())
-        .args(["status", "--json", "--control"])
-        .arg(sticky.control_path())
-        .output()
-        .expect("sticky status --json");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let status: Status = serde_json::from_slice(&output.stdout).expect("status JSON");
-    status.client_address.expect("client_address in the status")
+    sticky.status_json().client_address.expect("client_address in the status")
 }
 
 /// Asserts the counts in `sticky status --json` and in `/metrics`: connections routed by

@@ -261,12 +261,7 @@ fn status_and_metrics_count_the_connections_the_test_made() {
             status.slots.iter().map(|s| s.table_share.expect("a share") * 16384.0).collect();
         assert!(entries.iter().all(|&e| e == 5461.0 || e == 5462.0), "{entries:?}");
 
-        let json = Command::new(sticky_bin())
-            .args(["status", "--json", "--control"])
-            .arg(sticky.control_path())
-            .output()
-            .unwrap();
-        let json: sticky_user::control::Status = serde_json::from_slice(&json.stdout).unwrap();
+        let json = sticky.status_json();
         assert_eq!(json.slots.iter().map(|s| s.connections).collect::<Vec<_>>(), made);
 
         let metrics = scrape("127.0.0.1:9100".parse().unwrap());

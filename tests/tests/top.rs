@@ -107,13 +107,7 @@ fn parse(screen: &str) -> Vec<Row> {
 
 /// `sticky status --json`, as the CLI prints it.
 fn status_json(sticky: &Sticky) -> Status {
-    let output = Command::new(sticky_bin())
-        .args(["status", "--json", "--control"])
-        .arg(sticky.control_path())
-        .output()
-        .expect("sticky status --json");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).expect("status JSON")
+    sticky.status_json()
 }
 
 fn pids(status: &Status) -> Vec<Option<u32>> {
