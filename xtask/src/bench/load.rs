@@ -44,10 +44,24 @@ fn proxy_header(index: u32, server: SocketAddr) -> Vec<u8> {
 /// Runs the load against `server` for `duration`; with `proxied`, each request comes with a
 /// PROXY header naming its client.
 pub fn run(server: SocketAddr, duration: Duration, proxied: bool) -> LoadResult {
+    drive(duration, move |index| {
+        let prefix = if proxied { proxy_header(index, server) } else { Vec::new() };
+        request(client(index), server, &prefix)
+    })
+}
+
+/// Runs `request` (for client `index`; the answering worker, or `None` when it failed) for
+/// `duration`: `CONCURRENCY` threads, each asking for the next of `CLIENTS` clients in turn,
+/// one request at a time.
+pub fn drive(
+    duration: Duration,
+    request: impl Fn(u32) -> Option<u32> + Clone + Send + 'static,
+) -> LoadResult {
     let start = Instant::now();
     let deadline = start + duration;
     let threads: Vec<_> = (0..CONCURRENCY)
         .map(|thread| {
+            let request = request.clone();
             thread::spawn(move || {
                 let mut result = LoadResult::default();
                 let mut next = thread as u32;
@@ -55,12 +69,11 @@ pub fn run(server: SocketAddr, duration: Duration, proxied: bool) -> LoadResult 
                     let index = next % CLIENTS;
                     next += CONCURRENCY as u32;
                     let began = Instant::now();
-                    let prefix = if proxied { proxy_header(index, server) } else { Vec::new() };
-                    match request(client(index), server, &prefix) {
-                        Some(pid) => {
+                    match request(index) {
+                        Some(worker) => {
                             result.ok += 1;
                             result.latencies_us.push(began.elapsed().as_micros() as u32);
-                            result.workers_by_client.entry(index).or_default().push(pid);
+                            result.workers_by_client.entry(index).or_default().push(worker);
                         }
                         None => result.failed += 1,
                     }
@@ -75,8 +88,8 @@ pub fn run(server: SocketAddr, duration: Duration, proxied: bool) -> LoadResult 
         total.ok += part.ok;
         total.failed += part.failed;
         total.latencies_us.extend(part.latencies_us);
-        for (client, pids) in part.workers_by_client {
-            total.workers_by_client.entry(client).or_default().extend(pids);
+        for (client, workers) in part.workers_by_client {
+            total.workers_by_client.entry(client).or_default().extend(workers);
         }
     }
     total.seconds = start.elapsed().as_secs_f64();

@@ -302,7 +302,12 @@ fn nginx(dir: &Path, backends: &[String]) -> anyhow::Result<Child> {
            server {{\n    listen {ADDRESS};\n    location / {{ proxy_pass http://backends; }}\n  }}\n}}\n",
         pid = dir.join("nginx.pid").display(),
     );
-    let path = dir.join("nginx.conf");
+    start_nginx(dir, "nginx.conf", &config)
+}
+
+/// Writes `config` to `name` in `dir` and starts nginx on it, in the foreground.
+pub(super) fn start_nginx(dir: &Path, name: &str, config: &str) -> anyhow::Result<Child> {
+    let path = dir.join(name);
     fs::write(&path, config)?;
     Command::new("nginx")
         .arg("-p")

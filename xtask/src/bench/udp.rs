@@ -4,17 +4,19 @@
 
 use std::{
     collections::HashMap,
-    fs,
     net::{SocketAddr, UdpSocket},
     path::Path,
-    process::{Child, Command},
+    process::Child,
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 
-use super::load::{CLIENTS, CONCURRENCY, LoadResult, client};
+use super::{
+    load::{LoadResult, client, drive},
+    servers::start_nginx,
+};
 
 /// How long a datagram's answer may take before the request counts as failed.
 const TIMEOUT: Duration = Duration::from_secs(1);
@@ -26,44 +28,10 @@ const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 /// for its answer (at most [`TIMEOUT`]). The answering worker is keyed by its slot: the demo
 /// answers `worker: <slot> <payload>`.
 pub fn run(server: SocketAddr, duration: Duration) -> LoadResult {
-    let start = Instant::now();
-    let deadline = start + duration;
-    let threads: Vec<_> = (0..CONCURRENCY)
-        .map(|thread| {
-            thread::spawn(move || {
-                let mut result = LoadResult::default();
-                let mut next = thread as u32;
-                let mut buffer = [0u8; 256];
-                while Instant::now() < deadline {
-                    let index = next % CLIENTS;
-                    next += CONCURRENCY as u32;
-                    let began = Instant::now();
-                    match ask(SocketAddr::new(client(index), 0), server, &mut buffer) {
-                        Some(slot) => {
-                            result.ok += 1;
-                            result.latencies_us.push(began.elapsed().as_micros() as u32);
-                            result.workers_by_client.entry(index).or_default().push(slot);
-                        }
-                        None => result.failed += 1,
-                    }
-                }
-                result
-            })
-        })
-        .collect();
-    let mut total = LoadResult::default();
-    for thread in threads {
-        let part = thread.join().expect("load thread");
-        total.ok += part.ok;
-        total.failed += part.failed;
-        total.latencies_us.extend(part.latencies_us);
-        for (client, slots) in part.workers_by_client {
-            total.workers_by_client.entry(client).or_default().extend(slots);
-        }
-    }
-    total.seconds = start.elapsed().as_secs_f64();
-    total.latencies_us.sort_unstable();
-    total
+    drive(duration, move |index| {
+        let mut buffer = [0u8; 256];
+        ask(SocketAddr::new(client(index), 0), server, &mut buffer)
+    })
 }
 
 /// One datagram from a new socket on `source` to `server`; the answering slot.
@@ -101,15 +69,7 @@ pub fn nginx(dir: &Path, listen: &str, backends: &[String]) -> anyhow::Result<Ch
          proxy_responses 1;\n    proxy_timeout 2s;\n  }}\n}}\n",
         pid = dir.join("nginx.pid").display(),
     );
-    let path = dir.join("nginx-udp.conf");
-    fs::write(&path, config)?;
-    Command::new("nginx")
-        .arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(&path)
-        .spawn()
-        .context("cannot start nginx")
+    start_nginx(dir, "nginx-udp.conf", &config)
 }
 
 /// Requests per slot are not comparable across nginx's one-worker backends (each is slot 0):
