@@ -15,7 +15,7 @@ use std::{
 
 use sticky_tests::{BinaryDir, Failure, Load, Sticky, in_netns, load_clients, sticky_bin};
 use sticky_user::{
-    control::{Request, Response, Status},
+    control::{self, Request, Response, Status},
     upgrade::STATE_VERSION,
 };
 
@@ -275,7 +275,24 @@ fn sigusr2_upgrades_in_place_like_sticky_upgrade() {
         let before = sticky.status();
         binary.install(&sticky_bin());
         sticky.signal(nix::sys::signal::Signal::SIGUSR2);
-        sticky_tests::eventually("the SIGUSR2 upgrade", || sticky.status().loader.upgrades == 1);
+        // A scale asked meanwhile (to the same count: it waits its turn, changes nothing) is
+        // carried out, before the upgrade or by the new image, or refused, never left
+        // unanswered by the exec.
+        let control = sticky.control_path().to_owned();
+        let scale =
+            thread::spawn(move || control::request(&control, &Request::Scale { workers: 2 }));
+        // Asked back to back through the exec, every status is answered (`status` panics
+        // otherwise), by the old image or, from its queue, the new one.
+        let mut asked = 0;
+        while sticky.status().loader.upgrades == 0 {
+            asked += 1;
+            assert!(asked < 200_000, "no upgrade after {asked} status requests");
+        }
+        match scale.join().unwrap().expect("the scale's answer") {
+            Response::Done { .. } => {}
+            Response::Error { message } if message.contains("upgrading in place") => {}
+            other => panic!("{other:?}"),
+        }
         let after = sticky.status();
         let last = after.last_upgrade.clone().expect("the upgrade's outcome");
         assert!(last.ok && last.message.starts_with("upgraded in place"), "{last:?}");

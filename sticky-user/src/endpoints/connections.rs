@@ -12,6 +12,7 @@ use std::{
 };
 
 use tokio::task::AbortHandle;
+use tokio_util::task::TaskTracker;
 
 use crate::sync::lock;
 
@@ -34,6 +35,8 @@ pub(crate) struct Connections {
     /// The live tasks, oldest first.
     live: Mutex<BTreeMap<u64, AbortHandle>>,
     next: AtomicU64,
+    /// The same tasks, to wait for.
+    tracker: TaskTracker,
 }
 
 impl Connections {
@@ -44,6 +47,7 @@ impl Connections {
             when_full,
             live: Mutex::new(BTreeMap::new()),
             next: AtomicU64::new(0),
+            tracker: TaskTracker::new(),
         })
     }
 
@@ -57,7 +61,7 @@ impl Connections {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let this = self.clone();
         // The task removes itself once done; it cannot before `live` is unlocked below.
-        let handle = tokio::spawn(async move {
+        let handle = self.tracker.spawn(async move {
             task.await;
             lock(&this.live).remove(&id);
         });
@@ -68,6 +72,14 @@ impl Connections {
             }
         }
         true
+    }
+
+    /// Resolves once no connection is served (new ones may come meanwhile, and are waited for).
+    pub(crate) async fn drained(&self) {
+        // A closed tracker's `wait` ends once it is empty; it is never reopened, as nothing
+        // else depends on it being open.
+        self.tracker.close();
+        self.tracker.wait().await;
     }
 
     /// How many connections are served now.

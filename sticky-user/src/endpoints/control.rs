@@ -21,6 +21,7 @@ pub use super::protocol::{
 };
 use super::{
     connections::{Connections, REQUEST_TIMEOUT, WhenFull},
+    gate::Gate,
     loader::Loader,
 };
 use crate::{
@@ -191,23 +192,41 @@ fn encode(response: &Response) -> Vec<u8> {
     bytes
 }
 
-/// Answers control requests on `listener` until the loader stops, one task per connection, at
-/// most [`CONTROL_CONNECTIONS`] at once; only root and the loader's own user are answered.
-pub(crate) async fn serve(listener: tokio::net::UnixListener, loader: Arc<impl Loader>) {
+/// The gate for the control socket's accept loop, at most [`CONTROL_CONNECTIONS`] answered
+/// at once.
+pub(crate) fn gate() -> Arc<Gate> {
+    Gate::new(Connections::new(CONTROL_CONNECTIONS, WhenFull::Refuse))
+}
+
+/// Answers control requests on `listener` until the loader stops, one task per connection,
+/// within `gate`'s bound and while it is open; only root and the loader's own user are
+/// answered. `sticky upgrade` runs beside the connections, so that the gate can close while it
+/// waits for the exec.
+pub(crate) async fn serve(
+    listener: tokio::net::UnixListener,
+    loader: Arc<impl Loader>,
+    gate: Arc<Gate>,
+) {
     let mut backoff = AcceptBackoff::new();
-    let connections = Connections::new(CONTROL_CONNECTIONS, WhenFull::Refuse);
     loop {
-        let Some((mut stream, _)) = backoff.accepted("control", listener.accept().await).await
-        else {
+        let accepted = tokio::select! {
+            biased;
+            () = gate.hold() => continue,
+            accepted = listener.accept() => accepted,
+        };
+        let Some((mut stream, _)) = backoff.accepted("control", accepted).await else {
             continue;
         };
         if !allowed(&stream) {
             continue;
         }
         let loader = loader.clone();
-        connections.serve(async move {
+        gate.connections.serve(async move {
             let response = match read_request(&mut stream).await {
-                Ok(Request::Upgrade) => return loader.upgrade(stream).await,
+                Ok(Request::Upgrade) => {
+                    tokio::spawn(loader.upgrade(stream));
+                    return;
+                }
                 Ok(request) => loader.handle(request).await,
                 Err(err) => Response::Error { message: format!("bad request: {err}") },
             };

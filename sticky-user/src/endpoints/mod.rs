@@ -7,6 +7,7 @@
 
 mod connections;
 pub mod control;
+pub(crate) mod gate;
 mod loader;
 pub(crate) mod metrics;
 mod protocol;

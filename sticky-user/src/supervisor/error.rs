@@ -20,6 +20,9 @@ pub enum SupervisorError {
     /// A worker count out of range.
     #[error("workers must be between 1 and {MAX_SLOTS}, got {0}")]
     Workers(u32),
+    /// An upgrade is about to exec: what it would answer is lost to the exec.
+    #[error("sticky is upgrading in place: ask again once the upgrade has ended")]
+    Upgrading,
     /// The loader is stopping.
     #[error("sticky is stopping")]
     Stopping,

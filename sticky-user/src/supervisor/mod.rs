@@ -50,6 +50,7 @@ use crate::{
     endpoints::{
         Loader,
         control::{self, LoaderInfo, Request, Response, Status},
+        gate::Gate,
         metrics,
         readiness::NotifyDir,
         systemd,
@@ -93,8 +94,10 @@ pub struct Endpoints {
 /// The supervisor: everything `sticky run` set up, and the workers it runs.
 pub struct Supervisor {
     shared: Arc<Mutex<State>>,
-    /// Serializes reload and scale.
+    /// Serializes reload, scale, a slot's restart and upgrade (see [`Supervisor::operation`]).
     operation: tokio::sync::Mutex<()>,
+    /// Closed by an upgrade just before its exec.
+    control_gate: Arc<Gate>,
     /// Woken by `sticky stop`.
     stop: Notify,
     /// Reads the worker count again at each reload (from the configuration file).
@@ -149,6 +152,7 @@ impl Supervisor {
         Self {
             shared: Arc::new(Mutex::new(state)),
             operation: Default::default(),
+            control_gate: control::gate(),
             stop: Notify::new(),
             reconfigure: launch.reconfigure(),
             launch,
@@ -162,6 +166,16 @@ impl Supervisor {
 
     fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.shared)
+    }
+
+    /// Waits for this operation's turn (first asked, first served); gives up once an upgrade
+    /// is about to exec, whose new image would not answer it.
+    async fn operation(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, SupervisorError> {
+        tokio::select! {
+            biased;
+            guard = self.operation.lock() => Ok(guard),
+            () = self.control_gate.closing() => Err(SupervisorError::Upgrading),
+        }
     }
 
     /// Starts the workers and runs until SIGINT, SIGTERM or `sticky stop`; SIGHUP reloads.
@@ -195,7 +209,7 @@ impl Supervisor {
                 false => info!("userspace dispatch: the loader accepts every connection"),
             }
         }
-        tokio::spawn(control::serve(control_listener, self.clone()));
+        tokio::spawn(control::serve(control_listener, self.clone(), self.control_gate.clone()));
         if let Some(listener) = endpoints.metrics {
             tokio::spawn(metrics::serve(listener, self.clone()));
         }

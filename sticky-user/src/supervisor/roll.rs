@@ -28,7 +28,7 @@ impl Supervisor {
     /// a [`crate::config::Reconfigure`], a changed worker count in the configuration is applied first.
     /// The outcome is kept for `sticky status` and told to systemd.
     pub async fn reload(&self) -> Result<String, SupervisorError> {
-        let _operation = self.operation.lock().await;
+        let _operation = self.operation().await?;
         systemd::reloading();
         let result = self.roll().await;
         let (ok, message) = match &result {
@@ -70,7 +70,7 @@ impl Supervisor {
     /// Replaces slot `slot`'s worker as a rolling restart does, that slot alone (`sticky
     /// top`'s `r`). Serialized with reload, scale and upgrade.
     pub async fn restart_slot(&self, slot: usize) -> Result<String, SupervisorError> {
-        let _operation = self.operation.lock().await;
+        let _operation = self.operation().await?;
         let policy = self.state().policy;
         info!(slot, "restarting one slot");
         self.replace(slot, policy.ready_timeout, policy.grace_period).await?;

@@ -18,7 +18,7 @@ impl Supervisor {
         if !(1..=MAX_SLOTS).contains(&workers) {
             return Err(SupervisorError::Workers(workers));
         }
-        let _operation = self.operation.lock().await;
+        let _operation = self.operation().await?;
         self.resize(workers).await
     }
 

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::Supervisor;
 use crate::{
@@ -27,6 +27,9 @@ use crate::{
 /// How long, after a header's own time, an upgrade waits for the connections the loader
 /// accepted to reach their workers.
 const PASS_WAIT: Duration = Duration::from_secs(1);
+
+/// How long an upgrade waits for the control requests being answered before its exec.
+const CONTROL_WAIT: Duration = Duration::from_secs(2);
 
 /// Whether an upgrade may go on, decided once it holds the supervisor's operation lock. That
 /// lock is fair (first asked, first served), so an upgrade asked for during a rolling restart
@@ -71,7 +74,9 @@ impl Supervisor {
 
     /// Everything up to the exec; returns why it did not happen.
     async fn try_upgrade(&self, reply: Option<&UnixStream>) -> UpgradeError {
-        let _operation = self.operation.lock().await;
+        let Ok(_operation) = self.operation().await else {
+            return UpgradeError::UnderWay;
+        };
         {
             let state = self.state();
             let node_channels = state.handoff.as_ref().is_some_and(|handoff| handoff.node);
@@ -108,9 +113,15 @@ impl Supervisor {
             let header_wait = self.launch.config.client_address.as_ref().map(|c| c.timeout);
             accepting.finish(header_wait.unwrap_or_default() + PASS_WAIT).await;
         }
+        // Control requests, too, queue for the new image; those being answered finish first
+        // (an operation waiting for its turn is refused).
+        if !self.control_gate.close(CONTROL_WAIT).await {
+            warn!("a control request was not answered in time: the upgrade closes it");
+        }
         // Written again: workers may have changed while the probe ran.
         let err = upgrade::exec(&image, &self.record(reply, running.as_raw_fd()));
         // Still this image: accept again.
+        self.control_gate.open();
         if let Some(handoff) = &mut self.state().handoff
             && let Err(err) = handoff.start()
         {

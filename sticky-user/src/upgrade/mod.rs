@@ -88,6 +88,9 @@ pub enum UpgradeError {
     /// The loader is stopping.
     #[error("upgrade refused: sticky is stopping")]
     Stopping,
+    /// Another upgrade is about to exec.
+    #[error("upgrade refused: another upgrade is under way")]
+    UnderWay,
     /// The exec failed; the running loader goes on.
     #[error("upgrade failed: cannot execute {}: {reason}", path.display())]
     Exec {
