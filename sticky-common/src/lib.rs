@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod hash;
+pub mod quic;
 
 /// Name of the `REUSEPORT_SOCKARRAY` map: index = worker slot, value = that slot's listener.
 pub const SOCKETS_MAP: &str = "STICKY_SOCKETS";
@@ -60,8 +61,13 @@ pub const COUNTER_PASSED: u32 = MAX_SLOTS + 1;
 pub const COUNTER_UNREADABLE: u32 = MAX_SLOTS + 2;
 /// Counter index: connections from a trusted proxy, sent to the loader's socket.
 pub const COUNTER_PROXIED: u32 = MAX_SLOTS + 3;
+/// Counter index: QUIC datagrams routed by their connection ID (`--quic`).
+pub const COUNTER_QUIC_ROUTED: u32 = MAX_SLOTS + 4;
+/// Counter index: QUIC short-header datagrams whose connection ID is not sticky's or names no
+/// live slot, and datagrams that are not QUIC: routed by address.
+pub const COUNTER_QUIC_UNROUTABLE: u32 = MAX_SLOTS + 5;
 /// Entries in the counter array.
-pub const COUNTERS: u32 = MAX_SLOTS + 4;
+pub const COUNTERS: u32 = MAX_SLOTS + 6;
 
 /// How the program turns a client address into a table index; written once by the loader.
 ///
@@ -81,8 +87,11 @@ pub struct DispatchConfig {
     /// How many trusted proxies' networks `STICKY_PROXIES` holds: with none, the program does
     /// not look there (a lookup costs about 150 ns per connection).
     pub proxies: u32,
-    /// Unused: keeps the layout free of padding.
-    pub reserved: u32,
+    /// With `--quic`: the length of the connection IDs in short headers
+    /// ([`quic::MIN_CID_LEN`] to [`quic::MAX_CID_LEN`]); 0 routes by address only.
+    pub quic_cid_len: u16,
+    /// With `--quic`: the key of sticky's CIDs' check ([`quic::key`]).
+    pub quic_key: u16,
 }
 
 #[cfg(feature = "user")]
@@ -99,7 +108,15 @@ impl DispatchConfig {
         for (i, word) in v6_mask.iter_mut().enumerate() {
             *word = prefix_mask(prefix_v6.saturating_sub(32 * i as u8));
         }
-        Self { seed, v4_mask: prefix_mask(prefix_v4), slots, v6_mask, proxies: 0, reserved: 0 }
+        Self {
+            seed,
+            v4_mask: prefix_mask(prefix_v4),
+            slots,
+            v6_mask,
+            proxies: 0,
+            quic_cid_len: 0,
+            quic_key: 0,
+        }
     }
 }
 

@@ -12,6 +12,10 @@
 //! `STICKY_PROXIES` trie goes to the loader's own socket instead ([`LOADER_INDEX`]): the real
 //! client's address is in the stream, which the loader reads. Every other client stays here.
 //!
+//! With `--quic`, a UDP datagram whose destination connection ID is one a worker minted in
+//! sticky's layout goes to the slot the ID names, wherever the client's address has moved
+//! ([`quic_slot`]); every other datagram goes by the client's address.
+//!
 //! The object carries the same logic twice: [`sticky_migrate`] (Linux 5.14+) is also run when a
 //! listener closes with connections still queued, and moves each of them to the socket its
 //! client maps to now, reading the client address from the migrating socket. [`sticky_dispatch`]
@@ -19,20 +23,22 @@
 #![no_std]
 #![no_main]
 
-use core::mem::MaybeUninit;
+use core::{ffi::c_void, mem::MaybeUninit};
 
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{bpf_hdr_start_off::BPF_HDR_START_NET, sk_action},
-    helpers::generated::bpf_skb_load_bytes_relative,
+    helpers::generated::{bpf_skb_load_bytes, bpf_skb_load_bytes_relative},
     macros::{map, sk_reuseport},
     maps::{Array, LpmTrie, PerCpuArray, ReusePortSockArray, lpm_trie::Key},
     programs::{SkReuseportContext, SockContext},
 };
 use sticky_common::{
-    COUNTER_FALLBACK, COUNTER_PASSED, COUNTER_PROXIED, COUNTER_UNREADABLE, COUNTERS,
-    DispatchConfig, LOADER_INDEX, MAX_PROXIES, SOCKET_ENTRIES, Table,
+    COUNTER_FALLBACK, COUNTER_PASSED, COUNTER_PROXIED, COUNTER_QUIC_ROUTED,
+    COUNTER_QUIC_UNROUTABLE, COUNTER_UNREADABLE, COUNTERS, DispatchConfig, LOADER_INDEX,
+    MAX_PROXIES, MAX_SLOTS, SOCKET_ENTRIES, Table,
     client::{Client, Pick, pick_slot},
+    quic::{self, HEADER_OCTETS, Route},
 };
 
 #[map]
@@ -59,6 +65,11 @@ const AF_INET6: u32 = 10;
 /// Offsets of the source address in the IPv4 and IPv6 headers.
 const IPV4_SADDR: u32 = 12;
 const IPV6_SADDR: u32 = 8;
+/// The UDP header's length: a datagram's payload starts there (the program's data starts at
+/// the transport header).
+const UDP_HEADER: u32 = 8;
+/// [`quic_slot`]'s answer for a datagram that goes by its client's address.
+const BY_ADDRESS: u32 = u32::MAX;
 
 /// Selects new connections, and (Linux 5.14+) migrates the queue of a closing listener.
 #[sk_reuseport(migrate)]
@@ -124,6 +135,14 @@ fn client_of_socket(sk: &SockContext) -> Result<Client, u32> {
 /// scan explored once by the verifier, whose unprivileged rules (no CAP_PERFMON) bound it.
 #[inline(always)]
 fn select(ctx: &SkReuseportContext, client: Client) -> Result<u32, u32> {
+    let slot = quic_slot(ctx.as_ptr());
+    if slot != BY_ADDRESS {
+        if STICKY_SOCKETS.select_reuseport(ctx, slot).is_ok() {
+            count(COUNTER_QUIC_ROUTED);
+            return Ok(slot);
+        }
+        count(COUNTER_QUIC_UNROUTABLE);
+    }
     if is_trusted_proxy(client.trie_words()) {
         return match STICKY_SOCKETS.select_reuseport(ctx, LOADER_INDEX) {
             Ok(()) => Ok(COUNTER_PROXIED),
@@ -153,6 +172,38 @@ fn select(ctx: &SkReuseportContext, client: Client) -> Result<u32, u32> {
 fn is_trusted_proxy(address: [u32; 4]) -> bool {
     let trusts_some = STICKY_CONFIG.get(0).is_some_and(|config| config.proxies != 0);
     trusts_some && STICKY_PROXIES.get(&Key::new(128, address)).is_some()
+}
+
+/// With `--quic`: the worker slot a datagram's destination connection ID names, or
+/// [`BY_ADDRESS`] (counting it when it is a short header, or not QUIC). Its own function, so
+/// that the verifier explores it apart from the address path.
+#[inline(never)]
+fn quic_slot(ctx: *mut c_void) -> u32 {
+    let Some(config) = STICKY_CONFIG.get(0) else { return BY_ADDRESS };
+    if config.quic_cid_len == 0 {
+        return BY_ADDRESS;
+    }
+    let mut header = MaybeUninit::<[u8; HEADER_OCTETS]>::uninit();
+    // SAFETY: the helper writes at most `HEADER_OCTETS` bytes into `header`.
+    let ret = unsafe {
+        bpf_skb_load_bytes(ctx, UDP_HEADER, header.as_mut_ptr().cast(), HEADER_OCTETS as u32)
+    };
+    if ret != 0 {
+        // Shorter than any QUIC packet.
+        count(COUNTER_QUIC_UNROUTABLE);
+        return BY_ADDRESS;
+    }
+    // SAFETY: a zero return means the helper filled the whole buffer.
+    let header = unsafe { header.assume_init() };
+    let route = quic::route(&header, config.quic_cid_len as u8, config.quic_key);
+    match route {
+        Route::Cid(id) if u32::from(id.slot) < MAX_SLOTS => u32::from(id.slot),
+        Route::Address => BY_ADDRESS,
+        _ => {
+            count(COUNTER_QUIC_UNROUTABLE);
+            BY_ADDRESS
+        }
+    }
 }
 
 /// Reads `N` address words at `offset` from the start of the network header.
