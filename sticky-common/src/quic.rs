@@ -31,8 +31,10 @@ pub const DEFAULT_CID_LEN: u8 = 20;
 /// The octets of a CID the program reads: the first, the server ID and the check.
 pub const ROUTING_OCTETS: usize = 5;
 /// The octets of a datagram the program reads: a long header up to its destination CID's
-/// routing octets (first octet, version, length), which also covers a short header's.
-pub const HEADER_OCTETS: usize = 6 + ROUTING_OCTETS;
+/// routing octets (first octet, version, length: 11), which also covers a short header's,
+/// rounded up to whole 8-octet words (the program may read any word of them, and the verifier
+/// refuses a read of one the helper did not fill). Every QUIC packet is longer.
+pub const HEADER_OCTETS: usize = 16;
 
 /// The key of the check, from the loader's seed (the seed itself stays out of the CIDs).
 pub fn key(seed: u64) -> u16 {
@@ -125,8 +127,9 @@ mod tests {
         assert_eq!(cid[0] >> 5, CONFIG_ROTATION);
         assert_eq!(server_id(KEY, &cid), Some(id));
         assert_eq!(route(&short(&cid), 20, KEY), Route::Cid(id));
-        let mut long = [0xc0, 0, 0, 0, 1, 20, 0, 0, 0, 0, 0];
-        long[6..].copy_from_slice(&cid);
+        let mut long = [0; HEADER_OCTETS];
+        long[..6].copy_from_slice(&[0xc0, 0, 0, 0, 1, 20]);
+        long[6..11].copy_from_slice(&cid);
         assert_eq!(route(&long, 20, KEY), Route::Cid(id));
         // Another length than sticky's is a client's CID.
         long[5] = 8;
@@ -140,7 +143,8 @@ mod tests {
         assert_eq!(server_id(KEY ^ 1, &cid), None, "another key");
         cid[4] ^= 1;
         assert_eq!(route(&short(&cid), 20, KEY), Route::Unroutable, "a wrong check");
-        let initial = [0xc3, 0, 0, 0, 1, 8, 0x5a, 0x11, 0x22, 0x33, 0x44];
+        let mut initial = [0; HEADER_OCTETS];
+        initial[..11].copy_from_slice(&[0xc3, 0, 0, 0, 1, 8, 0x5a, 0x11, 0x22, 0x33, 0x44]);
         assert_eq!(route(&initial, 20, KEY), Route::Address);
         let mut not_quic = short(&routing_octets(KEY, id, 0));
         not_quic[0] &= !0x40;

@@ -76,6 +76,7 @@ const BY_ADDRESS: u32 = u32::MAX;
 pub fn sticky_migrate(ctx: SkReuseportContext) -> u32 {
     let client = match ctx.migrating_sk() {
         Some(sk) => client_of_socket(&sk),
+        None if by_connection_id(&ctx) => return sk_action::SK_PASS,
         None => client_of_packet(&ctx),
     };
     finish(&ctx, client)
@@ -84,7 +85,29 @@ pub fn sticky_migrate(ctx: SkReuseportContext) -> u32 {
 /// Selects new connections (any kernel with SK_REUSEPORT).
 #[sk_reuseport]
 pub fn sticky_dispatch(ctx: SkReuseportContext) -> u32 {
+    if by_connection_id(&ctx) {
+        return sk_action::SK_PASS;
+    }
     finish(&ctx, client_of_packet(&ctx))
+}
+
+/// With `--quic`, selects the slot a datagram's connection ID names, if it does and that slot
+/// is live; returns whether it did. Called before the client's address is read: with the
+/// address words alive across the call, LLVM spilled them to the stack and read back slots
+/// only one address family had written, which the verifier refuses without CAP_PERFMON.
+#[inline(always)]
+fn by_connection_id(ctx: &SkReuseportContext) -> bool {
+    let slot = quic_slot(ctx.as_ptr());
+    if slot == BY_ADDRESS {
+        return false;
+    }
+    if STICKY_SOCKETS.select_reuseport(ctx, slot).is_ok() {
+        count(COUNTER_QUIC_ROUTED);
+        count(slot);
+        return true;
+    }
+    count(COUNTER_QUIC_UNROUTABLE);
+    false
 }
 
 /// Selects the client's socket, counts the outcome and lets the connection through.
@@ -135,14 +158,6 @@ fn client_of_socket(sk: &SockContext) -> Result<Client, u32> {
 /// scan explored once by the verifier, whose unprivileged rules (no CAP_PERFMON) bound it.
 #[inline(always)]
 fn select(ctx: &SkReuseportContext, client: Client) -> Result<u32, u32> {
-    let slot = quic_slot(ctx.as_ptr());
-    if slot != BY_ADDRESS {
-        if STICKY_SOCKETS.select_reuseport(ctx, slot).is_ok() {
-            count(COUNTER_QUIC_ROUTED);
-            return Ok(slot);
-        }
-        count(COUNTER_QUIC_UNROUTABLE);
-    }
     if is_trusted_proxy(client.trie_words()) {
         return match STICKY_SOCKETS.select_reuseport(ctx, LOADER_INDEX) {
             Ok(()) => Ok(COUNTER_PROXIED),

@@ -271,6 +271,10 @@ fn assemble(
     carried: Option<Carried>,
 ) -> Started {
     let listen = launch.config.listen.clone();
+    let mut setup = setup;
+    if let Some(quic) = launch.config.quic {
+        setup.spawner.set_quic(quic.cid_len, sticky_common::quic::key(setup.seed));
+    }
     let supervisor = Arc::new(Supervisor::new(setup, launch, carried));
     Started { supervisor, control, metrics, listen }
 }
@@ -322,7 +326,12 @@ fn attach(
 ) -> Result<Vec<Dispatcher>, DispatchError> {
     let mut dispatchers = Vec::with_capacity(groups.len());
     for (group, previous) in groups.iter().zip(previous) {
-        let dispatcher = Dispatcher::attach(group, dispatch, table, previous)?;
+        let mut dispatch = *dispatch;
+        if let Some(quic) = config.quic.filter(|_| group.listen.is_udp()) {
+            dispatch.quic_cid_len = quic.cid_len.into();
+            dispatch.quic_key = sticky_common::quic::key(dispatch.seed);
+        }
+        let dispatcher = Dispatcher::attach(group, &dispatch, table, previous)?;
         fd_store::keep_map(group.listen, dispatcher.sockets_map());
         info!(
             listen = %group.listen,
@@ -331,6 +340,7 @@ fn attach(
             workers = config.workers,
             prefix_v4 = config.prefix_v4,
             prefix_v6 = config.prefix_v6,
+            quic_cid_len = dispatch.quic_cid_len,
             "dispatch program attached"
         );
         dispatchers.push(dispatcher);

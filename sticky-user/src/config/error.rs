@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use sticky_common::MAX_SLOTS;
 use thiserror::Error;
 
-use super::{Listen, defaults::MAX_LISTEN_ADDRESSES};
+use super::{DispatchMode, Listen, defaults::MAX_LISTEN_ADDRESSES};
 
 /// Why a `sticky run` configuration is invalid.
 #[derive(Debug, Error, PartialEq)]
@@ -115,6 +115,22 @@ pub enum ConfigError {
          address too, or drop --trusted-proxy and --client-address"
     )]
     ClientAddressWithoutTcp,
+    /// `--quic` without a UDP address.
+    #[error(
+        "--quic routes UDP datagrams, and no listen address is UDP: add --listen udp://ADDR:PORT"
+    )]
+    QuicWithoutUdp,
+    /// `--quic` without the program.
+    #[error(
+        "--quic needs --dispatch kernel (its program reads the connection IDs), got --dispatch {0}"
+    )]
+    QuicDispatch(DispatchMode),
+    /// `--quic-cid-len` out of range.
+    #[error("--quic-cid-len must be between 8 and 20, got {0}")]
+    QuicCidLen(u8),
+    /// `--quic-cid-len` without `--quic`.
+    #[error("--quic-cid-len is given without --quic: add --quic, or drop --quic-cid-len")]
+    QuicCidLenWithoutQuic,
     /// `--client-address-timeout` out of range.
     #[error("--client-address-timeout must be between 0.1 and 300 seconds, got {0}")]
     ClientAddressTimeout(f64),

@@ -86,6 +86,21 @@ pub struct RunConfig {
     /// How connections the loader passes on reach the workers.
     #[serde(default)]
     pub handoff: HandoffTransport,
+    /// With `--quic`: QUIC datagrams on the UDP addresses are routed by connection ID.
+    #[serde(default)]
+    pub quic: Option<Quic>,
+}
+
+/// The workers' variable that gives their connection IDs' length, with `--quic`.
+pub const STICKY_QUIC_CID_LEN: &str = "STICKY_QUIC_CID_LEN";
+/// The workers' variable that gives the key of their connection IDs' check, with `--quic`.
+pub const STICKY_QUIC_KEY: &str = "STICKY_QUIC_KEY";
+
+/// QUIC routing by connection ID (`--quic`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quic {
+    /// The length of the workers' connection IDs, as short headers carry them.
+    pub cid_len: u8,
 }
 
 impl RunConfig {

@@ -110,6 +110,14 @@ pub struct RunOptions {
     /// channel, NODE_CHANNEL_FD). [default: node when the worker program is node or nodejs]
     #[arg(long, value_name = "TRANSPORT")]
     pub handoff: Option<HandoffTransport>,
+    /// Route QUIC by connection ID on the UDP addresses: a datagram whose destination CID a
+    /// worker minted in sticky's layout (docs/quic.md) reaches that worker wherever the client
+    /// moved; any other goes by the client's address.
+    #[arg(long, num_args = 0, default_missing_value = "true")]
+    pub quic: Option<bool>,
+    /// With --quic: the length of the workers' connection IDs, 8 to 20. [default: 20]
+    #[arg(long, value_name = "LEN")]
+    pub quic_cid_len: Option<u8>,
     /// Serve Prometheus metrics on PORT (127.0.0.1) or ADDR:PORT. [default: off]
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<String>,

@@ -9,11 +9,11 @@ use std::{
     time::Duration,
 };
 
-use sticky_common::MAX_SLOTS;
+use sticky_common::{MAX_SLOTS, quic};
 
 use super::{
-    Credentials, DispatchMode, Listen, ReadyMode, RunConfig, WorkerCommand, WorkerPolicy,
-    client_address,
+    Credentials, DispatchMode, Listen, Quic, ReadyMode, RunConfig, STICKY_QUIC_CID_LEN,
+    STICKY_QUIC_KEY, WorkerCommand, WorkerPolicy, client_address,
     defaults::*,
     error::ConfigError,
     handoff,
@@ -22,7 +22,7 @@ use super::{
 };
 
 /// The variables sticky sets for every worker: `--env` may not override them.
-const RESERVED_VARIABLES: [&str; 11] = [
+const RESERVED_VARIABLES: [&str; 13] = [
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
@@ -34,6 +34,8 @@ const RESERVED_VARIABLES: [&str; 11] = [
     "WATCHDOG_PID",
     "NODE_CHANNEL_FD",
     "NODE_CHANNEL_SERIALIZATION_MODE",
+    STICKY_QUIC_CID_LEN,
+    STICKY_QUIC_KEY,
 ];
 
 impl RunConfig {
@@ -116,6 +118,7 @@ impl RunConfig {
         if client_address.is_some() && listen.iter().all(Listen::is_udp) {
             return Err(ConfigError::ClientAddressWithoutTcp);
         }
+        let quic = quic(options.quic, options.quic_cid_len, &listen, dispatch)?;
         let command = resolve_command(host, options.command)?;
         let handoff = handoff::resolve(options.handoff, command.as_ref());
         Ok(Self {
@@ -143,8 +146,35 @@ impl RunConfig {
             metrics,
             client_address,
             handoff,
+            quic,
         })
     }
+}
+
+/// `--quic` and `--quic-cid-len`: on UDP addresses, with the program (kernel dispatch).
+fn quic(
+    quic: Option<bool>,
+    cid_len: Option<u8>,
+    listen: &[Listen],
+    dispatch: DispatchMode,
+) -> Result<Option<Quic>, ConfigError> {
+    if quic != Some(true) {
+        return match cid_len {
+            Some(_) => Err(ConfigError::QuicCidLenWithoutQuic),
+            None => Ok(None),
+        };
+    }
+    let cid_len = cid_len.unwrap_or(quic::DEFAULT_CID_LEN);
+    if !(quic::MIN_CID_LEN..=quic::MAX_CID_LEN).contains(&cid_len) {
+        return Err(ConfigError::QuicCidLen(cid_len));
+    }
+    if !listen.iter().any(Listen::is_udp) {
+        return Err(ConfigError::QuicWithoutUdp);
+    }
+    if dispatch != DispatchMode::Kernel {
+        return Err(ConfigError::QuicDispatch(dispatch));
+    }
+    Ok(Some(Quic { cid_len }))
 }
 
 /// Resolves `user` (name or uid) and `group` (name or gid; the user's primary group if `None`).

@@ -241,3 +241,29 @@ fn tcp_and_udp_may_share_an_address() {
     let address = "127.0.0.1:53".parse().unwrap();
     assert_eq!(config.listen, vec![Listen::tcp(address), Listen::udp(address)]);
 }
+
+#[test]
+fn quic_needs_a_udp_address_the_program_and_a_cid_length_in_range() {
+    let quic = |listen: &str, cid_len: Option<u8>, dispatch: Option<DispatchMode>| {
+        config(RunOptions {
+            listen: vec![listen.into()],
+            quic: Some(true),
+            quic_cid_len: cid_len,
+            dispatch,
+            ..RunOptions::default()
+        })
+    };
+    let udp = "udp://127.0.0.1:443";
+    assert_eq!(quic(udp, None, None).unwrap().quic, Some(Quic { cid_len: 20 }));
+    assert_eq!(quic(udp, Some(8), None).unwrap().quic, Some(Quic { cid_len: 8 }));
+    assert_eq!(quic(udp, Some(7), None).unwrap_err(), ConfigError::QuicCidLen(7));
+    assert_eq!(quic(udp, Some(21), None).unwrap_err(), ConfigError::QuicCidLen(21));
+    assert_eq!(quic("127.0.0.1:443", None, None).unwrap_err(), ConfigError::QuicWithoutUdp);
+    let none = quic(udp, None, Some(DispatchMode::None)).unwrap_err();
+    assert_eq!(none, ConfigError::QuicDispatch(DispatchMode::None));
+    let cid_len_alone = RunOptions { quic_cid_len: Some(20), ..RunOptions::default() };
+    assert_eq!(config(cid_len_alone).unwrap_err(), ConfigError::QuicCidLenWithoutQuic);
+    let reserved = vec![("STICKY_QUIC_KEY".into(), "1".into())];
+    let reserved = config(RunOptions { environment: reserved, ..RunOptions::default() });
+    assert_eq!(reserved.unwrap_err(), ConfigError::ReservedVariable("STICKY_QUIC_KEY".into()));
+}

@@ -220,6 +220,19 @@ impl Collector for Snapshot {
                 Value::Gauge(reload.at_unix_secs as i64),
             )?;
         }
+        if let Some(quic) = &status.quic {
+            family(
+                e,
+                "sticky_quic_datagrams",
+                "QUIC datagrams, by how their worker was chosen: the connection ID, or the \
+                 client's address for a short header whose ID was not routable.",
+                counter,
+                [
+                    ([("routed_by", "connection_id")], Value::Counter(quic.routed)),
+                    ([("routed_by", "unroutable")], Value::Counter(quic.unroutable)),
+                ],
+            )?;
+        }
         if let Some(proxies) = &status.client_address {
             family(
                 e,
@@ -341,6 +354,7 @@ mod tests {
                 by_proxy: 1,
                 errors: [("timeout".to_owned(), 4)].into(),
             }),
+            quic: Some(crate::control::QuicStatus { cid_len: 20, routed: 11, unroutable: 2 }),
         };
         let text = render(&status);
         assert!(text.contains("sticky_connections_total{slot=\"1\"} 7\n"), "{text}");
@@ -352,6 +366,8 @@ mod tests {
         assert!(text.contains("# TYPE sticky_connections_total counter\n"));
         assert!(text.contains("sticky_proxied_connections_total{routed_by=\"header\"} 8\n"));
         assert!(text.contains("sticky_client_address_errors_total{reason=\"timeout\"} 4\n"));
+        let unroutable = "sticky_quic_datagrams_total{routed_by=\"unroutable\"} 2\n";
+        assert!(text.contains(unroutable), "{text}");
         assert!(text.contains("sticky_build_info{version=\"0.1.0\",build_id=\"abc\"} 1\n"));
         assert!(text.contains("sticky_accept_queue{slot=\"0\"} 3\n"));
         assert!(text.contains("sticky_slot_state{slot=\"1\",state=\"crash-looping\"} 1\n"));

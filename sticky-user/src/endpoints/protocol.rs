@@ -81,6 +81,21 @@ pub struct Status {
     /// With trusted proxies: how their connections were routed, and why some were closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_address: Option<ClientAddressStatus>,
+    /// With `--quic`: how datagrams were routed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quic: Option<QuicStatus>,
+}
+
+/// QUIC routing by connection ID in [`Status`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuicStatus {
+    /// The connection IDs' length in short headers.
+    pub cid_len: u8,
+    /// Datagrams routed by their connection ID.
+    pub routed: u64,
+    /// Short-header datagrams whose connection ID was not sticky's or named no live slot, and
+    /// datagrams that were not QUIC: routed by the client's address.
+    pub unroutable: u64,
 }
 
 /// Trusted proxies' connections in [`Status`].

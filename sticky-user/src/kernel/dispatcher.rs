@@ -16,9 +16,9 @@ use aya::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use sticky_common::{
-    CONFIG_MAP, COUNTER_FALLBACK, COUNTER_PASSED, COUNTER_PROXIED, COUNTER_UNREADABLE,
-    COUNTERS_MAP, DispatchConfig, PROGRAM_MIGRATE, PROGRAM_SELECT, PROXIES_MAP, SOCKET_ENTRIES,
-    SOCKETS_MAP, TABLE_MAP, Table, client::Client,
+    CONFIG_MAP, COUNTER_FALLBACK, COUNTER_PASSED, COUNTER_PROXIED, COUNTER_QUIC_ROUTED,
+    COUNTER_QUIC_UNROUTABLE, COUNTER_UNREADABLE, COUNTERS_MAP, DispatchConfig, PROGRAM_MIGRATE,
+    PROGRAM_SELECT, PROXIES_MAP, SOCKET_ENTRIES, SOCKETS_MAP, TABLE_MAP, Table, client::Client,
 };
 
 pub use super::map_fds::MapFds;
@@ -44,6 +44,11 @@ pub struct Counters {
     pub unreadable: u64,
     /// Connections from trusted proxies, sent to the loader's socket.
     pub proxied: u64,
+    /// With `--quic`: datagrams routed by their connection ID.
+    pub quic_routed: u64,
+    /// With `--quic`: short-header datagrams whose connection ID was not sticky's or named no
+    /// live slot, and datagrams that were not QUIC, routed by address.
+    pub quic_unroutable: u64,
 }
 
 impl Counters {
@@ -235,6 +240,12 @@ impl Dispatcher {
         self.program_id
     }
 
+    /// With `--quic` on a UDP address, the program routes QUIC by connection IDs of this
+    /// length.
+    pub fn quic_cid_len(&self) -> Option<u8> {
+        (self.config.quic_cid_len != 0).then_some(self.config.quic_cid_len as u8)
+    }
+
     /// Whether the program also migrates the queue of a closing listener.
     pub fn migrates(&self) -> bool {
         self.migrates
@@ -291,6 +302,7 @@ impl Dispatcher {
 
     /// Reads the counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, DispatchError> {
+        let quic = self.quic_cid_len().is_some();
         let read = |index| {
             let per_cpu = self.counters.get(&index, 0).map_err(map_error("read", COUNTERS_MAP))?;
             Ok(per_cpu.iter().sum())
@@ -301,6 +313,9 @@ impl Dispatcher {
             passed: read(COUNTER_PASSED)?,
             unreadable: read(COUNTER_UNREADABLE)?,
             proxied: read(COUNTER_PROXIED)?,
+            // A program without QUIC routing (an earlier image's) has no such counters.
+            quic_routed: if quic { read(COUNTER_QUIC_ROUTED)? } else { 0 },
+            quic_unroutable: if quic { read(COUNTER_QUIC_UNROUTABLE)? } else { 0 },
         })
     }
 

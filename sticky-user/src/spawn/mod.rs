@@ -33,7 +33,10 @@ use thiserror::Error;
 
 use self::child::{Identity, become_worker, prepare_child};
 use crate::{
-    config::{Credentials, DispatchMode, HandoffTransport, Listen, RunConfig, WorkerCommand},
+    config::{
+        Credentials, DispatchMode, HandoffTransport, Listen, RunConfig, STICKY_QUIC_CID_LEN,
+        STICKY_QUIC_KEY, WorkerCommand,
+    },
     handoff::HANDOFF_NAME,
     identity::RUNNING_IMAGE,
 };
@@ -104,6 +107,13 @@ impl Spawner {
     /// started from, which the state record carries).
     pub fn set_executable(&mut self, path: PathBuf) {
         self.sticky = path;
+    }
+
+    /// Tells the workers how to mint connection IDs the program routes (`--quic`): their
+    /// length and the key of their check (the slot is `STICKY_WORKER`).
+    pub fn set_quic(&mut self, cid_len: u8, key: u16) {
+        self.environment.insert(STICKY_QUIC_CID_LEN.into(), cid_len.to_string());
+        self.environment.insert(STICKY_QUIC_KEY.into(), key.to_string());
     }
 
     /// Checks that a worker can be started: the `exec-worker` shim runs as the workers' user in

@@ -22,7 +22,7 @@ use crate::{
     config::{Transport, WorkerPolicy},
     dispatch::Dispatch,
     endpoints::{
-        control::{ClientAddressStatus, LoaderInfo, ReloadOutcome, SlotStatus, Status},
+        control::{ClientAddressStatus, LoaderInfo, QuicStatus, ReloadOutcome, SlotStatus, Status},
         readiness::NotifyDir,
     },
     fd_store,
@@ -160,6 +160,11 @@ impl State {
             last_reload: self.last_reload.clone(),
             last_upgrade: self.last_upgrade.clone(),
             client_address: self.client_address_status(total(|c| c.proxied)),
+            quic: dispatchers.iter().find_map(Dispatcher::quic_cid_len).map(|cid_len| QuicStatus {
+                cid_len,
+                routed: total(|c| c.quic_routed),
+                unroutable: total(|c| c.quic_unroutable),
+            }),
         })
     }
 

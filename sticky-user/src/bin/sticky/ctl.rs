@@ -68,6 +68,12 @@ fn print_status(status: &Status) {
         "fallback {} · passed {} · unreadable {}",
         status.fallback, status.passed, status.unreadable
     );
+    if let Some(quic) = &status.quic {
+        println!(
+            "quic: {} datagrams routed by connection ID ({} octets), {} unroutable",
+            quic.routed, quic.cid_len, quic.unroutable
+        );
+    }
     if let Some(proxies) = &status.client_address {
         let errors: Vec<String> = proxies
             .errors

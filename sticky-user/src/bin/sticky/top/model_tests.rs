@@ -22,6 +22,7 @@ fn status(slots: Vec<SlotStatus>) -> Status {
         last_reload: None,
         last_upgrade: None,
         client_address: None,
+        quic: None,
     }
 }
 
