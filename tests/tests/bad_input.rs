@@ -80,6 +80,22 @@ fn udp_addresses_that_do_not_fit() {
 }
 
 #[test]
+fn quic_options_that_do_not_fit() {
+    in_netns(|| {
+        let udp = ["--listen", "udp://127.0.0.1:3027", "--workers", "2"];
+        let quic = |more: &[&str]| refused(&[&udp[..], &["--quic"], more].concat());
+        assert_says(&quic(&["--quic-cid-len", "7"]), "--quic-cid-len must be between 8 and 20");
+        assert_says(&quic(&["--quic-cid-len", "21"]), "got 21");
+        assert_says(&quic(&["--dispatch", "none"]), "--quic needs --dispatch kernel");
+        let tcp_only = refused(&["--listen", "127.0.0.1:3027", "--quic"]);
+        assert_says(&tcp_only, "--quic routes UDP datagrams, and no listen address is UDP");
+        let alone = refused(&[&udp[..], &["--quic-cid-len", "16"]].concat());
+        assert_says(&alone, "--quic-cid-len is given without --quic");
+        assert_says(&quic(&["--env", "STICKY_QUIC_KEY=1"]), "STICKY_QUIC_KEY");
+    });
+}
+
+#[test]
 fn worker_counts_out_of_range() {
     in_netns(|| {
         assert_says(&refused(&["--workers", "0"]), "--workers must be between 1 and 128, got 0");
