@@ -6,6 +6,7 @@ mod balance;
 mod chart;
 mod load;
 mod proxies;
+mod quic;
 mod report;
 mod scrape;
 mod servers;
@@ -93,7 +94,7 @@ pub fn run(quick: bool, balance_only: bool, only: &[String]) -> anyhow::Result<(
         Mode::ProxiedUserspace,
     ];
     modes.extend(proxies.iter().map(|(_, rust, _)| *rust));
-    modes.extend([Mode::UdpKernel, Mode::UdpReuseport]);
+    modes.extend([Mode::UdpKernel, Mode::UdpReuseport, Mode::QuicKernel]);
     if proxies.iter().any(|(tool, ..)| *tool == "nginx") {
         modes.push(Mode::UdpNginx);
     }
@@ -203,7 +204,9 @@ fn measure(
     let server = Server::start(mode, workers, sticky, dir)?;
     let address = ADDRESS.parse()?;
     let load = |duration| {
-        if mode.udp() {
+        if mode == Mode::QuicKernel {
+            quic::run(address, &dir.join("main"), workers, duration)
+        } else if mode.udp() {
             let mut result = udp::run(address, duration);
             if mode == Mode::UdpNginx {
                 // Its backends are one-worker servers, each answering as slot 0.

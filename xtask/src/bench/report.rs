@@ -224,6 +224,11 @@ impl Report {
         if udp.is_finite() {
             let _ = writeln!(out, "eBPF program cost per UDP datagram: {udp:.0} ns");
         }
+        let quic = self.median_of("quic-kernel", |s| s.bpf_ns.unwrap_or(f64::NAN));
+        if quic.is_finite() {
+            let _ =
+                writeln!(out, "eBPF program cost per QUIC datagram routed by CID: {quic:.0} ns");
+        }
         let _ = writeln!(
             out,
             "\nkernel dispatch scaling:\n{:<8} {:>9} {:>8} {:>9}",

@@ -56,6 +56,9 @@ pub enum Mode {
     UdpReuseport,
     /// UDP through nginx's `stream` module (`hash $remote_addr consistent`).
     UdpNginx,
+    /// UDP with `--quic`: each datagram a QUIC short header whose connection ID names a slot,
+    /// routed by it.
+    QuicKernel,
 }
 
 impl Mode {
@@ -78,6 +81,7 @@ impl Mode {
             Self::UdpKernel => "udp-kernel",
             Self::UdpReuseport => "udp-reuseport",
             Self::UdpNginx => "udp-nginx",
+            Self::QuicKernel => "quic-kernel",
         }
     }
 
@@ -88,7 +92,7 @@ impl Mode {
 
     /// Whether the load is datagrams (to UDP port 3900) rather than connections.
     pub fn udp(self) -> bool {
-        matches!(self, Self::UdpKernel | Self::UdpReuseport | Self::UdpNginx)
+        matches!(self, Self::UdpKernel | Self::UdpReuseport | Self::UdpNginx | Self::QuicKernel)
     }
 
     /// Whether the workers are the Node handler rather than the Rust demo worker.
@@ -179,6 +183,12 @@ impl Server {
             }
             Mode::UdpKernel => self.children.push(run("main", UDP_LISTEN, workers, "kernel")?),
             Mode::UdpReuseport => self.children.push(run("main", UDP_LISTEN, workers, "none")?),
+            Mode::QuicKernel => {
+                let quic = ["--quic"];
+                let main =
+                    sticky_run(sticky, dir, "main", UDP_LISTEN, workers, "kernel", command, &quic)?;
+                self.children.push(main);
+            }
             Mode::UdpNginx => {
                 let backends: Vec<String> = (0..workers)
                     .map(|i| format!("127.0.0.1:{}", BACKEND_PORT + i as u16))

@@ -19,7 +19,7 @@ use super::{
 };
 
 /// How long a datagram's answer may take before the request counts as failed.
-const TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const TIMEOUT: Duration = Duration::from_secs(1);
 /// Debian's nginx stream module (package `libnginx-mod-stream`).
 const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 
