@@ -23,8 +23,8 @@ pub fn run(
     let seed = fs::read_to_string(state_dir.join("seed")).ok();
     let key = seed.and_then(|seed| u64::from_str_radix(seed.trim(), 16).ok()).map(quic::key);
     drive(duration, move |index| {
-        let slot = (index as u32 % workers) as u8;
-        let datagram = short_header(key?, slot, index as u32);
+        let slot = (index % workers) as u8;
+        let datagram = short_header(key?, slot, index);
         let answered = ask(SocketAddr::new(client(index), 0), server, &datagram)?;
         (answered == u32::from(slot)).then_some(answered)
     })
