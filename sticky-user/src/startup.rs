@@ -273,7 +273,7 @@ fn assemble(
     let listen = launch.config.listen.clone();
     let mut setup = setup;
     if let Some(quic) = launch.config.quic {
-        setup.spawner.set_quic(quic.cid_len, sticky_common::quic::key(setup.seed));
+        setup.spawner.set_quic(quic.cid_len, setup.seed);
     }
     let supervisor = Arc::new(Supervisor::new(setup, launch, carried));
     Started { supervisor, control, metrics, listen }

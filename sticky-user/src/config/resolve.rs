@@ -22,7 +22,7 @@ use super::{
 };
 
 /// The variables sticky sets for every worker: `--env` may not override them.
-const RESERVED_VARIABLES: [&str; 13] = [
+const RESERVED_VARIABLES: [&str; 14] = [
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
@@ -36,6 +36,7 @@ const RESERVED_VARIABLES: [&str; 13] = [
     "NODE_CHANNEL_SERIALIZATION_MODE",
     STICKY_QUIC_CID_LEN,
     STICKY_QUIC_KEY,
+    crate::spawn::STICKY_QUIC_RESET_KEY,
 ];
 
 impl RunConfig {

@@ -33,15 +33,16 @@ use thiserror::Error;
 
 use self::child::{Identity, become_worker, prepare_child};
 use crate::{
-    config::{
-        Credentials, DispatchMode, HandoffTransport, Listen, RunConfig, STICKY_QUIC_CID_LEN,
-        STICKY_QUIC_KEY, WorkerCommand,
-    },
+    config::{Credentials, DispatchMode, HandoffTransport, Listen, RunConfig, WorkerCommand},
     handoff::HANDOFF_NAME,
     identity::RUNNING_IMAGE,
 };
 
 mod child;
+mod quic;
+
+use quic::QuicEnvironment;
+pub use quic::STICKY_QUIC_RESET_KEY;
 
 /// The hidden `sticky` subcommand that sets `LISTEN_PID` and execs the worker.
 pub const EXEC_WORKER: &str = "exec-worker";
@@ -68,6 +69,8 @@ pub struct Spawner {
     identity: Option<Identity>,
     /// The workers' watchdog interval, if any.
     watchdog: Option<std::time::Duration>,
+    /// With `--quic`: what workers get to mint routable connection IDs.
+    quic: Option<QuicEnvironment>,
 }
 
 impl Spawner {
@@ -95,6 +98,7 @@ impl Spawner {
             credentials: config.credentials.clone(),
             identity: config.credentials.as_ref().and_then(Identity::switch_to),
             watchdog: config.policy.worker_watchdog,
+            quic: None,
         })
     }
 
@@ -109,11 +113,10 @@ impl Spawner {
         self.sticky = path;
     }
 
-    /// Tells the workers how to mint connection IDs the program routes (`--quic`): their
-    /// length and the key of their check (the slot is `STICKY_WORKER`).
-    pub fn set_quic(&mut self, cid_len: u8, key: u16) {
-        self.environment.insert(STICKY_QUIC_CID_LEN.into(), cid_len.to_string());
-        self.environment.insert(STICKY_QUIC_KEY.into(), key.to_string());
+    /// Tells the workers how to mint connection IDs the program routes (`--quic`), from the
+    /// loader's `seed`: their length, the key of their check, their slot's reset key.
+    pub fn set_quic(&mut self, cid_len: u8, seed: u64) {
+        self.quic = Some(QuicEnvironment { cid_len, seed });
     }
 
     /// Checks that a worker can be started: the `exec-worker` shim runs as the workers' user in
@@ -168,6 +171,7 @@ impl Spawner {
             .env(STICKY_WORKER, slot.to_string())
             .env(STICKY_WORKERS, slots.to_string())
             .envs(&self.environment)
+            .envs(self.quic.iter().flat_map(|quic| quic.for_slot(slot)))
             .stdin(Stdio::null())
             .process_group(0);
         if let Some(channel) = channel {
