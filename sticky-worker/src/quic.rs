@@ -185,7 +185,7 @@ pub fn reset_key_from_env() -> Result<Option<[u8; 32]>, QuicError> {
 /// The 32 octets that 64 hex digits spell.
 fn hex_key(digits: &str) -> Option<[u8; 32]> {
     let mut key = [0u8; 32];
-    if digits.len() != 2 * key.len() || !digits.is_ascii() {
+    if digits.len() != 2 * key.len() || !digits.bytes().all(|digit| digit.is_ascii_hexdigit()) {
         return None;
     }
     for (octet, at) in key.iter_mut().zip((0..digits.len()).step_by(2)) {
@@ -290,6 +290,7 @@ mod tests {
         assert_eq!(hex_key(&digits).unwrap()[..2], [0x00, 0xff]);
         assert_eq!(hex_key(&digits[2..]), None);
         assert_eq!(hex_key(&"zz".repeat(32)), None);
+        assert_eq!(hex_key(&"+a".repeat(32)), None);
     }
 
     #[test]
