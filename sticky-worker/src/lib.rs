@@ -25,6 +25,9 @@
 //! `sticky run --ready notify`, a worker counts as ready (and a rolling restart moves on) only
 //! once it sends `READY=1`.
 //!
+//! With the `quinn` feature, [`quic`] makes a QUIC worker's connection IDs name its slot, as
+//! `sticky run --quic` routes by them.
+//!
 //! ```no_run
 //! let (slot, slots) = sticky_worker::slot()?;
 //! for listener in sticky_worker::listeners()? {
@@ -34,6 +37,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![deny(missing_docs)]
+
+#[cfg(feature = "quinn")]
+pub mod quic;
 
 use std::{
     env,

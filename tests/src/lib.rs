@@ -20,6 +20,7 @@ mod named_netns;
 pub mod privileges;
 mod programs;
 mod proxies;
+pub mod quic;
 mod redis;
 mod sticky;
 mod test_netns;

@@ -29,6 +29,8 @@ pub fn run_all(filter: Option<&str>) -> anyhow::Result<()> {
         "sticky-user",
         "--package",
         "sticky-example-rust",
+        "--package",
+        "sticky-example-quic",
     ]))?;
     // The package and static binary tests install what `cargo xtask dist` makes.
     dist::build()?;
