@@ -42,10 +42,11 @@ pub const STICKY_QUIC_CID_LEN: &str = "STICKY_QUIC_CID_LEN";
 pub const STICKY_QUIC_KEY: &str = "STICKY_QUIC_KEY";
 /// The slot's socket generation (decimal, 0 to 255); 0 when unset.
 pub const STICKY_QUIC_GENERATION: &str = "STICKY_QUIC_GENERATION";
-/// Optional: the stateless reset key the workers share (64 hex digits). With it, any worker
-/// can end a connection another worker served (one that died, say) with a stateless reset the
-/// client accepts; without it each worker has its own random key, and such a client waits for
-/// its idle timeout instead.
+/// The stateless reset key of the worker's slot (64 hex digits), which sticky gives every
+/// worker of that slot alike: a slot's new worker (after a crash) ends its predecessor's
+/// connections with stateless resets the clients accept, while another slot's reset ends
+/// nothing. Without it each worker has a random key of its own, and a client of a worker that
+/// died waits for its idle timeout instead.
 pub const STICKY_QUIC_RESET_KEY: &str = "STICKY_QUIC_RESET_KEY";
 
 /// Why a worker cannot mint sticky's CIDs.
