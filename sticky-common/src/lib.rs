@@ -64,7 +64,7 @@ pub const COUNTER_PROXIED: u32 = MAX_SLOTS + 3;
 /// Counter index: QUIC datagrams routed by their connection ID (`--quic`).
 pub const COUNTER_QUIC_ROUTED: u32 = MAX_SLOTS + 4;
 /// Counter index: QUIC short-header datagrams whose connection ID is not sticky's or names no
-/// live slot, and datagrams that are not QUIC: routed by address.
+/// live slot, and datagrams too short to be QUIC: routed by address.
 pub const COUNTER_QUIC_UNROUTABLE: u32 = MAX_SLOTS + 5;
 /// Entries in the counter array.
 pub const COUNTERS: u32 = MAX_SLOTS + 6;

@@ -57,8 +57,7 @@ pub enum Route {
     Cid(ServerId),
     /// A long header whose CID is not sticky's (an Initial, a 0-RTT): by the client's address.
     Address,
-    /// A short header whose CID is not sticky's, or not QUIC at all: by the client's address,
-    /// and counted.
+    /// A short header whose CID is not sticky's: by the client's address, and counted.
     Unroutable,
 }
 
@@ -98,10 +97,10 @@ pub fn route(header: &[u8; HEADER_OCTETS], cid_len: u8, key: u16) -> Route {
         true => ([h[6], h[7], h[8], h[9], h[10]], h[5]),
         false => ([h[1], h[2], h[3], h[4], h[5]], cid_len),
     };
-    // The QUIC bit (RFC 9000, 17.2 and 17.3): set in every packet but version negotiation.
-    let quic = header[0] & 0x40 != 0;
+    // The QUIC bit (0x40) is not looked at: peers that agree to grease it (RFC 9287, which
+    // quinn does by default) clear it in about half their packets.
     match server_id(key, &octets) {
-        Some(id) if quic && len == cid_len => Route::Cid(id),
+        Some(id) if len == cid_len => Route::Cid(id),
         _ if long => Route::Address,
         _ => Route::Unroutable,
     }
@@ -146,9 +145,9 @@ mod tests {
         let mut initial = [0; HEADER_OCTETS];
         initial[..11].copy_from_slice(&[0xc3, 0, 0, 0, 1, 8, 0x5a, 0x11, 0x22, 0x33, 0x44]);
         assert_eq!(route(&initial, 20, KEY), Route::Address);
-        let mut not_quic = short(&routing_octets(KEY, id, 0));
-        not_quic[0] &= !0x40;
-        assert_eq!(route(&not_quic, 20, KEY), Route::Unroutable);
+        let mut greased = short(&routing_octets(KEY, id, 0));
+        greased[0] &= !0x40;
+        assert_eq!(route(&greased, 20, KEY), Route::Cid(id), "a greased QUIC bit");
         assert_eq!(route(&[0; HEADER_OCTETS], 20, KEY), Route::Unroutable);
     }
 

@@ -190,7 +190,7 @@ fn is_trusted_proxy(address: [u32; 4]) -> bool {
 }
 
 /// With `--quic`: the worker slot a datagram's destination connection ID names, or
-/// [`BY_ADDRESS`] (counting it when it is a short header, or not QUIC). Its own function, so
+/// [`BY_ADDRESS`] (counting it when it is a short header, or too short). Its own function, so
 /// that the verifier explores it apart from the address path.
 #[inline(never)]
 fn quic_slot(ctx: *mut c_void) -> u32 {

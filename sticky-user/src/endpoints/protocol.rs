@@ -94,7 +94,7 @@ pub struct QuicStatus {
     /// Datagrams routed by their connection ID.
     pub routed: u64,
     /// Short-header datagrams whose connection ID was not sticky's or named no live slot, and
-    /// datagrams that were not QUIC: routed by the client's address.
+    /// datagrams too short to be QUIC: routed by the client's address.
     pub unroutable: u64,
 }
 

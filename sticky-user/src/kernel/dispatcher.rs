@@ -47,7 +47,7 @@ pub struct Counters {
     /// With `--quic`: datagrams routed by their connection ID.
     pub quic_routed: u64,
     /// With `--quic`: short-header datagrams whose connection ID was not sticky's or named no
-    /// live slot, and datagrams that were not QUIC, routed by address.
+    /// live slot, and datagrams too short to be QUIC, routed by address.
     pub quic_unroutable: u64,
 }
 
