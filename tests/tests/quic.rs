@@ -1,6 +1,6 @@
 //! `--quic`: quinn clients of `sticky-example-quic` workers. A connection keeps its worker when
-//! its client's address and port change, since the program routes it by connection ID; a
-//! worker's `kill -9` breaks its connections only (its successor resets them, with the slot's
+//! its client's address and port change, since the program routes it by connection ID, and
+//! through an upgrade in place; a worker's `kill -9` breaks its connections only (its successor resets them, with the slot's
 //! key); garbage is counted and routed by address, and breaks nothing.
 
 use std::{
@@ -11,11 +11,11 @@ use std::{
 };
 
 use sticky_tests::{
-    Sticky, client_v4, in_netns,
+    BinaryDir, Sticky, client_v4, in_netns,
     quic::{QuicClient, QuicConnection},
     target_bin,
 };
-use sticky_user::control::{QuicStatus, Status};
+use sticky_user::control::{QuicStatus, Request, Response, Status};
 
 const SERVER: &str = "127.0.0.1:4433";
 const WORKERS: usize = 4;
@@ -26,9 +26,15 @@ fn example() -> PathBuf {
 
 /// sticky with `--quic` and four example workers, all ready.
 fn start() -> Sticky {
+    start_binary(&sticky_tests::sticky_bin())
+}
+
+/// [`start`], from the sticky binary at `binary`.
+fn start_binary(binary: &std::path::Path) -> Sticky {
     let example = example();
     let args = ["--listen", "udp://127.0.0.1:4433", "--quic", "-w", "4", "--ready", "notify"];
-    let mut sticky = Sticky::start(&[&args[..], &["--", example.to_str().unwrap()]].concat());
+    let command = [&args[..], &["--", example.to_str().unwrap()]].concat();
+    let mut sticky = Sticky::start_binary(binary, &command);
     sticky.wait_until_serving(WORKERS);
     sticky
 }
@@ -104,6 +110,32 @@ fn two_hundred_connections_keep_their_worker_when_their_clients_move() {
             .flat_map(|(_, connections)| connections.iter().map(|(_, worker)| *worker))
             .collect();
         assert!(workers.len() > 1, "every connection reached one worker: {workers:?}");
+        sticky.stop_cleanly();
+    });
+}
+
+#[test]
+fn connections_keep_their_worker_through_an_upgrade_and_then_a_move() {
+    in_netns(|| {
+        let binary = BinaryDir::new("quic-upgrade");
+        let sticky = start_binary(&binary.sticky());
+        let clients = connect_all(0, 4, 5);
+        let before = sticky.status();
+        match sticky.control(Request::Upgrade) {
+            Response::Done { message } => assert!(message.starts_with("upgraded in place")),
+            other => panic!("{other:?}"),
+        }
+        // The program, its maps and the workers stayed: the connections go on, also once
+        // their clients move, and the new image counts on.
+        for (i, (client, connections)) in (0..).zip(&clients) {
+            client.rebind(Some(client_v4(2000 + i)));
+            for (connection, worker) in connections {
+                assert_eq!(connection.exchange("after the upgrade").unwrap(), *worker);
+            }
+        }
+        let after = sticky.status();
+        assert_eq!(after.loader.upgrades, 1);
+        assert!(quic_status(&after).routed > quic_status(&before).routed);
         sticky.stop_cleanly();
     });
 }
