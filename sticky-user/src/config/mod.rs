@@ -96,6 +96,9 @@ pub const STICKY_QUIC_CID_LEN: &str = "STICKY_QUIC_CID_LEN";
 /// The workers' variable that gives the key of their connection IDs' check, with `--quic`.
 pub const STICKY_QUIC_KEY: &str = "STICKY_QUIC_KEY";
 
+/// The workers' variable that holds their slot's stateless reset key, with `--quic`.
+pub const STICKY_QUIC_RESET_KEY: &str = "STICKY_QUIC_RESET_KEY";
+
 /// QUIC routing by connection ID (`--quic`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quic {

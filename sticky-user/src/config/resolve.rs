@@ -13,7 +13,7 @@ use sticky_common::{MAX_SLOTS, quic};
 
 use super::{
     Credentials, DispatchMode, Listen, Quic, ReadyMode, RunConfig, STICKY_QUIC_CID_LEN,
-    STICKY_QUIC_KEY, WorkerCommand, WorkerPolicy, client_address,
+    STICKY_QUIC_KEY, STICKY_QUIC_RESET_KEY, WorkerCommand, WorkerPolicy, client_address,
     defaults::*,
     error::ConfigError,
     handoff,
@@ -36,7 +36,7 @@ const RESERVED_VARIABLES: [&str; 14] = [
     "NODE_CHANNEL_SERIALIZATION_MODE",
     STICKY_QUIC_CID_LEN,
     STICKY_QUIC_KEY,
-    crate::spawn::STICKY_QUIC_RESET_KEY,
+    STICKY_QUIC_RESET_KEY,
 ];
 
 impl RunConfig {

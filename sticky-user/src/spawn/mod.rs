@@ -42,7 +42,6 @@ mod child;
 mod quic;
 
 use quic::QuicEnvironment;
-pub use quic::STICKY_QUIC_RESET_KEY;
 
 /// The hidden `sticky` subcommand that sets `LISTEN_PID` and execs the worker.
 pub const EXEC_WORKER: &str = "exec-worker";

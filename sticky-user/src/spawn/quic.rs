@@ -5,10 +5,7 @@ use std::fmt::Write as _;
 
 use sticky_common::hash::client_hash;
 
-use crate::config::{STICKY_QUIC_CID_LEN, STICKY_QUIC_KEY};
-
-/// The workers' variable that holds their slot's stateless reset key (64 hex digits).
-pub const STICKY_QUIC_RESET_KEY: &str = "STICKY_QUIC_RESET_KEY";
+use crate::config::{STICKY_QUIC_CID_LEN, STICKY_QUIC_KEY, STICKY_QUIC_RESET_KEY};
 
 /// The `--quic` variables of every worker, from the loader's seed.
 #[derive(Debug, Clone, Copy)]
