@@ -121,6 +121,11 @@ pub struct RunOptions {
     /// Serve Prometheus metrics on PORT (127.0.0.1) or ADDR:PORT. [default: off]
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<String>,
+    /// What sticky logs, and its program: at debug also each fallback, connection left to the
+    /// kernel, unreadable address and unroutable QUIC datagram. STICKY_LOG overrides the
+    /// loader's. [default: info]
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<LogLevel>,
     /// Worker command; it finds its listening sockets at fd 3 (LISTEN_FDS). [default: sticky demo]
     #[arg(last = true, value_name = "CMD")]
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -149,6 +154,35 @@ pub enum ReadyMode {
     Delay,
     /// Once it sends READY=1 to its NOTIFY_SOCKET (itself or a child of it).
     Notify,
+}
+
+/// How much sticky logs (`--log-level`), the loader and its program alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// What the loader does (starts, stops, restarts, reloads, upgrades).
+    #[default]
+    Info,
+    /// Also the program's exceptional paths, and the loader's details.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl From<LogLevel> for tracing::Level {
+    fn from(level: LogLevel) -> Self {
+        match level {
+            LogLevel::Error => Self::ERROR,
+            LogLevel::Warn => Self::WARN,
+            LogLevel::Info => Self::INFO,
+            LogLevel::Debug => Self::DEBUG,
+            LogLevel::Trace => Self::TRACE,
+        }
+    }
 }
 
 impl std::fmt::Display for DispatchMode {
@@ -247,12 +281,14 @@ mod tests {
             workers: Some(4),
             dispatch: Some(DispatchMode::Userspace),
             allow_root_workers: Some(true),
+            log_level: Some(LogLevel::Debug),
             environment: vec![("NODE_ENV".into(), "production".into())],
             command: vec!["node".into(), "app.js".into()],
             ..Default::default()
         };
         let text = toml::to_string(&options).unwrap();
         assert!(text.contains("dispatch = \"userspace\""), "{text}");
+        assert!(text.contains("log-level = \"debug\""), "{text}");
         assert_eq!(toml::from_str::<RunOptions>(&text).unwrap(), options);
     }
 }
