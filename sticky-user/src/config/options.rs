@@ -125,6 +125,8 @@ pub struct RunOptions {
     /// kernel, unreadable address and unroutable QUIC datagram. STICKY_LOG overrides the
     /// loader's. [default: info]
     #[arg(long, value_name = "LEVEL")]
+    // Left out when not given, so an upgrade's record stays readable by an image without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_level: Option<LogLevel>,
     /// Worker command; it finds its listening sockets at fd 3 (LISTEN_FDS). [default: sticky demo]
     #[arg(last = true, value_name = "CMD")]
@@ -290,5 +292,12 @@ mod tests {
         assert!(text.contains("dispatch = \"userspace\""), "{text}");
         assert!(text.contains("log-level = \"debug\""), "{text}");
         assert_eq!(toml::from_str::<RunOptions>(&text).unwrap(), options);
+    }
+
+    #[test]
+    fn an_unset_log_level_stays_out_of_the_upgrade_record() {
+        // An image without --log-level reads the options of one that was not given it.
+        let json = serde_json::to_string(&RunOptions::default()).unwrap();
+        assert!(!json.contains("log-level"), "{json}");
     }
 }
