@@ -1,5 +1,6 @@
 //! The program's own log (aya-log): with `--log-level debug` the loader's log shows a
-//! connection whose slot has no socket (the fallback) and a datagram `--quic` cannot route;
+//! connection whose slot has no socket (the fallback), one no slot can take (passed to the
+//! kernel) and a datagram `--quic` cannot route;
 //! at the default level the program logs neither, though both happen (even with `STICKY_LOG`
 //! letting its messages through); after `sticky upgrade` the new image reads its log on.
 //!
@@ -16,6 +17,8 @@ use sticky_user::control::{self, Request, Response, Status};
 
 /// What the loader logs for a connection of slot 0 once that slot has no socket.
 const FALLBACK: &str = "slot 0 has no socket: its client's connection goes to slot 1";
+/// What it logs for a connection no slot can take.
+const PASSED: &str = "no slot has a socket: the kernel chooses one for the connection";
 /// What it logs for a datagram shorter than any QUIC packet.
 const SHORT: &str = "datagram shorter than a QUIC header: unroutable, routed by address";
 
@@ -55,10 +58,10 @@ fn steal_fd(pid: u32, fd: i32) -> OwnedFd {
     }
 }
 
-/// Slot 0's TCP socket (its worker's fd 3) stops listening: the kernel takes it out of the
-/// reuseport group and the program's socket array, so slot 0 has no socket.
-fn unlisten_slot_0(sticky: &Sticky, port: u16) {
-    let worker = sticky.status().slots[0].pid.expect("slot 0's worker");
+/// Slot `slot`'s TCP socket (its worker's fd 3) stops listening: the kernel takes it out of
+/// the reuseport group and the program's socket array, so the slot has no socket.
+fn unlisten(sticky: &Sticky, port: u16, slot: usize) {
+    let worker = sticky.status().slots[slot].pid.expect("the slot's worker");
     let listener = TcpListener::from(steal_fd(worker, 3));
     let expected: SocketAddr = ([127, 0, 0, 1], port).into();
     assert_eq!(listener.local_addr().unwrap(), expected, "fd 3 is not the TCP socket");
@@ -94,7 +97,7 @@ fn with_debug_the_log_shows_a_fallback_and_an_unroutable_datagram() {
     in_netns(|| {
         let port = 3401;
         let mut sticky = start(None, &args(port, &["--log-level", "debug"]), &[]);
-        unlisten_slot_0(&sticky, port);
+        unlisten(&sticky, port, 0);
         exceptional_traffic(port);
         sticky.wait_for("the program's messages", |log| {
             log.contains(FALLBACK) && log.contains(SHORT)
@@ -114,7 +117,7 @@ fn at_the_default_level_the_log_shows_neither() {
         let port = 3402;
         // The loader's filter lets the program's messages through: none come.
         let mut sticky = start(None, &args(port, &[]), &[("STICKY_LOG", "info,sticky_ebpf=debug")]);
-        unlisten_slot_0(&sticky, port);
+        unlisten(&sticky, port, 0);
         exceptional_traffic(port);
         wait_until_counted(&mut sticky);
         let log = sticky.stop_cleanly().log;
@@ -137,7 +140,7 @@ fn after_an_upgrade_the_new_image_shows_the_programs_messages() {
             other => panic!("{other:?}:\n{}", sticky.log()),
         }
         assert_eq!(sticky.status().program_ids, before.program_ids, "the program was replaced");
-        unlisten_slot_0(&sticky, port);
+        unlisten(&sticky, port, 0);
         exceptional_traffic(port);
         sticky.wait_for("the program's messages", |log| {
             log.contains(FALLBACK) && log.contains(SHORT)
@@ -145,5 +148,25 @@ fn after_an_upgrade_the_new_image_shows_the_programs_messages() {
         let log = sticky.stop_cleanly().log;
         assert!(!log.contains("the program's log is not read"), "{log}");
         assert!(!log.contains("the program has no log"), "{log}");
+    });
+}
+
+#[test]
+fn with_debug_a_connection_no_slot_can_take_is_logged_as_passed() {
+    in_netns(|| {
+        let port = 3404;
+        // The loader's own socket (for the trusted proxies) stays in the group when no worker's
+        // does: the kernel gives it the connection the program passes.
+        let proxies = ["--trusted-proxy", "10.0.0.0/8", "--client-address", "proxy-protocol"];
+        let extra: Vec<&'static str> =
+            ["--log-level", "debug"].into_iter().chain(proxies).collect();
+        let mut sticky = start(None, &args(port, &extra), &[]);
+        unlisten(&sticky, port, 0);
+        unlisten(&sticky, port, 1);
+        let server: SocketAddr = ([127, 0, 0, 1], port).into();
+        let _stream = connect(client_v4(0), server).expect("connect");
+        sticky.wait_for("the program's message", |log| log.contains(PASSED));
+        assert!(sticky.status().passed > 0);
+        sticky.stop_cleanly();
     });
 }
