@@ -1,8 +1,8 @@
 //! The program's own log (aya-log): with `--log-level debug` the loader's log shows a
 //! connection whose slot has no socket (the fallback), one no slot can take (passed to the
-//! kernel) and a datagram `--quic` cannot route;
-//! at the default level the program logs neither, though both happen (even with `STICKY_LOG`
-//! letting its messages through); after `sticky upgrade` the new image reads its log on.
+//! kernel) and a datagram `--quic` cannot route; at the default level the program logs none
+//! of these, though they happen (even with `STICKY_LOG` letting its messages through); after
+//! `sticky upgrade` the new image reads its log on.
 //!
 //! The workers are `sleep`s: they accept nothing, so nothing but the test touches the sockets,
 //! and with `--hang-timeout 0` no slot is ejected for its waiting connections.
@@ -112,7 +112,7 @@ fn with_debug_the_log_shows_a_fallback_and_an_unroutable_datagram() {
 }
 
 #[test]
-fn at_the_default_level_the_log_shows_neither() {
+fn at_the_default_level_the_program_logs_nothing() {
     in_netns(|| {
         let port = 3402;
         // The loader's filter lets the program's messages through: none come.
