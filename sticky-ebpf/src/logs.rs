@@ -37,8 +37,7 @@ pub fn quic_short() {
     debug!((), "datagram shorter than a QUIC header: unroutable, routed by address");
 }
 
-/// With `--quic`: a short header whose connection ID is not sticky's (or not QUIC), routed by
-/// address.
+/// With `--quic`: a short header whose connection ID is not sticky's, routed by address.
 #[inline(never)]
 pub fn quic_foreign() {
     debug!((), "datagram whose connection ID is not sticky's: unroutable, routed by address");
