@@ -70,8 +70,13 @@ impl From<IpAddr> for Client {
 pub enum Pick {
     /// Its own slot, from the table.
     Hashed(u32),
-    /// Its slot was not live: the next live one.
-    Fallback(u32),
+    /// Its slot `from` was not live: the next live one, `to`.
+    Fallback {
+        /// The client's own slot, which has no socket.
+        from: u32,
+        /// The slot that takes the connection.
+        to: u32,
+    },
     /// No slot was live.
     None,
 }
@@ -96,7 +101,7 @@ pub fn pick_slot(
         }
         let other = (slot + step) % config.slots;
         if live(other) {
-            return Pick::Fallback(other);
+            return Pick::Fallback { from: slot, to: other };
         }
     }
     Pick::None
@@ -112,7 +117,8 @@ mod tests {
         let table: Table = [2; TABLE_SIZE];
         let client = Client::from(IpAddr::from([10, 0, 0, 1]));
         assert_eq!(pick_slot(&client, &config, &table, |_| true), Pick::Hashed(2));
-        assert_eq!(pick_slot(&client, &config, &table, |slot| slot == 0), Pick::Fallback(0));
+        let fallback = pick_slot(&client, &config, &table, |slot| slot == 0);
+        assert_eq!(fallback, Pick::Fallback { from: 2, to: 0 });
         assert_eq!(pick_slot(&client, &config, &table, |_| false), Pick::None);
     }
 

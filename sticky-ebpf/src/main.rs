@@ -20,8 +20,13 @@
 //! listener closes with connections still queued, and moves each of them to the socket its
 //! client maps to now, reading the client address from the migrating socket. [`sticky_dispatch`]
 //! is the select-only variant for older kernels.
+//!
+//! The exceptional paths (a fallback, a connection passed to the kernel, an unreadable address,
+//! an unroutable QUIC datagram) are logged through aya-log ([`logs`]), at debug.
 #![no_std]
 #![no_main]
+
+mod logs;
 
 use core::{ffi::c_void, mem::MaybeUninit};
 
@@ -107,15 +112,21 @@ fn by_connection_id(ctx: &SkReuseportContext) -> bool {
         return true;
     }
     count(COUNTER_QUIC_UNROUTABLE);
+    logs::quic_no_socket(slot);
     false
 }
 
 /// Selects the client's socket, counts the outcome and lets the connection through.
 #[inline(always)]
 fn finish(ctx: &SkReuseportContext, client: Result<Client, u32>) -> u32 {
-    let counter = match client.and_then(|client| select(ctx, client)) {
-        Ok(slot) => slot,
-        Err(counter) => counter,
+    // A match rather than `and_then`: with the closure, LLVM called `select` out of line and
+    // passed the client through the stack, part of it unwritten, which the verifier refuses.
+    let counter = match client {
+        Ok(client) => select(ctx, client).unwrap_or_else(|counter| counter),
+        Err(counter) => {
+            logs::unreadable();
+            counter
+        }
     };
     count(counter);
     // Never drop: without a selection the kernel picks a socket itself.
@@ -161,7 +172,10 @@ fn select(ctx: &SkReuseportContext, client: Client) -> Result<u32, u32> {
     if is_trusted_proxy(client.trie_words()) {
         return match STICKY_SOCKETS.select_reuseport(ctx, LOADER_INDEX) {
             Ok(()) => Ok(COUNTER_PROXIED),
-            Err(_) => Err(COUNTER_PASSED),
+            Err(_) => {
+                logs::no_loader_socket();
+                Err(COUNTER_PASSED)
+            }
         };
     }
     let config = STICKY_CONFIG.get(0).ok_or(COUNTER_PASSED)?;
@@ -171,11 +185,15 @@ fn select(ctx: &SkReuseportContext, client: Client) -> Result<u32, u32> {
     let live = |slot| STICKY_SOCKETS.select_reuseport(ctx, slot).is_ok();
     match pick_slot(&client, config, table, live) {
         Pick::Hashed(slot) => Ok(slot),
-        Pick::Fallback(slot) => {
+        Pick::Fallback { from, to } => {
             count(COUNTER_FALLBACK);
-            Ok(slot)
+            logs::fallback(from, to);
+            Ok(to)
         }
-        Pick::None => Err(COUNTER_PASSED),
+        Pick::None => {
+            logs::no_live_slot();
+            Err(COUNTER_PASSED)
+        }
     }
 }
 
@@ -206,6 +224,7 @@ fn quic_slot(ctx: *mut c_void) -> u32 {
     if ret != 0 {
         // Shorter than any QUIC packet.
         count(COUNTER_QUIC_UNROUTABLE);
+        logs::quic_short();
         return BY_ADDRESS;
     }
     // SAFETY: a zero return means the helper filled the whole buffer.
@@ -216,6 +235,7 @@ fn quic_slot(ctx: *mut c_void) -> u32 {
         Route::Address => BY_ADDRESS,
         _ => {
             count(COUNTER_QUIC_UNROUTABLE);
+            logs::quic_foreign();
             BY_ADDRESS
         }
     }

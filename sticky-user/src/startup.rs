@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 pub use crate::kernel::Counters;
 use crate::{
-    config::{DispatchMode, HandoffTransport, Launch, Listen, RunConfig},
+    config::{DispatchMode, HandoffTransport, Launch, Listen, LogLevel, RunConfig},
     dispatch::Dispatch,
     endpoints::{
         control::{self, ControlError},
@@ -75,6 +75,8 @@ pub struct Started {
     pub(crate) control: (PathBuf, std::os::unix::net::UnixListener),
     pub(crate) metrics: Option<TcpListener>,
     pub(crate) listen: Vec<Listen>,
+    /// How much the loader logs (`--log-level`, as it was given at the first start).
+    pub log_level: LogLevel,
 }
 
 /// Checks privileges, limits and the worker command, binds the endpoints, then opens the
@@ -270,13 +272,13 @@ fn assemble(
     metrics: Option<TcpListener>,
     carried: Option<Carried>,
 ) -> Started {
-    let listen = launch.config.listen.clone();
+    let (listen, log_level) = (launch.config.listen.clone(), launch.config.log_level);
     let mut setup = setup;
     if let Some(quic) = launch.config.quic {
         setup.spawner.set_quic(quic.cid_len, setup.seed);
     }
     let supervisor = Arc::new(Supervisor::new(setup, launch, carried));
-    Started { supervisor, control, metrics, listen }
+    Started { supervisor, control, metrics, listen, log_level }
 }
 
 impl Started {
@@ -331,7 +333,8 @@ fn attach(
             dispatch.quic_cid_len = quic.cid_len.into();
             dispatch.quic_key = sticky_common::quic::key(dispatch.seed);
         }
-        let dispatcher = Dispatcher::attach(group, &dispatch, table, previous)?;
+        let level = config.log_level.into();
+        let dispatcher = Dispatcher::attach(group, &dispatch, table, previous, level)?;
         fd_store::keep_map(group.listen, dispatcher.sockets_map());
         info!(
             listen = %group.listen,

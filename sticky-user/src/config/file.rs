@@ -123,7 +123,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_name_the_nearest_valid_one_or_all() {
-        assert_eq!(keys().len(), 28, "{:?}", keys());
+        assert_eq!(keys().len(), 29, "{:?}", keys());
         for (typo, meant) in [
             ("workrs", "workers"),
             ("prefix_v4", "prefix-v4"),
@@ -138,6 +138,6 @@ mod tests {
         // Nothing near: every valid key.
         let (_, _, message) = position(load("colour = 1\n").unwrap_err());
         assert!(message.starts_with("unknown key `colour`: the keys are `listen`, `workers`,"));
-        assert!(message.ends_with(", `metrics`, `command`"), "{message}");
+        assert!(message.ends_with(", `metrics`, `log-level`, `command`"), "{message}");
     }
 }

@@ -32,7 +32,7 @@ pub use handoff::HandoffTransport;
 pub use host::{Host, System, UserEntry};
 pub use launch::{Launch, Reconfigure};
 pub use listen::{Listen, Transport};
-pub use options::{DispatchMode, ReadyMode, RunOptions};
+pub use options::{DispatchMode, LogLevel, ReadyMode, RunOptions};
 use serde::{Deserialize, Serialize};
 
 impl RunOptions {
@@ -89,6 +89,9 @@ pub struct RunConfig {
     /// With `--quic`: QUIC datagrams on the UDP addresses are routed by connection ID.
     #[serde(default)]
     pub quic: Option<Quic>,
+    /// How much the loader and its program log.
+    #[serde(default)]
+    pub log_level: LogLevel,
 }
 
 /// The workers' variable that gives their connection IDs' length, with `--quic`.

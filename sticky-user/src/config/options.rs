@@ -121,6 +121,13 @@ pub struct RunOptions {
     /// Serve Prometheus metrics on PORT (127.0.0.1) or ADDR:PORT. [default: off]
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<String>,
+    /// What sticky logs, and its program: at debug also each fallback, connection left to the
+    /// kernel, unreadable address and unroutable QUIC datagram. STICKY_LOG overrides the
+    /// loader's. [default: info]
+    #[arg(long, value_name = "LEVEL")]
+    // Left out when not given, so an upgrade's record stays readable by an image without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<LogLevel>,
     /// Worker command; it finds its listening sockets at fd 3 (LISTEN_FDS). [default: sticky demo]
     #[arg(last = true, value_name = "CMD")]
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -149,6 +156,35 @@ pub enum ReadyMode {
     Delay,
     /// Once it sends READY=1 to its NOTIFY_SOCKET (itself or a child of it).
     Notify,
+}
+
+/// How much sticky logs (`--log-level`), the loader and its program alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// What the loader does (starts, stops, restarts, reloads, upgrades).
+    #[default]
+    Info,
+    /// Also the program's exceptional paths, and the loader's details.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl From<LogLevel> for tracing::Level {
+    fn from(level: LogLevel) -> Self {
+        match level {
+            LogLevel::Error => Self::ERROR,
+            LogLevel::Warn => Self::WARN,
+            LogLevel::Info => Self::INFO,
+            LogLevel::Debug => Self::DEBUG,
+            LogLevel::Trace => Self::TRACE,
+        }
+    }
 }
 
 impl std::fmt::Display for DispatchMode {
@@ -247,12 +283,21 @@ mod tests {
             workers: Some(4),
             dispatch: Some(DispatchMode::Userspace),
             allow_root_workers: Some(true),
+            log_level: Some(LogLevel::Debug),
             environment: vec![("NODE_ENV".into(), "production".into())],
             command: vec!["node".into(), "app.js".into()],
             ..Default::default()
         };
         let text = toml::to_string(&options).unwrap();
         assert!(text.contains("dispatch = \"userspace\""), "{text}");
+        assert!(text.contains("log-level = \"debug\""), "{text}");
         assert_eq!(toml::from_str::<RunOptions>(&text).unwrap(), options);
+    }
+
+    #[test]
+    fn an_unset_log_level_stays_out_of_the_upgrade_record() {
+        // An image without --log-level reads the options of one that was not given it.
+        let json = serde_json::to_string(&RunOptions::default()).unwrap();
+        assert!(!json.contains("log-level"), "{json}");
     }
 }

@@ -148,6 +148,7 @@ impl RunConfig {
             client_address,
             handoff,
             quic,
+            log_level: options.log_level.unwrap_or_default(),
         })
     }
 }

@@ -85,6 +85,7 @@ fn defaults_fill_what_is_missing() {
     assert_eq!(config.policy.ready, crate::config::ReadyMode::Delay);
     assert_eq!(config.policy.hang_timeout, Some(DEFAULT_HANG_TIMEOUT));
     assert_eq!(config.policy.worker_watchdog, None);
+    assert_eq!(config.log_level, crate::config::LogLevel::Info);
     let off = RunOptions { hang_timeout: Some(0.0), ..Default::default() };
     assert_eq!(super::tests::config(off).unwrap().policy.hang_timeout, None);
 }

@@ -46,7 +46,7 @@ pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// The slot of client `ip`: the eBPF program's computation (every slot is live here).
 pub fn slot_for(config: &DispatchConfig, table: &Table, ip: IpAddr) -> u32 {
     match pick_slot(&Client::from(ip), config, table, |_| true) {
-        Pick::Hashed(slot) | Pick::Fallback(slot) => slot,
+        Pick::Hashed(slot) | Pick::Fallback { to: slot, .. } => slot,
         Pick::None => unreachable!("every slot is live"),
     }
 }

@@ -7,7 +7,7 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{
         Array, LpmTrie, Map, MapData, MapError, PerCpuArray, ReusePortSockArray, lpm_trie::Key,
     },
@@ -24,12 +24,14 @@ use sticky_common::{
 pub use super::map_fds::MapFds;
 use super::{
     error::{DispatchError, map_error, refused, refused_or_object, write_error},
+    logs::{self, ProgramLogs},
     map_fds::MAP_NAMES,
 };
 use crate::listeners::ListenerGroup;
 
 /// The eBPF object built from `sticky-ebpf` by this crate's build script.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sticky"));
+pub(super) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sticky"));
 
 /// Connection counts read from the program's per-CPU counters, summed over CPUs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,6 +75,10 @@ pub struct Dispatcher {
     proxies: LpmTrie<MapData, [u32; 4], u8>,
     /// The maps' fds (copies the typed handles do not expose).
     map_fds: MapFds<OwnedFd>,
+    /// The program's log ring buffer (a copy of the reader's fd, for a handover).
+    log_ring: Option<OwnedFd>,
+    /// Its reader, until [`Dispatcher::take_logs`].
+    logs: Option<ProgramLogs>,
     config: DispatchConfig,
     program_id: u32,
     migrates: bool,
@@ -89,6 +95,9 @@ pub struct DispatcherFds {
     pub program_id: u32,
     /// Whether it is the migrating variant.
     pub migrates: bool,
+    /// The program's log ring buffer (none from an image before aya-log).
+    #[serde(default)]
+    pub logs: Option<RawFd>,
 }
 
 impl Dispatcher {
@@ -102,14 +111,22 @@ impl Dispatcher {
     /// group (which still holds the sockets: a socket is in one array at most), each socket
     /// moves from it to this program's array, one slot at a time, before the attach replaces
     /// that program.
+    ///
+    /// The program logs at `log_level` and below (its exceptional paths, at debug).
     pub fn attach(
         group: &ListenerGroup,
         config: &DispatchConfig,
         table: &Table,
         previous: Option<OwnedFd>,
+        log_level: tracing::Level,
     ) -> Result<Self, DispatchError> {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(refused_or_object)?;
+        let level = logs::program_level(log_level);
+        let mut ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &level, true)
+            .load(EBPF_OBJECT)
+            .map_err(refused_or_object)?;
         let maps = MAP_NAMES.try_map(|name, _| take_map(&mut ebpf, name))?;
+        let logs = ProgramLogs::init(&mut ebpf, group.listen.to_string())?;
         let migrates = match program(&mut ebpf, PROGRAM_MIGRATE)?.load() {
             Ok(()) => true,
             Err(err) => {
@@ -130,6 +147,8 @@ impl Dispatcher {
         let program_fd = program_fd.map_err(|err| inspect(ProgramError::IOError(err)))?;
         let mut dispatcher =
             Self::from_parts(program_fd, maps, Some(*config), program_id, migrates)?;
+        dispatcher.log_ring = Some(logs.ring()?);
+        dispatcher.logs = Some(logs);
         dispatcher.write_config()?;
         dispatcher.update_table(table)?;
         dispatcher.take_sockets(group, previous)?;
@@ -170,20 +189,30 @@ impl Dispatcher {
     }
 
     /// Takes over a dispatcher an earlier image of this loader handed over: its program stays
-    /// attached, its maps (counters included) keep their contents.
+    /// attached, its maps (counters included) keep their contents, its log is read here now
+    /// (tagged with `listen`).
     ///
     /// # Safety
     ///
     /// Every fd in `handover` must be open, owned by nobody else in this process, and be what
     /// it names.
-    pub unsafe fn resume(handover: &DispatcherFds) -> Result<Self, DispatchError> {
+    pub unsafe fn resume(handover: &DispatcherFds, listen: String) -> Result<Self, DispatchError> {
         use std::os::fd::FromRawFd as _;
-        let DispatcherFds { program, maps, program_id, migrates } = handover;
+        let DispatcherFds { program, maps, program_id, migrates, logs } = handover;
         // SAFETY: the caller guarantees these fds are open and ours alone.
         let owned = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
         let maps = maps.try_map(|fd, name| map_from_fd(owned(fd), name))?;
+        let log_ring = logs.map(owned);
         // The configuration is the one in the map, as the program reads it.
-        Self::from_parts(owned(*program), maps, None, *program_id, *migrates)
+        let mut dispatcher = Self::from_parts(owned(*program), maps, None, *program_id, *migrates)?;
+        dispatcher.logs = ProgramLogs::resume(log_ring.as_ref(), listen);
+        dispatcher.log_ring = log_ring;
+        Ok(dispatcher)
+    }
+
+    /// The reader of the program's log, to run ([`ProgramLogs::forward`]); once.
+    pub fn take_logs(&mut self) -> Option<ProgramLogs> {
+        self.logs.take()
     }
 
     /// The socket array's fd (what a restart takes its sockets back from).
@@ -200,6 +229,7 @@ impl Dispatcher {
             maps,
             program_id: self.program_id,
             migrates: self.migrates,
+            logs: self.log_ring.as_ref().map(AsRawFd::as_raw_fd),
         }
     }
 
@@ -229,6 +259,8 @@ impl Dispatcher {
             counters: typed(counters, COUNTERS_MAP)?,
             proxies: typed(proxies, PROXIES_MAP)?,
             map_fds,
+            log_ring: None,
+            logs: None,
             config,
             program_id,
             migrates,

@@ -30,6 +30,9 @@ pub enum DispatchError {
         #[source]
         source: ProgramError,
     },
+    /// The program's log could not be opened.
+    #[error("cannot read the eBPF program's log")]
+    Log(#[source] aya_log::Error),
     /// A map could not be read or written.
     #[error("cannot {action} map {map}")]
     Map {

@@ -1,8 +1,10 @@
 //! Kernel dispatch: the eBPF program attached to each listen address's reuseport group
-//! ([`Dispatcher`], which owns the typed map handles), and the lookup [`table`] it reads.
+//! ([`Dispatcher`], which owns the typed map handles), the lookup [`table`] it reads, and the
+//! program's own log (`logs`: aya-log).
 
 mod dispatcher;
 mod error;
+mod logs;
 mod map_fds;
 pub mod table;
 

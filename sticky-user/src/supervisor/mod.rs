@@ -215,6 +215,10 @@ impl Supervisor {
         }
         tokio::spawn(systemd::watchdog());
         tokio::spawn(usage::watch(self.shared.clone(), self.usages.clone()));
+        for logs in self.state().dispatch.dispatchers_mut().iter_mut().filter_map(|d| d.take_logs())
+        {
+            tokio::spawn(logs.forward());
+        }
         // A stop while the workers get ready is obeyed at once.
         let stopped_early = tokio::select! {
             ready = self.wait_until_ready() => match ready {

@@ -169,6 +169,7 @@ impl Record {
             if let Some(handover) = &group.dispatcher {
                 fds.push(handover.program);
                 fds.extend(handover.maps.into_array());
+                fds.extend(handover.logs);
             }
         }
         if let Some(handoff) = &self.handoff {

@@ -185,10 +185,11 @@ unsafe fn take_over(state_fd: RawFd, rollback: Option<String>) -> Result<Takeove
         spawner.set_executable(path.clone());
     }
     let mut dispatchers = Vec::new();
-    for handover in record.groups.iter().filter_map(|group| group.dispatcher.as_ref()) {
+    for group in &record.groups {
+        let Some(handover) = &group.dispatcher else { continue };
         let copy = copy_dispatcher_fds(handover)?;
         // SAFETY: the copies are this process's own, used nowhere else.
-        dispatchers.push(unsafe { Dispatcher::resume(&copy) }?);
+        dispatchers.push(unsafe { Dispatcher::resume(&copy, group.listen.to_string()) }?);
     }
 
     // Nothing fails from here on: the copied fds, the record and the old image close, the
@@ -259,9 +260,9 @@ fn copy(fd: RawFd) -> Result<OwnedFd, ResumeError> {
     borrowed.try_clone_to_owned().map_err(|err| ResumeError::Copy(fd, err))
 }
 
-/// The program's and the maps' fds of `handover`.
+/// The program's, the maps' and the log's fds of `handover`.
 fn dispatcher_fds(handover: &DispatcherFds) -> impl Iterator<Item = RawFd> {
-    std::iter::once(handover.program).chain(handover.maps.into_array())
+    std::iter::once(handover.program).chain(handover.maps.into_array()).chain(handover.logs)
 }
 
 /// `handover` with copies of its fds, which the caller owns (as raw fds).
@@ -269,6 +270,8 @@ fn copy_dispatcher_fds(handover: &DispatcherFds) -> Result<DispatcherFds, Resume
     // All copied before any is let go, so a failure closes those made.
     let program = copy(handover.program)?;
     let maps = handover.maps.try_map(|fd, _| copy(fd))?;
+    let logs = handover.logs.map(copy).transpose()?;
     let maps = maps.try_map(|fd, _| Ok::<_, ResumeError>(fd.into_raw_fd()))?;
-    Ok(DispatcherFds { program: program.into_raw_fd(), maps, ..handover.clone() })
+    let (program, logs) = (program.into_raw_fd(), logs.map(|fd| fd.into_raw_fd()));
+    Ok(DispatcherFds { program, maps, logs, ..handover.clone() })
 }

@@ -4,15 +4,15 @@ mod ctl;
 mod demo;
 mod inspect;
 mod install;
+mod log_filter;
 mod man;
 mod run;
 mod top;
 
-use std::{ffi::OsString, io::IsTerminal as _, path::Path, process::ExitCode};
+use std::{ffi::OsString, path::Path, process::ExitCode};
 
 use clap::{CommandFactory as _, Parser, Subcommand};
 use sticky_user::{config::RunOptions, control::Request, identity, service, spawn, upgrade};
-use tracing_subscriber::EnvFilter;
 
 /// Sticky sessions for multi-process servers: the kernel sends every connection from one client
 /// address to the same worker process.
@@ -122,13 +122,9 @@ enum Command {
 fn main() -> ExitCode {
     identity::name_after_argv0();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(EnvFilter::try_from_env("STICKY_LOG").unwrap_or_else(|_| "info".into()))
-        .init();
+    let log_filter = log_filter::LogFilter::init();
     let result = match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(args, &log_filter),
         Command::Check(args) => run::check(args),
         Command::Install(args) => install::install(args),
         Command::Uninstall(args) => install::uninstall(args),
@@ -151,7 +147,7 @@ fn main() -> ExitCode {
         Command::Upgrade(control) => ctl::run(&control, Request::Upgrade, false),
         Command::Resume { probe: true, .. } => run::probe(),
         Command::Resume { state_fd, rollback, .. } => {
-            run::resume(state_fd.expect("required by clap"), rollback)
+            run::resume(state_fd.expect("required by clap"), rollback, &log_filter)
         }
         Command::Demo => demo::run(),
         Command::InspectTable { slots, seed, without, entries } => {

@@ -10,6 +10,8 @@ use sticky_user::{
 };
 use tracing::info;
 
+use crate::log_filter::LogFilter;
+
 /// `sticky check`: validates the options and says what `run` would do.
 pub fn check(options: RunOptions) -> anyhow::Result<()> {
     let source = options.config.clone();
@@ -35,11 +37,12 @@ pub fn check(options: RunOptions) -> anyhow::Result<()> {
 }
 
 /// `sticky run`: starts, runs until stopped, logs the final counters.
-pub fn run(options: RunOptions) -> anyhow::Result<()> {
+pub fn run(options: RunOptions, log_filter: &LogFilter) -> anyhow::Result<()> {
     // SAFETY: no thread runs yet, and nothing has taken the fds systemd passed.
     let inherited = unsafe { Inherited::from_environment() }
         .context("cannot read the sockets systemd passed (LISTEN_FDS)")?;
     let config = options.clone().validate()?;
+    log_filter.set_level(config.log_level.into());
     serve(startup::start(Launch::new(config, options), inherited)?)
 }
 
@@ -52,11 +55,16 @@ pub fn probe() -> anyhow::Result<()> {
 
 /// `sticky resume --state-fd FD [--rollback REASON]`: the new image of an upgrading loader
 /// takes over (or hands the loader back); after a rollback, the old image takes over again.
-pub fn resume(state_fd: i32, rollback: Option<String>) -> anyhow::Result<()> {
+pub fn resume(
+    state_fd: i32,
+    rollback: Option<String>,
+    log_filter: &LogFilter,
+) -> anyhow::Result<()> {
     // SAFETY: `sticky upgrade` (or a rollback) executes this with the record it wrote at
     // `state_fd` and the fds it names, which nothing in this fresh image owns yet.
     let started =
         unsafe { startup::resume(state_fd, rollback) }.context("cannot take over the loader")?;
+    log_filter.set_level(started.log_level.into());
     serve(started)
 }
 
