@@ -101,3 +101,29 @@ fn the_python_and_rust_examples_serve_proxied_connections() {
     let rust = target_bin("sticky-example-rust", "sticky-example-rust");
     check_proxied_worker(3034, &[rust.to_str().unwrap()], "kernel");
 }
+
+#[test]
+fn a_passed_connection_is_blocking_so_a_late_request_is_answered() {
+    // The loader passes each connection under userspace dispatch at its accept, before the
+    // request arrives; Python's socket(fileno=) takes the fd's mode as blocking, so a
+    // non-blocking fd made the example close it on EAGAIN, unanswered.
+    let python = example("python/worker.py");
+    let python = ["/usr/bin/python3", python.to_str().unwrap()];
+    in_netns(|| {
+        let mut args = vec!["--listen", "127.0.0.1:3035", "--workers", "2", "--ready", "notify"];
+        args.extend(["--dispatch", "userspace", "--"]);
+        args.extend(python);
+        let sticky = Sticky::serving(&args, 2);
+        let server = SocketAddr::from(([127, 0, 0, 1], 3035));
+        for client in (0..10).map(client_v4) {
+            let mut stream = connect(client, server).expect("connect");
+            // The worker has the connection by now, and reads it.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let request = "GET / HTTP/1.1\r\nhost: sticky\r\nconnection: close\r\n\r\n";
+            stream.write_all(request.as_bytes()).expect("send");
+            let response = read_response(&mut stream).expect("a response");
+            assert!(response.text.contains("x-sticky-runtime: python"), "{}", response.text);
+        }
+        sticky.stop_cleanly();
+    });
+}

@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::{
-    pairs::{pass, register, send_raw},
+    pairs::{pass, register, send_raw, set_blocking},
     router::{Router, Target},
 };
 use crate::{
@@ -197,6 +197,13 @@ impl Shared {
                 return;
             }
         };
+        // Blocking, as an accept(2) would give it (the loader's accept loop made it
+        // non-blocking, and the worker shares the open file): a worker that reads at once would
+        // otherwise get EAGAIN before the request arrived (Python's socket(fileno=) did).
+        if let Err(err) = set_blocking(&stream) {
+            warn!(slot, error = %err, "cannot pass a connection to its worker");
+            return;
+        }
         match send_raw(end.as_raw_fd(), stream.as_raw_fd(), listener) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {

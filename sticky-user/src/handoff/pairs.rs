@@ -8,7 +8,7 @@
 use std::{
     io::{self, IoSlice},
     net::IpAddr,
-    os::fd::{AsRawFd, OwnedFd, RawFd},
+    os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
 };
 
 use nix::{
@@ -37,10 +37,15 @@ pub fn pairs(slots: u32) -> io::Result<(Vec<OwnedFd>, Vec<OwnedFd>)> {
 pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
     let (loader, worker) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, flags)?;
-    let blocking =
-        OFlag::from_bits_truncate(fcntl(&worker, FcntlArg::F_GETFL)?) - OFlag::O_NONBLOCK;
-    fcntl(&worker, FcntlArg::F_SETFL(blocking))?;
+    set_blocking(&worker)?;
     Ok((loader, worker))
+}
+
+/// Clears `O_NONBLOCK` on `fd`'s open file (shared with every copy of the fd).
+pub fn set_blocking(fd: &impl AsFd) -> io::Result<()> {
+    let blocking = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?) - OFlag::O_NONBLOCK;
+    fcntl(fd, FcntlArg::F_SETFL(blocking))?;
+    Ok(())
 }
 
 /// The slot of client `ip`: the eBPF program's computation (every slot is live here).
