@@ -5,6 +5,7 @@
 mod balance;
 mod chart;
 mod load;
+mod modes;
 mod proxies;
 mod quic;
 mod report;
@@ -18,8 +19,9 @@ use anyhow::Context as _;
 use nix::unistd::{SysconfVar, sysconf};
 
 use self::{
+    modes::Mode,
     report::{Report, Sample},
-    servers::{ADDRESS, Mode, Server},
+    servers::{ADDRESS, Server},
 };
 use crate::{bootstrap, shell};
 
