@@ -43,6 +43,16 @@ pub enum Mode {
     /// UDP with `--quic`: each datagram a QUIC short header whose connection ID names a slot,
     /// routed by it.
     QuicKernel,
+    /// QUIC handshakes: a new quinn connection (and one exchange) per request, to
+    /// `sticky-example-quic` workers under `--quic`.
+    QuicHandshakes,
+    /// The same on plain SO_REUSEPORT (`--dispatch none`): the workers mint random CIDs.
+    QuicHandshakesReuseport,
+    /// One quinn connection downloading a bounded amount from a `sticky-example-quic` worker
+    /// under `--quic`: bytes per second, not connections.
+    QuicBytes,
+    /// The same on plain SO_REUSEPORT.
+    QuicBytesReuseport,
 }
 
 impl Mode {
@@ -66,6 +76,10 @@ impl Mode {
             Self::UdpReuseport => "udp-reuseport",
             Self::UdpNginx => "udp-nginx",
             Self::QuicKernel => "quic-kernel",
+            Self::QuicHandshakes => "quic-handshakes",
+            Self::QuicHandshakesReuseport => "quic-handshakes-reuseport",
+            Self::QuicBytes => "quic-bytes",
+            Self::QuicBytesReuseport => "quic-bytes-reuseport",
         }
     }
 
@@ -77,6 +91,22 @@ impl Mode {
     /// Whether the load is datagrams (to UDP port 3900) rather than connections.
     pub fn udp(self) -> bool {
         matches!(self, Self::UdpKernel | Self::UdpReuseport | Self::UdpNginx | Self::QuicKernel)
+    }
+
+    /// Whether the workers are `sticky-example-quic` (quinn) and the load real QUIC clients.
+    pub fn quic_example(self) -> bool {
+        matches!(
+            self,
+            Self::QuicHandshakes
+                | Self::QuicHandshakesReuseport
+                | Self::QuicBytes
+                | Self::QuicBytesReuseport
+        )
+    }
+
+    /// Whether the mode measures bytes per second through one connection.
+    pub fn throughput(self) -> bool {
+        matches!(self, Self::QuicBytes | Self::QuicBytesReuseport)
     }
 
     /// Whether the workers are the Node handler rather than the Rust demo worker.

@@ -1,7 +1,8 @@
 //! The servers under test: sticky's kernel and userspace dispatch, plain SO_REUSEPORT, and
 //! nginx / haproxy proxies with consistent source hashing in front of one-worker backends, with
 //! the Rust demo worker; then the same but userspace dispatch, and the seed (npm
-//! sticky-session), with a Node worker.
+//! sticky-session), with a Node worker; `sticky-example-quic` (quinn) under `--quic` or on plain
+//! SO_REUSEPORT.
 
 use std::{
     collections::HashMap,
@@ -25,6 +26,8 @@ use super::modes::Mode;
 pub const ADDRESS: &str = "127.0.0.1:3900";
 /// Where the UDP modes listen: the same port, over UDP.
 const UDP_LISTEN: &str = "udp://127.0.0.1:3900";
+/// The QUIC modes' worker, next to the `sticky` binary.
+pub const QUIC_EXAMPLE: &str = "sticky-example-quic";
 /// The first backend port of the proxy modes.
 const BACKEND_PORT: u16 = 3910;
 
@@ -55,6 +58,8 @@ impl Server {
         sticky: &Path,
         dir: &Path,
     ) -> anyhow::Result<()> {
+        let quic_example = sticky.with_file_name(QUIC_EXAMPLE);
+        let quic_example = quic_example.to_str().context("non-UTF-8 path")?.to_owned();
         let node_worker = node_dir().join("worker.js");
         let node_worker = node_worker.to_str().context("non-UTF-8 path")?;
         // The worker command: the demo (sticky's default) or the Node handler.
@@ -96,6 +101,20 @@ impl Server {
                     sticky_run(sticky, dir, "main", UDP_LISTEN, workers, "kernel", command, &quic)?;
                 self.children.push(main);
             }
+            Mode::QuicHandshakes | Mode::QuicBytes => {
+                let example = [quic_example.as_str()];
+                let quic = ["--quic"];
+                let main = sticky_run(
+                    sticky, dir, "main", UDP_LISTEN, workers, "kernel", &example, &quic,
+                )?;
+                self.children.push(main);
+            }
+            Mode::QuicHandshakesReuseport | Mode::QuicBytesReuseport => {
+                let example = [quic_example.as_str()];
+                let main =
+                    sticky_run(sticky, dir, "main", UDP_LISTEN, workers, "none", &example, &[])?;
+                self.children.push(main);
+            }
             Mode::UdpNginx => {
                 let backends: Vec<String> = (0..workers)
                     .map(|i| format!("127.0.0.1:{}", BACKEND_PORT + i as u16))
@@ -124,6 +143,9 @@ impl Server {
                 };
                 self.children.push(proxy);
             }
+        }
+        if mode.quic_example() {
+            return super::quic_client::wait_until_serving(ADDRESS.parse()?);
         }
         if mode.udp() {
             return super::udp::wait_until_serving(ADDRESS.parse()?);
