@@ -57,6 +57,7 @@ const QUICK: Plan = Plan {
 
 /// Runs the benchmark (`quick`: shorter runs, one repeat; `balance_only`: only the balance).
 pub fn run(quick: bool, balance_only: bool, only: &[String]) -> anyhow::Result<()> {
+    rerun_with_optimized_dependencies()?;
     bootstrap::build_tools()?;
     let packages = ["--package", "sticky-user", "--package", servers::QUIC_EXAMPLE];
     shell::run(shell::cargo().args(["build", "--release"]).args(packages))?;
@@ -162,6 +163,30 @@ pub fn run(quick: bool, balance_only: bool, only: &[String]) -> anyhow::Result<(
     shell::say(&format!("wrote {}/latest.json and latest.svg", results.display()));
     write_json(&results, "proxied_waiting.json", &waiting)?;
     write_balance(&results, &balance)
+}
+
+/// Set in the bench that [`rerun_with_optimized_dependencies`] runs.
+const OPTIMIZED_DEPENDENCIES: &str = "STICKY_BENCH_OPTIMIZED_DEPENDENCIES";
+
+/// From a debug build, runs this bench again from a build of xtask whose dependencies are
+/// optimized, and never returns but with an error: the QUIC modes' clients spend their time in
+/// quinn, rustls and ring, several times slower unoptimized, and would measure themselves
+/// rather than the server. The workspace's own crates (xtask, loadgen: the TCP and UDP loads)
+/// stay as unoptimized as before. Its own target dir, so that neither build undoes the other.
+fn rerun_with_optimized_dependencies() -> anyhow::Result<()> {
+    if !cfg!(debug_assertions) || std::env::var_os(OPTIMIZED_DEPENDENCIES).is_some() {
+        return Ok(());
+    }
+    let target = shell::workspace_root().join("target/bench-xtask");
+    let optimized = ["--config", "profile.dev.package.\"*\".opt-level=3", "--target-dir"];
+    shell::run(shell::cargo().args(["build", "--package", "xtask"]).args(optimized).arg(&target))?;
+    let xtask = target.join("debug/xtask");
+    let error = std::os::unix::process::CommandExt::exec(
+        std::process::Command::new(&xtask)
+            .args(std::env::args_os().skip(1))
+            .env(OPTIMIZED_DEPENDENCIES, "1"),
+    );
+    Err(error).with_context(|| format!("cannot run {}", xtask.display()))
 }
 
 /// Draws `bench/results/latest.svg` again from `latest.json`, without measuring anything.
