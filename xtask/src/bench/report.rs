@@ -239,6 +239,7 @@ impl Report {
 
     /// The table of the modes measured in requests, and what their samples tell beyond it.
     fn connections_table(&self, out: &mut String) {
+        let width = self.modes.iter().map(|m| m.mode.len()).max().unwrap_or(0).max(14);
         let _ = writeln!(
             out,
             "\n{} workers, {CONCURRENCY} concurrent connections from {CLIENTS} addresses, new connection per request; medians{}",
@@ -247,7 +248,7 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "{:<14} {:>9} {:>7} {:>8} {:>8} {:>8} {:>9} {:>8} {:>7} {:>6} {:>7} {:>7}",
+            "{:<width$} {:>9} {:>7} {:>8} {:>8} {:>8} {:>9} {:>8} {:>7} {:>6} {:>7} {:>7}",
             "mode",
             "conn/s",
             "spread",
@@ -269,7 +270,7 @@ impl Report {
             let rates: Vec<f64> = samples.iter().map(|s| s.conn_per_s).collect();
             let _ = writeln!(
                 out,
-                "{:<14} {:>9.0} {:>6.1}% {:>8.0} {:>8.0} {:>8.0} {:>9.1} {:>7.1}% {:>7.2} {:>6} {:>7.2} {:>7.2}",
+                "{:<width$} {:>9.0} {:>6.1}% {:>8.0} {:>8.0} {:>8.0} {:>9.1} {:>7.1}% {:>7.2} {:>6} {:>7.2} {:>7.2}",
                 mode,
                 m(|s| s.conn_per_s),
                 spread(&rates) * 100.0,
@@ -303,7 +304,6 @@ impl Report {
                 );
             }
         }
-        let _ = writeln!(out);
         // The eBPF program's cost per run, in the modes that load it, where it is measured.
         let programs = [
             ("kernel", "eBPF program cost (kernel.bpf_stats_enabled): ", " per dispatch"),
@@ -311,10 +311,12 @@ impl Report {
             ("quic-kernel", "eBPF program cost per QUIC datagram routed by CID: ", ""),
             ("quic-handshakes", "eBPF program cost per datagram of quinn's handshakes: ", ""),
         ];
+        let mut first = true;
         for (mode, before, after) in programs {
             let ns = self.median_of(mode, |s| s.bpf_ns.unwrap_or(f64::NAN));
             if ns.is_finite() {
-                let _ = writeln!(out, "{before}{ns:.0} ns{after}");
+                let gap = if std::mem::take(&mut first) { "\n" } else { "" };
+                let _ = writeln!(out, "{gap}{before}{ns:.0} ns{after}");
             }
         }
     }
