@@ -44,7 +44,7 @@ const FULL: Plan = Plan {
     workers: 4,
     scaling: &[2, 4, 8],
     balance_clients: 100_000,
-    download_octets: 256 << 20,
+    download_octets: 1 << 30,
 };
 const QUICK: Plan = Plan {
     duration: Duration::from_secs(2),
@@ -52,7 +52,7 @@ const QUICK: Plan = Plan {
     workers: 4,
     scaling: &[2, 8],
     balance_clients: 20_000,
-    download_octets: 128 << 20,
+    download_octets: 256 << 20,
 };
 
 /// Runs the benchmark (`quick`: shorter runs, one repeat; `balance_only`: only the balance).
