@@ -5,18 +5,26 @@
 //! self-signed certificate made at start (ALPN `sticky-echo`), minting its connection IDs in
 //! sticky's layout so that sticky routes a connection's datagrams to it even when the client's
 //! address changes. On every bidirectional stream it answers each line with
-//! `<slot> <pid> <line>`, so a client sees which worker served it.
+//! `<slot> <pid> <line>`, so a client sees which worker served it; a line `download N` is
+//! answered so, then followed by N octets (at most [`MAX_DOWNLOAD`]): a bulk transfer.
+//!
+//! Outside `--quic` (plain `sticky run --listen udp://…`, or `--dispatch none`) it serves
+//! with quinn's own random CIDs: sticky then routes its datagrams by address only.
 
 use std::{error::Error, process::ExitCode, sync::Arc};
 
-use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream, ServerConfig};
-use sticky_worker::quic::{StickyCids, endpoint_config, reset_key_from_env, server_endpoint};
+use quinn::{Connection, Endpoint, EndpointConfig, Incoming, RecvStream, SendStream, ServerConfig};
+use sticky_worker::quic::{
+    STICKY_QUIC_CID_LEN, StickyCids, endpoint_config, reset_key_from_env, server_endpoint,
+};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 /// The application protocol clients must offer.
 const ALPN: &[u8] = b"sticky-echo";
 /// The names the self-signed certificate is for.
 const NAMES: [&str; 2] = ["localhost", "sticky.test"];
+/// The most octets one `download N` line asks for: 1 GiB.
+const MAX_DOWNLOAD: u64 = 1 << 30;
 
 fn main() -> ExitCode {
     match run() {
@@ -36,8 +44,21 @@ fn run() -> Result<(), Box<dyn Error>> {
         return Err("no UDP socket inherited: start it with `sticky run --listen udp://…`".into());
     }
     let (slot, _) = sticky_worker::slot()?;
-    let cids = StickyCids::from_env()?;
-    let config = endpoint_config(cids, reset_key_from_env()?.as_ref());
+    // Under `--quic`, CIDs that name this slot; otherwise quinn's random ones.
+    let cids = match std::env::var_os(STICKY_QUIC_CID_LEN) {
+        Some(_) => Some(StickyCids::from_env()?),
+        None => {
+            eprintln!(
+                "sticky-example-quic: not under sticky --quic: random connection IDs, routed by address only"
+            );
+            None
+        }
+    };
+    let config = match cids {
+        Some(cids) => endpoint_config(cids, reset_key_from_env()?.as_ref()),
+        None => EndpointConfig::default(),
+    };
+    let naming = cids.map_or("random CIDs".to_owned(), |c| format!("CIDs naming {:?}", c.server()));
     let server_config = server_config()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let _entered = runtime.enter();
@@ -45,10 +66,9 @@ fn run() -> Result<(), Box<dyn Error>> {
     for socket in sockets {
         let endpoint = server_endpoint(socket, config.clone(), server_config.clone())?;
         eprintln!(
-            "sticky-example-quic: worker {slot} (pid {}) serves QUIC on {}, CIDs naming {:?}",
+            "sticky-example-quic: worker {slot} (pid {}) serves QUIC on {}, {naming}",
             std::process::id(),
             endpoint.local_addr()?,
-            cids.server(),
         );
         servers.spawn(serve(endpoint, slot));
     }
@@ -103,13 +123,38 @@ async fn connection(incoming: Incoming, slot: u32) -> Result<(), quinn::Connecti
     }
 }
 
-/// Answers each line of `recv` with `<slot> <pid> <line>` on `send`, then finishes it.
+/// Answers each line of `recv` with `<slot> <pid> <line>` on `send`, a `download N` line
+/// then with N octets, and finishes `send` at the end of `recv`.
 async fn echo(mut send: SendStream, recv: RecvStream, slot: u32) -> Result<(), Box<dyn Error>> {
     let pid = std::process::id();
     let mut lines = BufReader::new(recv).lines();
     while let Some(line) = lines.next_line().await? {
+        let download = download_size(&line);
+        if download.is_some_and(|octets| octets > MAX_DOWNLOAD) {
+            send.reset(1u32.into())?;
+            return Err(format!("{line}: at most {MAX_DOWNLOAD} octets").into());
+        }
         send.write_all(format!("{slot} {pid} {line}\n").as_bytes()).await?;
+        if let Some(octets) = download {
+            write_zeros(&mut send, octets).await?;
+        }
     }
     send.finish()?;
+    Ok(())
+}
+
+/// The N of a line `download N`.
+fn download_size(line: &str) -> Option<u64> {
+    line.strip_prefix("download ")?.trim().parse().ok()
+}
+
+/// Writes `octets` zero octets on `send`.
+async fn write_zeros(send: &mut SendStream, mut octets: u64) -> Result<(), quinn::WriteError> {
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    while octets > 0 {
+        let chunk = octets.min(ZEROS.len() as u64) as usize;
+        send.write_all(&ZEROS[..chunk]).await?;
+        octets -= chunk as u64;
+    }
     Ok(())
 }

@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 
 use super::{
     load,
-    servers::{ADDRESS, Mode, Server},
+    modes::Mode,
+    servers::{ADDRESS, Server},
 };
 use crate::shell;
 

@@ -49,9 +49,9 @@ fn node(mode: &str) -> bool {
 /// What picks the worker in `mode`, and its colour.
 fn family(mode: &str) -> usize {
     match mode {
-        "kernel" | "kernel-node" => 0,
+        "kernel" | "kernel-node" | "udp-kernel" | "quic-kernel" | "quic-handshakes" => 0,
         "userspace" => 1,
-        "reuseport" | "reuseport-node" => 2,
+        "reuseport" | "reuseport-node" | "udp-reuseport" | "quic-handshakes-reuseport" => 2,
         _ => 3,
     }
 }

@@ -57,19 +57,30 @@ pub fn drive(
     duration: Duration,
     request: impl Fn(u32) -> Option<u32> + Clone + Send + 'static,
 ) -> LoadResult {
+    drive_with(duration, || (), move |(), index| request(index))
+}
+
+/// [`drive`] with a state per thread, made by `state` in that thread and handed to each of its
+/// requests (a client that outlives one request, say).
+pub fn drive_with<S>(
+    duration: Duration,
+    state: impl Fn() -> S + Clone + Send + 'static,
+    request: impl Fn(&mut S, u32) -> Option<u32> + Clone + Send + 'static,
+) -> LoadResult {
     let start = Instant::now();
     let deadline = start + duration;
     let threads: Vec<_> = (0..CONCURRENCY)
         .map(|thread| {
-            let request = request.clone();
+            let (state, request) = (state.clone(), request.clone());
             thread::spawn(move || {
+                let mut state = state();
                 let mut result = LoadResult::default();
                 let mut next = thread as u32;
                 while Instant::now() < deadline {
                     let index = next % CLIENTS;
                     next += CONCURRENCY as u32;
                     let began = Instant::now();
-                    match request(index) {
+                    match request(&mut state, index) {
                         Some(worker) => {
                             result.ok += 1;
                             result.latencies_us.push(began.elapsed().as_micros() as u32);

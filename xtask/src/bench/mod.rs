@@ -5,8 +5,10 @@
 mod balance;
 mod chart;
 mod load;
+mod modes;
 mod proxies;
 mod quic;
+mod quic_client;
 mod report;
 mod scrape;
 mod servers;
@@ -18,8 +20,9 @@ use anyhow::Context as _;
 use nix::unistd::{SysconfVar, sysconf};
 
 use self::{
-    report::{Report, Sample},
-    servers::{ADDRESS, Mode, Server},
+    modes::Mode,
+    report::{Report, Sample, ThroughputSample},
+    servers::{ADDRESS, Server},
 };
 use crate::{bootstrap, shell};
 
@@ -31,6 +34,8 @@ struct Plan {
     scaling: &'static [u32],
     /// Distinct client addresses of the balance run.
     balance_clients: u32,
+    /// What the throughput modes download through one connection, in octets.
+    download_octets: u64,
 }
 
 const FULL: Plan = Plan {
@@ -39,6 +44,7 @@ const FULL: Plan = Plan {
     workers: 4,
     scaling: &[2, 4, 8],
     balance_clients: 100_000,
+    download_octets: 1 << 30,
 };
 const QUICK: Plan = Plan {
     duration: Duration::from_secs(2),
@@ -46,12 +52,15 @@ const QUICK: Plan = Plan {
     workers: 4,
     scaling: &[2, 8],
     balance_clients: 20_000,
+    download_octets: 256 << 20,
 };
 
 /// Runs the benchmark (`quick`: shorter runs, one repeat; `balance_only`: only the balance).
 pub fn run(quick: bool, balance_only: bool, only: &[String]) -> anyhow::Result<()> {
+    rerun_with_optimized_dependencies()?;
     bootstrap::build_tools()?;
-    shell::run(shell::cargo().args(["build", "--release", "--package", "sticky-user"]))?;
+    let packages = ["--package", "sticky-user", "--package", servers::QUIC_EXAMPLE];
+    shell::run(shell::cargo().args(["build", "--release"]).args(packages))?;
     let root = shell::workspace_root();
     let sticky = root.join("target/release/sticky");
     let plan = if quick { QUICK } else { FULL };
@@ -95,6 +104,8 @@ pub fn run(quick: bool, balance_only: bool, only: &[String]) -> anyhow::Result<(
     ];
     modes.extend(proxies.iter().map(|(_, rust, _)| *rust));
     modes.extend([Mode::UdpKernel, Mode::UdpReuseport, Mode::QuicKernel]);
+    modes.extend([Mode::QuicHandshakes, Mode::QuicHandshakesReuseport]);
+    modes.extend([Mode::QuicBytes, Mode::QuicBytesReuseport]);
     if proxies.iter().any(|(tool, ..)| *tool == "nginx") {
         modes.push(Mode::UdpNginx);
     }
@@ -115,14 +126,15 @@ pub fn run(quick: bool, balance_only: bool, only: &[String]) -> anyhow::Result<(
     for repeat in 0..plan.repeats {
         for &mode in &modes {
             shell::say(&format!("{} ({}/{})", mode.name(), repeat + 1, plan.repeats));
-            let sample = measure(
-                mode,
-                plan.workers,
-                plan.duration,
-                &sticky,
-                &work.join(format!("{}-{repeat}", mode.name())),
-            )?;
-            report.add(mode.name(), sample);
+            let dir = work.join(format!("{}-{repeat}", mode.name()));
+            if mode.throughput() {
+                let octets = plan.download_octets;
+                let sample = measure_throughput(mode, plan.workers, octets, &sticky, &dir)?;
+                report.add_throughput(mode.name(), sample);
+            } else {
+                let sample = measure(mode, plan.workers, plan.duration, &sticky, &dir)?;
+                report.add(mode.name(), sample);
+            }
         }
     }
     if !only.is_empty() {
@@ -151,6 +163,30 @@ pub fn run(quick: bool, balance_only: bool, only: &[String]) -> anyhow::Result<(
     shell::say(&format!("wrote {}/latest.json and latest.svg", results.display()));
     write_json(&results, "proxied_waiting.json", &waiting)?;
     write_balance(&results, &balance)
+}
+
+/// Set in the bench that [`rerun_with_optimized_dependencies`] runs.
+const OPTIMIZED_DEPENDENCIES: &str = "STICKY_BENCH_OPTIMIZED_DEPENDENCIES";
+
+/// From a debug build, runs this bench again from a build of xtask whose dependencies are
+/// optimized, and never returns but with an error: the QUIC modes' clients spend their time in
+/// quinn, rustls and ring, several times slower unoptimized, and would measure themselves
+/// rather than the server. The workspace's own crates (xtask, loadgen: the TCP and UDP loads)
+/// stay as unoptimized as before. Its own target dir, so that neither build undoes the other.
+fn rerun_with_optimized_dependencies() -> anyhow::Result<()> {
+    if !cfg!(debug_assertions) || std::env::var_os(OPTIMIZED_DEPENDENCIES).is_some() {
+        return Ok(());
+    }
+    let target = shell::workspace_root().join("target/bench-xtask");
+    let optimized = ["--config", "profile.dev.package.\"*\".opt-level=3", "--target-dir"];
+    shell::run(shell::cargo().args(["build", "--package", "xtask"]).args(optimized).arg(&target))?;
+    let xtask = target.join("debug/xtask");
+    let error = std::os::unix::process::CommandExt::exec(
+        std::process::Command::new(&xtask)
+            .args(std::env::args_os().skip(1))
+            .env(OPTIMIZED_DEPENDENCIES, "1"),
+    );
+    Err(error).with_context(|| format!("cannot run {}", xtask.display()))
 }
 
 /// Draws `bench/results/latest.svg` again from `latest.json`, without measuring anything.
@@ -204,7 +240,9 @@ fn measure(
     let server = Server::start(mode, workers, sticky, dir)?;
     let address = ADDRESS.parse()?;
     let load = |duration| {
-        if mode == Mode::QuicKernel {
+        if mode.quic_example() {
+            quic_client::handshakes(address, duration)
+        } else if mode == Mode::QuicKernel {
             quic::run(address, &dir.join("main"), workers, duration)
         } else if mode.udp() {
             let mut result = udp::run(address, duration);
@@ -224,12 +262,8 @@ fn measure(
     let (cpu_after, main_after, bpf_after) =
         (server.cpu_ticks(), server.main_cpu_ticks(), BpfStats::read());
     server.stop();
-    let ticks_per_second = match sysconf(SysconfVar::CLK_TCK) {
-        Ok(Some(ticks)) => ticks as f64,
-        _ => anyhow::bail!("cannot read the clock tick rate"),
-    };
-    let cpu_ms = (cpu_after - cpu_before) as f64 * 1000.0 / ticks_per_second;
-    let main_ms = (main_after - main_before) as f64 * 1000.0 / ticks_per_second;
+    let (cpu_ms, main_ms) =
+        (ticks_to_ms(cpu_after - cpu_before)?, ticks_to_ms(main_after - main_before)?);
     // The program that ran the most during the load is this server's (other sticky programs,
     // such as tests running in other network namespaces, may be loaded too).
     let bpf_ns = bpf_after
@@ -241,6 +275,38 @@ fn measure(
         .max()
         .map(|(count, time)| time as f64 / count as f64);
     Ok(Sample::new(&result, cpu_ms, main_ms, bpf_ns))
+}
+
+/// One run of throughput mode `mode`: start it, download an eighth of `octets` to warm up,
+/// then `octets` through one new connection, measuring the server's CPU; stop it.
+fn measure_throughput(
+    mode: Mode,
+    workers: u32,
+    octets: u64,
+    sticky: &Path,
+    dir: &Path,
+) -> anyhow::Result<ThroughputSample> {
+    let server = Server::start(mode, workers, sticky, dir)?;
+    let address = ADDRESS.parse()?;
+    if let Err(err) = quic_client::download(address, octets / 8) {
+        shell::say(&format!("{}: the warm-up download failed: {err:#}", mode.name()));
+    }
+    let cpu_before = server.cpu_ticks();
+    let download = quic_client::download(address, octets);
+    let cpu_after = server.cpu_ticks();
+    server.stop();
+    if let Err(err) = &download {
+        shell::say(&format!("{}: the download failed: {err:#}", mode.name()));
+    }
+    Ok(ThroughputSample::new(&download, ticks_to_ms(cpu_after - cpu_before)?))
+}
+
+/// `ticks` of CPU time (`/proc/PID/stat`'s unit) in milliseconds.
+fn ticks_to_ms(ticks: u64) -> anyhow::Result<f64> {
+    match sysconf(SysconfVar::CLK_TCK) {
+        Ok(Some(per_second)) => Ok(ticks as f64 * 1000.0 / per_second as f64),
+        _ => anyhow::bail!("cannot read the clock tick rate"),
+    }
 }
 
 /// `kernel.bpf_stats_enabled` on for the benchmark's life, restored after.

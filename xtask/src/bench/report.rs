@@ -1,5 +1,6 @@
 //! Aggregating samples into the benchmark's table and JSON file, and reading that file back
-//! to draw its picture again.
+//! to draw its picture again. Throughput (bytes through one connection) has a section of its
+//! own.
 
 use std::{fmt::Write as _, fs, path::Path};
 
@@ -9,6 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::{
     chart,
     load::{CLIENTS, CONCURRENCY, LoadResult},
+    quic_client::Download,
 };
 
 /// One measured run, as `latest.json` holds it (a figure that is not a number is `null`).
@@ -61,6 +63,44 @@ impl Sample {
     }
 }
 
+/// One download through one connection, as `latest.json` holds it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ThroughputSample {
+    octets: u64,
+    #[serde(deserialize_with = "number")]
+    seconds: f64,
+    /// Millions of octets per second.
+    #[serde(deserialize_with = "number")]
+    mb_per_s: f64,
+    /// Server CPU (all its processes) per million octets, in milliseconds.
+    #[serde(deserialize_with = "number")]
+    cpu_ms_per_mb: f64,
+    failed: u64,
+}
+
+impl ThroughputSample {
+    /// The figures of one download (or its failure, all not a number) and the server CPU it
+    /// cost.
+    pub fn new(download: &anyhow::Result<Download>, cpu_ms: f64) -> Self {
+        match download {
+            Ok(Download { octets, seconds }) => Self {
+                octets: *octets,
+                seconds: *seconds,
+                mb_per_s: *octets as f64 / seconds / 1e6,
+                cpu_ms_per_mb: cpu_ms / (*octets as f64 / 1e6),
+                failed: 0,
+            },
+            Err(_) => Self {
+                octets: 0,
+                seconds: f64::NAN,
+                mb_per_s: f64::NAN,
+                cpu_ms_per_mb: f64::NAN,
+                failed: 1,
+            },
+        }
+    }
+}
+
 /// Every sample, per mode, in the order measured: `latest.json`.
 #[derive(Serialize, Deserialize)]
 pub struct Report {
@@ -71,6 +111,9 @@ pub struct Report {
     pub machine: Machine,
     pub modes: Vec<ModeSamples>,
     scaling: Vec<ScalingSample>,
+    /// Downloads through one connection, per mode (none in reports from before they were).
+    #[serde(default)]
+    throughput: Vec<ModeThroughput>,
 }
 
 /// The machine the benchmark ran on.
@@ -85,6 +128,13 @@ pub struct Machine {
 pub struct ModeSamples {
     pub mode: String,
     pub samples: Vec<Sample>,
+}
+
+/// The downloads of one throughput mode.
+#[derive(Serialize, Deserialize)]
+struct ModeThroughput {
+    mode: String,
+    samples: Vec<ThroughputSample>,
 }
 
 /// A kernel-dispatch sample with `workers` workers.
@@ -117,7 +167,8 @@ impl Report {
             kernel: kernel_release(),
         };
         let (concurrency, clients) = (CONCURRENCY, CLIENTS);
-        Self { quick, workers, concurrency, clients, machine, modes: vec![], scaling: vec![] }
+        let (modes, scaling, throughput) = (vec![], vec![], vec![]);
+        Self { quick, workers, concurrency, clients, machine, modes, scaling, throughput }
     }
 
     /// The report in `dir`'s `latest.json`.
@@ -137,6 +188,16 @@ impl Report {
         }
     }
 
+    /// Adds a download of throughput mode `mode`.
+    pub fn add_throughput(&mut self, mode: &str, sample: ThroughputSample) {
+        match self.throughput.iter_mut().find(|m| m.mode == mode) {
+            Some(m) => m.samples.push(sample),
+            None => {
+                self.throughput.push(ModeThroughput { mode: mode.into(), samples: vec![sample] })
+            }
+        }
+    }
+
     /// Adds a kernel-dispatch sample with `workers` workers.
     pub fn add_scaling(&mut self, workers: u32, sample: Sample) {
         self.scaling.push(ScalingSample { workers, sample });
@@ -153,6 +214,32 @@ impl Report {
     /// The table printed on stdout.
     pub fn table(&self) -> String {
         let mut out = String::new();
+        if !self.modes.is_empty() {
+            self.connections_table(&mut out);
+        }
+        if !self.throughput.is_empty() {
+            self.throughput_table(&mut out);
+        }
+        if !self.scaling.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nkernel dispatch scaling:\n{:<8} {:>9} {:>8} {:>9}",
+                "workers", "conn/s", "p99 µs", "cpu ms/k"
+            );
+        }
+        for ScalingSample { workers, sample: s } in &self.scaling {
+            let _ = writeln!(
+                out,
+                "{workers:<8} {:>9.0} {:>8.0} {:>9.1}",
+                s.conn_per_s, s.p99_us, s.cpu_ms_per_1000
+            );
+        }
+        out
+    }
+
+    /// The table of the modes measured in requests, and what their samples tell beyond it.
+    fn connections_table(&self, out: &mut String) {
+        let width = self.modes.iter().map(|m| m.mode.len()).max().unwrap_or(0).max(14);
         let _ = writeln!(
             out,
             "\n{} workers, {CONCURRENCY} concurrent connections from {CLIENTS} addresses, new connection per request; medians{}",
@@ -161,7 +248,7 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "{:<14} {:>9} {:>7} {:>8} {:>8} {:>8} {:>9} {:>8} {:>7} {:>6} {:>7} {:>7}",
+            "{:<width$} {:>9} {:>7} {:>8} {:>8} {:>8} {:>9} {:>8} {:>7} {:>6} {:>7} {:>7}",
             "mode",
             "conn/s",
             "spread",
@@ -183,7 +270,7 @@ impl Report {
             let rates: Vec<f64> = samples.iter().map(|s| s.conn_per_s).collect();
             let _ = writeln!(
                 out,
-                "{:<14} {:>9.0} {:>6.1}% {:>8.0} {:>8.0} {:>8.0} {:>9.1} {:>7.1}% {:>7.2} {:>6} {:>7.2} {:>7.2}",
+                "{:<width$} {:>9.0} {:>6.1}% {:>8.0} {:>8.0} {:>8.0} {:>9.1} {:>7.1}% {:>7.2} {:>6} {:>7.2} {:>7.2}",
                 mode,
                 m(|s| s.conn_per_s),
                 spread(&rates) * 100.0,
@@ -201,8 +288,10 @@ impl Report {
         let _ = writeln!(
             out,
             "×rate, ×cpu: against kernel dispatch with the same workers (kernel-node for Node modes);\n\
-             udp-*: datagrams, not connections (a new socket per datagram, its answer awaited), \
-             against udp-reuseport"
+             udp-*, quic-kernel: datagrams, not connections (a new socket per datagram, its answer \
+             awaited), against udp-reuseport;\n\
+             quic-handshakes*: a new QUIC connection (a new client socket, a full handshake) and \
+             one exchange per request, quinn workers, against quic-handshakes-reuseport"
         );
         // The modes with one master process that accepts every connection.
         for mode in ["userspace", "seed"] {
@@ -215,33 +304,63 @@ impl Report {
                 );
             }
         }
-        let bpf = self.median_of("kernel", |s| s.bpf_ns.unwrap_or(f64::NAN));
+        // The eBPF program's cost per run, in the modes that load it, where it is measured.
+        let programs = [
+            ("kernel", "eBPF program cost (kernel.bpf_stats_enabled): ", " per dispatch"),
+            ("udp-kernel", "eBPF program cost per UDP datagram: ", ""),
+            ("quic-kernel", "eBPF program cost per QUIC datagram routed by CID: ", ""),
+            ("quic-handshakes", "eBPF program cost per datagram of quinn's handshakes: ", ""),
+        ];
+        let mut first = true;
+        for (mode, before, after) in programs {
+            let ns = self.median_of(mode, |s| s.bpf_ns.unwrap_or(f64::NAN));
+            if ns.is_finite() {
+                let gap = if std::mem::take(&mut first) { "\n" } else { "" };
+                let _ = writeln!(out, "{gap}{before}{ns:.0} ns{after}");
+            }
+        }
+    }
+
+    /// The table of the throughput modes.
+    fn throughput_table(&self, out: &mut String) {
+        let octets = self.throughput.iter().flat_map(|m| &m.samples).map(|s| s.octets).max();
         let _ = writeln!(
             out,
-            "\neBPF program cost (kernel.bpf_stats_enabled): {bpf:.0} ns per dispatch"
+            "\nQUIC throughput: one quinn connection downloading {} MiB from one of {} workers; medians{}",
+            octets.unwrap_or(0) >> 20,
+            self.workers,
+            if self.quick { " (quick)" } else { "" }
         );
-        let udp = self.median_of("udp-kernel", |s| s.bpf_ns.unwrap_or(f64::NAN));
-        if udp.is_finite() {
-            let _ = writeln!(out, "eBPF program cost per UDP datagram: {udp:.0} ns");
-        }
-        let quic = self.median_of("quic-kernel", |s| s.bpf_ns.unwrap_or(f64::NAN));
-        if quic.is_finite() {
-            let _ =
-                writeln!(out, "eBPF program cost per QUIC datagram routed by CID: {quic:.0} ns");
-        }
         let _ = writeln!(
             out,
-            "\nkernel dispatch scaling:\n{:<8} {:>9} {:>8} {:>9}",
-            "workers", "conn/s", "p99 µs", "cpu ms/k"
+            "{:<22} {:>8} {:>7} {:>8} {:>10} {:>6} {:>7}",
+            "mode", "MB/s", "spread", "seconds", "cpu ms/MB", "failed", "×rate"
         );
-        for ScalingSample { workers, sample: s } in &self.scaling {
+        let median_of = |mode: &str, field: fn(&ThroughputSample) -> f64| {
+            self.throughput
+                .iter()
+                .find(|m| m.mode == mode)
+                .map_or(f64::NAN, |m| median(m.samples.iter().map(field).collect()))
+        };
+        for ModeThroughput { mode, samples } in &self.throughput {
+            let m = |field: fn(&ThroughputSample) -> f64| median_of(mode, field);
+            let rates: Vec<f64> = samples.iter().map(|s| s.mb_per_s).collect();
             let _ = writeln!(
                 out,
-                "{workers:<8} {:>9.0} {:>8.0} {:>9.1}",
-                s.conn_per_s, s.p99_us, s.cpu_ms_per_1000
+                "{:<22} {:>8.0} {:>6.1}% {:>8.2} {:>10.2} {:>6} {:>7.2}",
+                mode,
+                m(|s| s.mb_per_s),
+                spread(&rates) * 100.0,
+                m(|s| s.seconds),
+                m(|s| s.cpu_ms_per_mb),
+                samples.iter().map(|s| s.failed).sum::<u64>(),
+                m(|s| s.mb_per_s) / median_of("quic-bytes-reuseport", |s| s.mb_per_s),
             );
         }
-        out
+        let _ = writeln!(
+            out,
+            "MB: 10^6 octets, from the request to the last octet; cpu: the server's; ×rate: against quic-bytes-reuseport"
+        );
     }
 
     /// Writes `latest.json` and its picture, `latest.svg`, into `dir`.
@@ -259,8 +378,10 @@ impl Report {
 
 /// The mode a mode's ratios are taken against: kernel dispatch with the same worker runtime.
 fn baseline(mode: &str) -> &'static str {
-    if mode.starts_with("udp-") {
+    if mode.starts_with("udp-") || mode == "quic-kernel" {
         "udp-reuseport"
+    } else if mode.starts_with("quic-handshakes") {
+        "quic-handshakes-reuseport"
     } else if mode.ends_with("-node") || mode == "seed" {
         "kernel-node"
     } else {

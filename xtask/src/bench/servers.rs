@@ -1,7 +1,8 @@
 //! The servers under test: sticky's kernel and userspace dispatch, plain SO_REUSEPORT, and
 //! nginx / haproxy proxies with consistent source hashing in front of one-worker backends, with
 //! the Rust demo worker; then the same but userspace dispatch, and the seed (npm
-//! sticky-session), with a Node worker.
+//! sticky-session), with a Node worker; `sticky-example-quic` (quinn) under `--quic` or on plain
+//! SO_REUSEPORT.
 
 use std::{
     collections::HashMap,
@@ -19,105 +20,14 @@ use nix::{
     unistd::Pid,
 };
 
-/// A way of dispatching connections to workers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// sticky's eBPF program.
-    Kernel,
-    /// Plain SO_REUSEPORT (`--dispatch none`): the ceiling for kernel dispatch, not sticky.
-    Reuseport,
-    /// sticky's userspace dispatch: the loader accepts and passes fds to the workers.
-    Userspace,
-    /// nginx with `hash $remote_addr consistent`.
-    Nginx,
-    /// haproxy with `balance source` and `hash-type consistent`.
-    Haproxy,
-    /// sticky's eBPF program, Node workers.
-    KernelNode,
-    /// Plain SO_REUSEPORT, Node workers.
-    ReuseportNode,
-    /// npm sticky-session 1.1.2 (a Node master hands connections to Node workers).
-    Seed,
-    /// nginx in front of Node workers.
-    NginxNode,
-    /// haproxy in front of Node workers.
-    HaproxyNode,
-    /// sticky's eBPF program with a trusted proxy that sends nothing: the direct path's cost
-    /// with `--trusted-proxy` set.
-    KernelTrusted,
-    /// Every client through a trusted proxy (a PROXY header before each request): the program
-    /// sends each connection to the loader, which reads the header and passes it on.
-    Proxied,
-    /// The same through userspace dispatch, which reads the header of every connection.
-    ProxiedUserspace,
-    /// UDP (`--listen udp://`): sticky's eBPF program picks the worker for each datagram.
-    UdpKernel,
-    /// UDP with plain SO_REUSEPORT (`--dispatch none`): the ceiling for `UdpKernel`.
-    UdpReuseport,
-    /// UDP through nginx's `stream` module (`hash $remote_addr consistent`).
-    UdpNginx,
-    /// UDP with `--quic`: each datagram a QUIC short header whose connection ID names a slot,
-    /// routed by it.
-    QuicKernel,
-}
-
-impl Mode {
-    /// The mode's name in tables and files.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Kernel => "kernel",
-            Self::Reuseport => "reuseport",
-            Self::Userspace => "userspace",
-            Self::Nginx => "nginx",
-            Self::Haproxy => "haproxy",
-            Self::KernelNode => "kernel-node",
-            Self::ReuseportNode => "reuseport-node",
-            Self::Seed => "seed",
-            Self::NginxNode => "nginx-node",
-            Self::HaproxyNode => "haproxy-node",
-            Self::KernelTrusted => "kernel-trusted",
-            Self::Proxied => "proxied",
-            Self::ProxiedUserspace => "proxied-userspace",
-            Self::UdpKernel => "udp-kernel",
-            Self::UdpReuseport => "udp-reuseport",
-            Self::UdpNginx => "udp-nginx",
-            Self::QuicKernel => "quic-kernel",
-        }
-    }
-
-    /// Whether each request comes with a PROXY header.
-    pub fn proxied(self) -> bool {
-        matches!(self, Self::Proxied | Self::ProxiedUserspace)
-    }
-
-    /// Whether the load is datagrams (to UDP port 3900) rather than connections.
-    pub fn udp(self) -> bool {
-        matches!(self, Self::UdpKernel | Self::UdpReuseport | Self::UdpNginx | Self::QuicKernel)
-    }
-
-    /// Whether the workers are the Node handler rather than the Rust demo worker.
-    fn node(self) -> bool {
-        matches!(
-            self,
-            Self::KernelNode
-                | Self::ReuseportNode
-                | Self::Seed
-                | Self::NginxNode
-                | Self::HaproxyNode
-        )
-    }
-
-    /// How long to load the server before measuring: Node's JIT needs a few seconds under load
-    /// to reach its steady speed, the Rust worker none.
-    pub fn warm_up(self) -> Duration {
-        if self.node() { Duration::from_secs(3) } else { Duration::from_secs(1) }
-    }
-}
+use super::modes::Mode;
 
 /// Where the server under test listens.
 pub const ADDRESS: &str = "127.0.0.1:3900";
 /// Where the UDP modes listen: the same port, over UDP.
 const UDP_LISTEN: &str = "udp://127.0.0.1:3900";
+/// The QUIC modes' worker, next to the `sticky` binary.
+pub const QUIC_EXAMPLE: &str = "sticky-example-quic";
 /// The first backend port of the proxy modes.
 const BACKEND_PORT: u16 = 3910;
 
@@ -148,6 +58,8 @@ impl Server {
         sticky: &Path,
         dir: &Path,
     ) -> anyhow::Result<()> {
+        let quic_example = sticky.with_file_name(QUIC_EXAMPLE);
+        let quic_example = quic_example.to_str().context("non-UTF-8 path")?.to_owned();
         let node_worker = node_dir().join("worker.js");
         let node_worker = node_worker.to_str().context("non-UTF-8 path")?;
         // The worker command: the demo (sticky's default) or the Node handler.
@@ -189,6 +101,20 @@ impl Server {
                     sticky_run(sticky, dir, "main", UDP_LISTEN, workers, "kernel", command, &quic)?;
                 self.children.push(main);
             }
+            Mode::QuicHandshakes | Mode::QuicBytes => {
+                let example = [quic_example.as_str()];
+                let quic = ["--quic"];
+                let main = sticky_run(
+                    sticky, dir, "main", UDP_LISTEN, workers, "kernel", &example, &quic,
+                )?;
+                self.children.push(main);
+            }
+            Mode::QuicHandshakesReuseport | Mode::QuicBytesReuseport => {
+                let example = [quic_example.as_str()];
+                let main =
+                    sticky_run(sticky, dir, "main", UDP_LISTEN, workers, "none", &example, &[])?;
+                self.children.push(main);
+            }
             Mode::UdpNginx => {
                 let backends: Vec<String> = (0..workers)
                     .map(|i| format!("127.0.0.1:{}", BACKEND_PORT + i as u16))
@@ -217,6 +143,9 @@ impl Server {
                 };
                 self.children.push(proxy);
             }
+        }
+        if mode.quic_example() {
+            return super::quic_client::wait_until_serving(ADDRESS.parse()?);
         }
         if mode.udp() {
             return super::udp::wait_until_serving(ADDRESS.parse()?);
@@ -247,11 +176,16 @@ impl Server {
 
     /// Stops every process (SIGTERM, then SIGKILL after 10 s).
     pub fn stop(mut self) {
+        self.terminate();
+    }
+
+    /// Stops every process not stopped yet.
+    fn terminate(&mut self) {
         for child in &self.children {
             let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
-        for child in &mut self.children {
+        for mut child in self.children.drain(..) {
             while child.try_wait().ok().flatten().is_none() {
                 if Instant::now() > deadline {
                     let _ = child.kill();
@@ -261,6 +195,13 @@ impl Server {
                 thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+}
+
+impl Drop for Server {
+    /// A load that panicked leaves no server behind.
+    fn drop(&mut self) {
+        self.terminate();
     }
 }
 
