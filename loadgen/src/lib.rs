@@ -8,6 +8,9 @@
 //! and the send timeout bounds a blocking connect, as the receive timeout bounds the reads.
 #![deny(missing_docs)]
 
+#[cfg(feature = "quic")]
+pub mod quic;
+
 use std::{
     io::{self, Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpStream},

@@ -15,13 +15,7 @@ use std::{
 
 use quinn::{
     ClientConfig, Connection, ConnectionError, Endpoint, EndpointConfig, ReadError, ReadToEndError,
-    TokioRuntime, TransportConfig, WriteError, crypto::rustls::QuicClientConfig,
-};
-use rustls::{
-    DigitallySignedStruct, SignatureScheme,
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    crypto::CryptoProvider,
-    pki_types::{CertificateDer, ServerName, UnixTime},
+    TokioRuntime, TransportConfig, WriteError,
 };
 use tokio::runtime::Runtime;
 
@@ -185,19 +179,10 @@ pub fn parse_echo(answer: &str, line: &str) -> Option<(u32, u32)> {
     (fields.next()? == line).then_some((slot, pid))
 }
 
-/// A client configuration that accepts any server certificate (tests only), for
-/// [`ECHO_ALPN`], with keep-alives every [`KEEP_ALIVE`].
+/// A client configuration for [`ECHO_ALPN`] that accepts any server certificate (tests only),
+/// with keep-alives every [`KEEP_ALIVE`].
 pub fn insecure_client_config() -> ClientConfig {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServerCertificate(provider)))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ECHO_ALPN.to_vec()];
-    let crypto = QuicClientConfig::try_from(tls).expect("QUIC TLS config");
-    let mut config = ClientConfig::new(Arc::new(crypto));
+    let mut config = loadgen::quic::insecure_client_config(ECHO_ALPN);
     let mut transport = TransportConfig::default();
     transport.keep_alive_interval(Some(KEEP_ALIVE));
     config.transport_config(Arc::new(transport));
@@ -226,46 +211,5 @@ fn read_failure(error: ReadToEndError) -> QuicFailure {
     match error {
         ReadToEndError::Read(ReadError::ConnectionLost(err)) => QuicFailure::Connection(err),
         err => QuicFailure::Stream(err.to_string()),
-    }
-}
-
-/// Accepts every server certificate, still checking the handshake's signatures with it.
-#[derive(Debug)]
-struct AnyServerCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyServerCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = &self.0.signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = &self.0.signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
