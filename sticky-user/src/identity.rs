@@ -33,7 +33,12 @@ pub fn name_after_argv0() {
 fn build_id_of(path: &Path) -> Option<String> {
     let data = std::fs::read(path).ok()?;
     let id = File::parse(&*data).ok()?.build_id().ok()??;
-    Some(id.iter().map(|byte| format!("{byte:02x}")).collect())
+    Some(hex(id))
+}
+
+/// `octets` in lower-case hex, two digits each.
+pub(crate) fn hex(octets: &[u8]) -> String {
+    octets.iter().map(|octet| format!("{octet:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -1,11 +1,12 @@
 //! What a worker gets under `--quic`: how to mint connection IDs the program routes to it, and
 //! its slot's stateless reset key.
 
-use std::fmt::Write as _;
-
 use sticky_common::hash::client_hash;
 
-use crate::config::{STICKY_QUIC_CID_LEN, STICKY_QUIC_KEY, STICKY_QUIC_RESET_KEY};
+use crate::{
+    config::{STICKY_QUIC_CID_LEN, STICKY_QUIC_KEY, STICKY_QUIC_RESET_KEY},
+    identity::hex,
+};
 
 /// The `--quic` variables of every worker, from the loader's seed.
 #[derive(Debug, Clone, Copy)]
@@ -38,13 +39,6 @@ fn reset_key(seed: u64, slot: u32) -> [u8; 32] {
         chunk.copy_from_slice(&client_hash(seed, &words).to_be_bytes());
     }
     key
-}
-
-fn hex(octets: &[u8]) -> String {
-    octets.iter().fold(String::with_capacity(2 * octets.len()), |mut text, octet| {
-        let _ = write!(text, "{octet:02x}");
-        text
-    })
 }
 
 #[cfg(test)]
