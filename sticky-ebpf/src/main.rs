@@ -70,6 +70,8 @@ const AF_INET6: u32 = 10;
 /// Offsets of the source address in the IPv4 and IPv6 headers.
 const IPV4_SADDR: u32 = 12;
 const IPV6_SADDR: u32 = 8;
+/// `IPPROTO_UDP`, as the context reports the transport protocol.
+const IPPROTO_UDP: u32 = 17;
 /// The UDP header's length: a datagram's payload starts there (the program's data starts at
 /// the transport header).
 const UDP_HEADER: u32 = 8;
@@ -102,6 +104,10 @@ pub fn sticky_dispatch(ctx: SkReuseportContext) -> u32 {
 /// only one address family had written, which the verifier refuses without CAP_PERFMON.
 #[inline(always)]
 fn by_connection_id(ctx: &SkReuseportContext) -> bool {
+    // A TCP connection never carries one: no call, no map lookup on its path.
+    if ctx.ip_protocol() != IPPROTO_UDP {
+        return false;
+    }
     let slot = quic_slot(ctx.as_ptr());
     if slot == BY_ADDRESS {
         return false;
