@@ -23,6 +23,10 @@ pub const COUNTERS_MAP: &str = "STICKY_COUNTERS";
 /// address as [`client::Client::trie_words`] lays it out, value unused. A connection from one
 /// of them goes to the loader's socket, which reads the real client's address.
 pub const PROXIES_MAP: &str = "STICKY_PROXIES";
+/// Name of the array of each slot's current QUIC socket generation (`--quic`): index = slot,
+/// value = the generation its connection IDs name while its socket is at the slot's own index.
+/// The generation before it, while it drains, has its socket at [`DRAINING_INDEX`]` + slot`.
+pub const GENERATIONS_MAP: &str = "STICKY_GENERATIONS";
 /// Name of the program that selects new connections and migrates a closing listener's queue
 /// (attach type `BPF_SK_REUSEPORT_SELECT_OR_MIGRATE`, Linux 5.14+).
 pub const PROGRAM_MIGRATE: &str = "sticky_migrate";
@@ -34,8 +38,11 @@ pub const MAX_SLOTS: u32 = 128;
 /// The index of the loader's own socket in the socket array, after every worker slot: with
 /// trusted proxies, the loader accepts their connections and reads the client's address.
 pub const LOADER_INDEX: u32 = MAX_SLOTS;
-/// Entries in the socket array: the worker slots and the loader's socket.
-pub const SOCKET_ENTRIES: u32 = MAX_SLOTS + 1;
+/// The index of slot 0's draining socket (`--quic`): a slot's previous socket generation,
+/// whose worker drains its connections, sits at `DRAINING_INDEX + slot`.
+pub const DRAINING_INDEX: u32 = LOADER_INDEX + 1;
+/// Entries in the socket array: the worker slots, the loader's socket and the draining sockets.
+pub const SOCKET_ENTRIES: u32 = DRAINING_INDEX + MAX_SLOTS;
 /// The most trusted-proxy prefixes.
 pub const MAX_PROXIES: u32 = 1024;
 /// Entries in the lookup table: a power of two, so the program indexes it with a mask.
@@ -66,8 +73,11 @@ pub const COUNTER_QUIC_ROUTED: u32 = MAX_SLOTS + 4;
 /// Counter index: QUIC short-header datagrams whose connection ID is not sticky's or names no
 /// live slot, and datagrams too short to be QUIC: routed by address.
 pub const COUNTER_QUIC_UNROUTABLE: u32 = MAX_SLOTS + 5;
+/// Counter index of slot 0's draining socket: datagrams routed to `DRAINING_INDEX + slot` count
+/// at `COUNTER_DRAINING + slot`.
+pub const COUNTER_DRAINING: u32 = MAX_SLOTS + 6;
 /// Entries in the counter array.
-pub const COUNTERS: u32 = MAX_SLOTS + 6;
+pub const COUNTERS: u32 = COUNTER_DRAINING + MAX_SLOTS;
 
 /// How the program turns a client address into a table index; written once by the loader.
 ///

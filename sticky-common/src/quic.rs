@@ -8,7 +8,7 @@
 //! |---|---|
 //! | 0 | config rotation bits [`CONFIG_ROTATION`] (top three), then five random bits |
 //! | 1 | server ID, first octet: the worker's slot |
-//! | 2 | server ID, second octet: the slot's socket generation |
+//! | 2 | server ID, second octet: the slot's socket generation ([`socket_index`]) |
 //! | 3, 4 | check: [`check`] of the octets before it, big-endian |
 //! | 5 … | nonce: random |
 //!
@@ -67,6 +67,23 @@ pub enum Route {
 pub fn check(key: u16, first: u8, id: ServerId) -> u16 {
     let server = u16::from_be_bytes([id.slot, id.generation]);
     (server ^ key).rotate_left(5) ^ u16::from(first).wrapping_mul(0x0101) ^ key
+}
+
+/// The socket-array index a CID naming `id` goes to, given its slot's `current` generation:
+/// the slot's own index for the current generation, its draining index for the one before,
+/// none for any other (a generation that is gone, or a slot out of range).
+#[inline(always)]
+pub fn socket_index(id: ServerId, current: u8) -> Option<u32> {
+    let slot = u32::from(id.slot);
+    if slot >= crate::MAX_SLOTS {
+        None
+    } else if id.generation == current {
+        Some(slot)
+    } else if id.generation == current.wrapping_sub(1) {
+        Some(crate::DRAINING_INDEX + slot)
+    } else {
+        None
+    }
 }
 
 /// The routing octets of a CID for `id`, with `random` in octet 0's five free bits.
@@ -149,6 +166,17 @@ mod tests {
         greased[0] &= !0x40;
         assert_eq!(route(&greased, 20, KEY), Route::Cid(id), "a greased QUIC bit");
         assert_eq!(route(&[0; HEADER_OCTETS], 20, KEY), Route::Unroutable);
+    }
+
+    #[test]
+    fn the_current_generation_has_the_slot_and_the_one_before_drains() {
+        let id = |slot, generation| ServerId { slot, generation };
+        assert_eq!(socket_index(id(3, 7), 7), Some(3));
+        assert_eq!(socket_index(id(3, 6), 7), Some(crate::DRAINING_INDEX + 3));
+        assert_eq!(socket_index(id(3, 5), 7), None, "gone");
+        assert_eq!(socket_index(id(3, 8), 7), None, "not yet");
+        assert_eq!(socket_index(id(3, 255), 0), Some(crate::DRAINING_INDEX + 3), "wrapped");
+        assert_eq!(socket_index(id(200, 0), 0), None, "no such slot");
     }
 
     #[test]

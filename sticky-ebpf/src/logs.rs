@@ -43,8 +43,9 @@ pub fn quic_foreign() {
     debug!((), "datagram whose connection ID is not sticky's: unroutable, routed by address");
 }
 
-/// With `--quic`: a connection ID that names `slot`, which has no socket; routed by address.
+/// With `--quic`: a connection ID that names socket-array `index` (its slot, or
+/// `DRAINING_INDEX + slot` for a draining generation), which is empty; routed by address.
 #[inline(never)]
-pub fn quic_no_socket(slot: u32) {
-    debug!((), "connection ID names slot {}, which has no socket: routed by address", slot);
+pub fn quic_no_socket(index: u32) {
+    debug!((), "connection ID names socket index {}, which is empty: routed by address", index);
 }

@@ -14,7 +14,8 @@
 //!
 //! With `--quic`, a UDP datagram whose destination connection ID is one a worker minted in
 //! sticky's layout goes to the slot the ID names, wherever the client's address has moved
-//! ([`quic_slot`]); every other datagram goes by the client's address.
+//! ([`quic_slot`]), or to the socket of the slot's previous generation while that one drains
+//! (a rolling restart); every other datagram goes by the client's address.
 //!
 //! The object carries the same logic twice: [`sticky_migrate`] (Linux 5.14+) is also run when a
 //! listener closes with connections still queued, and moves each of them to the socket its
@@ -39,9 +40,9 @@ use aya_ebpf::{
     programs::{SkReuseportContext, SockContext},
 };
 use sticky_common::{
-    COUNTER_FALLBACK, COUNTER_PASSED, COUNTER_PROXIED, COUNTER_QUIC_ROUTED,
-    COUNTER_QUIC_UNROUTABLE, COUNTER_UNREADABLE, COUNTERS, DispatchConfig, LOADER_INDEX,
-    MAX_PROXIES, MAX_SLOTS, SOCKET_ENTRIES, Table,
+    COUNTER_DRAINING, COUNTER_FALLBACK, COUNTER_PASSED, COUNTER_PROXIED, COUNTER_QUIC_ROUTED,
+    COUNTER_QUIC_UNROUTABLE, COUNTER_UNREADABLE, COUNTERS, DRAINING_INDEX, DispatchConfig,
+    LOADER_INDEX, MAX_PROXIES, MAX_SLOTS, SOCKET_ENTRIES, Table,
     client::{Client, Pick, pick_slot},
     quic::{self, HEADER_OCTETS, Route},
 };
@@ -57,6 +58,9 @@ static STICKY_TABLE: Array<Table> = Array::with_max_entries(1, 0);
 
 #[map]
 static STICKY_CONFIG: Array<DispatchConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+static STICKY_GENERATIONS: Array<u8> = Array::with_max_entries(MAX_SLOTS, 0);
 
 #[map]
 static STICKY_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
@@ -98,8 +102,8 @@ pub fn sticky_dispatch(ctx: SkReuseportContext) -> u32 {
     finish(&ctx, client_of_packet(&ctx))
 }
 
-/// With `--quic`, selects the slot a datagram's connection ID names, if it does and that slot
-/// is live; returns whether it did. Called before the client's address is read: with the
+/// With `--quic`, selects the socket a datagram's connection ID names (its slot's, or that slot's
+/// draining one), if it does and that socket is there; returns whether it did. Called before the client's address is read: with the
 /// address words alive across the call, LLVM spilled them to the stack and read back slots
 /// only one address family had written, which the verifier refuses without CAP_PERFMON.
 #[inline(always)]
@@ -108,17 +112,18 @@ fn by_connection_id(ctx: &SkReuseportContext) -> bool {
     if ctx.ip_protocol() != IPPROTO_UDP {
         return false;
     }
-    let slot = quic_slot(ctx.as_ptr());
-    if slot == BY_ADDRESS {
+    let index = quic_slot(ctx.as_ptr());
+    if index == BY_ADDRESS {
         return false;
     }
-    if STICKY_SOCKETS.select_reuseport(ctx, slot).is_ok() {
+    if STICKY_SOCKETS.select_reuseport(ctx, index).is_ok() {
         count(COUNTER_QUIC_ROUTED);
-        count(slot);
+        let draining = index >= DRAINING_INDEX;
+        count(if draining { index - DRAINING_INDEX + COUNTER_DRAINING } else { index });
         return true;
     }
     count(COUNTER_QUIC_UNROUTABLE);
-    logs::quic_no_socket(slot);
+    logs::quic_no_socket(index);
     false
 }
 
@@ -213,8 +218,9 @@ fn is_trusted_proxy(address: [u32; 4]) -> bool {
     trusts_some && STICKY_PROXIES.get(&Key::new(128, address)).is_some()
 }
 
-/// With `--quic`: the worker slot a datagram's destination connection ID names, or
-/// [`BY_ADDRESS`] (counting it when it is a short header, or too short). Its own function, so
+/// With `--quic`: the socket-array index of the socket a datagram's destination connection ID
+/// names ([`quic::socket_index`]), or [`BY_ADDRESS`] (counting it when it is a short header,
+/// or too short). Its own function, so
 /// that the verifier explores it apart from the address path.
 #[inline(never)]
 fn quic_slot(ctx: *mut c_void) -> u32 {
@@ -236,10 +242,18 @@ fn quic_slot(ctx: *mut c_void) -> u32 {
     // SAFETY: a zero return means the helper filled the whole buffer.
     let header = unsafe { header.assume_init() };
     let route = quic::route(&header, config.quic_cid_len as u8, config.quic_key);
-    match route {
-        Route::Cid(id) if u32::from(id.slot) < MAX_SLOTS => u32::from(id.slot),
-        Route::Address => BY_ADDRESS,
-        _ => {
+    let index = match route {
+        // A lookup, not an index into one value: the verifier refuses a variable offset into
+        // a map value without CAP_PERFMON.
+        Route::Cid(id) => STICKY_GENERATIONS
+            .get(u32::from(id.slot))
+            .and_then(|&current| quic::socket_index(id, current)),
+        Route::Address => return BY_ADDRESS,
+        Route::Unroutable => None,
+    };
+    match index {
+        Some(index) => index,
+        None => {
             count(COUNTER_QUIC_UNROUTABLE);
             logs::quic_foreign();
             BY_ADDRESS

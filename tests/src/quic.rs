@@ -166,6 +166,36 @@ impl From<ConnectionError> for QuicFailure {
     }
 }
 
+/// A connection and the worker (slot, pid) that answered it.
+pub type Served = (QuicConnection, (u32, u32));
+
+/// `clients` client endpoints, from addresses `client_v4(first..)`, with `per_client`
+/// connections each to `server`, every one answered once; each connection with the worker
+/// (slot, pid) that answered.
+pub fn connect_all(
+    server: SocketAddr,
+    first: u32,
+    clients: u32,
+    per_client: usize,
+) -> Vec<(QuicClient, Vec<Served>)> {
+    let spawned: Vec<_> = (first..first + clients)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let client = QuicClient::bind(crate::client_v4(i));
+                let connections = (0..per_client)
+                    .map(|n| {
+                        let connection = client.connect(server).expect("handshake");
+                        let worker = connection.exchange(&format!("hello {n}")).expect("answer");
+                        (connection, worker)
+                    })
+                    .collect();
+                (client, connections)
+            })
+        })
+        .collect();
+    spawned.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
 /// Whether `error` is a stateless reset: the server no longer knew the connection, and had
 /// the reset key of the one that did.
 pub fn is_stateless_reset(error: &ConnectionError) -> bool {

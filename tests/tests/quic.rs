@@ -7,12 +7,11 @@ use std::{
     collections::HashMap,
     net::{SocketAddr, UdpSocket},
     path::PathBuf,
-    thread,
 };
 
 use sticky_tests::{
     BinaryDir, Sticky, client_v4, in_netns,
-    quic::{QuicClient, QuicConnection},
+    quic::{QuicClient, Served},
     target_bin,
 };
 use sticky_user::control::{QuicStatus, Request, Response, Status};
@@ -39,9 +38,6 @@ fn start_binary(binary: &std::path::Path) -> Sticky {
     sticky
 }
 
-/// A connection and the worker (slot, pid) that answered it.
-type Served = (QuicConnection, (u32, u32));
-
 fn server() -> SocketAddr {
     SERVER.parse().unwrap()
 }
@@ -50,26 +46,9 @@ fn quic_status(status: &Status) -> QuicStatus {
     status.quic.clone().expect("sticky status shows the QUIC counters")
 }
 
-/// `clients` client endpoints, from addresses `client_v4(first..)`, with `per_client`
-/// connections each, every one answered once; each connection with the worker (slot, pid)
-/// that answered.
+/// [`sticky_tests::quic::connect_all`] to the server.
 fn connect_all(first: u32, clients: u32, per_client: usize) -> Vec<(QuicClient, Vec<Served>)> {
-    let spawned: Vec<_> = (first..first + clients)
-        .map(|i| {
-            thread::spawn(move || {
-                let client = QuicClient::bind(client_v4(i));
-                let connections = (0..per_client)
-                    .map(|n| {
-                        let connection = client.connect(server()).expect("handshake");
-                        let worker = connection.exchange(&format!("hello {n}")).expect("answer");
-                        (connection, worker)
-                    })
-                    .collect();
-                (client, connections)
-            })
-        })
-        .collect();
-    spawned.into_iter().map(|t| t.join().unwrap()).collect()
+    sticky_tests::quic::connect_all(server(), first, clients, per_client)
 }
 
 #[test]

@@ -24,5 +24,20 @@ pub const MAX_LISTEN_ADDRESSES: usize = 16;
 pub const DEFAULT_READY_DELAY: Duration = Duration::from_secs(1);
 /// How long a new worker may take to become ready, when none is given.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a worker of an earlier QUIC socket generation may drain, when none is given.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a draining QUIC socket must get no datagram to count as drained, when none is
+/// given: QUIC's usual idle timeout (quinn's default), after which a silent connection is over.
+pub const DEFAULT_DRAIN_IDLE: Duration = Duration::from_secs(30);
 /// How long a slot may keep connections waiting without an accept, when none is given.
 pub const DEFAULT_HANG_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// [`DEFAULT_DRAIN_TIMEOUT`], for a record from an image before it.
+pub(super) fn drain_timeout() -> Duration {
+    DEFAULT_DRAIN_TIMEOUT
+}
+
+/// [`DEFAULT_DRAIN_IDLE`], for a record from an image before it.
+pub(super) fn drain_idle() -> Duration {
+    DEFAULT_DRAIN_IDLE
+}

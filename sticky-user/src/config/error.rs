@@ -128,9 +128,15 @@ pub enum ConfigError {
     /// `--quic-cid-len` out of range.
     #[error("--quic-cid-len must be between 8 and 20, got {0}")]
     QuicCidLen(u8),
-    /// `--quic-cid-len` without `--quic`.
-    #[error("--quic-cid-len is given without --quic: add --quic, or drop --quic-cid-len")]
-    QuicCidLenWithoutQuic,
+    /// A `--quic` option (named) without `--quic`.
+    #[error("{0} is given without --quic: add --quic, or drop {0}")]
+    WithoutQuic(&'static str),
+    /// `--drain-timeout` out of range.
+    #[error("--drain-timeout must be between 0 and 86400 seconds, got {0}")]
+    DrainTimeout(f64),
+    /// `--drain-idle` out of range.
+    #[error("--drain-idle must be between 0.1 and 3600 seconds, got {0}")]
+    DrainIdle(f64),
     /// `--client-address-timeout` out of range.
     #[error("--client-address-timeout must be between 0.1 and 300 seconds, got {0}")]
     ClientAddressTimeout(f64),

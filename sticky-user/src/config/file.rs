@@ -123,7 +123,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_name_the_nearest_valid_one_or_all() {
-        assert_eq!(keys().len(), 29, "{:?}", keys());
+        assert_eq!(keys().len(), 31, "{:?}", keys());
         for (typo, meant) in [
             ("workrs", "workers"),
             ("prefix_v4", "prefix-v4"),

@@ -101,12 +101,21 @@ pub const STICKY_QUIC_KEY: &str = "STICKY_QUIC_KEY";
 
 /// The workers' variable that holds their slot's stateless reset key, with `--quic`.
 pub const STICKY_QUIC_RESET_KEY: &str = "STICKY_QUIC_RESET_KEY";
+/// The workers' variable that gives their socket generation, which their connection IDs name,
+/// with `--quic`.
+pub const STICKY_QUIC_GENERATION: &str = "STICKY_QUIC_GENERATION";
 
 /// QUIC routing by connection ID (`--quic`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quic {
     /// The length of the workers' connection IDs, as short headers carry them.
     pub cid_len: u8,
+    /// How long the worker of a slot's earlier socket generation may drain.
+    #[serde(default = "defaults::drain_timeout")]
+    pub drain_timeout: Duration,
+    /// How long its socket must get no datagram for its connections to count as over.
+    #[serde(default = "defaults::drain_idle")]
+    pub drain_idle: Duration,
 }
 
 impl RunConfig {

@@ -118,6 +118,14 @@ pub struct RunOptions {
     /// With --quic: the length of the workers' connection IDs, 8 to 20. [default: 20]
     #[arg(long, value_name = "LEN")]
     pub quic_cid_len: Option<u8>,
+    /// With --quic: seconds a restarted or removed worker may keep serving its QUIC
+    /// connections on its own socket before it gets SIGTERM. [default: 300]
+    #[arg(long, value_name = "SECS")]
+    pub drain_timeout: Option<f64>,
+    /// With --quic: a draining worker whose socket got no datagram for this many seconds has
+    /// no connection left (set it to the servers' QUIC idle timeout). [default: 30]
+    #[arg(long, value_name = "SECS")]
+    pub drain_idle: Option<f64>,
     /// Serve Prometheus metrics on PORT (127.0.0.1) or ADDR:PORT. [default: off]
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<String>,

@@ -13,7 +13,8 @@ use sticky_common::{MAX_SLOTS, quic};
 
 use super::{
     Credentials, DispatchMode, Listen, Quic, ReadyMode, RunConfig, STICKY_QUIC_CID_LEN,
-    STICKY_QUIC_KEY, STICKY_QUIC_RESET_KEY, WorkerCommand, WorkerPolicy, client_address,
+    STICKY_QUIC_GENERATION, STICKY_QUIC_KEY, STICKY_QUIC_RESET_KEY, WorkerCommand, WorkerPolicy,
+    client_address,
     defaults::*,
     error::ConfigError,
     handoff,
@@ -22,7 +23,7 @@ use super::{
 };
 
 /// The variables sticky sets for every worker: `--env` may not override them.
-const RESERVED_VARIABLES: [&str; 14] = [
+const RESERVED_VARIABLES: [&str; 15] = [
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
@@ -37,12 +38,13 @@ const RESERVED_VARIABLES: [&str; 14] = [
     STICKY_QUIC_CID_LEN,
     STICKY_QUIC_KEY,
     STICKY_QUIC_RESET_KEY,
+    STICKY_QUIC_GENERATION,
 ];
 
 impl RunConfig {
     /// Validates `options` for `host`, filling in defaults (the worker count defaults to the
     /// host's CPUs).
-    pub fn resolve(options: RunOptions, host: &impl Host) -> Result<Self, ConfigError> {
+    pub fn resolve(mut options: RunOptions, host: &impl Host) -> Result<Self, ConfigError> {
         let listen = parse_listen(&options.listen)?;
         let workers = options.workers.unwrap_or(host.cpus().clamp(1, MAX_SLOTS));
         if !(1..=MAX_SLOTS).contains(&workers) {
@@ -89,7 +91,7 @@ impl RunConfig {
         if let Some(dir) = options.working_directory.as_ref().filter(|dir| !host.is_dir(dir)) {
             return Err(ConfigError::WorkingDirectory(dir.clone()));
         }
-        let environment = environment_map(options.environment);
+        let environment = environment_map(std::mem::take(&mut options.environment));
         if let Some(name) = environment.keys().find(|k| k.is_empty() || k.contains('=')) {
             return Err(ConfigError::EnvironmentName(name.clone()));
         }
@@ -119,7 +121,7 @@ impl RunConfig {
         if client_address.is_some() && listen.iter().all(Listen::is_udp) {
             return Err(ConfigError::ClientAddressWithoutTcp);
         }
-        let quic = quic(options.quic, options.quic_cid_len, &listen, dispatch)?;
+        let quic = quic(&options, &listen, dispatch)?;
         let command = resolve_command(host, options.command)?;
         let handoff = handoff::resolve(options.handoff, command.as_ref());
         Ok(Self {
@@ -153,20 +155,24 @@ impl RunConfig {
     }
 }
 
-/// `--quic` and `--quic-cid-len`: on UDP addresses, with the program (kernel dispatch).
+/// `--quic` and its options: on UDP addresses, with the program (kernel dispatch).
 fn quic(
-    quic: Option<bool>,
-    cid_len: Option<u8>,
+    options: &RunOptions,
     listen: &[Listen],
     dispatch: DispatchMode,
 ) -> Result<Option<Quic>, ConfigError> {
-    if quic != Some(true) {
-        return match cid_len {
-            Some(_) => Err(ConfigError::QuicCidLenWithoutQuic),
+    if options.quic != Some(true) {
+        let given = [
+            ("--quic-cid-len", options.quic_cid_len.is_some()),
+            ("--drain-timeout", options.drain_timeout.is_some()),
+            ("--drain-idle", options.drain_idle.is_some()),
+        ];
+        return match given.into_iter().find(|(_, given)| *given) {
+            Some((option, _)) => Err(ConfigError::WithoutQuic(option)),
             None => Ok(None),
         };
     }
-    let cid_len = cid_len.unwrap_or(quic::DEFAULT_CID_LEN);
+    let cid_len = options.quic_cid_len.unwrap_or(quic::DEFAULT_CID_LEN);
     if !(quic::MIN_CID_LEN..=quic::MAX_CID_LEN).contains(&cid_len) {
         return Err(ConfigError::QuicCidLen(cid_len));
     }
@@ -176,7 +182,11 @@ fn quic(
     if dispatch != DispatchMode::Kernel {
         return Err(ConfigError::QuicDispatch(dispatch));
     }
-    Ok(Some(Quic { cid_len }))
+    let drain_timeout = seconds(options.drain_timeout, DEFAULT_DRAIN_TIMEOUT, 0.0..=86400.0)
+        .map_err(ConfigError::DrainTimeout)?;
+    let drain_idle = seconds(options.drain_idle, DEFAULT_DRAIN_IDLE, 0.1..=3600.0)
+        .map_err(ConfigError::DrainIdle)?;
+    Ok(Some(Quic { cid_len, drain_timeout, drain_idle }))
 }
 
 /// Resolves `user` (name or uid) and `group` (name or gid; the user's primary group if `None`).

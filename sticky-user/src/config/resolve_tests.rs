@@ -255,15 +255,34 @@ fn quic_needs_a_udp_address_the_program_and_a_cid_length_in_range() {
         })
     };
     let udp = "udp://127.0.0.1:443";
-    assert_eq!(quic(udp, None, None).unwrap().quic, Some(Quic { cid_len: 20 }));
-    assert_eq!(quic(udp, Some(8), None).unwrap().quic, Some(Quic { cid_len: 8 }));
+    let drain = |cid_len| Quic {
+        cid_len,
+        drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        drain_idle: DEFAULT_DRAIN_IDLE,
+    };
+    assert_eq!(quic(udp, None, None).unwrap().quic, Some(drain(20)));
+    assert_eq!(quic(udp, Some(8), None).unwrap().quic, Some(drain(8)));
     assert_eq!(quic(udp, Some(7), None).unwrap_err(), ConfigError::QuicCidLen(7));
     assert_eq!(quic(udp, Some(21), None).unwrap_err(), ConfigError::QuicCidLen(21));
     assert_eq!(quic("127.0.0.1:443", None, None).unwrap_err(), ConfigError::QuicWithoutUdp);
     let none = quic(udp, None, Some(DispatchMode::None)).unwrap_err();
     assert_eq!(none, ConfigError::QuicDispatch(DispatchMode::None));
     let cid_len_alone = RunOptions { quic_cid_len: Some(20), ..RunOptions::default() };
-    assert_eq!(config(cid_len_alone).unwrap_err(), ConfigError::QuicCidLenWithoutQuic);
+    assert_eq!(config(cid_len_alone).unwrap_err(), ConfigError::WithoutQuic("--quic-cid-len"));
+    let drain_alone = RunOptions { drain_idle: Some(5.0), ..RunOptions::default() };
+    assert_eq!(config(drain_alone).unwrap_err(), ConfigError::WithoutQuic("--drain-idle"));
+    let drain = |drain_timeout, drain_idle| {
+        let listen = vec![udp.into()];
+        let quic = Some(true);
+        config(RunOptions { listen, quic, drain_timeout, drain_idle, ..RunOptions::default() })
+    };
+    let quic = drain(Some(0.0), Some(2.5)).unwrap().quic.unwrap();
+    assert_eq!(
+        (quic.drain_timeout, quic.drain_idle),
+        (Duration::ZERO, Duration::from_millis(2500))
+    );
+    assert_eq!(drain(Some(-1.0), None).unwrap_err(), ConfigError::DrainTimeout(-1.0));
+    assert_eq!(drain(None, Some(0.0)).unwrap_err(), ConfigError::DrainIdle(0.0));
     let reserved = vec![("STICKY_QUIC_KEY".into(), "1".into())];
     let reserved = config(RunOptions { environment: reserved, ..RunOptions::default() });
     assert_eq!(reserved.unwrap_err(), ConfigError::ReservedVariable("STICKY_QUIC_KEY".into()));

@@ -16,8 +16,8 @@ use nix::sys::stat::Mode;
 use thiserror::Error;
 
 pub use super::protocol::{
-    ClientAddressStatus, LoaderInfo, QuicStatus, ReloadOutcome, Request, Response, SlotState,
-    SlotStatus, Status,
+    ClientAddressStatus, LoaderInfo, QuicGeneration, QuicStatus, ReloadOutcome, Request, Response,
+    SlotState, SlotStatus, Status,
 };
 use super::{
     connections::{Connections, REQUEST_TIMEOUT, WhenFull},

@@ -354,7 +354,12 @@ mod tests {
                 by_proxy: 1,
                 errors: [("timeout".to_owned(), 4)].into(),
             }),
-            quic: Some(crate::control::QuicStatus { cid_len: 20, routed: 11, unroutable: 2 }),
+            quic: Some(crate::control::QuicStatus {
+                cid_len: 20,
+                routed: 11,
+                unroutable: 2,
+                ..Default::default()
+            }),
         };
         let text = render(&status);
         assert!(text.contains("sticky_connections_total{slot=\"1\"} 7\n"), "{text}");

@@ -87,7 +87,7 @@ pub struct Status {
 }
 
 /// QUIC routing by connection ID in [`Status`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct QuicStatus {
     /// The connection IDs' length in short headers.
     pub cid_len: u8,
@@ -96,6 +96,27 @@ pub struct QuicStatus {
     /// Short-header datagrams whose connection ID was not sticky's or named no live slot, and
     /// datagrams too short to be QUIC: routed by the client's address.
     pub unroutable: u64,
+    /// The socket generations alive, by slot: each slot's current one, and its previous one
+    /// while that drains (none from a program without generations).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub generations: Vec<QuicGeneration>,
+}
+
+/// One socket generation of a slot, in [`QuicStatus`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QuicGeneration {
+    /// The slot (a removed one's, while its last worker drains).
+    pub slot: u32,
+    /// The generation its connection IDs name.
+    pub generation: u8,
+    /// Its worker's pid, if one runs.
+    pub pid: Option<u32>,
+    /// Seconds it has been draining (none for the slot's current generation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining_secs: Option<f64>,
+    /// Datagrams routed to it while it drains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining_datagrams: Option<u64>,
 }
 
 /// Trusted proxies' connections in [`Status`].

@@ -16,14 +16,15 @@ use aya::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use sticky_common::{
-    CONFIG_MAP, COUNTER_FALLBACK, COUNTER_PASSED, COUNTER_PROXIED, COUNTER_QUIC_ROUTED,
-    COUNTER_QUIC_UNROUTABLE, COUNTER_UNREADABLE, COUNTERS_MAP, DispatchConfig, PROGRAM_MIGRATE,
-    PROGRAM_SELECT, PROXIES_MAP, SOCKET_ENTRIES, SOCKETS_MAP, TABLE_MAP, Table, client::Client,
+    CONFIG_MAP, COUNTERS_MAP, DispatchConfig, GENERATIONS_MAP, PROGRAM_MIGRATE, PROGRAM_SELECT,
+    PROXIES_MAP, SOCKET_ENTRIES, SOCKETS_MAP, TABLE_MAP, Table, client::Client,
 };
 
 pub use super::map_fds::MapFds;
 use super::{
+    counters::Counters,
     error::{DispatchError, map_error, refused, refused_or_object, write_error},
+    generations::SlotGenerations,
     logs::{self, ProgramLogs},
     map_fds::MAP_NAMES,
 };
@@ -32,34 +33,6 @@ use crate::listeners::ListenerGroup;
 /// The eBPF object built from `sticky-ebpf` by this crate's build script.
 pub(super) static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sticky"));
-
-/// Connection counts read from the program's per-CPU counters, summed over CPUs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// Connections the program selected each slot for (index = slot).
-    pub selected: Vec<u64>,
-    /// Connections whose slot was empty and went to another live slot.
-    pub fallback: u64,
-    /// Connections left to the kernel's own choice.
-    pub passed: u64,
-    /// Packets whose source address could not be read.
-    pub unreadable: u64,
-    /// Connections from trusted proxies, sent to the loader's socket.
-    pub proxied: u64,
-    /// With `--quic`: datagrams routed by their connection ID.
-    pub quic_routed: u64,
-    /// With `--quic`: short-header datagrams whose connection ID was not sticky's or named no
-    /// live slot, and datagrams too short to be QUIC, routed by address.
-    pub quic_unroutable: u64,
-}
-
-impl Counters {
-    /// Connections the program selected `slot` for, summed over `counters` (one per listen
-    /// address).
-    pub fn selected_total(counters: &[Counters], slot: usize) -> u64 {
-        counters.iter().filter_map(|counters| counters.selected.get(slot)).sum()
-    }
-}
 
 /// The program attached to one listen address's reuseport group, and its maps.
 ///
@@ -71,7 +44,7 @@ pub struct Dispatcher {
     sockets: ReusePortSockArray<MapData>,
     table: Array<MapData, Table>,
     config_map: Array<MapData, DispatchConfig>,
-    counters: PerCpuArray<MapData, u64>,
+    pub(super) counters: PerCpuArray<MapData, u64>,
     proxies: LpmTrie<MapData, [u32; 4], u8>,
     /// The maps' fds (copies the typed handles do not expose).
     map_fds: MapFds<OwnedFd>,
@@ -79,6 +52,8 @@ pub struct Dispatcher {
     log_ring: Option<OwnedFd>,
     /// Its reader, until [`Dispatcher::take_logs`].
     logs: Option<ProgramLogs>,
+    /// Each slot's QUIC socket generation (none in a program an image before them loaded).
+    pub(super) generations: Option<SlotGenerations>,
     config: DispatchConfig,
     program_id: u32,
     migrates: bool,
@@ -98,6 +73,19 @@ pub struct DispatcherFds {
     /// The program's log ring buffer (none from an image before aya-log).
     #[serde(default)]
     pub logs: Option<RawFd>,
+    /// The slots' QUIC socket generations (none from an image before them).
+    #[serde(default)]
+    pub generations: Option<RawFd>,
+}
+
+impl DispatcherFds {
+    /// Every fd it names.
+    pub fn fds(&self) -> impl Iterator<Item = RawFd> {
+        std::iter::once(self.program)
+            .chain(self.maps.into_array())
+            .chain(self.logs)
+            .chain(self.generations)
+    }
 }
 
 impl Dispatcher {
@@ -127,6 +115,7 @@ impl Dispatcher {
             .map_err(refused_or_object)?;
         let maps = MAP_NAMES.try_map(|name, _| take_map(&mut ebpf, name))?;
         let logs = ProgramLogs::init(&mut ebpf, group.listen.to_string())?;
+        let generations = take_map(&mut ebpf, GENERATIONS_MAP)?;
         let migrates = match program(&mut ebpf, PROGRAM_MIGRATE)?.load() {
             Ok(()) => true,
             Err(err) => {
@@ -149,6 +138,7 @@ impl Dispatcher {
             Self::from_parts(program_fd, maps, Some(*config), program_id, migrates)?;
         dispatcher.log_ring = Some(logs.ring()?);
         dispatcher.logs = Some(logs);
+        dispatcher.generations = Some(generations_of(generations)?);
         dispatcher.write_config()?;
         dispatcher.update_table(table)?;
         dispatcher.take_sockets(group, previous)?;
@@ -198,7 +188,7 @@ impl Dispatcher {
     /// it names.
     pub unsafe fn resume(handover: &DispatcherFds, listen: String) -> Result<Self, DispatchError> {
         use std::os::fd::FromRawFd as _;
-        let DispatcherFds { program, maps, program_id, migrates, logs } = handover;
+        let DispatcherFds { program, maps, program_id, migrates, logs, generations } = handover;
         // SAFETY: the caller guarantees these fds are open and ours alone.
         let owned = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
         let maps = maps.try_map(|fd, name| map_from_fd(owned(fd), name))?;
@@ -207,6 +197,10 @@ impl Dispatcher {
         let mut dispatcher = Self::from_parts(owned(*program), maps, None, *program_id, *migrates)?;
         dispatcher.logs = ProgramLogs::resume(log_ring.as_ref(), listen);
         dispatcher.log_ring = log_ring;
+        if let Some(fd) = generations {
+            dispatcher.generations =
+                Some(generations_of(map_from_fd(owned(*fd), GENERATIONS_MAP)?)?);
+        }
         Ok(dispatcher)
     }
 
@@ -230,6 +224,7 @@ impl Dispatcher {
             program_id: self.program_id,
             migrates: self.migrates,
             logs: self.log_ring.as_ref().map(AsRawFd::as_raw_fd),
+            generations: self.generations.as_ref().map(SlotGenerations::raw_fd),
         }
     }
 
@@ -261,6 +256,7 @@ impl Dispatcher {
             map_fds,
             log_ring: None,
             logs: None,
+            generations: None,
             config,
             program_id,
             migrates,
@@ -335,20 +331,7 @@ impl Dispatcher {
     /// Reads the counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, DispatchError> {
         let quic = self.quic_cid_len().is_some();
-        let read = |index| {
-            let per_cpu = self.counters.get(&index, 0).map_err(map_error("read", COUNTERS_MAP))?;
-            Ok(per_cpu.iter().sum())
-        };
-        Ok(Counters {
-            selected: (0..self.config.slots).map(read).collect::<Result<_, _>>()?,
-            fallback: read(COUNTER_FALLBACK)?,
-            passed: read(COUNTER_PASSED)?,
-            unreadable: read(COUNTER_UNREADABLE)?,
-            proxied: read(COUNTER_PROXIED)?,
-            // A program without QUIC routing (an earlier image's) has no such counters.
-            quic_routed: if quic { read(COUNTER_QUIC_ROUTED)? } else { 0 },
-            quic_unroutable: if quic { read(COUNTER_QUIC_UNROUTABLE)? } else { 0 },
-        })
+        Counters::read(&self.counters, self.config.slots, quic)
     }
 
     /// Detaches the program from the group `socket` belongs to.
@@ -392,6 +375,13 @@ where
 {
     M::try_from(Map::from_map_data(data).map_err(map_error("open", name))?)
         .map_err(map_error("open", name))
+}
+
+/// The generations map, with a copy of its fd.
+fn generations_of(data: MapData) -> Result<SlotGenerations, DispatchError> {
+    let fd = data.fd().as_fd().try_clone_to_owned();
+    let fd = fd.map_err(|err| map_error("open", GENERATIONS_MAP)(MapError::IoError(err)))?;
+    SlotGenerations::new(typed(data, GENERATIONS_MAP)?, fd)
 }
 
 /// Map `name` from an fd an earlier loader left (handed over, or kept in the fd store).

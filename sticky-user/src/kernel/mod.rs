@@ -2,11 +2,14 @@
 //! ([`Dispatcher`], which owns the typed map handles), the lookup [`table`] it reads, and the
 //! program's own log (`logs`: aya-log).
 
+mod counters;
 mod dispatcher;
 mod error;
+mod generations;
 mod logs;
 mod map_fds;
 pub mod table;
 
-pub use dispatcher::{Counters, Dispatcher, DispatcherFds};
+pub use counters::Counters;
+pub use dispatcher::{Dispatcher, DispatcherFds};
 pub use error::DispatchError;

@@ -143,7 +143,7 @@ impl Spawner {
         Err(SpawnError::Command { program: program.into(), user, reason })
     }
 
-    /// Starts the worker for `slot` of `slots`, with `fds` (one listening socket per listen
+    /// Starts the worker for `slot` of `slots` (of QUIC socket `generation`), with `fds` (one listening socket per listen
     /// address) at fd 3 onwards, a node worker's IPC `channel` right after them (not counted
     /// in `LISTEN_FDS`: `NODE_CHANNEL_FD`), and its own readiness socket at `notify_socket`.
     /// Returns its pid: the caller waits for it (it is not reaped otherwise).
@@ -151,6 +151,7 @@ impl Spawner {
         &self,
         slot: u32,
         slots: u32,
+        generation: u8,
         mut fds: Vec<RawFd>,
         channel: Option<RawFd>,
         notify_socket: &Path,
@@ -170,7 +171,7 @@ impl Spawner {
             .env(STICKY_WORKER, slot.to_string())
             .env(STICKY_WORKERS, slots.to_string())
             .envs(&self.environment)
-            .envs(self.quic.iter().flat_map(|quic| quic.for_slot(slot)))
+            .envs(self.quic.iter().flat_map(|quic| quic.for_slot(slot, generation)))
             .stdin(Stdio::null())
             .process_group(0);
         if let Some(channel) = channel {

@@ -9,6 +9,7 @@
 //! All of its state sits behind one mutex that is never held across an `await`; the tasks that
 //! wait for worker exits, timers and control requests each take it briefly.
 
+mod drain;
 mod error;
 mod hang;
 mod processes;
@@ -273,6 +274,7 @@ impl Supervisor {
                 start_worker(&self.shared, &mut state, slot);
             }
         }
+        self.resume_drains(&mut state);
     }
 
     /// Stops the workers, detaches the programs and removes the control socket and the notify

@@ -16,6 +16,7 @@ use tokio::time::{sleep, timeout};
 use tracing::{error, info, warn};
 
 use super::{
+    drain::NextGeneration,
     reaper::{Exiting, kill_and_reap},
     slot::{Action, Ejection, Event, HEALTHY_RUN, Phase},
     state::{State, Worker},
@@ -34,7 +35,7 @@ pub(super) fn start_worker(
     state: &mut State,
     index: usize,
 ) -> Option<Worker> {
-    match spawn_worker(shared, state, index) {
+    match spawn_worker(shared, state, index, None) {
         Ok(worker) => {
             state.slots[index].worker = Some(worker.clone());
             Some(worker)
@@ -48,21 +49,27 @@ pub(super) fn start_worker(
     }
 }
 
-/// Starts a worker on slot `index`'s sockets without making it the slot's worker (a rolling
-/// restart's candidate). Its exit is handled by [`on_exit`]; it becomes ready by `READY=1`
-/// or, in delay mode, by staying up for the ready delay.
+/// Starts a worker on slot `index`'s sockets, or on those of its `next` generation, without
+/// making it the slot's worker (a rolling restart's candidate). Its exit is handled by
+/// [`on_exit`]; it becomes ready by `READY=1` or, in delay mode, by staying up for the ready
+/// delay.
 pub(super) fn spawn_worker(
     shared: &Arc<Mutex<State>>,
     state: &mut State,
     index: usize,
+    next: Option<&NextGeneration>,
 ) -> io::Result<Worker> {
-    let fds = state.inherited_fds(index);
+    let fds = state.inherited_fds(index, next.map(|next| &next.sockets[..]));
+    let generation = match next {
+        Some(next) => next.generation,
+        None => state.generation(index).unwrap_or(0),
+    };
     let slots = state.slots.len() as u32;
     let inbox = state.notify.bind(index)?;
     let channel = state.handoff.as_ref().map(|h| h.worker_channel()).transpose()?.flatten();
     let (loader_end, worker_end) = channel.unzip();
     let worker_fd = worker_end.as_ref().map(|end| end.as_raw_fd());
-    let pid = state.spawner.spawn(index as u32, slots, fds, worker_fd, inbox.path())?;
+    let pid = state.spawner.spawn(index as u32, slots, generation, fds, worker_fd, inbox.path())?;
     // The worker's end is the worker's alone: its exit closes the channel.
     drop(worker_end);
     let worker = Worker::new(pid, inbox).with_channel(loader_end);

@@ -1,13 +1,15 @@
 //! Waiting for readiness: the guarded rolling restart, and the start that tells the truth.
 //!
 //! A rolling restart replaces one slot at a time: the new worker starts on the slot's sockets
-//! beside the old one, and only once it is ready does the old one get SIGTERM. A new worker
+//! beside the old one, and only once it is ready does the old one get SIGTERM. With `--quic`,
+//! the new worker starts on the slot's next socket generation instead, and the old one drains
+//! (`drain.rs`). A new worker
 //! that exits first, or is not ready within the ready timeout, is killed; the old worker keeps
 //! its slot, the slots not yet rolled are left alone, and the restart stops with the reason.
 
 use std::time::{Duration, Instant};
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::{
     Supervisor, SupervisorError,
@@ -16,6 +18,7 @@ use super::{
     worker::NotReady,
 };
 use crate::{
+    chain::Chain,
     endpoints::{control::ReloadOutcome, systemd},
     sync::unix_now,
 };
@@ -78,15 +81,15 @@ impl Supervisor {
     }
 
     /// Starts a new worker on slot `slot` beside its current one and, once it is ready, makes
-    /// it the slot's worker and stops the old one; a new worker that is not ready in time is
-    /// killed, and the old one keeps the slot.
+    /// it the slot's worker and stops the old one, or with `--quic` lets it drain; a new worker
+    /// that is not ready in time is killed, and the old one keeps the slot.
     async fn replace(
         &self,
         slot: usize,
         ready_timeout: Duration,
         grace: Duration,
     ) -> Result<(), SupervisorError> {
-        let (old, new) = {
+        let (old, new, next) = {
             let mut state = self.state();
             // Checked with the start, under the same lock.
             if state.stopping {
@@ -96,13 +99,13 @@ impl Supervisor {
             if slot >= slots {
                 return Err(SupervisorError::NoSuchSlot { slot, slots });
             }
-            let new = spawn_worker(&self.shared, &mut state, slot).map_err(|err| {
-                SupervisorError::ReloadStopped {
-                    slot,
-                    reason: format!("the new worker cannot be started ({err})"),
-                }
+            let stopped = |reason| SupervisorError::ReloadStopped { slot, reason };
+            let next = state.next_generation(slot).map_err(|err| {
+                stopped(format!("the new generation's sockets cannot be opened ({})", Chain(&err)))
             })?;
-            (state.slots[slot].worker.clone(), new)
+            let new = spawn_worker(&self.shared, &mut state, slot, next.as_ref())
+                .map_err(|err| stopped(format!("the new worker cannot be started ({err})")))?;
+            (state.slots[slot].worker.clone(), new, next)
         };
         let ready = new.wait_ready(ready_timeout).await;
         if let Err(stopped) = Roll::candidate(slot, ready.clone()) {
@@ -113,12 +116,26 @@ impl Supervisor {
             }
             return Err(stopped);
         }
-        let current = {
+        let (current, drains) = {
             let mut state = self.state();
             let current = state.slots[slot].worker.replace(new);
+            let drains = next.is_some();
+            if let Some(next) = next
+                && let Err(err) = state.take_generation(slot, next)
+            {
+                error!(slot, error = %Chain(&err), "cannot move the slot to its new generation");
+            }
             state.slot_ready(slot);
-            current
+            if let Some(worker) = current.clone().filter(|_| drains) {
+                self.drain_previous(&mut state, slot, worker);
+            }
+            (current, drains)
         };
+        if drains {
+            // The old worker drains; one that had exited and been restarted meanwhile
+            // (`current` is then its successor) is gone already.
+            return Ok(());
+        }
         // The old worker, unless it exited meanwhile and was restarted: stop that one too.
         if let Some(current) = current.filter(|c| old.as_ref().is_none_or(|o| o.pid != c.pid)) {
             terminate(&current, grace);

@@ -1,5 +1,6 @@
 //! Scaling: slots added (sockets, workers, then the table) or removed (the table first, then
-//! the socket arrays, then their workers stop and their queues migrate).
+//! the socket arrays, then their workers stop and their queues migrate; with `--quic`, they
+//! drain first).
 
 use sticky_common::MAX_SLOTS;
 use tracing::info;
@@ -44,9 +45,16 @@ impl Supervisor {
                 info!(workers, "scaled up");
                 Vec::new()
             } else {
-                let retiring = state.remove_slots(workers)?;
-                for worker in &retiring {
-                    terminate(worker, state.policy.grace_period);
+                let grace = state.policy.grace_period;
+                let mut retiring = Vec::new();
+                for (slot, worker) in state.remove_slots(workers)? {
+                    // With `--quic`, the slot's socket drains at its draining index.
+                    if state.generation(slot).is_some() {
+                        self.drain_previous(&mut state, slot, worker);
+                    } else {
+                        terminate(&worker, grace);
+                        retiring.push(worker);
+                    }
                 }
                 info!(workers, "scaled down");
                 retiring

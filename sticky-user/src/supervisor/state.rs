@@ -8,12 +8,14 @@ use std::{
     time::Instant,
 };
 
+use socket2::Socket;
 use sticky_common::{MAX_SLOTS, TABLE_SIZE, Table};
 use tracing::{error, info, warn};
 
 pub(super) use super::worker::Worker;
 use super::{
     Setup,
+    drain::Draining,
     error::SupervisorError,
     slot::{Action, Ejection, Event, Life, Phase, Rules},
 };
@@ -55,6 +57,8 @@ pub(super) struct State {
     pub(super) last_upgrade: Option<ReloadOutcome>,
     /// How many times this loader was upgraded in place.
     pub(super) upgrades: u32,
+    /// With `--quic`: the slots' previous generations whose workers drain.
+    pub(super) draining: Vec<Draining>,
 }
 
 pub(super) struct Slot {
@@ -94,6 +98,7 @@ impl State {
             last_reload: None,
             last_upgrade: None,
             upgrades: 0,
+            draining: Vec::new(),
         }
     }
 
@@ -164,6 +169,7 @@ impl State {
                 cid_len,
                 routed: total(|c| c.quic_routed),
                 unroutable: total(|c| c.quic_unroutable),
+                generations: self.quic_generations(),
             }),
         })
     }
@@ -240,11 +246,13 @@ impl State {
     }
 
     /// The fds slot `index`'s worker inherits at fd 3 onwards: its listening sockets (none
-    /// under userspace dispatch), then its handoff socket if the loader passes connections on.
-    pub(super) fn inherited_fds(&self, index: usize) -> Vec<RawFd> {
-        let mut fds: Vec<RawFd> = match &self.dispatch {
-            Dispatch::Userspace => Vec::new(),
-            _ => self.groups.iter().map(|group| group.sockets[index].as_raw_fd()).collect(),
+    /// under userspace dispatch), or those given (a next generation's), then its handoff
+    /// socket if the loader passes connections on.
+    pub(super) fn inherited_fds(&self, index: usize, sockets: Option<&[Socket]>) -> Vec<RawFd> {
+        let mut fds: Vec<RawFd> = match (&self.dispatch, sockets) {
+            (Dispatch::Userspace, _) => Vec::new(),
+            (_, Some(sockets)) => sockets.iter().map(AsRawFd::as_raw_fd).collect(),
+            (_, None) => self.groups.iter().map(|group| group.sockets[index].as_raw_fd()).collect(),
         };
         let ends = self.handoff.iter().filter_map(|handoff| handoff.worker_ends.get(index));
         fds.extend(ends.map(AsRawFd::as_raw_fd));
@@ -301,9 +309,13 @@ impl State {
         Ok((0..self.slots.len()).filter(|&index| self.slots[index].worker.is_none()).collect())
     }
 
-    /// Removes the slots from `workers` up: out of the table, then out of the socket arrays,
-    /// then their sockets are let go. Returns their workers, for the caller to stop.
-    pub(super) fn remove_slots(&mut self, workers: u32) -> Result<Vec<Worker>, SupervisorError> {
+    /// Removes the slots from `workers` up: out of the table, then out of the socket arrays
+    /// (with `--quic`, their UDP sockets to their draining indexes), then their sockets are let
+    /// go. Returns their workers by slot, for the caller to stop or drain.
+    pub(super) fn remove_slots(
+        &mut self,
+        workers: u32,
+    ) -> Result<Vec<(usize, Worker)>, SupervisorError> {
         let rules = self.rules();
         for slot in &mut self.slots[workers as usize..] {
             slot.life.on(Event::Leave, Instant::now(), rules);
@@ -313,8 +325,9 @@ impl State {
         let mut retiring = Vec::new();
         while self.slots.len() as u32 > workers {
             let index = self.slots.len() as u32 - 1;
-            for dispatcher in self.dispatch.dispatchers_mut() {
-                dispatcher.clear_socket(index)?;
+            let dispatchers = self.dispatch.dispatchers_mut();
+            for (dispatcher, group) in dispatchers.iter_mut().zip(&self.groups) {
+                dispatcher.drain_slot(index, &group.sockets[index as usize])?;
             }
             // ... then the loader lets go of their sockets: each closes when its worker has
             // finished, and the kernel migrates what is still queued on it.
@@ -325,7 +338,8 @@ impl State {
             if let Some(handoff) = &mut self.handoff {
                 handoff.pop_slot();
             }
-            retiring.extend(self.slots.pop().and_then(|slot| slot.worker));
+            let worker = self.slots.pop().and_then(|slot| slot.worker);
+            retiring.extend(worker.map(|worker| (index as usize, worker)));
         }
         for dispatcher in self.dispatch.dispatchers_mut() {
             dispatcher.set_slot_count(workers)?;

@@ -8,12 +8,13 @@ use std::{
 };
 
 use super::{
+    drain::Draining,
     slot::{Ejection, FirstReady, Life, Phase},
     state::{Progress, Slot, State, Worker},
 };
 use crate::{
     endpoints::readiness::Inbox,
-    upgrade::{NotifyRecord, SlotRecord, SupervisorRecord, WorkerRecord},
+    upgrade::{DrainingRecord, NotifyRecord, SlotRecord, SupervisorRecord, WorkerRecord},
 };
 
 impl State {
@@ -32,6 +33,16 @@ impl State {
             next_slot_id: self.next_slot_id,
             last_reload: self.last_reload.clone(),
             upgrades: self.upgrades,
+            draining: self
+                .draining
+                .iter()
+                .map(|draining| DrainingRecord {
+                    slot: draining.slot,
+                    generation: draining.generation,
+                    pid: draining.worker.pid,
+                    secs: draining.since.elapsed().as_secs_f64(),
+                })
+                .collect(),
         }
     }
 
@@ -51,6 +62,21 @@ impl State {
         self.next_slot_id = record.next_slot_id;
         self.last_reload = record.last_reload;
         self.upgrades = record.upgrades + 1;
+        self.draining = record
+            .draining
+            .into_iter()
+            .filter_map(|draining| {
+                let worker = self.live.iter().find(|w| w.pid == draining.pid)?.clone();
+                let since = Duration::from_secs_f64(draining.secs.max(0.0));
+                let since = now.checked_sub(since).unwrap_or(now);
+                Some(Draining {
+                    slot: draining.slot,
+                    generation: draining.generation,
+                    worker,
+                    since,
+                })
+            })
+            .collect();
     }
 }
 

@@ -29,7 +29,7 @@ pub(crate) use self::{
     image::{Image, open_running},
     probe::probe,
     record::{
-        EndpointFds, GroupRecord, HandoffRecord, NotifyRecord, Record, SlotRecord,
+        DrainingRecord, EndpointFds, GroupRecord, HandoffRecord, NotifyRecord, Record, SlotRecord,
         SupervisorRecord, WorkerRecord,
     },
     resume::Carried,

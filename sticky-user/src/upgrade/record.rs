@@ -113,6 +113,21 @@ pub(crate) struct SupervisorRecord {
     pub(crate) next_slot_id: u64,
     pub(crate) last_reload: Option<ReloadOutcome>,
     pub(crate) upgrades: u32,
+    /// With `--quic`: the slots' previous generations that drain (their workers are among
+    /// `retiring`).
+    #[serde(default)]
+    pub(crate) draining: Vec<DrainingRecord>,
+}
+
+/// A slot's previous generation that drains.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct DrainingRecord {
+    pub(crate) slot: usize,
+    pub(crate) generation: u8,
+    /// Its worker's pid.
+    pub(crate) pid: u32,
+    /// How long it has drained, in seconds.
+    pub(crate) secs: f64,
 }
 
 /// One slot.
@@ -167,9 +182,7 @@ impl Record {
         for group in &self.groups {
             fds.extend(&group.sockets);
             if let Some(handover) = &group.dispatcher {
-                fds.push(handover.program);
-                fds.extend(handover.maps.into_array());
-                fds.extend(handover.logs);
+                fds.extend(handover.fds());
             }
         }
         if let Some(handoff) = &self.handoff {

@@ -199,7 +199,7 @@ unsafe fn take_over(state_fd: RawFd, rollback: Option<String>) -> Result<Takeove
     let mut closing = vec![state_fd];
     closing.extend(record.previous_image);
     for handover in record.groups.iter().filter_map(|group| group.dispatcher.as_ref()) {
-        closing.extend(dispatcher_fds(handover));
+        closing.extend(handover.fds());
     }
     closing.iter().map(|&fd| own(fd)).for_each(drop);
     let taken: Vec<RawFd> = record.fds().into_iter().filter(|fd| !closing.contains(fd)).collect();
@@ -260,18 +260,15 @@ fn copy(fd: RawFd) -> Result<OwnedFd, ResumeError> {
     borrowed.try_clone_to_owned().map_err(|err| ResumeError::Copy(fd, err))
 }
 
-/// The program's, the maps' and the log's fds of `handover`.
-fn dispatcher_fds(handover: &DispatcherFds) -> impl Iterator<Item = RawFd> {
-    std::iter::once(handover.program).chain(handover.maps.into_array()).chain(handover.logs)
-}
-
 /// `handover` with copies of its fds, which the caller owns (as raw fds).
 fn copy_dispatcher_fds(handover: &DispatcherFds) -> Result<DispatcherFds, ResumeError> {
     // All copied before any is let go, so a failure closes those made.
     let program = copy(handover.program)?;
     let maps = handover.maps.try_map(|fd, _| copy(fd))?;
     let logs = handover.logs.map(copy).transpose()?;
+    let generations = handover.generations.map(copy).transpose()?;
     let maps = maps.try_map(|fd, _| Ok::<_, ResumeError>(fd.into_raw_fd()))?;
     let (program, logs) = (program.into_raw_fd(), logs.map(|fd| fd.into_raw_fd()));
-    Ok(DispatcherFds { program, maps, logs, ..handover.clone() })
+    let generations = generations.map(|fd| fd.into_raw_fd());
+    Ok(DispatcherFds { program, maps, logs, generations, ..handover.clone() })
 }

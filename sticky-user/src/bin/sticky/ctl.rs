@@ -73,6 +73,21 @@ fn print_status(status: &Status) {
             "quic: {} datagrams routed by connection ID ({} octets), {} unroutable",
             quic.routed, quic.cid_len, quic.unroutable
         );
+        for generation in &quic.generations {
+            let pid = generation.pid.map_or("none".into(), |pid| pid.to_string());
+            match generation.draining_secs {
+                None => println!(
+                    "  slot {} generation {}: pid {pid}",
+                    generation.slot, generation.generation
+                ),
+                Some(secs) => println!(
+                    "  slot {} generation {}: pid {pid}, draining for {secs:.0} s, {} datagrams",
+                    generation.slot,
+                    generation.generation,
+                    generation.draining_datagrams.unwrap_or(0)
+                ),
+            }
+        }
     }
     if let Some(proxies) = &status.client_address {
         let errors: Vec<String> = proxies
