@@ -232,6 +232,13 @@ impl Collector for Snapshot {
                     ([("routed_by", "unroutable")], Value::Counter(quic.unroutable)),
                 ],
             )?;
+            let draining = quic.generations.iter().filter(|g| g.draining_secs.is_some()).count();
+            single(
+                e,
+                "sticky_quic_draining_workers",
+                "Workers of slots' previous QUIC socket generations, draining their connections.",
+                Value::Gauge(draining as i64),
+            )?;
         }
         if let Some(proxies) = &status.client_address {
             family(
@@ -358,7 +365,10 @@ mod tests {
                 cid_len: 20,
                 routed: 11,
                 unroutable: 2,
-                ..Default::default()
+                generations: vec![crate::control::QuicGeneration {
+                    draining_secs: Some(1.0),
+                    ..Default::default()
+                }],
             }),
         };
         let text = render(&status);
@@ -373,6 +383,7 @@ mod tests {
         assert!(text.contains("sticky_client_address_errors_total{reason=\"timeout\"} 4\n"));
         let unroutable = "sticky_quic_datagrams_total{routed_by=\"unroutable\"} 2\n";
         assert!(text.contains(unroutable), "{text}");
+        assert!(text.contains("sticky_quic_draining_workers 1\n"), "{text}");
         assert!(text.contains("sticky_build_info{version=\"0.1.0\",build_id=\"abc\"} 1\n"));
         assert!(text.contains("sticky_accept_queue{slot=\"0\"} 3\n"));
         assert!(text.contains("sticky_slot_state{slot=\"1\",state=\"crash-looping\"} 1\n"));
