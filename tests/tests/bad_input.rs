@@ -92,6 +92,12 @@ fn quic_options_that_do_not_fit() {
         let alone = refused(&[&udp[..], &["--quic-cid-len", "16"]].concat());
         assert_says(&alone, "--quic-cid-len is given without --quic");
         assert_says(&quic(&["--env", "STICKY_QUIC_KEY=1"]), "STICKY_QUIC_KEY");
+        assert_says(&quic(&["--env", "STICKY_QUIC_GENERATION=1"]), "STICKY_QUIC_GENERATION");
+        let drain = refused(&[&udp[..], &["--drain-timeout", "60"]].concat());
+        assert_says(&drain, "--drain-timeout is given without --quic");
+        let idle = quic(&["--drain-idle", "0"]);
+        assert_says(&idle, "--drain-idle must be between 0.1 and 3600 seconds, got 0");
+        assert_says(&quic(&["--drain-timeout=-1"]), "--drain-timeout must be between 0 and");
     });
 }
 
