@@ -286,3 +286,27 @@ fn scaling_down_lets_the_removed_workers_drain_beside_new_ones() {
         sticky.stop_cleanly();
     });
 }
+
+#[test]
+fn a_second_reload_ends_the_earlier_drain_and_spares_the_later_generation() {
+    in_netns(|| {
+        let sticky = start(&sticky_tests::sticky_bin(), &["--drain-idle", "30"]);
+        let first: Vec<u32> = sticky.status().slots.iter().filter_map(|s| s.pid).collect();
+        assert_eq!(done(sticky.control(Request::Reload)), "restarted 4 workers");
+        // Connections of generation 1, made while generation 0 drains.
+        let exchanging = Exchanging::start(sticky_tests::quic::connect_all(server(), 0, 12, 3));
+        exchanging.rounds(2);
+        assert_eq!(done(sticky.control(Request::Reload)), "restarted 4 workers");
+        // Generation 0 ended (one draining generation per slot); 1 drains, 2 serves.
+        let status = sticky.status();
+        let drains: Vec<u8> = draining(&status).iter().map(|g| g.1).collect();
+        assert_eq!(drains, [1; WORKERS], "{:?}", generations(&status));
+        eventually("the first workers exited", || !first.iter().any(|&pid| is_running(pid)));
+        exchanging.rounds(3);
+        let (clients, tally) = exchanging.stop();
+        assert!(tally.broken.is_empty(), "{:?}", tally.broken);
+        assert_eq!((tally.resets, tally.moved), (0, 0), "{tally:?}");
+        close_all(&clients);
+        sticky.stop_cleanly();
+    });
+}

@@ -60,10 +60,14 @@ impl Dispatcher {
     /// Makes `socket` slot `slot`'s socket of generation `generation`, and with `--quic` the
     /// socket the slot had its draining one: from then on the slot's connection IDs of the
     /// generation before `generation` reach `draining` ([`DRAINING_INDEX`]), its others and its
-    /// clients' new connections `socket`. In this order, so that no datagram of either
-    /// generation reaches the other's worker: a datagram that comes in between finds its socket
-    /// missing and goes by its client's address to another slot, whose worker's stateless
-    /// reset (another key) its client ignores. Without `--quic`, `draining` leaves the array.
+    /// clients' new connections `socket`. Without `--quic`, `draining` leaves the array.
+    ///
+    /// Both indexes are emptied before anything is written (an earlier generation still
+    /// draining leaves first), so that no datagram of one generation reaches another
+    /// generation's worker of the slot, whose stateless reset (the slot's key) its client would
+    /// accept: a datagram that comes in between finds its socket missing and goes by its
+    /// client's address, past the empty slot to another slot, whose reset (another key) its
+    /// client ignores.
     pub fn set_generation(
         &mut self,
         slot: u32,
@@ -71,28 +75,46 @@ impl Dispatcher {
         socket: &impl AsRawFd,
         draining: &impl AsRawFd,
     ) -> Result<(), DispatchError> {
-        let quic = self.quic_cid_len().is_some();
-        let Some(generations) = self.generations.as_mut().filter(|_| quic) else {
+        if self.generation(slot).is_none() {
             return self.set_socket(slot, socket);
-        };
-        generations.set(slot, generation)?;
+        }
+        self.clear_socket(DRAINING_INDEX + slot)?;
         self.clear_socket(slot)?;
+        self.write_generation(slot, generation)?;
         self.set_socket(DRAINING_INDEX + slot, draining)?;
+        self.set_socket(slot, socket)
+    }
+
+    /// Puts slot `slot` back as it was before a [`Dispatcher::set_generation`] that failed:
+    /// `socket` at its index, of `generation`, and nothing draining.
+    pub fn restore_generation(
+        &mut self,
+        slot: u32,
+        generation: u8,
+        socket: &impl AsRawFd,
+    ) -> Result<(), DispatchError> {
+        if self.generation(slot).is_some() {
+            self.clear_socket(DRAINING_INDEX + slot)?;
+            self.write_generation(slot, generation)?;
+        }
         self.set_socket(slot, socket)
     }
 
     /// Takes slot `slot`'s socket out of the array, to its draining index (a slot that leaves
     /// while its worker drains): the generation moves on, so that the slot's connection IDs
-    /// reach that socket, and a later worker of the slot mints others.
+    /// reach that socket, and a later worker of the slot mints others. Emptied first, as in
+    /// [`Dispatcher::set_generation`].
     pub fn drain_slot(&mut self, slot: u32, socket: &impl AsRawFd) -> Result<(), DispatchError> {
-        let quic = self.quic_cid_len().is_some();
-        let Some(generations) = self.generations.as_mut().filter(|_| quic) else {
-            return self.clear_socket(slot);
-        };
-        let next = generations.current(slot).wrapping_add(1);
-        generations.set(slot, next)?;
+        let Some(current) = self.generation(slot) else { return self.clear_socket(slot) };
+        self.clear_socket(DRAINING_INDEX + slot)?;
         self.clear_socket(slot)?;
+        self.write_generation(slot, current.wrapping_add(1))?;
         self.set_socket(DRAINING_INDEX + slot, socket)
+    }
+
+    /// Makes `generation` slot `slot`'s current one (with generations).
+    fn write_generation(&mut self, slot: u32, generation: u8) -> Result<(), DispatchError> {
+        self.generations.as_mut().map_or(Ok(()), |generations| generations.set(slot, generation))
     }
 
     /// Empties slot `slot`'s draining index (its drain has ended).

@@ -70,26 +70,31 @@ impl State {
     }
 
     /// Makes `next` slot `index`'s sockets, its UDP sockets' predecessors its draining ones.
-    /// The loader lets go of the predecessors: each closes when its worker exits.
+    /// The loader lets go of the predecessors: each closes when its worker exits. On failure
+    /// the slot is put back as it was.
     pub(super) fn take_generation(
         &mut self,
         index: usize,
         next: NextGeneration,
     ) -> Result<(), SupervisorError> {
+        let (slot, previous) = (index as u32, next.generation.wrapping_sub(1));
         let dispatchers = self.dispatch.dispatchers_mut();
-        for ((group, socket), dispatcher) in
-            self.groups.iter_mut().zip(next.sockets).zip(dispatchers)
-        {
-            let previous = std::mem::replace(&mut group.sockets[index], socket);
-            dispatcher.set_generation(
-                index as u32,
-                next.generation,
-                &group.sockets[index],
-                &previous,
-            )?;
+        let moved = dispatchers.iter_mut().zip(&self.groups).zip(&next.sockets).try_for_each(
+            |((dispatcher, group), socket)| {
+                dispatcher.set_generation(slot, next.generation, socket, &group.sockets[index])
+            },
+        );
+        if let Err(err) = moved {
+            for (dispatcher, group) in dispatchers.iter_mut().zip(&self.groups) {
+                let _ = dispatcher.restore_generation(slot, previous, &group.sockets[index]);
+            }
+            return Err(err.into());
         }
-        fd_store::forget(fd_store::slot_name(index as u32));
-        fd_store::keep(&self.groups, index as u32);
+        for (group, socket) in self.groups.iter_mut().zip(next.sockets) {
+            group.sockets[index] = socket;
+        }
+        fd_store::forget(fd_store::slot_name(slot));
+        fd_store::keep(&self.groups, slot);
         Ok(())
     }
 
@@ -132,11 +137,12 @@ impl State {
 impl Supervisor {
     /// Lets `worker`, of slot `slot`'s generation before its current one, drain; a generation
     /// of the slot still draining from before ends now (one per slot).
-    pub(super) fn drain_previous(&self, state: &mut State, slot: usize, worker: Worker) {
+    pub(super) fn drain_previous(&self, state: &mut State, slot: usize, worker: Option<Worker>) {
         let grace = state.policy.grace_period;
         if let Some(earlier) = state.end_drain(slot) {
             terminate(&earlier, grace);
         }
+        let Some(worker) = worker else { return };
         let (Some(current), Some(quic)) = (state.generation(slot), self.launch.config.quic) else {
             terminate(&worker, grace);
             return;
@@ -184,7 +190,7 @@ async fn watch(shared: Arc<Mutex<State>>, draining: Draining, quic: Quic, grace:
     let mut quiet_since = Instant::now();
     let reason = loop {
         tokio::select! {
-            () = worker.wait() => break "its worker exited",
+            () = worker.wait() => break None,
             () = sleep(POLL) => {}
         }
         let datagrams = {
@@ -200,15 +206,21 @@ async fn watch(shared: Arc<Mutex<State>>, draining: Draining, quic: Quic, grace:
             (seen, quiet_since) = (Some(datagrams), now);
         }
         if now - quiet_since >= quic.drain_idle {
-            break "its socket got no datagram for --drain-idle";
+            break Some("its socket got no datagram for --drain-idle");
         }
         if now - since >= quic.drain_timeout {
-            break "--drain-timeout passed";
+            break Some("--drain-timeout passed");
         }
     };
-    info!(slot, generation, pid = worker.pid, "drained: {reason}");
-    terminate(&worker, grace);
-    worker.wait().await;
+    match reason {
+        Some(reason) => {
+            info!(slot, generation, pid = worker.pid, "drained: {reason}");
+            terminate(&worker, grace);
+            worker.wait().await;
+        }
+        // Not signalled: its pid may be another process's by now.
+        None => info!(slot, generation, pid = worker.pid, "the draining worker exited"),
+    }
     let mut state = lock(&shared);
     let Some(position) = state.draining.iter().position(|d| d.worker.pid == worker.pid) else {
         return;

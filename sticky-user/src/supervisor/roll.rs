@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use super::{
     Supervisor, SupervisorError,
@@ -116,20 +116,32 @@ impl Supervisor {
             }
             return Err(stopped);
         }
-        let (current, drains) = {
+        let taken = {
             let mut state = self.state();
-            let current = state.slots[slot].worker.replace(new);
-            let drains = next.is_some();
-            if let Some(next) = next
-                && let Err(err) = state.take_generation(slot, next)
-            {
-                error!(slot, error = %Chain(&err), "cannot move the slot to its new generation");
+            let moved = match next {
+                // The slot's new sockets take its place; its old UDP ones drain.
+                Some(next) => state.take_generation(slot, next).map(|()| true),
+                None => Ok(false),
+            };
+            moved.map(|drains| {
+                let current = state.slots[slot].worker.replace(new.clone());
+                state.slot_ready(slot);
+                if drains {
+                    self.drain_previous(&mut state, slot, current.clone());
+                }
+                (current, drains)
+            })
+        };
+        let (current, drains) = match taken {
+            Ok(taken) => taken,
+            Err(err) => {
+                kill(&new);
+                new.wait().await;
+                let reason =
+                    format!("the slot cannot move to its new generation ({})", Chain(&err));
+                warn!(slot, reason, "rolling restart stopped");
+                return Err(SupervisorError::ReloadStopped { slot, reason });
             }
-            state.slot_ready(slot);
-            if let Some(worker) = current.clone().filter(|_| drains) {
-                self.drain_previous(&mut state, slot, worker);
-            }
-            (current, drains)
         };
         if drains {
             // The old worker drains; one that had exited and been restarted meanwhile

@@ -51,7 +51,7 @@ impl Supervisor {
                     // With `--quic`, the slot's socket drains at its draining index.
                     if state.generation(slot).is_some() {
                         self.drain_previous(&mut state, slot, worker);
-                    } else {
+                    } else if let Some(worker) = worker {
                         terminate(&worker, grace);
                         retiring.push(worker);
                     }

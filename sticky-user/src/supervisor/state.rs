@@ -311,11 +311,11 @@ impl State {
 
     /// Removes the slots from `workers` up: out of the table, then out of the socket arrays
     /// (with `--quic`, their UDP sockets to their draining indexes), then their sockets are let
-    /// go. Returns their workers by slot, for the caller to stop or drain.
+    /// go. Returns their workers (if they have one) by slot, for the caller to stop or drain.
     pub(super) fn remove_slots(
         &mut self,
         workers: u32,
-    ) -> Result<Vec<(usize, Worker)>, SupervisorError> {
+    ) -> Result<Vec<(usize, Option<Worker>)>, SupervisorError> {
         let rules = self.rules();
         for slot in &mut self.slots[workers as usize..] {
             slot.life.on(Event::Leave, Instant::now(), rules);
@@ -338,8 +338,7 @@ impl State {
             if let Some(handoff) = &mut self.handoff {
                 handoff.pop_slot();
             }
-            let worker = self.slots.pop().and_then(|slot| slot.worker);
-            retiring.extend(worker.map(|worker| (index as usize, worker)));
+            retiring.push((index as usize, self.slots.pop().and_then(|slot| slot.worker)));
         }
         for dispatcher in self.dispatch.dispatchers_mut() {
             dispatcher.set_slot_count(workers)?;

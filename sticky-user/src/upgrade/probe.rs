@@ -15,7 +15,7 @@ use tokio::{process::Command, time::timeout};
 use super::{
     RESUME, STATE_VERSION, UpgradeError,
     image::Image,
-    record::{Record, RecordError},
+    record::{READ_VERSIONS, Record, RecordError},
 };
 use crate::identity;
 
@@ -39,7 +39,7 @@ impl ProbeAnswer {
         Self {
             version: identity::VERSION.into(),
             build_id: identity::build_id().into(),
-            state_versions: vec![STATE_VERSION],
+            state_versions: READ_VERSIONS.to_vec(),
         }
     }
 }
@@ -110,5 +110,10 @@ mod tests {
         assert!(matches!(partial, RecordError::Parse(_)), "{partial:?}");
         let other = check_record(&b"{\"version\":99}"[..]).unwrap_err();
         assert!(matches!(other, RecordError::Version(99)), "{other:?}");
+        // Version 3, an image's from before socket generations, is read (its fields parsed).
+        let three = check_record(&b"{\"version\":3}"[..]).unwrap_err();
+        assert!(matches!(three, RecordError::Parse(_)), "{three:?}");
+        let two = check_record(&b"{\"version\":2}"[..]).unwrap_err();
+        assert!(matches!(two, RecordError::Version(2)), "{two:?}");
     }
 }

@@ -27,7 +27,12 @@ use crate::{
 /// `EndpointFds::notify_dir`) instead of one for all.
 /// 3: the trusted proxies' trie among a dispatcher's maps; the hand-over (`Record::handoff`);
 /// listen addresses with their transport (`GroupRecord::listen`, `RunConfig::listen`).
-pub const STATE_VERSION: u32 = 3;
+/// 4: QUIC socket generations: their map among a dispatcher's (`DispatcherFds::generations`)
+/// and the draining workers (`SupervisorRecord::draining`), which an image that reads only 3
+/// would leave draining for ever, its workers minting the wrong generation.
+pub const STATE_VERSION: u32 = 4;
+/// The shapes this binary reads: its own, and 3 (whose new fields are optional).
+pub const READ_VERSIONS: [u32; 2] = [3, STATE_VERSION];
 
 /// Everything the new image needs to go on where the old one stopped.
 #[derive(Debug, Serialize, Deserialize)]
@@ -214,7 +219,7 @@ impl Record {
             version: u32,
         }
         let Versioned { version } = serde_json::from_str(text).map_err(RecordError::Parse)?;
-        if version != STATE_VERSION {
+        if !READ_VERSIONS.contains(&version) {
             return Err(RecordError::Version(version));
         }
         serde_json::from_str(text).map_err(RecordError::Parse)
@@ -255,6 +260,6 @@ pub enum RecordError {
     #[error("invalid state record")]
     Parse(#[source] serde_json::Error),
     /// Its version is not [`STATE_VERSION`].
-    #[error("state record version {0} is not the one this binary reads ({STATE_VERSION})")]
+    #[error("state record version {0} is not one this binary reads ({READ_VERSIONS:?})")]
     Version(u32),
 }
