@@ -78,10 +78,7 @@ impl Dispatcher {
         if self.generation(slot).is_none() {
             return self.set_socket(slot, socket);
         }
-        self.clear_socket(DRAINING_INDEX + slot)?;
-        self.clear_socket(slot)?;
-        self.write_generation(slot, generation)?;
-        self.set_socket(DRAINING_INDEX + slot, draining)?;
+        self.move_to_draining(slot, generation, draining)?;
         self.set_socket(slot, socket)
     }
 
@@ -106,10 +103,22 @@ impl Dispatcher {
     /// [`Dispatcher::set_generation`].
     pub fn drain_slot(&mut self, slot: u32, socket: &impl AsRawFd) -> Result<(), DispatchError> {
         let Some(current) = self.generation(slot) else { return self.clear_socket(slot) };
+        self.move_to_draining(slot, current.wrapping_add(1), socket)
+    }
+
+    /// Empties slot `slot`'s index and its draining index, makes `generation` its current one
+    /// and puts `draining` at its draining index, in that order (see
+    /// [`Dispatcher::set_generation`]).
+    fn move_to_draining(
+        &mut self,
+        slot: u32,
+        generation: u8,
+        draining: &impl AsRawFd,
+    ) -> Result<(), DispatchError> {
         self.clear_socket(DRAINING_INDEX + slot)?;
         self.clear_socket(slot)?;
-        self.write_generation(slot, current.wrapping_add(1))?;
-        self.set_socket(DRAINING_INDEX + slot, socket)
+        self.write_generation(slot, generation)?;
+        self.set_socket(DRAINING_INDEX + slot, draining)
     }
 
     /// Makes `generation` slot `slot`'s current one (with generations).
